@@ -1,0 +1,22 @@
+// Package hsm keeps Custody's keys in custody inside a PKCS#11 token and is
+// the only package that imports github.com/miekg/pkcs11.
+//
+// Invariants:
+//
+//   - Every key is created from one enforced template (templates.go): token,
+//     private, sensitive, non-extractable, not modifiable, with only the usages
+//     its purpose needs, a random CKA_ID and a CKA_LABEL. Its attributes are
+//     read back after creation; a key that does not match is destroyed and the
+//     creation fails. No function in this package returns the value of a key
+//     held in custody: master keys never leave the token.
+//   - A PKCS#11 session is used by exactly one goroutine at a time. Every call
+//     goes through Module.withSession, which takes a session from a bounded
+//     pool, honours the caller's context while waiting, and closes (never
+//     reuses) a session that failed with a session or device error.
+//   - One login serves the whole process. When the token goes away the module
+//     fails fast with ErrUnavailable and re-initialises itself in the
+//     background (C_Finalize, C_Initialize, login, re-find keys) with backoff;
+//     CKR_PIN_INCORRECT and CKR_PIN_LOCKED are never retried.
+//   - The PIN is held only to log in again after recovery; it never appears in
+//     an error, a log line or a String method.
+package hsm

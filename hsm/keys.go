@@ -1,0 +1,322 @@
+package hsm
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"encoding/asn1"
+	"encoding/hex"
+	"fmt"
+	"math/big"
+
+	"github.com/miekg/pkcs11"
+)
+
+// Key names one key in custody: what callers persist to find it again.
+type Key struct {
+	ID    []byte // CKA_ID, 16 random bytes
+	Label string // CKA_LABEL, unique on the token
+	Kind  Kind
+}
+
+func (k Key) String() string { return fmt.Sprintf("%s %q id=%s", k.Kind, k.Label, hex.EncodeToString(k.ID)) }
+
+// Attributes are the custody attributes read back from the token.
+type Attributes struct {
+	Token, Private, Sensitive, Extractable, Modifiable bool
+	NeverExtractable, AlwaysSensitive, Local           bool
+}
+
+// InCustody reports whether the attributes are those of a key that has never
+// left, and can never leave, the token.
+func (a Attributes) InCustody() bool {
+	return a.Token && a.Private && a.Sensitive && !a.Extractable && !a.Modifiable &&
+		a.NeverExtractable && a.AlwaysSensitive && a.Local
+}
+
+type handleKey struct {
+	id    string
+	class uint
+}
+
+// CreateKey generates a key of the given kind on the token under label, reads
+// its attributes back and returns it only if it is in custody. It refuses a
+// label that already exists.
+func (m *Module) CreateKey(ctx context.Context, kind Kind, label string) (Key, Attributes, error) {
+	if label == "" || len(label) > 128 {
+		return Key{}, Attributes{}, fmt.Errorf("%w: key label must be 1..128 bytes", ErrInvalidInput)
+	}
+	id := make([]byte, 16)
+	if _, err := rand.Read(id); err != nil {
+		return Key{}, Attributes{}, fmt.Errorf("%w: random: %v", ErrUnavailable, err)
+	}
+	spec, ok := templateFor(kind, id, label)
+	if !ok {
+		return Key{}, Attributes{}, fmt.Errorf("%w: unknown key kind %d", ErrInvalidInput, kind)
+	}
+	if !m.has(kindMech(kind)) {
+		return Key{}, Attributes{}, fmt.Errorf("%w: token lacks the mechanism to create %s keys", ErrMechanism, kind)
+	}
+	k := Key{ID: id, Label: label, Kind: kind}
+	var attrs Attributes
+	err := m.withSession(ctx, func(p *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
+		n, err := countObjects(p, sh, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_LABEL, label)}, 1)
+		if err != nil {
+			return err
+		}
+		if n > 0 {
+			return fmt.Errorf("%w: a key labelled %q is already on the token", ErrExists, label)
+		}
+		mech := []*pkcs11.Mechanism{pkcs11.NewMechanism(spec.mech, nil)}
+		var main, pub pkcs11.ObjectHandle
+		if kind.Asymmetric() {
+			pub, main, err = p.GenerateKeyPair(sh, mech, spec.pub, spec.priv)
+		} else {
+			main, err = p.GenerateKey(sh, mech, spec.secret)
+		}
+		if err != nil {
+			return err
+		}
+		attrs, err = readAttrs(p, sh, main)
+		if err == nil && !attrs.InCustody() {
+			err = fmt.Errorf("%w: %s read back as %+v", ErrKeyPolicy, k, attrs)
+		}
+		if err != nil {
+			_ = p.DestroyObject(sh, main)
+			if kind.Asymmetric() {
+				_ = p.DestroyObject(sh, pub)
+			}
+			return err
+		}
+		return nil
+	})
+	if err != nil {
+		return Key{}, Attributes{}, mapErr("create key", err)
+	}
+	return k, attrs, nil
+}
+
+func readAttrs(p *pkcs11.Ctx, sh pkcs11.SessionHandle, h pkcs11.ObjectHandle) (Attributes, error) {
+	tmpl := []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, nil),
+		pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, nil),
+		pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, nil),
+		pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, nil),
+		pkcs11.NewAttribute(pkcs11.CKA_MODIFIABLE, nil),
+		pkcs11.NewAttribute(pkcs11.CKA_NEVER_EXTRACTABLE, nil),
+		pkcs11.NewAttribute(pkcs11.CKA_ALWAYS_SENSITIVE, nil),
+		pkcs11.NewAttribute(pkcs11.CKA_LOCAL, nil),
+	}
+	got, err := p.GetAttributeValue(sh, h, tmpl)
+	if err != nil {
+		return Attributes{}, err
+	}
+	b := func(i int) bool { return len(got[i].Value) == 1 && got[i].Value[0] != 0 }
+	return Attributes{
+		Token: b(0), Private: b(1), Sensitive: b(2), Extractable: b(3), Modifiable: b(4),
+		NeverExtractable: b(5), AlwaysSensitive: b(6), Local: b(7),
+	}, nil
+}
+
+// Attributes reads a key's custody attributes from the token.
+func (m *Module) Attributes(ctx context.Context, k Key) (Attributes, error) {
+	var a Attributes
+	err := m.withSession(ctx, func(p *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
+		h, err := m.handle(p, sh, k, mainClass(k.Kind))
+		if err != nil {
+			return err
+		}
+		a, err = readAttrs(p, sh, h)
+		return err
+	})
+	return a, mapErr("read attributes", err)
+}
+
+func mainClass(k Kind) uint {
+	if k.Asymmetric() {
+		return pkcs11.CKO_PRIVATE_KEY
+	}
+	return pkcs11.CKO_SECRET_KEY
+}
+
+func countObjects(p *pkcs11.Ctx, sh pkcs11.SessionHandle, tmpl []*pkcs11.Attribute, max int) (int, error) {
+	hs, err := findObjects(p, sh, tmpl, max)
+	return len(hs), err
+}
+
+func findObjects(p *pkcs11.Ctx, sh pkcs11.SessionHandle, tmpl []*pkcs11.Attribute, max int) ([]pkcs11.ObjectHandle, error) {
+	if err := p.FindObjectsInit(sh, tmpl); err != nil {
+		return nil, err
+	}
+	hs, _, err := p.FindObjects(sh, max)
+	if ferr := p.FindObjectsFinal(sh); err == nil {
+		err = ferr
+	}
+	return hs, err
+}
+
+// handle returns the object handle of k's object of the given class, from the
+// cache when it holds one for this generation; otherwise it searches once,
+// expecting exactly one match. Caller holds mu for reading (inside withSession).
+func (m *Module) handle(p *pkcs11.Ctx, sh pkcs11.SessionHandle, k Key, class uint) (pkcs11.ObjectHandle, error) {
+	hk := handleKey{id: string(k.ID), class: class}
+	if v, ok := m.handles.Load(hk); ok {
+		return v.(pkcs11.ObjectHandle), nil
+	}
+	hs, err := findObjects(p, sh, []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, class),
+		pkcs11.NewAttribute(pkcs11.CKA_ID, k.ID),
+	}, 2)
+	if err != nil {
+		return 0, err
+	}
+	switch len(hs) {
+	case 0:
+		return 0, fmt.Errorf("%w: %s", ErrNotFound, k)
+	case 1:
+	default:
+		return 0, fmt.Errorf("%w: %s matches more than one object; refusing to guess", ErrExists, k)
+	}
+	m.handles.Store(hk, hs[0])
+	return hs[0], nil
+}
+
+// Find checks that k is on the token, caching its handles so later requests
+// do not search. Use it to load keys at start-up.
+func (m *Module) Find(ctx context.Context, k Key) error {
+	err := m.withSession(ctx, func(p *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
+		_, err := m.handle(p, sh, k, mainClass(k.Kind))
+		return err
+	})
+	return mapErr("find key", err)
+}
+
+// FindByLabel finds a key by label, expecting exactly one main object.
+func (m *Module) FindByLabel(ctx context.Context, kind Kind, label string) (Key, error) {
+	var k Key
+	err := m.withSession(ctx, func(p *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
+		hs, err := findObjects(p, sh, []*pkcs11.Attribute{
+			pkcs11.NewAttribute(pkcs11.CKA_CLASS, mainClass(kind)),
+			pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
+		}, 2)
+		if err != nil {
+			return err
+		}
+		switch len(hs) {
+		case 0:
+			return fmt.Errorf("%w: no %s key labelled %q", ErrNotFound, kind, label)
+		case 1:
+		default:
+			return fmt.Errorf("%w: more than one key labelled %q", ErrExists, label)
+		}
+		got, err := p.GetAttributeValue(sh, hs[0], []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_ID, nil)})
+		if err != nil {
+			return err
+		}
+		k = Key{ID: got[0].Value, Label: label, Kind: kind}
+		m.handles.Store(handleKey{id: string(k.ID), class: mainClass(kind)}, hs[0])
+		return nil
+	})
+	return k, mapErr("find key", err)
+}
+
+// Destroy deletes every object of k from the token (crypto-shredding). It
+// succeeds if the key is already gone.
+func (m *Module) Destroy(ctx context.Context, k Key) error {
+	err := m.withSession(ctx, func(p *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
+		hs, err := findObjects(p, sh, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_ID, k.ID)}, 4)
+		if err != nil {
+			return err
+		}
+		for _, h := range hs {
+			if err := p.DestroyObject(sh, h); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	m.handles.Delete(handleKey{id: string(k.ID), class: pkcs11.CKO_SECRET_KEY})
+	m.handles.Delete(handleKey{id: string(k.ID), class: pkcs11.CKO_PRIVATE_KEY})
+	m.handles.Delete(handleKey{id: string(k.ID), class: pkcs11.CKO_PUBLIC_KEY})
+	m.pubMu.Lock()
+	delete(m.pubs, string(k.ID))
+	m.pubMu.Unlock()
+	return mapErr("destroy key", err)
+}
+
+// PublicKey returns the public half of an asymmetric key as a Go value
+// (*ecdsa.PublicKey, ed25519.PublicKey or *rsa.PublicKey), cached after the
+// first read.
+func (m *Module) PublicKey(ctx context.Context, k Key) (crypto.PublicKey, error) {
+	if !k.Kind.Asymmetric() {
+		return nil, fmt.Errorf("%w: %s keys have no public key", ErrInvalidInput, k.Kind)
+	}
+	m.pubMu.RLock()
+	pub, ok := m.pubs[string(k.ID)]
+	m.pubMu.RUnlock()
+	if ok {
+		return pub, nil
+	}
+	err := m.withSession(ctx, func(p *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
+		h, err := m.handle(p, sh, k, pkcs11.CKO_PUBLIC_KEY)
+		if err != nil {
+			return err
+		}
+		pub, err = readPublic(p, sh, h, k.Kind)
+		return err
+	})
+	if err != nil {
+		return nil, mapErr("read public key", err)
+	}
+	m.pubMu.Lock()
+	m.pubs[string(k.ID)] = pub
+	m.pubMu.Unlock()
+	return pub, nil
+}
+
+func readPublic(p *pkcs11.Ctx, sh pkcs11.SessionHandle, h pkcs11.ObjectHandle, kind Kind) (crypto.PublicKey, error) {
+	switch kind {
+	case KindRSA3072PSS:
+		got, err := p.GetAttributeValue(sh, h, []*pkcs11.Attribute{
+			pkcs11.NewAttribute(pkcs11.CKA_MODULUS, nil),
+			pkcs11.NewAttribute(pkcs11.CKA_PUBLIC_EXPONENT, nil),
+		})
+		if err != nil {
+			return nil, err
+		}
+		e := new(big.Int).SetBytes(got[1].Value)
+		if !e.IsInt64() || e.Int64() > 1<<31 {
+			return nil, fmt.Errorf("%w: rsa public exponent out of range", ErrInvalidInput)
+		}
+		return &rsa.PublicKey{N: new(big.Int).SetBytes(got[0].Value), E: int(e.Int64())}, nil
+	case KindECDSAP256, KindECDSAP384, KindAuditP256, KindEd25519:
+		got, err := p.GetAttributeValue(sh, h, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_EC_POINT, nil)})
+		if err != nil {
+			return nil, err
+		}
+		var point []byte
+		if rest, err := asn1.Unmarshal(got[0].Value, &point); err != nil || len(rest) != 0 {
+			point = got[0].Value // some tokens return the raw point
+		}
+		if kind == KindEd25519 {
+			if len(point) != ed25519.PublicKeySize {
+				return nil, fmt.Errorf("%w: ed25519 point has %d bytes", ErrInvalidInput, len(point))
+			}
+			return ed25519.PublicKey(point), nil
+		}
+		curve := elliptic.P256()
+		if kind == KindECDSAP384 {
+			curve = elliptic.P384()
+		}
+		pub, err := ecdsa.ParseUncompressedPublicKey(curve, point)
+		if err != nil {
+			return nil, fmt.Errorf("%w: ec point: %v", ErrInvalidInput, err)
+		}
+		return pub, nil
+	}
+	return nil, fmt.Errorf("%w: kind %s", ErrInvalidInput, kind)
+}

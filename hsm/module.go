@@ -1,0 +1,499 @@
+package hsm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/miekg/pkcs11"
+)
+
+// Config selects a token and says how to log in to it.
+type Config struct {
+	// URI is an RFC 7512 PKCS#11 URI naming the module and the token.
+	URI string
+	// PIN is the user PIN. The module keeps a copy to log in again after
+	// recovery and never prints it.
+	PIN []byte
+	// MaxSessions bounds the sessions open at once (one per in-flight
+	// operation). 0 means 32, capped by the token's own limit.
+	MaxSessions int
+	// Logger receives state changes. nil means slog.Default().
+	Logger *slog.Logger
+	// RecoveryBackoffMax caps the wait between recovery attempts (default 2s).
+	RecoveryBackoffMax time.Duration
+}
+
+// State is the module's health, for /readyz and metrics.
+type State int32
+
+// States of a Module.
+const (
+	StateReady       State = iota // logged in and serving
+	StateDegraded                 // a device error was seen; probing
+	StateUnavailable              // the token is gone or not logged in; calls fail fast
+	StateClosed                   // Close was called
+)
+
+func (s State) String() string {
+	switch s {
+	case StateReady:
+		return "ready"
+	case StateDegraded:
+		return "degraded"
+	case StateUnavailable:
+		return "unavailable"
+	case StateClosed:
+		return "closed"
+	}
+	return "unknown"
+}
+
+// Stats is a snapshot of the module's counters.
+type Stats struct {
+	State          State
+	SessionsInUse  int
+	SessionsOpen   int
+	SessionsMax    int
+	PoolWaits      uint64 // operations that had to wait for a free session
+	SessionsClosed uint64 // sessions closed after a session or device error
+	DeviceErrors   uint64
+	Recoveries     uint64 // successful re-initialisations
+	LastError      string // last device-class error code (never data)
+}
+
+// Module is a logged-in PKCS#11 token with a session pool. It is safe for
+// concurrent use. Only one Module should use a given PKCS#11 library in a
+// process at a time: C_Finalize (Close, recovery) ends every user of it.
+type Module struct {
+	uri        URI
+	pin        []byte
+	log        *slog.Logger
+	max        int
+	backoffMax time.Duration
+
+	// mu is held for writing while the library is (re)initialised and for
+	// reading by every operation, so C_Finalize never runs under one.
+	mu      sync.RWMutex
+	p       *pkcs11.Ctx
+	slot    uint
+	pinned  pkcs11.SessionHandle // keeps the login alive; used only under mu write lock
+	gen     uint64               // bumped by every (re)initialisation
+	mechs   atomic.Pointer[map[uint]bool]
+	missing []string
+
+	sem    chan struct{} // one token per in-flight operation
+	idleMu sync.Mutex
+	idle   []pkcs11.SessionHandle
+	open   atomic.Int64
+
+	handles sync.Map // handleKey -> handleEntry
+
+	pubMu sync.RWMutex
+	pubs  map[string]any // cached public keys by CKA_ID
+
+	state      atomic.Int32
+	recovering atomic.Bool
+	closed     chan struct{}
+	closeOnce  sync.Once
+
+	waits, sessClosed, devErrs, recoveries atomic.Uint64
+	lastErr                                atomic.Value // string
+}
+
+// Open loads the module, finds the token, logs in and probes mechanisms. A
+// missing module, a missing token and a refused PIN each fail with one error
+// naming the cause.
+func Open(ctx context.Context, cfg Config) (*Module, error) {
+	u, err := ParseURI(cfg.URI)
+	if err != nil {
+		return nil, err
+	}
+	if len(cfg.PIN) == 0 {
+		return nil, fmt.Errorf("%w: no PIN given", ErrLogin)
+	}
+	if _, err := os.Stat(u.ModulePath); err != nil {
+		return nil, fmt.Errorf("%w: pkcs11 module %q: %v", ErrUnavailable, u.ModulePath, errors.Unwrap(err))
+	}
+	m := &Module{
+		uri:        u,
+		pin:        append([]byte(nil), cfg.PIN...),
+		log:        cfg.Logger,
+		max:        cfg.MaxSessions,
+		backoffMax: cfg.RecoveryBackoffMax,
+		closed:     make(chan struct{}),
+		pubs:       map[string]any{},
+	}
+	if m.log == nil {
+		m.log = slog.Default()
+	}
+	if m.max <= 0 {
+		m.max = 32
+	}
+	if m.backoffMax <= 0 {
+		m.backoffMax = 2 * time.Second
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	m.mu.Lock()
+	err = m.initLocked()
+	m.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	m.sem = make(chan struct{}, m.max)
+	m.state.Store(int32(StateReady))
+	if len(m.missing) > 0 {
+		m.log.Warn("hsm: token lacks mechanisms", "token", u.Token, "missing", strings.Join(m.missing, ","))
+	}
+	return m, nil
+}
+
+// initLocked loads and initialises the library, finds the slot, opens the
+// pinned session and logs in. Caller holds mu for writing.
+func (m *Module) initLocked() error {
+	if m.p == nil {
+		p := pkcs11.New(m.uri.ModulePath)
+		if p == nil {
+			return fmt.Errorf("%w: cannot load pkcs11 module %q", ErrUnavailable, m.uri.ModulePath)
+		}
+		m.p = p
+	}
+	if err := m.p.Initialize(); err != nil {
+		if code, _ := rv(err); code != pkcs11.CKR_CRYPTOKI_ALREADY_INITIALIZED {
+			return fmt.Errorf("%w: initialise pkcs11 module %q: %w", ErrUnavailable, m.uri.ModulePath, err)
+		}
+	}
+	slot, maxSess, err := m.findSlot()
+	if err != nil {
+		_ = m.p.Finalize()
+		return err
+	}
+	m.slot = slot
+	if maxSess > 0 && maxSess < uint(m.max)+1 {
+		m.max = int(maxSess) - 1 // one stays pinned
+		if m.max < 1 {
+			m.max = 1
+		}
+	}
+	sh, err := m.p.OpenSession(slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
+	if err != nil {
+		_ = m.p.Finalize()
+		return mapErr("open session", err)
+	}
+	if err := m.p.Login(sh, pkcs11.CKU_USER, string(m.pin)); err != nil {
+		if code, _ := rv(err); code != pkcs11.CKR_USER_ALREADY_LOGGED_IN {
+			_ = m.p.CloseSession(sh)
+			_ = m.p.Finalize()
+			if errors.Is(mapErr("", err), ErrLogin) {
+				return fmt.Errorf("%w: token %q refused the PIN (%v); not retried", ErrLogin, m.tokenName(), err)
+			}
+			return mapErr("login", err)
+		}
+	}
+	m.pinned = sh
+	m.gen++
+	m.handles.Clear()
+	m.probeLocked()
+	return nil
+}
+
+func (m *Module) tokenName() string {
+	switch {
+	case m.uri.Token != "":
+		return m.uri.Token
+	case m.uri.Serial != "":
+		return "serial " + m.uri.Serial
+	}
+	return fmt.Sprintf("slot-id %d", *m.uri.SlotID)
+}
+
+func (m *Module) findSlot() (uint, uint, error) {
+	slots, err := m.p.GetSlotList(true)
+	if err != nil {
+		return 0, 0, mapErr("list slots", err)
+	}
+	for _, s := range slots {
+		if m.uri.SlotID != nil && *m.uri.SlotID != s {
+			continue
+		}
+		ti, err := m.p.GetTokenInfo(s)
+		if err != nil {
+			continue
+		}
+		if ti.Flags&pkcs11.CKF_TOKEN_INITIALIZED == 0 {
+			continue
+		}
+		if m.uri.Token != "" && strings.TrimRight(ti.Label, " \x00") != m.uri.Token {
+			continue
+		}
+		if m.uri.Serial != "" && strings.TrimRight(ti.SerialNumber, " \x00") != m.uri.Serial {
+			continue
+		}
+		if m.uri.Manufacturer != "" && strings.TrimRight(ti.ManufacturerID, " \x00") != m.uri.Manufacturer {
+			continue
+		}
+		if m.uri.Model != "" && strings.TrimRight(ti.Model, " \x00") != m.uri.Model {
+			continue
+		}
+		maxSess := ti.MaxSessionCount
+		if maxSess == pkcs11.CK_EFFECTIVELY_INFINITE || maxSess == pkcs11.CK_UNAVAILABLE_INFORMATION {
+			maxSess = 0
+		}
+		return s, maxSess, nil
+	}
+	return 0, 0, fmt.Errorf("%w: token %s not found in module %q", ErrNotFound, m.tokenName(), m.uri.ModulePath)
+}
+
+// Close closes every session and finalises the library. Calls after Close
+// fail with ErrUnavailable.
+func (m *Module) Close() error {
+	var err error
+	m.closeOnce.Do(func() {
+		close(m.closed)
+		m.state.Store(int32(StateClosed))
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		if m.p == nil {
+			return
+		}
+		m.dropIdle()
+		_ = m.p.CloseAllSessions(m.slot)
+		err = m.p.Finalize()
+		if code, _ := rv(err); code == pkcs11.CKR_CRYPTOKI_NOT_INITIALIZED {
+			err = nil
+		}
+		m.p.Destroy()
+		m.p = nil
+		for i := range m.pin {
+			m.pin[i] = 0
+		}
+	})
+	return err
+}
+
+// State returns the module's current state.
+func (m *Module) State() State { return State(m.state.Load()) }
+
+// Stats returns a snapshot of the counters.
+func (m *Module) Stats() Stats {
+	s := Stats{
+		State:          m.State(),
+		SessionsInUse:  len(m.sem),
+		SessionsOpen:   int(m.open.Load()),
+		SessionsMax:    m.max,
+		PoolWaits:      m.waits.Load(),
+		SessionsClosed: m.sessClosed.Load(),
+		DeviceErrors:   m.devErrs.Load(),
+		Recoveries:     m.recoveries.Load(),
+	}
+	if v, ok := m.lastErr.Load().(string); ok {
+		s.LastError = v
+	}
+	return s
+}
+
+// Missing lists the mechanisms custody uses that the token lacks.
+func (m *Module) Missing() []string {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return append([]string(nil), m.missing...)
+}
+
+func (m *Module) unavailable() error {
+	if m.State() == StateClosed {
+		return fmt.Errorf("%w: module closed", ErrUnavailable)
+	}
+	return fmt.Errorf("%w: token %s is not reachable; recovering", ErrUnavailable, m.tokenName())
+}
+
+// withSession runs fn with a session of its own. The session returns to the
+// pool if fn succeeded or failed for a caller reason; it is closed if fn hit
+// a session or device error, and a device error starts recovery.
+func (m *Module) withSession(ctx context.Context, fn func(p *pkcs11.Ctx, sh pkcs11.SessionHandle) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if st := m.State(); st == StateUnavailable || st == StateClosed {
+		return m.unavailable()
+	}
+	select {
+	case m.sem <- struct{}{}:
+	default:
+		m.waits.Add(1)
+		select {
+		case m.sem <- struct{}{}:
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for an hsm session: %w", ctx.Err())
+		case <-m.closed:
+			return m.unavailable()
+		}
+	}
+	defer func() { <-m.sem }()
+
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	if st := m.State(); st == StateUnavailable || st == StateClosed {
+		return m.unavailable()
+	}
+	gen := m.gen
+	sh, err := m.getSession()
+	if err != nil {
+		if classify(err) == classDevice {
+			m.deviceError(err, gen)
+			return m.unavailable()
+		}
+		return mapErr("open session", err)
+	}
+	err = fn(m.p, sh)
+	switch {
+	case err == nil:
+		m.putSession(sh)
+		return nil
+	case classify(err) == classCaller:
+		m.putSession(sh)
+	case classify(err) == classSession:
+		m.closeSession(sh)
+	default:
+		m.closeSession(sh)
+		m.deviceError(err, gen)
+		return fmt.Errorf("%w (%v)", m.unavailable(), err)
+	}
+	return err
+}
+
+func (m *Module) getSession() (pkcs11.SessionHandle, error) {
+	m.idleMu.Lock()
+	if n := len(m.idle); n > 0 {
+		sh := m.idle[n-1]
+		m.idle = m.idle[:n-1]
+		m.idleMu.Unlock()
+		return sh, nil
+	}
+	m.idleMu.Unlock()
+	sh, err := m.p.OpenSession(m.slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
+	if err != nil {
+		return 0, err
+	}
+	m.open.Add(1)
+	return sh, nil
+}
+
+func (m *Module) putSession(sh pkcs11.SessionHandle) {
+	m.idleMu.Lock()
+	m.idle = append(m.idle, sh)
+	m.idleMu.Unlock()
+}
+
+func (m *Module) closeSession(sh pkcs11.SessionHandle) {
+	m.sessClosed.Add(1)
+	m.open.Add(-1)
+	_ = m.p.CloseSession(sh)
+}
+
+// dropIdle forgets idle sessions; caller holds mu for writing.
+func (m *Module) dropIdle() {
+	m.idleMu.Lock()
+	for _, sh := range m.idle {
+		_ = m.p.CloseSession(sh)
+	}
+	m.open.Add(-int64(len(m.idle)))
+	m.idle = nil
+	m.idleMu.Unlock()
+}
+
+// deviceError records a device-class failure seen by generation gen and
+// starts recovery unless it is already running or a newer generation exists.
+func (m *Module) deviceError(err error, gen uint64) {
+	m.devErrs.Add(1)
+	if code, ok := rv(err); ok {
+		m.lastErr.Store(pkcs11.Error(code).Error())
+	}
+	if m.State() == StateClosed {
+		return
+	}
+	if !m.recovering.CompareAndSwap(false, true) {
+		return
+	}
+	m.state.CompareAndSwap(int32(StateReady), int32(StateDegraded))
+	go m.recover(gen)
+}
+
+// recover checks whether the token is really gone and, if so, re-initialises
+// the library with backoff until it is back. It runs in one goroutine at a time.
+func (m *Module) recover(gen uint64) {
+	defer m.recovering.Store(false)
+	if m.probeHealthy(gen) {
+		m.state.CompareAndSwap(int32(StateDegraded), int32(StateReady))
+		return
+	}
+	m.state.Store(int32(StateUnavailable))
+	m.log.Warn("hsm: token unreachable; re-initialising", "token", m.tokenName())
+	backoff := 50 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		select {
+		case <-m.closed:
+			return
+		default:
+		}
+		err := m.reinit()
+		if err == nil {
+			m.recoveries.Add(1)
+			m.state.Store(int32(StateReady))
+			m.log.Info("hsm: token recovered", "token", m.tokenName(), "attempts", attempt)
+			return
+		}
+		if errors.Is(err, ErrLogin) {
+			// Never retry a refused PIN: it could lock the token.
+			m.log.Error("hsm: login refused during recovery; not retrying", "token", m.tokenName())
+			return
+		}
+		select {
+		case <-m.closed:
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, m.backoffMax)
+	}
+}
+
+// probeHealthy reports whether generation gen still works: the slot still
+// holds our token and the pinned session can still see token objects.
+func (m *Module) probeHealthy(gen uint64) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.p == nil || gen != m.gen {
+		return m.p != nil
+	}
+	if _, err := m.p.GetSessionInfo(m.pinned); err != nil {
+		return false
+	}
+	ti, err := m.p.GetTokenInfo(m.slot)
+	if err != nil || ti.Flags&pkcs11.CKF_TOKEN_INITIALIZED == 0 {
+		return false
+	}
+	if m.uri.Token != "" && strings.TrimRight(ti.Label, " \x00") != m.uri.Token {
+		return false
+	}
+	return m.tokenDirPresent()
+}
+
+func (m *Module) reinit() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.p != nil {
+		m.dropIdle()
+		_ = m.p.Finalize()
+	}
+	m.pubMu.Lock()
+	clear(m.pubs)
+	m.pubMu.Unlock()
+	return m.initLocked()
+}

@@ -1,0 +1,497 @@
+package hsm
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"encoding/asn1"
+	"errors"
+	"fmt"
+	"io"
+	"math/big"
+	"sync/atomic"
+
+	"github.com/miekg/pkcs11"
+)
+
+// Sizes enforced here rather than trusted to the token: SoftHSM accepts any
+// GCM IV length (even 0) and a 0-bit tag.
+const (
+	IVSize      = 12 // 96-bit GCM IV, random per encryption
+	TagSize     = 16 // 128-bit GCM tag
+	DataKeySize = 32 // AES-256 data keys
+	// MaxDataSize bounds one HSM encrypt/decrypt/sign/mac input.
+	MaxDataSize = 1 << 20
+)
+
+var errTagMismatch = errors.New("authentication tag mismatch")
+
+func requireKind(k Key, kinds ...Kind) error {
+	for _, want := range kinds {
+		if k.Kind == want {
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: %s key cannot be used for this operation", ErrInvalidInput, k.Kind)
+}
+
+func gcmMech(iv, aad []byte) (*pkcs11.GCMParams, []*pkcs11.Mechanism) {
+	params := pkcs11.NewGCMParams(iv, aad, TagSize*8)
+	return params, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, params)}
+}
+
+// Encrypt seals plaintext with AES-256-GCM under k inside the token, with a
+// fresh random 96-bit IV and aad authenticated. It returns the IV and the
+// ciphertext with its 128-bit tag appended. An empty plaintext yields just a
+// tag over aad (a GMAC).
+func (m *Module) Encrypt(ctx context.Context, k Key, plaintext, aad []byte) (iv, ciphertext []byte, err error) {
+	if err := requireKind(k, KindAES256); err != nil {
+		return nil, nil, err
+	}
+	if len(plaintext) > MaxDataSize || len(aad) > MaxDataSize {
+		return nil, nil, fmt.Errorf("%w: input larger than %d bytes", ErrInvalidInput, MaxDataSize)
+	}
+	iv = make([]byte, IVSize)
+	if _, err := rand.Read(iv); err != nil {
+		return nil, nil, fmt.Errorf("%w: random: %v", ErrUnavailable, err)
+	}
+	err = m.withSession(ctx, func(p *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
+		h, err := m.handle(p, sh, k, pkcs11.CKO_SECRET_KEY)
+		if err != nil {
+			return err
+		}
+		params, mech := gcmMech(iv, aad)
+		defer params.Free()
+		if err := p.EncryptInit(sh, mech, h); err != nil {
+			return err
+		}
+		ciphertext, err = p.Encrypt(sh, plaintext)
+		return err
+	})
+	if err != nil {
+		return nil, nil, mapErr("encrypt", err)
+	}
+	if len(ciphertext) != len(plaintext)+TagSize {
+		return nil, nil, fmt.Errorf("%w: token returned %d bytes for %d", ErrMechanism, len(ciphertext), len(plaintext))
+	}
+	return iv, ciphertext, nil
+}
+
+// Decrypt opens a ciphertext made by Encrypt. A wrong key, IV, AAD, tag or a
+// truncated input is ErrDecrypt; it never panics.
+func (m *Module) Decrypt(ctx context.Context, k Key, iv, ciphertext, aad []byte) ([]byte, error) {
+	if err := requireKind(k, KindAES256); err != nil {
+		return nil, err
+	}
+	if len(iv) != IVSize {
+		return nil, fmt.Errorf("%w: iv must be %d bytes", ErrDecrypt, IVSize)
+	}
+	if len(ciphertext) < TagSize || len(ciphertext) > MaxDataSize+TagSize || len(aad) > MaxDataSize {
+		return nil, fmt.Errorf("%w: ciphertext length %d out of range", ErrDecrypt, len(ciphertext))
+	}
+	var pt []byte
+	err := m.withSession(ctx, func(p *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
+		h, err := m.handle(p, sh, k, pkcs11.CKO_SECRET_KEY)
+		if err != nil {
+			return err
+		}
+		params, mech := gcmMech(iv, aad)
+		defer params.Free()
+		if err := p.DecryptInit(sh, mech, h); err != nil {
+			return err
+		}
+		pt, err = p.Decrypt(sh, ciphertext)
+		if err != nil {
+			return m.disambiguate(p, sh, h, err)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, mapErr("decrypt", err)
+	}
+	return pt, nil
+}
+
+// disambiguate turns a GCM failure into errTagMismatch when the session and
+// key are demonstrably fine. SoftHSM reports a bad tag as CKR_GENERAL_ERROR,
+// the code of a device fault; a fault would also break these probes.
+func (m *Module) disambiguate(p *pkcs11.Ctx, sh pkcs11.SessionHandle, h pkcs11.ObjectHandle, err error) error {
+	code, ok := rv(err)
+	if !ok || (code != pkcs11.CKR_GENERAL_ERROR && code != pkcs11.CKR_ENCRYPTED_DATA_INVALID && code != pkcs11.CKR_FUNCTION_FAILED) {
+		return err
+	}
+	if _, perr := p.GetSessionInfo(sh); perr != nil {
+		return err
+	}
+	if _, perr := p.GetAttributeValue(sh, h, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_CLASS, nil)}); perr != nil {
+		return err
+	}
+	if !m.tokenDirPresent() {
+		return err
+	}
+	return fmt.Errorf("%w: %w", ErrDecrypt, errTagMismatch)
+}
+
+var kwp = []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_WRAP_PAD, nil)}
+
+// GenerateDataKey makes a fresh AES-256 data key inside the token and returns
+// it wrapped under master with AES-KWP (RFC 5649). Only when withPlaintext is
+// true is the key's value also returned; otherwise it never leaves the token
+// unwrapped.
+func (m *Module) GenerateDataKey(ctx context.Context, master Key, withPlaintext bool) (wrapped, plaintext []byte, err error) {
+	if err := requireKind(master, KindAES256); err != nil {
+		return nil, nil, err
+	}
+	err = m.withSession(ctx, func(p *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
+		mh, err := m.handle(p, sh, master, pkcs11.CKO_SECRET_KEY)
+		if err != nil {
+			return err
+		}
+		dk, err := p.GenerateKey(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)}, dataKeyTemplate(!withPlaintext))
+		if err != nil {
+			return err
+		}
+		defer p.DestroyObject(sh, dk)
+		if wrapped, err = p.WrapKey(sh, kwp, mh, dk); err != nil {
+			return err
+		}
+		if withPlaintext {
+			plaintext, err = readValue(p, sh, dk)
+		}
+		return err
+	})
+	if err != nil {
+		return nil, nil, mapErr("generate data key", err)
+	}
+	return wrapped, plaintext, nil
+}
+
+func readValue(p *pkcs11.Ctx, sh pkcs11.SessionHandle, h pkcs11.ObjectHandle) ([]byte, error) {
+	got, err := p.GetAttributeValue(sh, h, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_VALUE, nil)})
+	if err != nil {
+		return nil, err
+	}
+	if len(got[0].Value) != DataKeySize {
+		return nil, fmt.Errorf("%w: data key has %d bytes", ErrMechanism, len(got[0].Value))
+	}
+	return got[0].Value, nil
+}
+
+// unwrapInto unwraps wrapped under master into a transient session object
+// and calls fn with it; the object is destroyed on every path.
+func (m *Module) unwrapInto(ctx context.Context, master Key, wrapped []byte, sensitive bool, fn func(p *pkcs11.Ctx, sh pkcs11.SessionHandle, dk pkcs11.ObjectHandle) error) error {
+	if err := requireKind(master, KindAES256); err != nil {
+		return err
+	}
+	if len(wrapped) < 16 || len(wrapped) > 1024 || len(wrapped)%8 != 0 {
+		return fmt.Errorf("%w: wrapped key length %d invalid", ErrDecrypt, len(wrapped))
+	}
+	err := m.withSession(ctx, func(p *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
+		mh, err := m.handle(p, sh, master, pkcs11.CKO_SECRET_KEY)
+		if err != nil {
+			return err
+		}
+		dk, err := p.UnwrapKey(sh, kwp, mh, wrapped, dataKeyTemplate(sensitive))
+		if err != nil {
+			return m.disambiguate(p, sh, mh, err)
+		}
+		defer p.DestroyObject(sh, dk)
+		return fn(p, sh, dk)
+	})
+	return mapErr("unwrap data key", err)
+}
+
+// UnwrapDataKey returns the plaintext of a data key wrapped by GenerateDataKey.
+func (m *Module) UnwrapDataKey(ctx context.Context, master Key, wrapped []byte) ([]byte, error) {
+	var pt []byte
+	err := m.unwrapInto(ctx, master, wrapped, false, func(p *pkcs11.Ctx, sh pkcs11.SessionHandle, dk pkcs11.ObjectHandle) error {
+		var err error
+		pt, err = readValue(p, sh, dk)
+		return err
+	})
+	return pt, err
+}
+
+// RewrapDataKey unwraps a data key under from and wraps it under to, inside
+// the token; the plaintext never leaves it.
+func (m *Module) RewrapDataKey(ctx context.Context, from, to Key, wrapped []byte) ([]byte, error) {
+	if err := requireKind(to, KindAES256); err != nil {
+		return nil, err
+	}
+	var out []byte
+	err := m.unwrapInto(ctx, from, wrapped, true, func(p *pkcs11.Ctx, sh pkcs11.SessionHandle, dk pkcs11.ObjectHandle) error {
+		th, err := m.handle(p, sh, to, pkcs11.CKO_SECRET_KEY)
+		if err != nil {
+			return err
+		}
+		out, err = p.WrapKey(sh, kwp, th, dk)
+		return err
+	})
+	return out, err
+}
+
+// OAEP is the RSA-OAEP variant used to wrap a key to a recipient.
+type OAEP struct {
+	Hash crypto.Hash // SHA256 where the token supports it, else SHA1
+}
+
+func (o OAEP) String() string {
+	if o.Hash == crypto.SHA256 {
+		return "RSA-OAEP-SHA256"
+	}
+	return "RSA-OAEP-SHA1"
+}
+
+// MinRecipientBits is the smallest recipient RSA modulus accepted.
+const MinRecipientBits = 3072
+
+// oaepState remembers whether the token refused OAEP with SHA-256
+// (0 unknown, 1 SHA-256 works, 2 only SHA-1).
+var oaepProbe atomic.Int32
+
+func oaepMech(h crypto.Hash) []*pkcs11.Mechanism {
+	var params *pkcs11.OAEPParams
+	if h == crypto.SHA256 {
+		params = pkcs11.NewOAEPParams(pkcs11.CKM_SHA256, pkcs11.CKG_MGF1_SHA256, pkcs11.CKZ_DATA_SPECIFIED, nil)
+	} else {
+		params = pkcs11.NewOAEPParams(pkcs11.CKM_SHA_1, pkcs11.CKG_MGF1_SHA1, pkcs11.CKZ_DATA_SPECIFIED, nil)
+	}
+	return []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_RSA_PKCS_OAEP, params)}
+}
+
+// wrapToRecipient imports the recipient's public key as a wrap-only session
+// object, wraps dk to it with RSA-OAEP (SHA-256 if the token can, else
+// SHA-1) and destroys the imported object.
+func wrapToRecipient(p *pkcs11.Ctx, sh pkcs11.SessionHandle, dk pkcs11.ObjectHandle, pub *rsa.PublicKey) ([]byte, OAEP, error) {
+	rh, err := p.CreateObject(sh, recipientTemplate(pub.N.Bytes(), big.NewInt(int64(pub.E)).Bytes()))
+	if err != nil {
+		return nil, OAEP{}, err
+	}
+	defer p.DestroyObject(sh, rh)
+	if oaepProbe.Load() != 2 {
+		out, err := p.WrapKey(sh, oaepMech(crypto.SHA256), rh, dk)
+		if err == nil {
+			oaepProbe.Store(1)
+			return out, OAEP{Hash: crypto.SHA256}, nil
+		}
+		if code, _ := rv(err); code != pkcs11.CKR_MECHANISM_PARAM_INVALID && code != pkcs11.CKR_MECHANISM_INVALID && code != pkcs11.CKR_ARGUMENTS_BAD {
+			return nil, OAEP{}, err
+		}
+		oaepProbe.Store(2)
+	}
+	out, err := p.WrapKey(sh, oaepMech(crypto.SHA1), rh, dk)
+	return out, OAEP{Hash: crypto.SHA1}, err
+}
+
+func checkRecipient(pub *rsa.PublicKey) error {
+	if pub == nil || pub.N == nil || pub.N.BitLen() < MinRecipientBits || pub.E < 3 || pub.E%2 == 0 {
+		return fmt.Errorf("%w: recipient must be an RSA public key of at least %d bits", ErrInvalidInput, MinRecipientBits)
+	}
+	return nil
+}
+
+// GenerateDataKeyFor makes a data key inside the token and returns it wrapped
+// under master (AES-KWP) and wrapped to recipient (RSA-OAEP). The plaintext
+// data key never leaves the token.
+func (m *Module) GenerateDataKeyFor(ctx context.Context, master Key, recipient *rsa.PublicKey) (wrapped, forRecipient []byte, how OAEP, err error) {
+	if err := requireKind(master, KindAES256); err != nil {
+		return nil, nil, OAEP{}, err
+	}
+	if err := checkRecipient(recipient); err != nil {
+		return nil, nil, OAEP{}, err
+	}
+	err = m.withSession(ctx, func(p *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
+		mh, err := m.handle(p, sh, master, pkcs11.CKO_SECRET_KEY)
+		if err != nil {
+			return err
+		}
+		dk, err := p.GenerateKey(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)}, dataKeyTemplate(true))
+		if err != nil {
+			return err
+		}
+		defer p.DestroyObject(sh, dk)
+		if wrapped, err = p.WrapKey(sh, kwp, mh, dk); err != nil {
+			return err
+		}
+		forRecipient, how, err = wrapToRecipient(p, sh, dk, recipient)
+		return err
+	})
+	if err != nil {
+		return nil, nil, OAEP{}, mapErr("generate data key for recipient", err)
+	}
+	return wrapped, forRecipient, how, nil
+}
+
+// UnwrapDataKeyFor unwraps a data key under master and wraps it to recipient,
+// inside the token: the plaintext never leaves it.
+func (m *Module) UnwrapDataKeyFor(ctx context.Context, master Key, wrapped []byte, recipient *rsa.PublicKey) ([]byte, OAEP, error) {
+	if err := checkRecipient(recipient); err != nil {
+		return nil, OAEP{}, err
+	}
+	var out []byte
+	var how OAEP
+	err := m.unwrapInto(ctx, master, wrapped, true, func(p *pkcs11.Ctx, sh pkcs11.SessionHandle, dk pkcs11.ObjectHandle) error {
+		var err error
+		out, how, err = wrapToRecipient(p, sh, dk, recipient)
+		return err
+	})
+	return out, how, err
+}
+
+// Sign signs with an asymmetric key. For ECDSA and RSA-PSS, input is a
+// digest (SHA-256 for P-256 and RSA, SHA-384 for P-384; hashing happens
+// outside the token) and ECDSA signatures are ASN.1 DER. For Ed25519, input
+// is the message itself.
+func (m *Module) Sign(ctx context.Context, k Key, input []byte) ([]byte, error) {
+	var mech []*pkcs11.Mechanism
+	switch k.Kind {
+	case KindECDSAP256, KindAuditP256, KindECDSAP384:
+		if n := len(input); n != 32 && n != 48 && n != 64 {
+			return nil, fmt.Errorf("%w: ecdsa signs a 32, 48 or 64-byte digest, got %d bytes", ErrInvalidInput, n)
+		}
+		mech = []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_ECDSA, nil)}
+	case KindEd25519:
+		if len(input) > MaxDataSize {
+			return nil, fmt.Errorf("%w: message larger than %d bytes", ErrInvalidInput, MaxDataSize)
+		}
+		mech = []*pkcs11.Mechanism{pkcs11.NewMechanism(ckmEdDSA, nil)}
+	case KindRSA3072PSS:
+		if len(input) != sha256.Size {
+			return nil, fmt.Errorf("%w: rsa-pss signs a 32-byte SHA-256 digest, got %d bytes", ErrInvalidInput, len(input))
+		}
+		mech = []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_RSA_PKCS_PSS,
+			pkcs11.NewPSSParams(pkcs11.CKM_SHA256, pkcs11.CKG_MGF1_SHA256, sha256.Size))}
+	default:
+		return nil, fmt.Errorf("%w: %s keys do not sign", ErrInvalidInput, k.Kind)
+	}
+	var sig []byte
+	err := m.withSession(ctx, func(p *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
+		h, err := m.handle(p, sh, k, pkcs11.CKO_PRIVATE_KEY)
+		if err != nil {
+			return err
+		}
+		if err := p.SignInit(sh, mech, h); err != nil {
+			return err
+		}
+		sig, err = p.Sign(sh, input)
+		return err
+	})
+	if err != nil {
+		return nil, mapErr("sign", err)
+	}
+	if k.Kind == KindECDSAP256 || k.Kind == KindECDSAP384 || k.Kind == KindAuditP256 {
+		return ecdsaDER(sig)
+	}
+	return sig, nil
+}
+
+func ecdsaDER(raw []byte) ([]byte, error) {
+	if len(raw) == 0 || len(raw)%2 != 0 {
+		return nil, fmt.Errorf("%w: ecdsa signature of %d bytes", ErrMechanism, len(raw))
+	}
+	half := len(raw) / 2
+	return asn1.Marshal(struct{ R, S *big.Int }{new(big.Int).SetBytes(raw[:half]), new(big.Int).SetBytes(raw[half:])})
+}
+
+// Verify checks a signature made by Sign with the key's public half, in Go.
+func (m *Module) Verify(ctx context.Context, k Key, input, sig []byte) (bool, error) {
+	pub, err := m.PublicKey(ctx, k)
+	if err != nil {
+		return false, err
+	}
+	switch pk := pub.(type) {
+	case *ecdsa.PublicKey:
+		return ecdsa.VerifyASN1(pk, input, sig), nil
+	case ed25519.PublicKey:
+		return ed25519.Verify(pk, input, sig), nil
+	case *rsa.PublicKey:
+		if len(input) != sha256.Size {
+			return false, fmt.Errorf("%w: rsa-pss verifies a 32-byte SHA-256 digest", ErrInvalidInput)
+		}
+		return rsa.VerifyPSS(pk, crypto.SHA256, input, sig, &rsa.PSSOptions{SaltLength: sha256.Size}) == nil, nil
+	}
+	return false, fmt.Errorf("%w: %s keys do not verify", ErrInvalidInput, k.Kind)
+}
+
+// MAC computes HMAC-SHA256 of data under k inside the token.
+func (m *Module) MAC(ctx context.Context, k Key, data []byte) ([]byte, error) {
+	if err := requireKind(k, KindHMACSHA256); err != nil {
+		return nil, err
+	}
+	if len(data) > MaxDataSize {
+		return nil, fmt.Errorf("%w: input larger than %d bytes", ErrInvalidInput, MaxDataSize)
+	}
+	var mac []byte
+	err := m.withSession(ctx, func(p *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
+		h, err := m.handle(p, sh, k, pkcs11.CKO_SECRET_KEY)
+		if err != nil {
+			return err
+		}
+		if err := p.SignInit(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_SHA256_HMAC, nil)}, h); err != nil {
+			return err
+		}
+		mac, err = p.Sign(sh, data)
+		return err
+	})
+	return mac, mapErr("mac", err)
+}
+
+// VerifyMAC recomputes the HMAC inside the token and compares in constant time.
+func (m *Module) VerifyMAC(ctx context.Context, k Key, data, mac []byte) (bool, error) {
+	want, err := m.MAC(ctx, k, data)
+	if err != nil {
+		return false, err
+	}
+	return hmac.Equal(want, mac), nil
+}
+
+// Random returns n bytes from the token's RNG.
+func (m *Module) Random(ctx context.Context, n int) ([]byte, error) {
+	if n <= 0 || n > 1024 {
+		return nil, fmt.Errorf("%w: random length must be 1..1024", ErrInvalidInput)
+	}
+	var out []byte
+	err := m.withSession(ctx, func(p *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
+		var err error
+		out, err = p.GenerateRandom(sh, n)
+		return err
+	})
+	return out, mapErr("random", err)
+}
+
+// Signer returns a crypto.Signer over an asymmetric key in custody (for
+// example the audit key). Its Sign ignores rand: the token has its own.
+func (m *Module) Signer(ctx context.Context, k Key) (crypto.Signer, error) {
+	pub, err := m.PublicKey(ctx, k)
+	if err != nil {
+		return nil, err
+	}
+	return &signer{m: m, k: k, pub: pub}, nil
+}
+
+type signer struct {
+	m   *Module
+	k   Key
+	pub crypto.PublicKey
+}
+
+func (s *signer) Public() crypto.PublicKey { return s.pub }
+
+func (s *signer) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
+	switch s.k.Kind {
+	case KindEd25519:
+		if opts != nil && opts.HashFunc() != 0 {
+			return nil, fmt.Errorf("%w: ed25519 signs messages, not digests", ErrInvalidInput)
+		}
+	case KindRSA3072PSS:
+		if pss, ok := opts.(*rsa.PSSOptions); !ok || pss.Hash != crypto.SHA256 || (pss.SaltLength != sha256.Size && pss.SaltLength != rsa.PSSSaltLengthEqualsHash) {
+			return nil, fmt.Errorf("%w: rsa key signs PSS/SHA-256 with a 32-byte salt only", ErrInvalidInput)
+		}
+	}
+	return s.m.Sign(context.Background(), s.k, digest)
+}
