@@ -30,6 +30,10 @@ var (
 	ErrKeyPolicy = errors.New("hsm: key attributes violate custody policy")
 )
 
+// errTokenGone marks a failure that the liveness check traced to the token
+// itself being gone; it is device-class.
+var errTokenGone = errors.New("token is gone")
+
 // class is how the session pool reacts to a PKCS#11 failure.
 type class int
 
@@ -50,6 +54,9 @@ func rv(err error) (uint, bool) {
 
 // classify says how serious a PKCS#11 failure is for the session and module.
 func classify(err error) class {
+	if errors.Is(err, errTokenGone) {
+		return classDevice
+	}
 	code, ok := rv(err)
 	if !ok {
 		return classCaller

@@ -176,6 +176,9 @@ func (m *Module) handle(p *pkcs11.Ctx, sh pkcs11.SessionHandle, k Key, class uin
 	}
 	switch len(hs) {
 	case 0:
+		if !m.tokenAlive() {
+			return 0, fmt.Errorf("%w: looking for %s", errTokenGone, k)
+		}
 		return 0, fmt.Errorf("%w: %s", ErrNotFound, k)
 	case 1:
 	default:

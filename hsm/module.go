@@ -353,6 +353,14 @@ func (m *Module) withSession(ctx context.Context, fn func(p *pkcs11.Ctx, sh pkcs
 		return mapErr("open session", err)
 	}
 	err = fn(m.p, sh)
+	if err != nil && staleHandle(err) {
+		// A cached handle stopped working: either the key was deleted or the
+		// token went away (SoftHSM says CKR_OBJECT_HANDLE_INVALID then).
+		m.handles.Clear()
+		if !m.tokenAlive() {
+			err = fmt.Errorf("%w: %w", errTokenGone, err)
+		}
+	}
 	switch {
 	case err == nil:
 		m.putSession(sh)
@@ -367,6 +375,22 @@ func (m *Module) withSession(ctx context.Context, fn func(p *pkcs11.Ctx, sh pkcs
 		return fmt.Errorf("%w (%v)", m.unavailable(), err)
 	}
 	return err
+}
+
+// staleHandle reports whether err says an object handle is no longer valid.
+func staleHandle(err error) bool {
+	code, ok := rv(err)
+	return ok && (code == pkcs11.CKR_OBJECT_HANDLE_INVALID || code == pkcs11.CKR_KEY_HANDLE_INVALID)
+}
+
+// tokenAlive is a quick liveness check usable under the read lock: the slot
+// still reports our initialised token and (for SoftHSM) its directory exists.
+func (m *Module) tokenAlive() bool {
+	ti, err := m.p.GetTokenInfo(m.slot)
+	if err != nil || ti.Flags&pkcs11.CKF_TOKEN_INITIALIZED == 0 {
+		return false
+	}
+	return m.tokenDirPresent()
 }
 
 func (m *Module) getSession() (pkcs11.SessionHandle, error) {

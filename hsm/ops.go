@@ -196,7 +196,7 @@ func (m *Module) unwrapInto(ctx context.Context, master Key, wrapped []byte, sen
 		if err != nil {
 			return err
 		}
-		dk, err := p.UnwrapKey(sh, kwp, mh, wrapped, dataKeyTemplate(sensitive))
+		dk, err := p.UnwrapKey(sh, kwp, mh, wrapped, unwrapTemplate(sensitive))
 		if err != nil {
 			return m.disambiguate(p, sh, mh, err)
 		}

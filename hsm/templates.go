@@ -184,15 +184,19 @@ func templateFor(kind Kind, id []byte, label string) (genSpec, bool) {
 // master key or to a recipient, and sensitive unless the caller asked for the
 // plaintext. It never becomes a token object.
 func dataKeyTemplate(sensitive bool) []*pkcs11.Attribute {
+	return append(unwrapTemplate(sensitive), pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, DataKeySize))
+}
+
+// unwrapTemplate is dataKeyTemplate without CKA_VALUE_LEN, which C_UnwrapKey
+// derives from the wrapped value and refuses to be told.
+func unwrapTemplate(sensitive bool) []*pkcs11.Attribute {
 	return []*pkcs11.Attribute{
 		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
 		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
-		pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, 32),
 		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false),      // session object: destroyed with the session at the latest
 		pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),     // invisible to other logins
 		pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, sensitive),
 		pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, true), // must be wrappable (under master or to recipient)
-		pkcs11.NewAttribute(pkcs11.CKA_MODIFIABLE, false),
 		pkcs11.NewAttribute(pkcs11.CKA_ENCRYPT, false), // the HSM never uses a data key itself
 		pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, false),
 		pkcs11.NewAttribute(pkcs11.CKA_WRAP, false),
@@ -200,6 +204,9 @@ func dataKeyTemplate(sensitive bool) []*pkcs11.Attribute {
 		pkcs11.NewAttribute(pkcs11.CKA_SIGN, false),
 		pkcs11.NewAttribute(pkcs11.CKA_VERIFY, false),
 		pkcs11.NewAttribute(pkcs11.CKA_DERIVE, false),
+		// Last: SoftHSM applies a template in order, and after MODIFIABLE=false
+		// C_UnwrapKey refuses the remaining attributes as read-only.
+		pkcs11.NewAttribute(pkcs11.CKA_MODIFIABLE, false),
 	}
 }
 

@@ -1,0 +1,31 @@
+package hsm
+
+import (
+	"context"
+
+	"github.com/miekg/pkcs11"
+)
+
+// Raw runs fn with a pooled session and k's main object handle, so tests can
+// attack a key with raw PKCS#11 calls.
+func Raw(ctx context.Context, m *Module, k Key, fn func(p *pkcs11.Ctx, sh pkcs11.SessionHandle, h pkcs11.ObjectHandle) error) error {
+	return m.withSession(ctx, func(p *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
+		h, err := m.handle(p, sh, k, mainClass(k.Kind))
+		if err != nil {
+			return err
+		}
+		return fn(p, sh, h)
+	})
+}
+
+// CountSessionObjects counts the session (non-token) objects visible to a
+// session; transient data keys and imported recipient keys must not leak.
+func CountSessionObjects(ctx context.Context, m *Module) (int, error) {
+	n := 0
+	err := m.withSession(ctx, func(p *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
+		hs, err := findObjects(p, sh, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false)}, 10000)
+		n = len(hs)
+		return err
+	})
+	return n, err
+}
