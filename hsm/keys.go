@@ -23,7 +23,9 @@ type Key struct {
 	Kind  Kind
 }
 
-func (k Key) String() string { return fmt.Sprintf("%s %q id=%s", k.Kind, k.Label, hex.EncodeToString(k.ID)) }
+func (k Key) String() string {
+	return fmt.Sprintf("%s %q id=%s", k.Kind, k.Label, hex.EncodeToString(k.ID))
+}
 
 // Attributes are the custody attributes read back from the token.
 type Attributes struct {

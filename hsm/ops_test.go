@@ -61,10 +61,10 @@ func TestDecryptRejectsTamperingWrongAADWrongKeyAndTruncation(t *testing.T) {
 	}
 	flip := func(b []byte, i int) []byte { c := bytes.Clone(b); c[i] ^= 1; return c }
 	cases := []struct {
-		name      string
-		key       hsm.Key
-		iv, ct    []byte
-		aad       []byte
+		name   string
+		key    hsm.Key
+		iv, ct []byte
+		aad    []byte
 	}{
 		{"flipped ciphertext bit", k, iv, flip(ct, 0), []byte("tenant=acme")},
 		{"flipped tag bit", k, iv, flip(ct, len(ct)-1), []byte("tenant=acme")},

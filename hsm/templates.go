@@ -6,9 +6,9 @@ import (
 
 // Constants that miekg/pkcs11 v1.1.2 lacks (PKCS#11 v3.0 values).
 const (
-	ckkECEdwards          = 0x40
+	ckkECEdwards           = 0x40
 	ckmECEdwardsKeyPairGen = 0x1055
-	ckmEdDSA              = 0x1057
+	ckmEdDSA               = 0x1057
 )
 
 // Kind is the purpose of a key in custody. It fixes the key's type, size and
@@ -193,11 +193,11 @@ func unwrapTemplate(sensitive bool) []*pkcs11.Attribute {
 	return []*pkcs11.Attribute{
 		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
 		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
-		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false),      // session object: destroyed with the session at the latest
-		pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),     // invisible to other logins
+		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false),  // session object: destroyed with the session at the latest
+		pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true), // invisible to other logins
 		pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, sensitive),
 		pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, true), // must be wrappable (under master or to recipient)
-		pkcs11.NewAttribute(pkcs11.CKA_ENCRYPT, false), // the HSM never uses a data key itself
+		pkcs11.NewAttribute(pkcs11.CKA_ENCRYPT, false),    // the HSM never uses a data key itself
 		pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, false),
 		pkcs11.NewAttribute(pkcs11.CKA_WRAP, false),
 		pkcs11.NewAttribute(pkcs11.CKA_UNWRAP, false),

@@ -30,8 +30,8 @@ func TestParseURI(t *testing.T) {
 	bad := []string{
 		"",
 		"token=x?module-path=/x.so",
-		"pkcs11:token=x",                          // no module
-		"pkcs11:?module-path=/x.so",               // no token selector
+		"pkcs11:token=x",            // no module
+		"pkcs11:?module-path=/x.so", // no token selector
 		"pkcs11:token=x;tokn=y?module-path=/x.so", // typo
 		"pkcs11:token=x?module-path=/x.so&pin-value=1234",
 		"pkcs11:token=%zz?module-path=/x.so",
