@@ -1,0 +1,98 @@
+package keys
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"fmt"
+	"slices"
+	"unicode/utf8"
+)
+
+// Limits on an encryption context. They keep the AAD small enough for any
+// HSM and the audit digest cheap to compute.
+const (
+	MaxContextPairs    = 64
+	MaxContextKeyLen   = 128
+	MaxContextValueLen = 1024
+)
+
+// ValidateContext checks an encryption context: at most MaxContextPairs
+// pairs, each key 1..MaxContextKeyLen bytes, each value at most
+// MaxContextValueLen bytes, keys and values valid UTF-8. A nil or empty
+// context is valid. Errors wrap ErrInvalidContext and identify a pair by its
+// position in key order, never by its content.
+func ValidateContext(ctx map[string]string) error {
+	if len(ctx) > MaxContextPairs {
+		return fmt.Errorf("%w: %d pairs, at most %d allowed", ErrInvalidContext, len(ctx), MaxContextPairs)
+	}
+	for i, k := range sortedKeys(ctx) {
+		v := ctx[k]
+		switch {
+		case len(k) == 0:
+			return fmt.Errorf("%w: pair %d: empty key", ErrInvalidContext, i)
+		case len(k) > MaxContextKeyLen:
+			return fmt.Errorf("%w: pair %d: key is %d bytes, at most %d allowed", ErrInvalidContext, i, len(k), MaxContextKeyLen)
+		case !utf8.ValidString(k):
+			return fmt.Errorf("%w: pair %d: key is not valid utf-8", ErrInvalidContext, i)
+		case len(v) > MaxContextValueLen:
+			return fmt.Errorf("%w: pair %d: value is %d bytes, at most %d allowed", ErrInvalidContext, i, len(v), MaxContextValueLen)
+		case !utf8.ValidString(v):
+			return fmt.Errorf("%w: pair %d: value is not valid utf-8", ErrInvalidContext, i)
+		}
+	}
+	return nil
+}
+
+// CanonicalContext returns the canonical encoding of a valid encryption
+// context, as it appears at the end of every AAD:
+//
+//	uint32 n                        number of pairs, big-endian
+//	n times, keys in ascending byte order:
+//	  uint32 len(key)   key
+//	  uint32 len(value) value
+//
+// A nil and an empty context both encode as four zero bytes. The encoding is
+// injective: distinct contexts never share an encoding.
+func CanonicalContext(ctx map[string]string) ([]byte, error) {
+	if err := ValidateContext(ctx); err != nil {
+		return nil, err
+	}
+	return appendContext(nil, ctx), nil
+}
+
+// ContextDigest returns SHA-256 of CanonicalContext(ctx), the form in which
+// the audit log records a context without recording its values.
+func ContextDigest(ctx map[string]string) ([]byte, error) {
+	enc, err := CanonicalContext(ctx)
+	if err != nil {
+		return nil, err
+	}
+	sum := sha256.Sum256(enc)
+	return sum[:], nil
+}
+
+// appendContext appends the canonical encoding of an already validated
+// context to b.
+func appendContext(b []byte, ctx map[string]string) []byte {
+	b = binary.BigEndian.AppendUint32(b, uint32(len(ctx)))
+	for _, k := range sortedKeys(ctx) {
+		b = appendLP(b, []byte(k))
+		b = appendLP(b, []byte(ctx[k]))
+	}
+	return b
+}
+
+// appendLP appends a uint32 big-endian length prefix and then p.
+func appendLP(b, p []byte) []byte {
+	b = binary.BigEndian.AppendUint32(b, uint32(len(p)))
+	return append(b, p...)
+}
+
+func sortedKeys(ctx map[string]string) []string {
+	keys := make([]string, 0, len(ctx))
+	for k := range ctx {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys) // Go string comparison is bytewise.
+	return keys
+}
