@@ -1,0 +1,434 @@
+package policy
+
+import (
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+)
+
+// Role is what an identity may act as. An identity may hold several roles.
+type Role string
+
+// Roles.
+const (
+	// RoleRelay uses keys: the only role for which key operations exist, and
+	// then only through grants.
+	RoleRelay Role = "relay"
+	// RoleOperator runs the service and proposes changes; it cannot use keys
+	// or approve.
+	RoleOperator Role = "operator"
+	// RoleOfficer approves and vetoes proposals.
+	RoleOfficer Role = "officer"
+	// RoleAuditor reads the audit log and governance state.
+	RoleAuditor Role = "auditor"
+)
+
+// Op names an operation being authorised.
+type Op string
+
+// Key operations: each needs a grant naming the identity, the key and the op.
+const (
+	OpEncrypt   Op = "encrypt"
+	OpDecrypt   Op = "decrypt"
+	OpDataKey   Op = "datakey"
+	OpUnwrap    Op = "unwrap"
+	OpRewrap    Op = "rewrap"
+	OpSign      Op = "sign"
+	OpVerify    Op = "verify"
+	OpMAC       Op = "mac"
+	OpVerifyMAC Op = "verify-mac"
+	OpPublicKey Op = "pubkey"
+)
+
+// Administrative operations: allowed by role alone; they never touch key
+// material, so no grant is involved.
+const (
+	OpStatus         Op = "status"          // health and version
+	OpKeyRead        Op = "key-read"        // key metadata: get, list
+	OpPropose        Op = "propose"         // submit a governance proposal
+	OpApprove        Op = "approve"         // approve a proposal
+	OpVeto           Op = "veto"            // veto a proposal
+	OpGovernanceRead Op = "governance-read" // list proposals, grants, budgets, officers
+	OpAuditRead      Op = "audit-read"      // tail the audit log, read checkpoints
+)
+
+type opSet uint32
+
+// opBit maps an op to its bit; a switch keeps Authorize allocation-free.
+func opBit(op Op) opSet {
+	switch op {
+	case OpEncrypt:
+		return 1 << 0
+	case OpDecrypt:
+		return 1 << 1
+	case OpDataKey:
+		return 1 << 2
+	case OpUnwrap:
+		return 1 << 3
+	case OpRewrap:
+		return 1 << 4
+	case OpSign:
+		return 1 << 5
+	case OpVerify:
+		return 1 << 6
+	case OpMAC:
+		return 1 << 7
+	case OpVerifyMAC:
+		return 1 << 8
+	case OpPublicKey:
+		return 1 << 9
+	case OpStatus:
+		return 1 << 16
+	case OpKeyRead:
+		return 1 << 17
+	case OpPropose:
+		return 1 << 18
+	case OpApprove:
+		return 1 << 19
+	case OpVeto:
+		return 1 << 20
+	case OpGovernanceRead:
+		return 1 << 21
+	case OpAuditRead:
+		return 1 << 22
+	}
+	return 0
+}
+
+const keyOps opSet = 1<<10 - 1
+
+// IsKeyOp reports whether op uses a key and therefore needs a grant.
+func (op Op) IsKeyOp() bool { return opBit(op)&keyOps != 0 }
+
+type roleSet uint8
+
+func roleBit(r Role) roleSet {
+	switch r {
+	case RoleRelay:
+		return 1 << 0
+	case RoleOperator:
+		return 1 << 1
+	case RoleOfficer:
+		return 1 << 2
+	case RoleAuditor:
+		return 1 << 3
+	}
+	return 0
+}
+
+// roleOps is the fixed table of what each role may ask for at all. Key ops
+// belong to relays only: an operator or officer, however privileged, cannot
+// decrypt, because no grant can be made to them (New refuses it).
+func roleOps(r Role) opSet {
+	switch r {
+	case RoleRelay:
+		return keyOps | opBit(OpStatus)
+	case RoleOperator:
+		return opBit(OpStatus) | opBit(OpKeyRead) | opBit(OpPropose) | opBit(OpGovernanceRead)
+	case RoleOfficer:
+		return opBit(OpStatus) | opBit(OpKeyRead) | opBit(OpPropose) | opBit(OpApprove) |
+			opBit(OpVeto) | opBit(OpGovernanceRead) | opBit(OpAuditRead)
+	case RoleAuditor:
+		return opBit(OpStatus) | opBit(OpKeyRead) | opBit(OpGovernanceRead) | opBit(OpAuditRead)
+	}
+	return 0
+}
+
+// Identity is an authenticated caller: the SHA-256 of its client
+// certificate's public key, or a URI SAN, and the roles it holds.
+type Identity struct {
+	ID    string `json:"id"`
+	Roles []Role `json:"roles"`
+}
+
+// Grant allows one identity to perform some key operations on one key.
+type Grant struct {
+	ID         string `json:"id"`
+	Identity   string `json:"identity"`
+	Key        string `json:"key"`
+	Operations []Op   `json:"operations"`
+	// ContextMatch, if set, requires every listed pair to be present and
+	// equal in the request's encryption context.
+	ContextMatch map[string]string `json:"context_match,omitempty"`
+	// RecipientKeys are SHA-256 digests of the SubjectPublicKeyInfo of the
+	// public keys a data key may be wrapped to (key transport).
+	RecipientKeys [][]byte `json:"recipient_keys,omitempty"`
+	// AllowPlaintext lets datakey/unwrap return a plaintext data key; without
+	// it a data key is only ever returned wrapped to a recipient key.
+	AllowPlaintext bool `json:"allow_plaintext"`
+}
+
+// Subject is one identity on one key: the unit grants, budgets and freezes
+// apply to.
+type Subject struct {
+	Identity string `json:"identity"`
+	Key      string `json:"key"`
+}
+
+// Validate checks a grant on its own: a named key (no wildcard), known key
+// operations, non-empty context match keys and 32-byte recipient digests.
+func (g Grant) Validate() error {
+	if g.ID == "" {
+		return fmt.Errorf("%w: id: empty", ErrInvalidSpec)
+	}
+	if g.Identity == "" {
+		return fmt.Errorf("%w: identity: empty", ErrInvalidSpec)
+	}
+	if err := validKeyName(g.Key); err != nil {
+		return fmt.Errorf("%w: key: %v", ErrInvalidSpec, err)
+	}
+	if len(g.Operations) == 0 {
+		return fmt.Errorf("%w: operations: empty", ErrInvalidSpec)
+	}
+	for i, op := range g.Operations {
+		if !op.IsKeyOp() {
+			return fmt.Errorf("%w: operations[%d]: %q is not a grantable key operation", ErrInvalidSpec, i, op)
+		}
+	}
+	for k := range g.ContextMatch {
+		if k == "" {
+			return fmt.Errorf("%w: context_match: empty key", ErrInvalidSpec)
+		}
+	}
+	for i, r := range g.RecipientKeys {
+		if len(r) != 32 {
+			return fmt.Errorf("%w: recipient_keys[%d]: want a 32-byte SHA-256, got %d bytes", ErrInvalidSpec, i, len(r))
+		}
+	}
+	return nil
+}
+
+// validKeyName refuses the empty name and anything that looks like a
+// pattern: grants and orders name exactly one key.
+func validKeyName(k string) error {
+	if k == "" {
+		return fmt.Errorf("empty")
+	}
+	if strings.ContainsAny(k, "*?") {
+		return fmt.Errorf("wildcards are not allowed")
+	}
+	return nil
+}
+
+// Spec is the serialisable form of a Policy.
+type Spec struct {
+	Identities []Identity `json:"identities"`
+	Grants     []Grant    `json:"grants"`
+	// Frozen subjects are refused every key operation (ErrFrozen).
+	Frozen []Subject `json:"frozen,omitempty"`
+}
+
+type kv struct{ k, v string }
+
+type compiledGrant struct {
+	id             string
+	ops            opSet
+	match          []kv
+	recipients     [][]byte
+	allowPlaintext bool
+}
+
+func (g *compiledGrant) matches(ctx map[string]string) bool {
+	for _, p := range g.match {
+		v, ok := ctx[p.k]
+		if !ok || v != p.v {
+			return false
+		}
+	}
+	return true
+}
+
+// Policy is an immutable, precomputed snapshot of a Spec. It is safe for
+// concurrent use; to change policy, build a new one.
+type Policy struct {
+	spec   Spec
+	roles  map[string]roleSet
+	grants map[Subject][]compiledGrant
+	frozen map[Subject]struct{}
+}
+
+// New validates spec and builds a Policy from a private copy of it.
+func New(spec Spec) (*Policy, error) {
+	spec = cloneSpec(spec)
+	p := &Policy{
+		spec:   spec,
+		roles:  make(map[string]roleSet, len(spec.Identities)),
+		grants: make(map[Subject][]compiledGrant, len(spec.Grants)),
+		frozen: make(map[Subject]struct{}, len(spec.Frozen)),
+	}
+	for i, id := range spec.Identities {
+		if id.ID == "" {
+			return nil, fmt.Errorf("%w: identities[%d].id: empty", ErrInvalidSpec, i)
+		}
+		if _, dup := p.roles[id.ID]; dup {
+			return nil, fmt.Errorf("%w: identities[%d].id: duplicate %q", ErrInvalidSpec, i, id.ID)
+		}
+		if len(id.Roles) == 0 {
+			return nil, fmt.Errorf("%w: identities[%d].roles: empty", ErrInvalidSpec, i)
+		}
+		var rs roleSet
+		for j, r := range id.Roles {
+			b := roleBit(r)
+			if b == 0 {
+				return nil, fmt.Errorf("%w: identities[%d].roles[%d]: unknown role %q", ErrInvalidSpec, i, j, r)
+			}
+			rs |= b
+		}
+		p.roles[id.ID] = rs
+	}
+	// Sorted by ID so that, when several grants could allow a request, the
+	// one reported in the Decision does not depend on input order.
+	order := make([]int, len(spec.Grants))
+	for i := range order {
+		order[i] = i
+	}
+	sort.SliceStable(order, func(a, b int) bool { return spec.Grants[order[a]].ID < spec.Grants[order[b]].ID })
+	seen := make(map[string]bool, len(spec.Grants))
+	for _, i := range order {
+		g := spec.Grants[i]
+		if err := g.Validate(); err != nil {
+			return nil, fmt.Errorf("grants[%d]: %w", i, err)
+		}
+		if seen[g.ID] {
+			return nil, fmt.Errorf("%w: grants[%d].id: duplicate %q", ErrInvalidSpec, i, g.ID)
+		}
+		seen[g.ID] = true
+		rs, ok := p.roles[g.Identity]
+		if !ok {
+			return nil, fmt.Errorf("%w: grants[%d].identity: unknown identity %q", ErrInvalidSpec, i, g.Identity)
+		}
+		if rs&roleBit(RoleRelay) == 0 {
+			return nil, fmt.Errorf("%w: grants[%d].identity: %q does not hold the relay role", ErrInvalidSpec, i, g.Identity)
+		}
+		cg := compiledGrant{id: g.ID, recipients: g.RecipientKeys, allowPlaintext: g.AllowPlaintext}
+		for _, op := range g.Operations {
+			cg.ops |= opBit(op)
+		}
+		for k, v := range g.ContextMatch {
+			cg.match = append(cg.match, kv{k, v})
+		}
+		slices.SortFunc(cg.match, func(a, b kv) int { return strings.Compare(a.k, b.k) })
+		s := Subject{g.Identity, g.Key}
+		p.grants[s] = append(p.grants[s], cg)
+	}
+	for i, s := range spec.Frozen {
+		if s.Identity == "" || s.Key == "" {
+			return nil, fmt.Errorf("%w: frozen[%d]: identity and key are required", ErrInvalidSpec, i)
+		}
+		p.frozen[s] = struct{}{}
+	}
+	return p, nil
+}
+
+// Spec returns a copy of the specification the Policy was built from.
+func (p *Policy) Spec() Spec { return cloneSpec(p.spec) }
+
+// Decision describes an allowed request.
+type Decision struct {
+	Identity string
+	Role     Role
+	Op       Op
+	Key      string
+	// GrantID is the grant that allowed a key operation; empty for
+	// administrative operations.
+	GrantID string
+	// AllowPlaintext is the grant's permission to return plaintext data keys.
+	AllowPlaintext bool
+	recipients     [][]byte
+}
+
+// RecipientAllowed reports whether the grant allows wrapping a data key to
+// the public key whose SubjectPublicKeyInfo has SHA-256 spkiSHA256.
+func (d Decision) RecipientAllowed(spkiSHA256 []byte) bool {
+	for _, r := range d.recipients {
+		if string(r) == string(spkiSHA256) {
+			return true
+		}
+	}
+	return false
+}
+
+// Authorize decides whether identity, acting as role, may perform op on key
+// with the request's encryption context ctx. For administrative ops key and
+// ctx are ignored. It allocates nothing when it allows.
+//
+// Denials, in the order checked: ErrUnknownOp; ErrNoRole (unknown identity,
+// or role not held); ErrNotGranted (role cannot perform op); ErrFrozen;
+// ErrNotGranted (no grant for op on key); ErrContextMismatch (a grant has the
+// op but none matches ctx).
+func (p *Policy) Authorize(identity string, role Role, op Op, key string, ctx map[string]string) (Decision, error) {
+	bit := opBit(op)
+	if bit == 0 {
+		return Decision{}, fmt.Errorf("%w: %q", ErrUnknownOp, op)
+	}
+	rb := roleBit(role)
+	if rb == 0 || p.roles[identity]&rb == 0 {
+		return Decision{}, fmt.Errorf("%w: identity %q, role %q", ErrNoRole, identity, role)
+	}
+	if roleOps(role)&bit == 0 {
+		return Decision{}, fmt.Errorf("%w: role %q cannot %s", ErrNotGranted, role, op)
+	}
+	d := Decision{Identity: identity, Role: role, Op: op, Key: key}
+	if bit&keyOps == 0 {
+		return d, nil
+	}
+	s := Subject{identity, key}
+	if _, ok := p.frozen[s]; ok {
+		return Decision{}, fmt.Errorf("%w: identity %q, key %q", ErrFrozen, identity, key)
+	}
+	gs := p.grants[s]
+	opGranted := false
+	for i := range gs {
+		g := &gs[i]
+		if g.ops&bit == 0 {
+			continue
+		}
+		opGranted = true
+		if !g.matches(ctx) {
+			continue
+		}
+		d.GrantID = g.id
+		d.AllowPlaintext = g.allowPlaintext
+		d.recipients = g.recipients
+		return d, nil
+	}
+	if opGranted {
+		return Decision{}, fmt.Errorf("%w: identity %q, key %q, op %s", ErrContextMismatch, identity, key, op)
+	}
+	return Decision{}, fmt.Errorf("%w: identity %q, key %q, op %s", ErrNotGranted, identity, key, op)
+}
+
+func cloneSpec(s Spec) Spec {
+	out := Spec{
+		Identities: make([]Identity, len(s.Identities)),
+		Grants:     make([]Grant, len(s.Grants)),
+		Frozen:     slices.Clone(s.Frozen),
+	}
+	for i, id := range s.Identities {
+		out.Identities[i] = Identity{ID: id.ID, Roles: slices.Clone(id.Roles)}
+	}
+	for i, g := range s.Grants {
+		out.Grants[i] = cloneGrant(g)
+	}
+	return out
+}
+
+func cloneGrant(g Grant) Grant {
+	g.Operations = slices.Clone(g.Operations)
+	if g.ContextMatch != nil {
+		m := make(map[string]string, len(g.ContextMatch))
+		for k, v := range g.ContextMatch {
+			m[k] = v
+		}
+		g.ContextMatch = m
+	}
+	if g.RecipientKeys != nil {
+		rk := make([][]byte, len(g.RecipientKeys))
+		for i, r := range g.RecipientKeys {
+			rk[i] = slices.Clone(r)
+		}
+		g.RecipientKeys = rk
+	}
+	return g
+}

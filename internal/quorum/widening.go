@@ -1,0 +1,46 @@
+package quorum
+
+import (
+	"time"
+
+	"github.com/custodyhq/custody/internal/policy"
+)
+
+// DefaultTimeLock is how long a widening proposal waits, after reaching its
+// threshold, for a veto before it can execute.
+const DefaultTimeLock = 24 * time.Hour
+
+// Current is the state a proposal is compared with to decide whether it
+// widens access. Unknown state counts as widening, so a caller that forgets
+// to fill it in gets the time-lock, not a bypass.
+type Current struct {
+	// Budget returns the budget in force for identity on key (identity ""
+	// for the key's shared budget), and false if there is none.
+	Budget func(identity, key string) (policy.Budget, bool)
+	// Threshold is the current M.
+	Threshold int
+}
+
+// Widening reports whether a proposal with payload p widens access and so
+// waits out the time-lock: a new grant, a raised budget (compared with
+// cur), a new officer, a lower threshold, a disclosure order, or an
+// unfreeze, and re-enabling a key version (it restores decryption of old
+// ciphertexts). Key creation, rotation, disabling, removals and destruction
+// narrow or keep access and need only the quorum.
+func Widening(p Payload, cur Current) bool {
+	switch v := deref(p).(type) {
+	case AddGrant, AddOfficer, DisclosureOrder, Unfreeze, EnableVersion:
+		return true
+	case SetBudget:
+		if cur.Budget == nil {
+			return true
+		}
+		old, ok := cur.Budget(v.Identity, v.Key)
+		return !ok || v.Budget.Wider(old)
+	case SetThreshold:
+		return cur.Threshold == 0 || v.Threshold < cur.Threshold
+	case CreateKey, DestroyKey, RotateKey, DisableVersion, RemoveGrant, RemoveOfficer:
+		return false
+	}
+	return true
+}
