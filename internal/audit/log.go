@@ -1,0 +1,660 @@
+package audit
+
+import (
+	"context"
+	"crypto"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Options configure a Log. The zero value is usable.
+type Options struct {
+	// SegmentSize is the size after which a new segment is started
+	// (default 64 MiB). A batch may overshoot it.
+	SegmentSize int64
+	// CheckpointEvery signs a checkpoint after this many records (default
+	// 1000). Requests made while a checkpoint is being signed coalesce into
+	// one checkpoint of the newest head.
+	CheckpointEvery uint64
+	// CheckpointInterval signs a checkpoint this often if there are new
+	// records (default 1 minute; negative disables the timer).
+	CheckpointInterval time.Duration
+	// InstanceID names this custodyd instance in checkpoints (default: host name).
+	InstanceID string
+	// Sink, if set, receives every checkpoint off the Append path.
+	Sink AnchorSink
+	// SinkTimeout bounds one Sink.Anchor call (default 10 s).
+	SinkTimeout time.Duration
+	// MaxBatch bounds the records in one group commit (default 1024).
+	MaxBatch int
+	// Logger receives operational messages (never record contents).
+	// Default: slog.Default().
+	Logger *slog.Logger
+
+	// disableGroupCommit makes every record its own write and fsync. It
+	// exists only for the benchmark that measures what group commit buys.
+	disableGroupCommit bool
+}
+
+func (o *Options) setDefaults() {
+	if o.SegmentSize <= 0 {
+		o.SegmentSize = 64 << 20
+	}
+	if o.CheckpointEvery == 0 {
+		o.CheckpointEvery = 1000
+	}
+	if o.CheckpointInterval == 0 {
+		o.CheckpointInterval = time.Minute
+	}
+	if o.InstanceID == "" {
+		o.InstanceID, _ = os.Hostname()
+	}
+	if o.SinkTimeout <= 0 {
+		o.SinkTimeout = 10 * time.Second
+	}
+	if o.MaxBatch <= 0 {
+		o.MaxBatch = 1024
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+}
+
+// Stats are counters since Open. Fsyncs counts segment fsyncs only, so
+// Records/Fsyncs is the mean group-commit batch size.
+type Stats struct {
+	Records          uint64 // records made durable
+	Batches          uint64 // group commits that succeeded
+	Fsyncs           uint64 // segment fsyncs attempted
+	Failures         uint64 // appends failed with ErrUnavailable
+	Checkpoints      uint64 // checkpoints signed and written
+	CheckpointErrors uint64 // checkpoints that could not be signed or written
+	Anchored         uint64 // checkpoints accepted by the sink
+	AnchorErrors     uint64 // sink failures, including a full sink queue
+	TornBytes        uint64 // bytes of torn tail truncated by Open
+}
+
+type counters struct {
+	records, batches, fsyncs, failures, checkpoints, checkpointErrors,
+	anchored, anchorErrors, tornBytes atomic.Uint64
+}
+
+type appendResult struct {
+	seq uint64
+	err error
+}
+
+type appendReq struct {
+	rec  Record
+	done chan appendResult
+}
+
+// Log is an open audit log directory. It is safe for concurrent use. Only
+// one Log may have a directory open at a time (Open takes a lock on dir/LOCK
+// and returns ErrLocked otherwise).
+type Log struct {
+	dir    string
+	signer crypto.Signer
+	pub    crypto.PublicKey
+	opts   Options
+	log    *slog.Logger
+	stats  counters
+
+	closeMu sync.RWMutex // held shared while sending to reqs
+	closed  bool
+	reqs    chan *appendReq
+
+	writerDone chan struct{}
+	// Owned by the writer goroutine.
+	seg      *os.File
+	segFirst uint64
+	segInfo  os.FileInfo
+	segSize  int64 // bytes durable in seg
+	broken   bool  // seg had a failed write and must be truncated and replaced
+	wSeq     uint64
+	wHead    []byte
+	lastKick uint64
+	buf      []byte
+
+	mu          sync.Mutex // protects the published head below
+	nextSeq     uint64
+	head        []byte
+	activeFirst uint64
+	health      error
+	notify      chan struct{} // closed and replaced on every commit
+
+	ckptMu     sync.Mutex // serialises checkpoints; protects latest, ckptClosed
+	latest     *Checkpoint
+	ckptClosed bool
+	ckptKick   chan struct{}
+	ckptStop   chan struct{}
+	ckptDone   chan struct{}
+
+	sinkQ      chan Checkpoint
+	sinkCancel context.CancelFunc
+	sinkDone   chan struct{}
+
+	pruneMu sync.Mutex
+	lock    *os.File
+}
+
+// Open opens (creating if needed) the log in dir and continues its chain from
+// the last record of the last segment. signer signs checkpoints and prune
+// markers; it is the HSM audit key in production (ECDSA P-256).
+func Open(ctx context.Context, dir string, signer crypto.Signer, opts Options) (*Log, error) {
+	if signer == nil {
+		return nil, errors.New("audit: open: signer is nil")
+	}
+	opts.setDefaults()
+	l := &Log{
+		dir: dir, signer: signer, pub: signer.Public(), opts: opts, log: opts.Logger,
+		reqs:       make(chan *appendReq, opts.MaxBatch),
+		writerDone: make(chan struct{}),
+		notify:     make(chan struct{}),
+		ckptKick:   make(chan struct{}, 1),
+		ckptStop:   make(chan struct{}),
+		ckptDone:   make(chan struct{}),
+		sinkDone:   make(chan struct{}),
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	lock, err := lockDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	l.lock = lock
+	if err := l.openExisting(); err != nil {
+		if l.seg != nil {
+			l.seg.Close()
+		}
+		lock.Close()
+		return nil, err
+	}
+	l.lastKick = l.wSeq - 1
+	l.publish()
+
+	go l.runWriter()
+	go l.runCheckpointer()
+	sinkCtx, cancel := context.WithCancel(context.Background())
+	l.sinkCancel = cancel
+	if opts.Sink != nil {
+		l.sinkQ = make(chan Checkpoint, 64)
+		go l.runSink(sinkCtx)
+	} else {
+		close(l.sinkDone)
+	}
+	return l, nil
+}
+
+func (l *Log) openExisting() error {
+	if err := l.loadLatestCheckpoint(); err != nil {
+		return err
+	}
+	if err := l.recoverHead(); err != nil {
+		return err
+	}
+	if l.latest != nil && l.latest.Seq >= l.wSeq {
+		return fmt.Errorf("%w: records end at %d, before checkpoint %d", ErrCorrupt, l.wSeq-1, l.latest.Seq)
+	}
+	return nil
+}
+
+func (l *Log) loadLatestCheckpoint() error {
+	_, err := scanCheckpoints(l.dir, func(cp Checkpoint, line int) error {
+		if cp.Verify(l.pub) != nil {
+			l.log.Warn("audit: ignoring checkpoint with bad signature", "line", line, "seq", cp.Seq)
+			return nil
+		}
+		if l.latest == nil || cp.Seq >= l.latest.Seq {
+			c := cp
+			l.latest = &c
+		}
+		return nil
+	})
+	var ve *VerifyError
+	if errors.As(err, &ve) {
+		return fmt.Errorf("%w: %s line %d: %s", ErrCorrupt, ve.Segment, ve.Line, ve.Reason)
+	}
+	if err != nil {
+		return fmt.Errorf("%w: read checkpoints: %w", ErrUnavailable, err)
+	}
+	return nil
+}
+
+// recoverHead finds the last record, truncates a torn tail of the last
+// segment, and opens the segment to append to.
+func (l *Log) recoverHead() error {
+	segs, err := listSegments(l.dir)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	l.wSeq, l.wHead = 1, make([]byte, HashSize)
+	if m, err := readPruneMarker(l.dir); err == nil && m != nil {
+		l.wSeq, l.wHead = m.FirstSeq, m.PrevHash
+	}
+	for i := len(segs) - 1; i >= 0; i-- {
+		path := filepath.Join(l.dir, segs[i].name)
+		rec, end, size, err := lastRecord(path)
+		if err != nil {
+			return fmt.Errorf("%w: %w", ErrUnavailable, err)
+		}
+		if i == len(segs)-1 && size > end {
+			if err := truncateFile(path, end); err != nil {
+				return fmt.Errorf("%w: truncate torn tail: %w", ErrUnavailable, err)
+			}
+			l.stats.tornBytes.Add(uint64(size - end))
+			l.log.Warn("audit: truncated torn tail of last segment", "segment", segs[i].name, "bytes", size-end)
+		}
+		if rec == nil {
+			continue
+		}
+		l.wSeq, l.wHead = rec.Seq+1, rec.Hash
+		if i == len(segs)-1 {
+			f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0o600)
+			if err != nil {
+				return fmt.Errorf("%w: %w", ErrUnavailable, err)
+			}
+			fi, err := f.Stat()
+			if err != nil {
+				f.Close()
+				return fmt.Errorf("%w: %w", ErrUnavailable, err)
+			}
+			l.seg, l.segFirst, l.segInfo, l.segSize = f, segs[i].first, fi, fi.Size()
+			return nil
+		}
+		break
+	}
+	if err := l.openSegment(l.wSeq); err != nil {
+		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	return nil
+}
+
+func truncateFile(path string, size int64) error {
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := f.Truncate(size); err != nil {
+		return err
+	}
+	return f.Sync()
+}
+
+// openSegment creates the segment for first (or reuses an empty file of that
+// name, left by a failed first batch) and makes its directory entry durable.
+func (l *Log) openSegment(first uint64) error {
+	path := segPath(l.dir, first)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	fi, err := f.Stat()
+	if err == nil && fi.Size() != 0 {
+		err = fmt.Errorf("segment %s already exists and is not empty", segmentName(first))
+	}
+	if err == nil {
+		err = syncDir(l.dir)
+	}
+	if err != nil {
+		f.Close()
+		return err
+	}
+	l.seg, l.segFirst, l.segInfo, l.segSize = f, first, fi, 0
+	return nil
+}
+
+// publish makes the writer's durable head visible to readers.
+func (l *Log) publish() {
+	l.mu.Lock()
+	l.nextSeq, l.head, l.activeFirst = l.wSeq, l.wHead, l.segFirst
+	l.mu.Unlock()
+}
+
+// Append writes rec durably and returns its sequence number. It returns only
+// after the record is fsynced, or with an error: ErrInvalidRecord (nothing
+// written), ErrUnavailable (the log cannot be written; fail the request),
+// ErrClosed, or the context's error. A context that ends after the record was
+// queued does not withdraw it: the record may still be written.
+func (l *Log) Append(ctx context.Context, rec Record) (uint64, error) {
+	if err := normalise(&rec, time.Now()); err != nil {
+		return 0, err
+	}
+	req := &appendReq{rec: rec, done: make(chan appendResult, 1)}
+	l.closeMu.RLock()
+	if l.closed {
+		l.closeMu.RUnlock()
+		return 0, ErrClosed
+	}
+	select {
+	case l.reqs <- req:
+		l.closeMu.RUnlock()
+	case <-ctx.Done():
+		l.closeMu.RUnlock()
+		return 0, ctx.Err()
+	}
+	select {
+	case res := <-req.done:
+		return res.seq, res.err
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+}
+
+func (l *Log) runWriter() {
+	defer close(l.writerDone)
+	batch := make([]*appendReq, 0, l.opts.MaxBatch)
+	for req := range l.reqs {
+		batch = append(batch[:0], req)
+	fill:
+		for !l.opts.disableGroupCommit && len(batch) < l.opts.MaxBatch {
+			select {
+			case r, ok := <-l.reqs:
+				if !ok {
+					break fill
+				}
+				batch = append(batch, r)
+			default:
+				break fill
+			}
+		}
+		l.commit(batch)
+	}
+	if l.seg != nil {
+		l.seg.Close()
+		l.seg = nil
+	}
+}
+
+// commit writes one batch with one write and one fsync.
+func (l *Log) commit(batch []*appendReq) {
+	if err := l.ensureSegment(); err != nil {
+		l.fail(batch, err)
+		return
+	}
+	seq, prev := l.wSeq, l.wHead
+	buf := l.buf[:0]
+	for _, req := range batch {
+		r := &req.rec
+		r.Seq, r.PrevHash = seq, prev
+		r.Hash = computeHash(r)
+		line, err := json.Marshal(r)
+		if err != nil { // not reachable for a normalised record
+			l.fail(batch, err)
+			return
+		}
+		buf = append(append(buf, line...), '\n')
+		prev = r.Hash
+		seq++
+	}
+	l.buf = buf
+	n, err := l.seg.Write(buf)
+	if err == nil {
+		l.stats.fsyncs.Add(1)
+		err = l.seg.Sync()
+	}
+	if err == nil {
+		err = l.checkReachable()
+	}
+	if err != nil {
+		l.broken = true
+		l.fail(batch, err)
+		return
+	}
+	l.segSize += int64(n)
+	l.wSeq, l.wHead = seq, prev
+	l.mu.Lock()
+	l.nextSeq, l.head, l.activeFirst = seq, prev, l.segFirst
+	wasDown := l.health != nil
+	l.health = nil
+	close(l.notify)
+	l.notify = make(chan struct{})
+	l.mu.Unlock()
+	if wasDown {
+		l.log.Info("audit: log writable again", "segment", segmentName(l.segFirst))
+	}
+	for i, req := range batch {
+		req.done <- appendResult{seq: batch[0].rec.Seq + uint64(i)}
+	}
+	l.stats.records.Add(uint64(len(batch)))
+	l.stats.batches.Add(1)
+	if seq-1-l.lastKick >= l.opts.CheckpointEvery {
+		l.lastKick = seq - 1
+		select {
+		case l.ckptKick <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// ensureSegment repairs a broken segment and rotates by size.
+func (l *Log) ensureSegment() error {
+	if l.broken && l.seg != nil {
+		// Cut off whatever the failed batch left, through the descriptor we
+		// still hold, so the old segment ends at its last durable record.
+		if err := l.seg.Truncate(l.segSize); err != nil {
+			return fmt.Errorf("truncate failed segment: %w", err)
+		}
+		if err := l.seg.Sync(); err != nil {
+			return fmt.Errorf("sync failed segment: %w", err)
+		}
+		l.seg.Close()
+		l.seg = nil
+	}
+	if l.seg != nil && l.segSize >= l.opts.SegmentSize {
+		l.seg.Close()
+		l.seg = nil
+	}
+	if l.seg == nil {
+		if err := l.openSegment(l.wSeq); err != nil {
+			return err
+		}
+		l.broken = false
+	}
+	return nil
+}
+
+// checkReachable makes sure the segment just fsynced is still the file at its
+// path: a write to a descriptor whose directory was removed succeeds but is
+// not durable in the log.
+func (l *Log) checkReachable() error {
+	fi, err := os.Stat(segPath(l.dir, l.segFirst))
+	if err != nil {
+		return fmt.Errorf("segment no longer reachable: %w", err)
+	}
+	if !os.SameFile(fi, l.segInfo) {
+		return fmt.Errorf("segment %s was replaced", segmentName(l.segFirst))
+	}
+	return nil
+}
+
+func (l *Log) fail(batch []*appendReq, cause error) {
+	err := fmt.Errorf("%w: %w", ErrUnavailable, cause)
+	l.mu.Lock()
+	wasUp := l.health == nil
+	l.health = err
+	l.mu.Unlock()
+	if wasUp {
+		l.log.Error("audit: log unavailable; failing requests closed", "err", cause)
+	}
+	l.stats.failures.Add(uint64(len(batch)))
+	for _, req := range batch {
+		req.done <- appendResult{err: err}
+	}
+}
+
+// Healthy returns nil if the last write succeeded, or an error wrapping
+// ErrUnavailable and its cause. The next Append retries, so health returns
+// once the directory is writable again.
+func (l *Log) Healthy() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.health
+}
+
+// Head returns the sequence number and hash of the last durable record (0 and
+// the zero hash for an empty log).
+func (l *Log) Head() (uint64, []byte) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.nextSeq - 1, append([]byte(nil), l.head...)
+}
+
+// Stats returns the counters since Open.
+func (l *Log) Stats() Stats {
+	c := &l.stats
+	return Stats{
+		Records: c.records.Load(), Batches: c.batches.Load(), Fsyncs: c.fsyncs.Load(),
+		Failures: c.failures.Load(), Checkpoints: c.checkpoints.Load(),
+		CheckpointErrors: c.checkpointErrors.Load(), Anchored: c.anchored.Load(),
+		AnchorErrors: c.anchorErrors.Load(), TornBytes: c.tornBytes.Load(),
+	}
+}
+
+// Dir returns the log directory.
+func (l *Log) Dir() string { return l.dir }
+
+// LatestCheckpoint returns the most recent checkpoint written or found at Open.
+func (l *Log) LatestCheckpoint() (Checkpoint, bool) {
+	l.ckptMu.Lock()
+	defer l.ckptMu.Unlock()
+	if l.latest == nil {
+		return Checkpoint{}, false
+	}
+	return *l.latest, true
+}
+
+// Checkpoint signs and writes a checkpoint of the current head now, unless
+// the latest checkpoint already covers it, in which case that one is returned.
+// It returns ErrNoRecords for an empty log.
+func (l *Log) Checkpoint(ctx context.Context) (Checkpoint, error) {
+	return l.checkpoint(ctx)
+}
+
+func (l *Log) checkpoint(ctx context.Context) (Checkpoint, error) {
+	l.ckptMu.Lock()
+	defer l.ckptMu.Unlock()
+	if l.ckptClosed {
+		return Checkpoint{}, ErrClosed
+	}
+	if err := ctx.Err(); err != nil {
+		return Checkpoint{}, err
+	}
+	seq, head := l.Head()
+	if seq == 0 {
+		return Checkpoint{}, ErrNoRecords
+	}
+	if l.latest != nil && l.latest.Seq == seq {
+		return *l.latest, nil
+	}
+	cp := Checkpoint{Seq: seq, Head: head, Time: time.Now().UTC().Round(0), InstanceID: l.opts.InstanceID}
+	sig, err := sign(l.signer, cp.signedBytes())
+	if err == nil {
+		cp.Signature = sig
+		if werr := appendLine(filepath.Join(l.dir, checkpointsFile), cp); werr != nil {
+			err = fmt.Errorf("%w: write checkpoint: %w", ErrUnavailable, werr)
+		}
+	}
+	if err != nil {
+		l.stats.checkpointErrors.Add(1)
+		l.log.Error("audit: checkpoint failed", "seq", seq, "err", err)
+		return Checkpoint{}, err
+	}
+	l.latest = &cp
+	l.stats.checkpoints.Add(1)
+	if l.sinkQ != nil {
+		select {
+		case l.sinkQ <- cp:
+		default:
+			l.stats.anchorErrors.Add(1)
+			l.log.Warn("audit: anchor queue full; checkpoint not anchored", "seq", cp.Seq)
+		}
+	}
+	return cp, nil
+}
+
+func (l *Log) runCheckpointer() {
+	defer close(l.ckptDone)
+	var tick <-chan time.Time
+	if l.opts.CheckpointInterval > 0 {
+		t := time.NewTicker(l.opts.CheckpointInterval)
+		defer t.Stop()
+		tick = t.C
+	}
+	for {
+		select {
+		case <-l.ckptStop:
+			return
+		case <-l.ckptKick:
+		case <-tick:
+		}
+		// Errors are counted and logged inside; ErrNoRecords is normal.
+		_, _ = l.checkpoint(context.Background())
+	}
+}
+
+func (l *Log) runSink(ctx context.Context) {
+	defer close(l.sinkDone)
+	for cp := range l.sinkQ {
+		actx, cancel := context.WithTimeout(ctx, l.opts.SinkTimeout)
+		err := l.opts.Sink.Anchor(actx, cp)
+		cancel()
+		if err != nil {
+			l.stats.anchorErrors.Add(1)
+			l.log.Warn("audit: anchoring checkpoint failed", "seq", cp.Seq, "err", err)
+			continue
+		}
+		l.stats.anchored.Add(1)
+	}
+}
+
+// Close stops accepting records, writes everything queued, signs a final
+// checkpoint if there are records since the last one, and waits for the sink
+// to drain (until ctx ends, when a pending anchor call is cancelled).
+func (l *Log) Close(ctx context.Context) error {
+	l.closeMu.Lock()
+	if l.closed {
+		l.closeMu.Unlock()
+		return nil
+	}
+	l.closed = true
+	close(l.reqs)
+	l.closeMu.Unlock()
+	<-l.writerDone
+	close(l.ckptStop)
+	<-l.ckptDone
+
+	var err error
+	if l.Healthy() == nil {
+		if _, cerr := l.checkpoint(ctx); cerr != nil && !errors.Is(cerr, ErrNoRecords) {
+			err = cerr
+		}
+	}
+	l.ckptMu.Lock()
+	l.ckptClosed = true
+	if l.sinkQ != nil {
+		close(l.sinkQ)
+	}
+	l.ckptMu.Unlock()
+	select {
+	case <-l.sinkDone:
+	case <-ctx.Done():
+		l.sinkCancel()
+		<-l.sinkDone
+	}
+	l.sinkCancel()
+	l.lock.Close()
+	return err
+}

@@ -1,0 +1,318 @@
+package audit
+
+import (
+	"bytes"
+	"crypto"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+)
+
+// Kind classifies what Verify found wrong.
+type Kind string
+
+// Kinds of verification failure.
+const (
+	// KindModified: a record's hash does not match its content, its
+	// prev_hash does not chain, or a complete line is not a valid record.
+	KindModified Kind = "modified"
+	// KindDeleted: a sequence number is missing (Seq is the first missing one).
+	KindDeleted Kind = "deleted"
+	// KindInserted: an extra record, e.g. a duplicated sequence number.
+	KindInserted Kind = "inserted"
+	// KindReordered: a record appears later than a record that should follow
+	// it (Seq is the sequence number found later than where it belongs).
+	KindReordered Kind = "reordered"
+	// KindTruncated: the log ends before a signed checkpoint or the external
+	// anchor, or the hash at the anchor's sequence differs.
+	KindTruncated Kind = "truncated"
+	// KindBadSignature: a checkpoint, the anchor or the prune marker does not
+	// verify (or cannot be parsed).
+	KindBadSignature Kind = "bad-signature"
+	// KindCheckpointMismatch: a validly signed checkpoint (or prune marker)
+	// names a different hash than the records have at that sequence.
+	KindCheckpointMismatch Kind = "checkpoint-mismatch"
+)
+
+// VerifyError names the first problem Verify found. Segment is a file name in
+// the log directory (or "anchor"); Line is 1-based within it.
+type VerifyError struct {
+	Seq     uint64
+	Segment string
+	Line    int
+	Kind    Kind
+	Reason  string
+}
+
+func (e *VerifyError) Error() string {
+	return fmt.Sprintf("audit: verify: %s at seq %d (%s line %d): %s", e.Kind, e.Seq, e.Segment, e.Line, e.Reason)
+}
+
+// Unwrap makes errors.Is(err, ErrCorrupt) true for every verification failure.
+func (e *VerifyError) Unwrap() error { return ErrCorrupt }
+
+// TornTail is an unterminated final line: a write that was never
+// acknowledged (see the package doc). It is reported, not treated as tampering.
+type TornTail struct {
+	Segment string
+	Bytes   int64
+}
+
+// Report summarises a verification. On failure it covers what was read
+// before the first problem.
+type Report struct {
+	Segments           int
+	Records            uint64
+	FirstSeq, LastSeq  uint64
+	Head               Digest      // hash of LastSeq
+	Checkpoints        int         // checkpoints whose signatures verified
+	CheckpointsMatched int         // checkpoints checked against the records
+	CheckpointsPruned  int         // checkpoints for records removed by Prune
+	LastCheckpoint     *Checkpoint // highest checkpoint matched against the records
+	AnchorChecked      bool        // the anchor's sequence was present and matched
+	Pruned             *PruneMarker
+	TornTails          []TornTail
+}
+
+type anchorRef struct {
+	cp   Checkpoint
+	file string
+	line int
+	kind Kind // what a mismatch is reported as
+}
+
+// Verify checks a log directory offline with only the audit public key. It
+// checks every checkpoint's and the prune marker's signature, then walks the
+// chain and stops at the first problem, returned as a *VerifyError together
+// with the partial report. anchor, if non-nil, is a checkpoint kept outside
+// the directory: a log that ends before it, or differs at its sequence, is
+// reported as KindTruncated. Other errors are I/O errors.
+func Verify(dir string, pub crypto.PublicKey, anchor *Checkpoint) (*Report, error) {
+	rep := &Report{}
+	var refs []anchorRef
+	torn, err := scanCheckpoints(dir, func(cp Checkpoint, line int) error {
+		if cp.Verify(pub) != nil {
+			return &VerifyError{Seq: cp.Seq, Segment: checkpointsFile, Line: line, Kind: KindBadSignature,
+				Reason: "checkpoint signature does not verify"}
+		}
+		refs = append(refs, anchorRef{cp: cp, file: checkpointsFile, line: line, kind: KindCheckpointMismatch})
+		return nil
+	})
+	if err != nil {
+		return rep, err
+	}
+	if torn > 0 {
+		rep.TornTails = append(rep.TornTails, TornTail{Segment: checkpointsFile, Bytes: torn})
+	}
+	rep.Checkpoints = len(refs)
+	if anchor != nil {
+		if anchor.Verify(pub) != nil {
+			return rep, &VerifyError{Seq: anchor.Seq, Segment: "anchor", Kind: KindBadSignature,
+				Reason: "anchor signature does not verify"}
+		}
+		refs = append(refs, anchorRef{cp: *anchor, file: "anchor", kind: KindTruncated})
+	}
+	marker, err := readPruneMarker(dir)
+	if err != nil {
+		return rep, err
+	}
+	if marker != nil && marker.Verify(pub) != nil {
+		return rep, &VerifyError{Seq: marker.FirstSeq, Segment: prunedFile, Line: 1, Kind: KindBadSignature,
+			Reason: "prune marker signature does not verify"}
+	}
+	rep.Pruned = marker
+	bySeq := map[uint64][]anchorRef{}
+	for _, r := range refs {
+		bySeq[r.cp.Seq] = append(bySeq[r.cp.Seq], r)
+	}
+
+	segs, err := listSegments(dir)
+	if err != nil {
+		return rep, err
+	}
+	v := &chainVerifier{dir: dir, segs: segs, rep: rep, marker: marker, bySeq: bySeq}
+	if err := v.run(); err != nil {
+		return rep, err
+	}
+
+	// Whatever is signed beyond the end of the records was cut off.
+	for _, r := range refs {
+		switch {
+		case r.cp.Seq > rep.LastSeq:
+			return rep, &VerifyError{Seq: rep.LastSeq + 1, Segment: r.file, Line: r.line, Kind: KindTruncated,
+				Reason: fmt.Sprintf("log ends at %d before signed checkpoint %d", rep.LastSeq, r.cp.Seq)}
+		case rep.Records > 0 && r.cp.Seq+1 < rep.FirstSeq:
+			if r.file == checkpointsFile {
+				rep.CheckpointsPruned++
+			}
+		}
+	}
+	return rep, nil
+}
+
+type chainVerifier struct {
+	dir    string
+	segs   []segment
+	rep    *Report
+	marker *PruneMarker
+	bySeq  map[uint64][]anchorRef
+
+	started  bool
+	expected uint64
+	prev     []byte
+}
+
+func (v *chainVerifier) run() error {
+	for si, s := range v.segs {
+		if err := v.segment(si, s); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (v *chainVerifier) segment(si int, s segment) error {
+	f, err := os.Open(filepath.Join(v.dir, s.name))
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	v.rep.Segments++
+	lr := newLineReader(f, 0)
+	for n := 1; ; n++ {
+		line, start, complete, err := lr.next()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if !complete {
+			v.rep.TornTails = append(v.rep.TornTails, TornTail{Segment: s.name, Bytes: lr.off - start})
+			return nil
+		}
+		fail := func(seq uint64, k Kind, format string, args ...any) error {
+			return &VerifyError{Seq: seq, Segment: s.name, Line: n, Kind: k, Reason: fmt.Sprintf(format, args...)}
+		}
+		want := v.expected
+		if !v.started {
+			want = s.first
+		}
+		r, err := parseRecord(line)
+		if err != nil {
+			return fail(want, KindModified, "line is not a valid record")
+		}
+		if !bytes.Equal(computeHash(r), r.Hash) {
+			seq := r.Seq
+			if v.started && seq != v.expected {
+				seq = v.expected
+			}
+			return fail(seq, KindModified, "record hash does not match its content")
+		}
+		if !v.started {
+			switch {
+			case r.Seq == 1:
+				if !bytes.Equal(r.PrevHash, make([]byte, HashSize)) {
+					return fail(1, KindModified, "first record's prev_hash is not zero")
+				}
+			case v.marker != nil && r.Seq <= v.marker.FirstSeq:
+				// Earlier records were pruned; the signed marker (checked
+				// when the chain reaches FirstSeq) vouches for the start.
+			default:
+				first := uint64(1)
+				if v.marker != nil {
+					first = v.marker.FirstSeq
+				}
+				return fail(first, KindDeleted, "log starts at %d", r.Seq)
+			}
+			v.started = true
+			v.rep.FirstSeq = r.Seq
+			for _, a := range v.bySeq[r.Seq-1] {
+				if r.Seq > 1 && !bytes.Equal(a.cp.Head, r.PrevHash) {
+					return v.mismatch(a, r.Seq-1, s.name, n)
+				}
+				v.matched(a)
+			}
+		} else {
+			switch {
+			case r.Seq == v.expected:
+				if !bytes.Equal(r.PrevHash, v.prev) {
+					return fail(r.Seq, KindModified, "prev_hash does not chain to record %d", r.Seq-1)
+				}
+			case r.Seq > v.expected:
+				found, err := v.appearsLater(si, lr.off, v.expected)
+				if err != nil {
+					return err
+				}
+				if found {
+					return fail(v.expected, KindReordered, "record %d appears after record %d", v.expected, r.Seq)
+				}
+				return fail(v.expected, KindDeleted, "records %d to %d are missing", v.expected, r.Seq-1)
+			default:
+				return fail(r.Seq, KindInserted, "sequence %d appears again after %d", r.Seq, v.expected-1)
+			}
+		}
+		if v.marker != nil && r.Seq == v.marker.FirstSeq && !bytes.Equal(r.PrevHash, v.marker.PrevHash) {
+			return fail(r.Seq, KindCheckpointMismatch, "prev_hash differs from the signed prune marker")
+		}
+		for _, a := range v.bySeq[r.Seq] {
+			if !bytes.Equal(a.cp.Head, r.Hash) {
+				return v.mismatch(a, r.Seq, s.name, n)
+			}
+			v.matched(a)
+		}
+		v.prev, v.expected = r.Hash, r.Seq+1
+		v.rep.Records++
+		v.rep.LastSeq, v.rep.Head = r.Seq, r.Hash
+	}
+}
+
+func (v *chainVerifier) mismatch(a anchorRef, seq uint64, seg string, line int) error {
+	reason := "signed checkpoint names a different hash"
+	if a.kind == KindTruncated {
+		reason = "anchor names a different hash: the log was cut and rewritten"
+	}
+	return &VerifyError{Seq: seq, Segment: seg, Line: line, Kind: a.kind, Reason: reason}
+}
+
+func (v *chainVerifier) matched(a anchorRef) {
+	if a.file == "anchor" {
+		v.rep.AnchorChecked = true
+		return
+	}
+	v.rep.CheckpointsMatched++
+	if v.rep.LastCheckpoint == nil || a.cp.Seq >= v.rep.LastCheckpoint.Seq {
+		cp := a.cp
+		v.rep.LastCheckpoint = &cp
+	}
+}
+
+// appearsLater reports whether a record with sequence seq occurs after offset
+// off of segment si; it tells a reordering from a deletion.
+func (v *chainVerifier) appearsLater(si int, off int64, seq uint64) (bool, error) {
+	for i := si; i < len(v.segs); i++ {
+		f, err := os.Open(filepath.Join(v.dir, v.segs[i].name))
+		if err != nil {
+			return false, err
+		}
+		start := int64(0)
+		if i == si {
+			start = off
+		}
+		lr := newLineReader(f, start)
+		for {
+			line, _, complete, err := lr.next()
+			if err != nil || !complete {
+				break
+			}
+			if r, err := parseRecord(line); err == nil && r.Seq == seq {
+				f.Close()
+				return true, nil
+			}
+		}
+		f.Close()
+	}
+	return false, nil
+}
