@@ -46,6 +46,7 @@ const (
 const (
 	OpStatus         Op = "status"          // health and version
 	OpKeyRead        Op = "key-read"        // key metadata: get, list
+	OpKeyAdmin       Op = "key-admin"       // create, rotate, enable/disable, destroy keys
 	OpPropose        Op = "propose"         // submit a governance proposal
 	OpApprove        Op = "approve"         // approve a proposal
 	OpVeto           Op = "veto"            // veto a proposal
@@ -92,6 +93,8 @@ func opBit(op Op) opSet {
 		return 1 << 21
 	case OpAuditRead:
 		return 1 << 22
+	case OpKeyAdmin:
+		return 1 << 23
 	}
 	return 0
 }
@@ -125,7 +128,7 @@ func roleOps(r Role) opSet {
 	case RoleRelay:
 		return keyOps | opBit(OpStatus)
 	case RoleOperator:
-		return opBit(OpStatus) | opBit(OpKeyRead) | opBit(OpPropose) | opBit(OpGovernanceRead)
+		return opBit(OpStatus) | opBit(OpKeyRead) | opBit(OpKeyAdmin) | opBit(OpPropose) | opBit(OpGovernanceRead)
 	case RoleOfficer:
 		return opBit(OpStatus) | opBit(OpKeyRead) | opBit(OpPropose) | opBit(OpApprove) |
 			opBit(OpVeto) | opBit(OpGovernanceRead) | opBit(OpAuditRead)

@@ -1,0 +1,129 @@
+// Command custodyd is Custody's key vault daemon: a gRPC service over mTLS
+// that keeps master keys in an HSM reached over PKCS#11.
+//
+//	custodyd --config /etc/custody/custodyd.yaml
+//	custodyd --dev [--dev-dir .custody-dev]
+//
+// The HSM PIN is read from the file or environment variable the config
+// names; there is deliberately no flag for it.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/custodyhq/custody/internal/config"
+	"github.com/custodyhq/custody/internal/daemon"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("custodyd", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfgPath := fs.String("config", "", "path of the YAML configuration")
+	dev := fs.Bool("dev", false, "start a development vault on SoftHSM + bbolt with generated certificates")
+	devDir := fs.String("dev-dir", ".custody-dev", "directory of the development vault (with --dev)")
+	devListen := fs.String("dev-listen", "127.0.0.1:8443", "gRPC address (with --dev)")
+	devHTTP := fs.String("dev-http", "127.0.0.1:9090", "metrics/health address (with --dev)")
+	pprof := fs.Bool("pprof", false, "serve /debug/pprof on the (loopback-only) HTTP listener")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "custodyd: unexpected argument %q\n", fs.Arg(0))
+		return 2
+	}
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(*logLevel)); err != nil {
+		fmt.Fprintf(stderr, "custodyd: --log-level: %v\n", err)
+		return 2
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))
+	slog.SetDefault(log)
+
+	var cfg *config.Config
+	var setup *daemon.DevSetup
+	var err error
+	switch {
+	case *dev && *cfgPath != "":
+		fmt.Fprintln(stderr, "custodyd: give either --config or --dev, not both")
+		return 2
+	case *dev:
+		setup, cfg, err = daemon.PrepareDev(*devDir, *devListen, *devHTTP)
+	case *cfgPath != "":
+		cfg, err = config.Load(*cfgPath)
+	default:
+		fmt.Fprintln(stderr, "custodyd: --config FILE is required (or --dev for a development vault)")
+		return 2
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "custodyd: %v\n", err)
+		return 1
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	startCtx, cancel := context.WithTimeout(ctx, time.Minute)
+	d, err := daemon.Start(startCtx, cfg, daemon.Options{Logger: log, Pprof: *pprof})
+	cancel()
+	if err != nil {
+		fmt.Fprintf(stderr, "custodyd: %v\n", err)
+		return 1
+	}
+	if setup != nil {
+		if err := d.EnsureDevKey(ctx); err != nil {
+			fmt.Fprintf(stderr, "custodyd: dev key: %v\n", err)
+		}
+		printDev(stdout, setup, d)
+	}
+	<-ctx.Done()
+	log.Info("shutting down: finishing in-flight requests")
+	sctx, scancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer scancel()
+	if err := d.Shutdown(sctx); err != nil && !errors.Is(err, context.Canceled) {
+		fmt.Fprintf(stderr, "custodyd: shutdown: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+func printDev(w io.Writer, s *daemon.DevSetup, d *daemon.Daemon) {
+	rel := func(p string) string {
+		if wd, err := os.Getwd(); err == nil {
+			if r, err := relPath(wd, p); err == nil {
+				return r
+			}
+		}
+		return p
+	}
+	relay := s.PKI.Clients["relay"]
+	op := s.PKI.Clients["operator"]
+	fmt.Fprintf(w, `
+Custody dev vault is running (SoftHSM token + bbolt in %s; NOT for production).
+  gRPC (mTLS): %s    metrics/health: http://%s/metrics /healthz /readyz
+
+As the dev relay (granted key %q), in another shell:
+  export CUSTODY_ADDR=%s CUSTODY_CA=%s
+  export CUSTODY_CERT=%s CUSTODY_KEY=%s
+  echo 'hello, custody' | bin/custodyctl crypto encrypt --key %s | bin/custodyctl crypto decrypt --key %s
+
+As the dev operator (manages keys):
+  CUSTODY_CERT=%s CUSTODY_KEY=%s bin/custodyctl key list
+
+Stop with Ctrl-C (in-flight requests finish first).
+`, rel(s.Dir), d.GRPCAddr(), d.HTTPAddr(), daemon.DevKey,
+		d.GRPCAddr(), rel(s.PKI.CAFile), rel(relay.CertFile), rel(relay.KeyFile), daemon.DevKey, daemon.DevKey,
+		rel(op.CertFile), rel(op.KeyFile))
+}

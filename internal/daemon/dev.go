@@ -1,0 +1,139 @@
+package daemon
+
+import (
+	"context"
+
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/custodyhq/custody/hsm"
+	"github.com/custodyhq/custody/internal/config"
+	"github.com/custodyhq/custody/internal/keys"
+	"github.com/custodyhq/custody/internal/pki"
+)
+
+// DevRoles are the roles `custodyd --dev` issues client certificates for.
+var DevRoles = []string{"relay", "operator", "officer", "auditor"}
+
+// DevKey is the key `custodyd --dev` creates and grants to the dev relay.
+const DevKey = "demo"
+
+// softHSMPaths are where Debian and others install SoftHSMv2.
+var softHSMPaths = []string{
+	"/usr/lib/softhsm/libsofthsm2.so",
+	"/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
+	"/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
+	"/usr/local/lib/softhsm/libsofthsm2.so",
+}
+
+// SoftHSMLibrary returns the SoftHSMv2 library path or an error saying how
+// to install it.
+func SoftHSMLibrary() (string, error) {
+	if p := os.Getenv("CUSTODY_SOFTHSM_LIB"); p != "" {
+		return p, nil
+	}
+	for _, p := range softHSMPaths {
+		if _, err := os.Stat(p); err == nil {
+			return p, nil
+		}
+	}
+	return "", errors.New("SoftHSMv2 is not installed: run `make deps` or `apt-get install -y softhsm2`")
+}
+
+// DevSetup is what PrepareDev made.
+type DevSetup struct {
+	Dir        string
+	ConfigFile string
+	PKI        *pki.DevPKI
+}
+
+// PrepareDev makes (or reuses) a development vault in dir: a SoftHSM token
+// with random PINs kept in 0600 files, a dev CA with server and per-role
+// client certificates, a config with the dev identities and a grant of the
+// demo key to the relay. It sets SOFTHSM2_CONF for this process, so call it
+// before the HSM library is loaded. listen and httpListen may use port 0.
+func PrepareDev(dir, listen, httpListen string) (*DevSetup, *config.Config, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	dir = abs
+	lib, err := SoftHSMLibrary()
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, sub := range []string{"", "tokens", "audit"} {
+		if err := os.MkdirAll(filepath.Join(dir, sub), 0o700); err != nil {
+			return nil, nil, err
+		}
+	}
+	conf := filepath.Join(dir, "softhsm2.conf")
+	body := fmt.Sprintf("directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\nslots.mechanisms = ALL\nlibrary.reset_on_fork = false\n", filepath.Join(dir, "tokens"))
+	if err := os.WriteFile(conf, []byte(body), 0o600); err != nil {
+		return nil, nil, err
+	}
+	if err := os.Setenv("SOFTHSM2_CONF", conf); err != nil {
+		return nil, nil, err
+	}
+	pinFile := filepath.Join(dir, "pin")
+	if _, err := os.Stat(pinFile); errors.Is(err, os.ErrNotExist) {
+		pin, so := randomPIN(), randomPIN()
+		if err := hsm.InitToken(lib, "custody-dev", []byte(so), []byte(pin)); err != nil {
+			return nil, nil, fmt.Errorf("initialise dev token: %w", err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "so-pin"), []byte(so+"\n"), 0o600); err != nil {
+			return nil, nil, err
+		}
+		if err := os.WriteFile(pinFile, []byte(pin+"\n"), 0o600); err != nil {
+			return nil, nil, err
+		}
+	}
+	pk, err := pki.GenerateDev(filepath.Join(dir, "pki"), DevRoles)
+	if err != nil {
+		return nil, nil, fmt.Errorf("dev certificates: %w", err)
+	}
+	cfg := &config.Config{
+		Dev:        true,
+		Listen:     listen,
+		HTTPListen: httpListen,
+		TLS:        config.TLSConfig{CertFile: pk.ServerCertFile, KeyFile: pk.ServerKeyFile, ClientCAFile: pk.CAFile},
+		HSM:        config.HSMConfig{URI: "pkcs11:token=custody-dev?module-path=" + lib, PINFile: pinFile},
+		Store:      config.StoreConfig{Path: filepath.Join(dir, "custody.db")},
+		Audit:      config.AuditConfig{Dir: filepath.Join(dir, "audit")},
+		Keys:       config.KeysConfig{DestroyWaitMin: time.Second},
+	}
+	for _, role := range DevRoles {
+		cfg.Identities = append(cfg.Identities, config.IdentityConfig{
+			Name: "dev-" + role, Role: config.Role(role), URI: pk.Clients[role].Identity,
+		})
+	}
+	cfg.Grants = []config.GrantConfig{{
+		Identity: "dev-relay", Keys: []string{DevKey}, AllowPlaintext: true,
+		Operations: []config.Operation{config.OpEncrypt, config.OpDecrypt, config.OpDataKey, config.OpUnwrap, config.OpRewrap},
+	}}
+	cfg.ApplyDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, nil, fmt.Errorf("dev config: %w", err)
+	}
+	return &DevSetup{Dir: dir, PKI: pk}, cfg, nil
+}
+
+func randomPIN() string {
+	b := make([]byte, 16)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// EnsureDevKey creates the dev demo key (AES-256-GCM) if it is missing.
+func (d *Daemon) EnsureDevKey(ctx context.Context) error {
+	if _, err := d.Keys.Get(DevKey); err == nil {
+		return nil
+	}
+	_, err := d.Keys.Create(ctx, DevKey, keys.PurposeEncryptAES256GCM, "dev demo key, granted to the dev relay")
+	return err
+}

@@ -1,0 +1,178 @@
+package server
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+
+	"github.com/custodyhq/custody/internal/audit"
+	"github.com/custodyhq/custody/internal/pki"
+	"github.com/custodyhq/custody/internal/policy"
+)
+
+// ErrUnauthenticated: the caller presented no verified client certificate.
+var ErrUnauthenticated = errors.New("no verified client certificate")
+
+// errNoRole: the caller's identity has no role.
+var errNoRole = errors.New("identity has no role")
+
+// call is what one request records about itself for the audit log. Handlers
+// fill it as they learn the key, version and context.
+type call struct {
+	identity  string
+	role      policy.Role
+	method    string
+	key       string
+	version   uint32
+	ctxDigest []byte
+	caseRef   string
+	detail    string
+}
+
+type callKey struct{}
+
+// callFrom returns the request's record; handlers always run under the
+// interceptor, so it is never nil there.
+func callFrom(ctx context.Context) *call {
+	if c, ok := ctx.Value(callKey{}).(*call); ok {
+		return c
+	}
+	return &call{}
+}
+
+// caller identifies the peer from its verified client certificate.
+func caller(ctx context.Context) (string, error) {
+	p, ok := peer.FromContext(ctx)
+	if !ok || p.AuthInfo == nil {
+		return "", ErrUnauthenticated
+	}
+	ti, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok || len(ti.State.VerifiedChains) == 0 || len(ti.State.VerifiedChains[0]) == 0 {
+		return "", ErrUnauthenticated
+	}
+	var leaf *x509.Certificate = ti.State.VerifiedChains[0][0]
+	return pki.Identity(leaf)
+}
+
+func shortMethod(full string) string {
+	if i := strings.LastIndexByte(full, '/'); i >= 0 {
+		return full[i+1:]
+	}
+	return full
+}
+
+// isHealth reports whether a method is the standard health service, which
+// any mTLS-authenticated peer (load balancers, probes) may call unaudited.
+func isHealth(full string) bool { return strings.HasPrefix(full, "/grpc.health.v1.Health/") }
+
+func (s *Server) begin(ctx context.Context, full string) (context.Context, *call, error) {
+	c := &call{method: shortMethod(full)}
+	id, err := caller(ctx)
+	if err != nil {
+		c.identity = "unauthenticated"
+		return ctx, c, err
+	}
+	c.identity = id
+	role, ok := s.roles[id]
+	if !ok {
+		return ctx, c, fmt.Errorf("%w: %s", errNoRole, id)
+	}
+	c.role = role
+	return context.WithValue(ctx, callKey{}, c), c, nil
+}
+
+// finish audits the request and converts its error to a status. If the
+// audit record cannot be made durable, the request fails with UNAVAILABLE
+// whatever its outcome: nothing is answered off the record.
+func (s *Server) finish(ctx context.Context, c *call, err error, start time.Time) error {
+	st := toStatus(err, s.log)
+	rec := s.record(c, st)
+	if _, aerr := s.audit.Append(context.WithoutCancel(ctx), rec); aerr != nil {
+		s.log.Error("audit append failed; refusing request", "method", c.method, "err", aerr)
+		st = status.New(codes.Unavailable, "audit log unavailable: request refused")
+	}
+	s.metrics.observe(c.method, st.Code(), time.Since(start))
+	return st.Err()
+}
+
+// record builds the audit record of a finished request.
+func (s *Server) record(c *call, st *status.Status) audit.Record {
+	outcome := audit.OutcomeOK
+	switch {
+	case st.Code() == codes.OK:
+	case isDenial(st.Code()):
+		outcome = audit.OutcomeDenied
+	default:
+		outcome = audit.OutcomeError
+	}
+	detail := c.detail
+	if st.Code() != codes.OK && detail == "" {
+		detail = st.Message()
+	}
+	return audit.Record{
+		Time: s.now(), Identity: c.identity, Role: string(c.role), Method: c.method,
+		Key: c.key, KeyVersion: uint64(c.version), ContextDigest: c.ctxDigest,
+		Outcome: outcome, Code: st.Code().String(), CaseRef: c.caseRef, Detail: truncate(detail, 256),
+	}
+}
+
+func isDenial(c codes.Code) bool {
+	return c == codes.PermissionDenied || c == codes.Unauthenticated || c == codes.ResourceExhausted
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n]
+}
+
+func (s *Server) unaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	if isHealth(info.FullMethod) {
+		if _, err := caller(ctx); err != nil {
+			return nil, toStatus(err, s.log).Err()
+		}
+		return handler(ctx, req)
+	}
+	start := time.Now()
+	ctx, c, err := s.begin(ctx, info.FullMethod)
+	var resp any
+	if err == nil {
+		resp, err = handler(ctx, req)
+	}
+	if serr := s.finish(ctx, c, err, start); serr != nil {
+		return nil, serr
+	}
+	return resp, nil
+}
+
+func (s *Server) streamInterceptor(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	if isHealth(info.FullMethod) {
+		if _, err := caller(ss.Context()); err != nil {
+			return toStatus(err, s.log).Err()
+		}
+		return handler(srv, ss)
+	}
+	start := time.Now()
+	ctx, c, err := s.begin(ss.Context(), info.FullMethod)
+	if err == nil {
+		err = handler(srv, &wrappedStream{ServerStream: ss, ctx: ctx})
+	}
+	return s.finish(ctx, c, err, start)
+}
+
+type wrappedStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (w *wrappedStream) Context() context.Context { return w.ctx }
