@@ -370,47 +370,128 @@ func TestBadInputIsRefusedPreciselyAndChangesNothing(t *testing.T) {
 		want codes.Code
 	}{
 		{"encrypt no key name", func() error { _, err := c.Encrypt(x, &custodyv1.EncryptRequest{Plaintext: []byte("x")}); return err }, codes.InvalidArgument},
-		{"encrypt oversized", func() error { _, err := c.Encrypt(x, &custodyv1.EncryptRequest{KeyName: "enc", Plaintext: big}); return err }, codes.InvalidArgument},
-		{"encrypt bad context", func() error { _, err := c.Encrypt(x, &custodyv1.EncryptRequest{KeyName: "enc", Context: badCtx}); return err }, codes.InvalidArgument},
-		{"encrypt with mac key", func() error { _, err := c.Encrypt(x, &custodyv1.EncryptRequest{KeyName: "mac", Plaintext: []byte("x")}); return err }, codes.FailedPrecondition},
-		{"encrypt unknown key", func() error { _, err := c.Encrypt(x, &custodyv1.EncryptRequest{KeyName: "nope", Plaintext: []byte("x")}); return err }, codes.PermissionDenied},
-		{"decrypt garbage", func() error { _, err := c.Decrypt(x, &custodyv1.DecryptRequest{KeyName: "enc", Ciphertext: []byte("garbage!")}); return err }, codes.InvalidArgument},
+		{"encrypt oversized", func() error {
+			_, err := c.Encrypt(x, &custodyv1.EncryptRequest{KeyName: "enc", Plaintext: big})
+			return err
+		}, codes.InvalidArgument},
+		{"encrypt bad context", func() error {
+			_, err := c.Encrypt(x, &custodyv1.EncryptRequest{KeyName: "enc", Context: badCtx})
+			return err
+		}, codes.InvalidArgument},
+		{"encrypt with mac key", func() error {
+			_, err := c.Encrypt(x, &custodyv1.EncryptRequest{KeyName: "mac", Plaintext: []byte("x")})
+			return err
+		}, codes.FailedPrecondition},
+		{"encrypt unknown key", func() error {
+			_, err := c.Encrypt(x, &custodyv1.EncryptRequest{KeyName: "nope", Plaintext: []byte("x")})
+			return err
+		}, codes.PermissionDenied},
+		{"decrypt garbage", func() error {
+			_, err := c.Decrypt(x, &custodyv1.DecryptRequest{KeyName: "enc", Ciphertext: []byte("garbage!")})
+			return err
+		}, codes.InvalidArgument},
 		{"decrypt empty", func() error { _, err := c.Decrypt(x, &custodyv1.DecryptRequest{KeyName: "enc"}); return err }, codes.InvalidArgument},
-		{"decrypt tampered", func() error { _, err := c.Decrypt(x, &custodyv1.DecryptRequest{KeyName: "enc", Ciphertext: tampered, Context: map[string]string{"a": "b"}}); return err }, codes.InvalidArgument},
-		{"decrypt wrong context", func() error { _, err := c.Decrypt(x, &custodyv1.DecryptRequest{KeyName: "enc", Ciphertext: ct.Ciphertext, Context: map[string]string{"a": "c"}}); return err }, codes.InvalidArgument},
-		{"decrypt under another granted key", func() error { _, err := c.Decrypt(x, &custodyv1.DecryptRequest{KeyName: "demo", Ciphertext: ct.Ciphertext}); return err }, codes.InvalidArgument},
-		{"decrypt wrapped key as ciphertext", func() error { _, err := c.Decrypt(x, &custodyv1.DecryptRequest{KeyName: "enc", Ciphertext: dk.WrappedKey}); return err }, codes.InvalidArgument},
-		{"unwrap garbage", func() error { _, err := c.Unwrap(x, &custodyv1.UnwrapRequest{KeyName: "enc", WrappedKey: []byte{2, 1, 2, 3}}); return err }, codes.InvalidArgument},
-		{"unwrap wrong context", func() error { _, err := c.Unwrap(x, &custodyv1.UnwrapRequest{KeyName: "enc", WrappedKey: dk.WrappedKey, Context: map[string]string{"x": "y"}}); return err }, codes.InvalidArgument},
-		{"unwrap bad recipient", func() error { _, err := c.Unwrap(x, &custodyv1.UnwrapRequest{KeyName: "enc", WrappedKey: dk.WrappedKey, RecipientPublicKey: []byte("nope")}); return err }, codes.InvalidArgument},
-		{"datakey with sign key", func() error { _, err := c.GenerateDataKey(x, &custodyv1.GenerateDataKeyRequest{KeyName: "p256"}); return err }, codes.FailedPrecondition},
-		{"rewrap garbage", func() error { _, err := c.Rewrap(x, &custodyv1.RewrapRequest{KeyName: "enc", WrappedKey: []byte("zz")}); return err }, codes.InvalidArgument},
+		{"decrypt tampered", func() error {
+			_, err := c.Decrypt(x, &custodyv1.DecryptRequest{KeyName: "enc", Ciphertext: tampered, Context: map[string]string{"a": "b"}})
+			return err
+		}, codes.InvalidArgument},
+		{"decrypt wrong context", func() error {
+			_, err := c.Decrypt(x, &custodyv1.DecryptRequest{KeyName: "enc", Ciphertext: ct.Ciphertext, Context: map[string]string{"a": "c"}})
+			return err
+		}, codes.InvalidArgument},
+		{"decrypt under another granted key", func() error {
+			_, err := c.Decrypt(x, &custodyv1.DecryptRequest{KeyName: "demo", Ciphertext: ct.Ciphertext})
+			return err
+		}, codes.InvalidArgument},
+		{"decrypt wrapped key as ciphertext", func() error {
+			_, err := c.Decrypt(x, &custodyv1.DecryptRequest{KeyName: "enc", Ciphertext: dk.WrappedKey})
+			return err
+		}, codes.InvalidArgument},
+		{"unwrap garbage", func() error {
+			_, err := c.Unwrap(x, &custodyv1.UnwrapRequest{KeyName: "enc", WrappedKey: []byte{2, 1, 2, 3}})
+			return err
+		}, codes.InvalidArgument},
+		{"unwrap wrong context", func() error {
+			_, err := c.Unwrap(x, &custodyv1.UnwrapRequest{KeyName: "enc", WrappedKey: dk.WrappedKey, Context: map[string]string{"x": "y"}})
+			return err
+		}, codes.InvalidArgument},
+		{"unwrap bad recipient", func() error {
+			_, err := c.Unwrap(x, &custodyv1.UnwrapRequest{KeyName: "enc", WrappedKey: dk.WrappedKey, RecipientPublicKey: []byte("nope")})
+			return err
+		}, codes.InvalidArgument},
+		{"datakey with sign key", func() error {
+			_, err := c.GenerateDataKey(x, &custodyv1.GenerateDataKeyRequest{KeyName: "p256"})
+			return err
+		}, codes.FailedPrecondition},
+		{"rewrap garbage", func() error {
+			_, err := c.Rewrap(x, &custodyv1.RewrapRequest{KeyName: "enc", WrappedKey: []byte("zz")})
+			return err
+		}, codes.InvalidArgument},
 		{"sign without input", func() error { _, err := c.Sign(x, &custodyv1.SignRequest{KeyName: "p256"}); return err }, codes.InvalidArgument},
-		{"sign short digest", func() error { _, err := c.Sign(x, &custodyv1.SignRequest{KeyName: "p256", Input: &custodyv1.SignRequest_Digest{Digest: []byte("short")}}); return err }, codes.InvalidArgument},
-		{"sign ed25519 digest", func() error { _, err := c.Sign(x, &custodyv1.SignRequest{KeyName: "ed", Input: &custodyv1.SignRequest_Digest{Digest: make([]byte, 32)}}); return err }, codes.InvalidArgument},
-		{"sign with aes key", func() error { _, err := c.Sign(x, &custodyv1.SignRequest{KeyName: "enc", Input: &custodyv1.SignRequest_Message{Message: []byte("m")}}); return err }, codes.FailedPrecondition},
-		{"verify unknown version", func() error { _, err := c.Verify(x, &custodyv1.VerifyRequest{KeyName: "p256", KeyVersion: 9, Input: &custodyv1.VerifyRequest_Message{Message: []byte("m")}}); return err }, codes.NotFound},
+		{"sign short digest", func() error {
+			_, err := c.Sign(x, &custodyv1.SignRequest{KeyName: "p256", Input: &custodyv1.SignRequest_Digest{Digest: []byte("short")}})
+			return err
+		}, codes.InvalidArgument},
+		{"sign ed25519 digest", func() error {
+			_, err := c.Sign(x, &custodyv1.SignRequest{KeyName: "ed", Input: &custodyv1.SignRequest_Digest{Digest: make([]byte, 32)}})
+			return err
+		}, codes.InvalidArgument},
+		{"sign with aes key", func() error {
+			_, err := c.Sign(x, &custodyv1.SignRequest{KeyName: "enc", Input: &custodyv1.SignRequest_Message{Message: []byte("m")}})
+			return err
+		}, codes.FailedPrecondition},
+		{"verify unknown version", func() error {
+			_, err := c.Verify(x, &custodyv1.VerifyRequest{KeyName: "p256", KeyVersion: 9, Input: &custodyv1.VerifyRequest_Message{Message: []byte("m")}})
+			return err
+		}, codes.NotFound},
 		{"pubkey of aes key", func() error { _, err := c.GetPublicKey(x, &custodyv1.GetPublicKeyRequest{KeyName: "enc"}); return err }, codes.FailedPrecondition},
 		{"mac oversized", func() error { _, err := c.Mac(x, &custodyv1.MacRequest{KeyName: "mac", Data: big}); return err }, codes.InvalidArgument},
 		{"mac with aes key", func() error { _, err := c.Mac(x, &custodyv1.MacRequest{KeyName: "enc", Data: []byte("d")}); return err }, codes.FailedPrecondition},
-		{"verify-mac unknown version", func() error { _, err := c.VerifyMac(x, &custodyv1.VerifyMacRequest{KeyName: "mac", KeyVersion: 7, Data: []byte("d")}); return err }, codes.NotFound},
+		{"verify-mac unknown version", func() error {
+			_, err := c.VerifyMac(x, &custodyv1.VerifyMacRequest{KeyName: "mac", KeyVersion: 7, Data: []byte("d")})
+			return err
+		}, codes.NotFound},
 		{"batch empty", func() error { _, err := c.BatchDecrypt(x, &custodyv1.BatchDecryptRequest{}); return err }, codes.InvalidArgument},
 		{"batch oversized", func() error { _, err := c.BatchDecrypt(x, &custodyv1.BatchDecryptRequest{Items: many}); return err }, codes.InvalidArgument},
 		{"batch encrypt empty", func() error { _, err := c.BatchEncrypt(x, &custodyv1.BatchEncryptRequest{}); return err }, codes.InvalidArgument},
 		{"batch unwrap empty", func() error { _, err := c.BatchUnwrap(x, &custodyv1.BatchUnwrapRequest{}); return err }, codes.InvalidArgument},
-		{"create empty name", func() error { _, err := ks.CreateKey(x, &custodyv1.CreateKeyRequest{Purpose: custodyv1.KeyPurpose_MAC_HMAC_SHA256}); return err }, codes.InvalidArgument},
-		{"create bad name", func() error { _, err := ks.CreateKey(x, &custodyv1.CreateKeyRequest{Name: "../etc", Purpose: custodyv1.KeyPurpose_MAC_HMAC_SHA256}); return err }, codes.InvalidArgument},
+		{"create empty name", func() error {
+			_, err := ks.CreateKey(x, &custodyv1.CreateKeyRequest{Purpose: custodyv1.KeyPurpose_MAC_HMAC_SHA256})
+			return err
+		}, codes.InvalidArgument},
+		{"create bad name", func() error {
+			_, err := ks.CreateKey(x, &custodyv1.CreateKeyRequest{Name: "../etc", Purpose: custodyv1.KeyPurpose_MAC_HMAC_SHA256})
+			return err
+		}, codes.InvalidArgument},
 		{"create no purpose", func() error { _, err := ks.CreateKey(x, &custodyv1.CreateKeyRequest{Name: "fresh"}); return err }, codes.InvalidArgument},
-		{"create existing", func() error { _, err := ks.CreateKey(x, &custodyv1.CreateKeyRequest{Name: "enc", Purpose: custodyv1.KeyPurpose_MAC_HMAC_SHA256}); return err }, codes.AlreadyExists},
+		{"create existing", func() error {
+			_, err := ks.CreateKey(x, &custodyv1.CreateKeyRequest{Name: "enc", Purpose: custodyv1.KeyPurpose_MAC_HMAC_SHA256})
+			return err
+		}, codes.AlreadyExists},
 		{"get unknown", func() error { _, err := ks.GetKey(x, &custodyv1.GetKeyRequest{Name: "nope"}); return err }, codes.NotFound},
 		{"list negative page", func() error { _, err := ks.ListKeys(x, &custodyv1.ListKeysRequest{PageSize: -1}); return err }, codes.InvalidArgument},
 		{"rotate unknown", func() error { _, err := ks.RotateKey(x, &custodyv1.RotateKeyRequest{Name: "nope"}); return err }, codes.NotFound},
 		{"enable version 0", func() error { _, err := ks.EnableKeyVersion(x, &custodyv1.KeyVersionRequest{Name: "enc"}); return err }, codes.InvalidArgument},
-		{"disable unknown version", func() error { _, err := ks.DisableKeyVersion(x, &custodyv1.KeyVersionRequest{Name: "enc", Version: 5}); return err }, codes.NotFound},
-		{"min version above primary", func() error { _, err := ks.SetMinDecryptionVersion(x, &custodyv1.SetMinDecryptionVersionRequest{Name: "enc", Version: 3}); return err }, codes.NotFound},
-		{"destroy primary", func() error { _, err := ks.ScheduleKeyDestruction(x, &custodyv1.ScheduleKeyDestructionRequest{Name: "enc", Version: 1}); return err }, codes.FailedPrecondition},
-		{"destroy negative wait", func() error { _, err := ks.ScheduleKeyDestruction(x, &custodyv1.ScheduleKeyDestructionRequest{Name: "enc", Version: 1, WaitingPeriod: durationpb.New(-time.Hour)}); return err }, codes.InvalidArgument},
-		{"cancel unscheduled", func() error { _, err := ks.CancelKeyDestruction(x, &custodyv1.KeyVersionRequest{Name: "enc", Version: 1}); return err }, codes.FailedPrecondition},
+		{"disable unknown version", func() error {
+			_, err := ks.DisableKeyVersion(x, &custodyv1.KeyVersionRequest{Name: "enc", Version: 5})
+			return err
+		}, codes.NotFound},
+		{"min version above primary", func() error {
+			_, err := ks.SetMinDecryptionVersion(x, &custodyv1.SetMinDecryptionVersionRequest{Name: "enc", Version: 3})
+			return err
+		}, codes.NotFound},
+		{"destroy primary", func() error {
+			_, err := ks.ScheduleKeyDestruction(x, &custodyv1.ScheduleKeyDestructionRequest{Name: "enc", Version: 1})
+			return err
+		}, codes.FailedPrecondition},
+		{"destroy negative wait", func() error {
+			_, err := ks.ScheduleKeyDestruction(x, &custodyv1.ScheduleKeyDestructionRequest{Name: "enc", Version: 1, WaitingPeriod: durationpb.New(-time.Hour)})
+			return err
+		}, codes.InvalidArgument},
+		{"cancel unscheduled", func() error {
+			_, err := ks.CancelKeyDestruction(x, &custodyv1.KeyVersionRequest{Name: "enc", Version: 1})
+			return err
+		}, codes.FailedPrecondition},
 	}
 	for _, cs := range cases {
 		t.Run(cs.name, func(t *testing.T) {

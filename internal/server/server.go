@@ -39,16 +39,16 @@ type Auditor interface {
 
 // Options wires a Server.
 type Options struct {
-	HSM      *hsm.Module
-	Keys     *keys.Registry
-	Policy   *policy.Policy
-	Roles    map[string]policy.Role // identity -> role
-	Limiter  *policy.Limiter // nil: no budgets are enforced
-	Audit    Auditor         // required: every request is audited
-	Metrics  *Metrics        // nil: no metrics
-	Logger   *slog.Logger
-	Now      func() time.Time
-	Limits   Limits
+	HSM     *hsm.Module
+	Keys    *keys.Registry
+	Policy  *policy.Policy
+	Roles   map[string]policy.Role // identity -> role
+	Limiter *policy.Limiter        // nil: no budgets are enforced
+	Audit   Auditor                // required: every request is audited
+	Metrics *Metrics               // nil: no metrics
+	Logger  *slog.Logger
+	Now     func() time.Time
+	Limits  Limits
 }
 
 // Limits bound request sizes.
