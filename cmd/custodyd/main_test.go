@@ -1,0 +1,142 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	custodyv1 "github.com/custodyhq/custody/api/custody/v1"
+	"github.com/custodyhq/custody/internal/pki"
+)
+
+func TestBadInvocationsFailWithOneClearLine(t *testing.T) {
+	dir := t.TempDir()
+	world := filepath.Join(dir, "pin")
+	os.WriteFile(world, []byte("1234\n"), 0o644)
+	cfg := filepath.Join(dir, "c.yaml")
+	os.WriteFile(cfg, []byte("listen: 127.0.0.1:1\nhsm:\n  uri: \"pkcs11:token=x?module-path=/nonexistent.so\"\n  pin_file: "+world+"\n  pinn: x\n"), 0o600)
+	cases := []struct {
+		args []string
+		code int
+		says string
+	}{
+		{nil, 2, "--config FILE is required"},
+		{[]string{"--config", cfg, "--dev"}, 2, "either --config or --dev"},
+		{[]string{"--config", filepath.Join(dir, "missing.yaml")}, 1, "missing.yaml"},
+		{[]string{"--config", cfg}, 1, "pinn"},
+		{[]string{"--pin", "1234"}, 2, "flag provided but not defined: -pin"},
+	}
+	for _, c := range cases {
+		var out, errb bytes.Buffer
+		if code := run(c.args, &out, &errb); code != c.code || !strings.Contains(errb.String(), c.says) {
+			t.Errorf("custodyd %v: exit %d, stderr %q; want %d mentioning %q", c.args, code, errb.String(), c.code, c.says)
+		}
+		if strings.Contains(errb.String(), "1234") && c.args != nil && c.args[0] != "--pin" {
+			t.Errorf("PIN in error output: %q", errb.String())
+		}
+	}
+}
+
+// TestSIGTERMLetsInFlightRequestsFinish runs the real binary in dev mode,
+// keeps requests in flight and sends SIGTERM: every request that was
+// accepted must complete successfully and the process must exit 0.
+func TestSIGTERMLetsInFlightRequestsFinish(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "custodyd")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	dir := t.TempDir()
+	cmd := exec.Command(bin, "--dev", "--dev-dir", dir, "--dev-listen", "127.0.0.1:0", "--dev-http", "127.0.0.1:0")
+	cmd.Env = append(os.Environ(), "SOFTHSM2_CONF=")
+	stdout, _ := cmd.StdoutPipe()
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	addrRE := regexp.MustCompile(`gRPC \(mTLS\): (\S+)`)
+	var addr string
+	sc := bufio.NewScanner(stdout)
+	deadline := time.After(60 * time.Second)
+	found := make(chan string, 1)
+	go func() {
+		for sc.Scan() {
+			if m := addrRE.FindStringSubmatch(sc.Text()); m != nil {
+				found <- m[1]
+			}
+		}
+	}()
+	select {
+	case addr = <-found:
+	case <-deadline:
+		t.Fatalf("custodyd did not start: %s", stderr.String())
+	}
+	tlsCfg, err := pki.ClientTLSConfig(filepath.Join(dir, "pki", "ca.pem"), filepath.Join(dir, "pki", "relay.pem"), filepath.Join(dir, "pki", "relay-key.pem"), "localhost")
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	c := custodyv1.NewCryptoServiceClient(conn)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := c.Encrypt(ctx, &custodyv1.EncryptRequest{KeyName: "demo", Plaintext: []byte("warm")}); err != nil {
+		t.Fatal(err)
+	}
+	// Many requests in flight at once, then SIGTERM while they run.
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	okCount, failCount := 0, 0
+	start := make(chan struct{})
+	for i := 0; i < 64; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			items := make([]*custodyv1.EncryptRequest, 100)
+			for j := range items {
+				items[j] = &custodyv1.EncryptRequest{KeyName: "demo", Plaintext: []byte("in flight")}
+			}
+			r, err := c.BatchEncrypt(ctx, &custodyv1.BatchEncryptRequest{Items: items}, grpc.WaitForReady(false))
+			mu.Lock()
+			defer mu.Unlock()
+			if err == nil && len(r.Results) == 100 && r.Results[99].GetResponse() != nil {
+				okCount++
+			} else {
+				failCount++
+			}
+		}()
+	}
+	close(start)
+	time.Sleep(30 * time.Millisecond)
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("custodyd exit: %v\n%s", err, stderr.String())
+	}
+	if okCount == 0 {
+		t.Fatalf("no in-flight request completed (failed %d)", failCount)
+	}
+	if !strings.Contains(stderr.String(), "finishing in-flight requests") {
+		t.Fatalf("no graceful shutdown logged: %s", stderr.String())
+	}
+	t.Logf("SIGTERM with 64 batches in flight: %d completed, %d refused after the listener closed", okCount, failCount)
+}
