@@ -126,6 +126,11 @@ type AuditConfig struct {
 	CheckpointInterval time.Duration `yaml:"checkpoint_interval"`
 	// SegmentBytes is the size at which an audit segment file is rolled.
 	SegmentBytes int64 `yaml:"segment_bytes"`
+	// AnchorFile, if set, receives every signed checkpoint as a JSON line
+	// (fsynced): keep it on storage the vault's operators cannot rewrite.
+	AnchorFile string `yaml:"anchor_file"`
+	// AnchorURL, if set, receives every signed checkpoint as an HTTP POST.
+	AnchorURL string `yaml:"anchor_url"`
 }
 
 // KeysConfig holds limits that apply to every key.

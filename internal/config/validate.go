@@ -282,6 +282,16 @@ func (a AuditConfig) validate(ps *problems) {
 	if a.SegmentBytes < minSegmentBytes || a.SegmentBytes > maxSegmentBytes {
 		ps.add("audit.segment_bytes", "%d is out of range %d..%d", a.SegmentBytes, minSegmentBytes, maxSegmentBytes)
 	}
+	switch {
+	case a.AnchorFile != "" && a.AnchorURL != "":
+		ps.add("audit.anchor_url", "give anchor_file or anchor_url, not both")
+	case a.AnchorFile != "" && !filepath.IsAbs(a.AnchorFile):
+		ps.add("audit.anchor_file", "%q must be an absolute path", a.AnchorFile)
+	case a.AnchorURL != "":
+		if u, err := url.Parse(a.AnchorURL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			ps.add("audit.anchor_url", "%q must be an http(s) URL", a.AnchorURL)
+		}
+	}
 }
 
 func (k KeysConfig) validate(ps *problems, dev bool) {

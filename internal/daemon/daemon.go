@@ -141,9 +141,16 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 	if err := os.MkdirAll(cfg.Audit.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("audit: %w", err)
 	}
+	var sink audit.AnchorSink
+	switch {
+	case cfg.Audit.AnchorFile != "":
+		sink = &audit.FileSink{Path: cfg.Audit.AnchorFile}
+	case cfg.Audit.AnchorURL != "":
+		sink = &audit.HTTPSink{URL: cfg.Audit.AnchorURL}
+	}
 	d.Audit, err = audit.Open(ctx, cfg.Audit.Dir, signer, audit.Options{
 		SegmentSize: cfg.Audit.SegmentBytes, CheckpointEvery: uint64(cfg.Audit.CheckpointEvery),
-		CheckpointInterval: cfg.Audit.CheckpointInterval, Logger: d.log,
+		CheckpointInterval: cfg.Audit.CheckpointInterval, Logger: d.log, Sink: sink,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("audit: %w", err)
@@ -182,6 +189,8 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 		grpc.MaxRecvMsgSize(16<<20),
 	)...)
 	d.Server.Register(d.grpc)
+	d.Server.RegisterAuditService(d.grpc, server.NewAuditService(d.Audit, signer))
+	reg.MustRegister(d.Audit.Collector())
 
 	if d.grpcLis, err = net.Listen("tcp", cfg.Listen); err != nil {
 		return nil, fmt.Errorf("listen %s: %w", cfg.Listen, err)
