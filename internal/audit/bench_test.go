@@ -10,7 +10,7 @@ import (
 // benchAppend runs b.N appends from 8 goroutines and reports records/fsync.
 func benchAppend(b *testing.B, groupCommit bool) {
 	opts := testOptions()
-	opts.disableGroupCommit = !groupCommit
+	opts.DisableGroupCommit = !groupCommit
 	l := openLog(b, b.TempDir(), newKey(b), opts)
 	var next atomic.Int64
 	var wg sync.WaitGroup

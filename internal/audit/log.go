@@ -38,9 +38,10 @@ type Options struct {
 	// Default: slog.Default().
 	Logger *slog.Logger
 
-	// disableGroupCommit makes every record its own write and fsync. It
-	// exists only for the benchmark that measures what group commit buys.
-	disableGroupCommit bool
+	// DisableGroupCommit makes every record its own write and fsync. It
+	// exists only for benchmarks that measure what group commit buys; never
+	// set it in production.
+	DisableGroupCommit bool
 }
 
 func (o *Options) setDefaults() {
@@ -359,7 +360,7 @@ func (l *Log) runWriter() {
 	for req := range l.reqs {
 		batch = append(batch[:0], req)
 	fill:
-		for !l.opts.disableGroupCommit && len(batch) < l.opts.MaxBatch {
+		for !l.opts.DisableGroupCommit && len(batch) < l.opts.MaxBatch {
 			select {
 			case r, ok := <-l.reqs:
 				if !ok {

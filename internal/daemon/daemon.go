@@ -54,6 +54,8 @@ type Options struct {
 	Pprof bool
 	// Now is the clock (tests).
 	Now func() time.Time
+	// AuditNoGroupCommit fsyncs every audit record on its own (benchmarks only).
+	AuditNoGroupCommit bool
 }
 
 // Daemon is a running custodyd.
@@ -151,6 +153,7 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 	d.Audit, err = audit.Open(ctx, cfg.Audit.Dir, signer, audit.Options{
 		SegmentSize: cfg.Audit.SegmentBytes, CheckpointEvery: uint64(cfg.Audit.CheckpointEvery),
 		CheckpointInterval: cfg.Audit.CheckpointInterval, Logger: d.log, Sink: sink,
+		DisableGroupCommit: opts.AuditNoGroupCommit,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("audit: %w", err)
