@@ -34,7 +34,7 @@ func TestKeysCannotLeaveTheToken(t *testing.T) {
 			hsm.KindAuditP256:  {pkcs11.CKA_VALUE},
 			hsm.KindRSA3072PSS: {pkcs11.CKA_PRIVATE_EXPONENT, pkcs11.CKA_PRIME_1, pkcs11.CKA_PRIME_2, pkcs11.CKA_EXPONENT_1, pkcs11.CKA_EXPONENT_2, pkcs11.CKA_COEFFICIENT},
 		}[kind]
-		err = hsm.Raw(ctx, m, k, func(p *pkcs11.Ctx, sh pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
+		attack := func(p *pkcs11.Ctx, sh pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
 			for _, a := range secretAttrs {
 				_, err := p.GetAttributeValue(sh, h, []*pkcs11.Attribute{pkcs11.NewAttribute(a, nil)})
 				if !isCode(err, pkcs11.CKR_ATTRIBUTE_SENSITIVE) {
@@ -57,8 +57,8 @@ func TestKeysCannotLeaveTheToken(t *testing.T) {
 				t.Errorf("%s: extractable copy created", kind)
 			}
 			return nil
-		})
-		if err != nil {
+		}
+		if err := hsm.RawToken(ctx, m, k, attack); err != nil {
 			t.Fatal(err)
 		}
 		// Wrapping it out under another key in custody is refused.
@@ -74,6 +74,26 @@ func TestKeysCannotLeaveTheToken(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// TestCopyToSessionObjectIsRefused: custody keys are not modifiable, so
+// not even a session-object copy (which would keep the value in memory
+// outside the token's object store) can be made of them.
+func TestCopyToSessionObjectIsRefused(t *testing.T) {
+	m, _ := hsmtest.Open(t)
+	ctx := ctxT(t)
+	k, _, _ := m.CreateKey(ctx, hsm.KindAES256, "k")
+	err := hsm.Raw(ctx, m, k, func(p *pkcs11.Ctx, sh pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
+		c, err := p.CopyObject(sh, h, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false)})
+		if err == nil {
+			_ = p.DestroyObject(sh, c)
+			t.Error("session copy of a custody key was created")
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -29,3 +29,14 @@ func CountSessionObjects(ctx context.Context, m *Module) (int, error) {
 	})
 	return n, err
 }
+
+// RawToken is Raw on the token object itself, never a hot copy.
+func RawToken(ctx context.Context, m *Module, k Key, fn func(p *pkcs11.Ctx, sh pkcs11.SessionHandle, h pkcs11.ObjectHandle) error) error {
+	return m.withSession(ctx, func(p *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
+		h, err := m.tokenHandle(p, sh, k, mainClass(k.Kind))
+		if err != nil {
+			return err
+		}
+		return fn(p, sh, h)
+	})
+}

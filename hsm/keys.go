@@ -66,7 +66,10 @@ func (m *Module) CreateKey(ctx context.Context, kind Kind, label string) (Key, A
 	k := Key{ID: id, Label: label, Kind: kind}
 	var attrs Attributes
 	err := m.withSession(ctx, func(p *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
-		n, err := countObjects(p, sh, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_LABEL, label)}, 1)
+		n, err := countObjects(p, sh, []*pkcs11.Attribute{
+			pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
+			pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
+		}, 1)
 		if err != nil {
 			return err
 		}
@@ -128,7 +131,7 @@ func readAttrs(p *pkcs11.Ctx, sh pkcs11.SessionHandle, h pkcs11.ObjectHandle) (A
 func (m *Module) Attributes(ctx context.Context, k Key) (Attributes, error) {
 	var a Attributes
 	err := m.withSession(ctx, func(p *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
-		h, err := m.handle(p, sh, k, mainClass(k.Kind))
+		h, err := m.tokenHandle(p, sh, k, mainClass(k.Kind))
 		if err != nil {
 			return err
 		}
@@ -165,6 +168,13 @@ func findObjects(p *pkcs11.Ctx, sh pkcs11.SessionHandle, tmpl []*pkcs11.Attribut
 // cache when it holds one for this generation; otherwise it searches once,
 // expecting exactly one match. Caller holds mu for reading (inside withSession).
 func (m *Module) handle(p *pkcs11.Ctx, sh pkcs11.SessionHandle, k Key, class uint) (pkcs11.ObjectHandle, error) {
+	return m.tokenHandle(p, sh, k, class)
+}
+
+// tokenHandle finds the token object of k. (No session-object "hot copies":
+// SoftHSM refuses C_CopyObject of a CKA_MODIFIABLE=false key with
+// CKR_ATTRIBUTE_READ_ONLY, and custody keys are never modifiable.)
+func (m *Module) tokenHandle(p *pkcs11.Ctx, sh pkcs11.SessionHandle, k Key, class uint) (pkcs11.ObjectHandle, error) {
 	hk := handleKey{id: string(k.ID), class: class}
 	if v, ok := m.handles.Load(hk); ok {
 		return v.(pkcs11.ObjectHandle), nil
@@ -172,6 +182,7 @@ func (m *Module) handle(p *pkcs11.Ctx, sh pkcs11.SessionHandle, k Key, class uin
 	hs, err := findObjects(p, sh, []*pkcs11.Attribute{
 		pkcs11.NewAttribute(pkcs11.CKA_CLASS, class),
 		pkcs11.NewAttribute(pkcs11.CKA_ID, k.ID),
+		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true), // not hot copies
 	}, 2)
 	if err != nil {
 		return 0, err
@@ -194,7 +205,7 @@ func (m *Module) handle(p *pkcs11.Ctx, sh pkcs11.SessionHandle, k Key, class uin
 // do not search. Use it to load keys at start-up.
 func (m *Module) Find(ctx context.Context, k Key) error {
 	err := m.withSession(ctx, func(p *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
-		_, err := m.handle(p, sh, k, mainClass(k.Kind))
+		_, err := m.tokenHandle(p, sh, k, mainClass(k.Kind))
 		return err
 	})
 	return mapErr("find key", err)
@@ -207,6 +218,7 @@ func (m *Module) FindByLabel(ctx context.Context, kind Kind, label string) (Key,
 		hs, err := findObjects(p, sh, []*pkcs11.Attribute{
 			pkcs11.NewAttribute(pkcs11.CKA_CLASS, mainClass(kind)),
 			pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
+			pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
 		}, 2)
 		if err != nil {
 			return err
@@ -233,7 +245,10 @@ func (m *Module) FindByLabel(ctx context.Context, kind Kind, label string) (Key,
 // succeeds if the key is already gone.
 func (m *Module) Destroy(ctx context.Context, k Key) error {
 	err := m.withSession(ctx, func(p *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
-		hs, err := findObjects(p, sh, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_ID, k.ID)}, 4)
+		hs, err := findObjects(p, sh, []*pkcs11.Attribute{
+			pkcs11.NewAttribute(pkcs11.CKA_ID, k.ID),
+			pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
+		}, 4)
 		if err != nil {
 			return err
 		}
