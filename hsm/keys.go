@@ -65,7 +65,7 @@ func (m *Module) CreateKey(ctx context.Context, kind Kind, label string) (Key, A
 	}
 	k := Key{ID: id, Label: label, Kind: kind}
 	var attrs Attributes
-	err := m.withSession(ctx, func(p *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
+	err := m.withSession(ctx, "create_key", func(p *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
 		n, err := countObjects(p, sh, []*pkcs11.Attribute{
 			pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
 			pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
@@ -130,7 +130,7 @@ func readAttrs(p *pkcs11.Ctx, sh pkcs11.SessionHandle, h pkcs11.ObjectHandle) (A
 // Attributes reads a key's custody attributes from the token.
 func (m *Module) Attributes(ctx context.Context, k Key) (Attributes, error) {
 	var a Attributes
-	err := m.withSession(ctx, func(p *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
+	err := m.withSession(ctx, "read_attributes", func(p *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
 		h, err := m.tokenHandle(p, sh, k, mainClass(k.Kind))
 		if err != nil {
 			return err
@@ -204,7 +204,7 @@ func (m *Module) tokenHandle(p *pkcs11.Ctx, sh pkcs11.SessionHandle, k Key, clas
 // Find checks that k is on the token, caching its handles so later requests
 // do not search. Use it to load keys at start-up.
 func (m *Module) Find(ctx context.Context, k Key) error {
-	err := m.withSession(ctx, func(p *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
+	err := m.withSession(ctx, "find_key", func(p *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
 		_, err := m.tokenHandle(p, sh, k, mainClass(k.Kind))
 		return err
 	})
@@ -214,7 +214,7 @@ func (m *Module) Find(ctx context.Context, k Key) error {
 // FindByLabel finds a key by label, expecting exactly one main object.
 func (m *Module) FindByLabel(ctx context.Context, kind Kind, label string) (Key, error) {
 	var k Key
-	err := m.withSession(ctx, func(p *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
+	err := m.withSession(ctx, "find_key", func(p *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
 		hs, err := findObjects(p, sh, []*pkcs11.Attribute{
 			pkcs11.NewAttribute(pkcs11.CKA_CLASS, mainClass(kind)),
 			pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
@@ -244,7 +244,7 @@ func (m *Module) FindByLabel(ctx context.Context, kind Kind, label string) (Key,
 // Destroy deletes every object of k from the token (crypto-shredding). It
 // succeeds if the key is already gone.
 func (m *Module) Destroy(ctx context.Context, k Key) error {
-	err := m.withSession(ctx, func(p *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
+	err := m.withSession(ctx, "destroy_key", func(p *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
 		hs, err := findObjects(p, sh, []*pkcs11.Attribute{
 			pkcs11.NewAttribute(pkcs11.CKA_ID, k.ID),
 			pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
@@ -281,7 +281,7 @@ func (m *Module) PublicKey(ctx context.Context, k Key) (crypto.PublicKey, error)
 	if ok {
 		return pub, nil
 	}
-	err := m.withSession(ctx, func(p *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
+	err := m.withSession(ctx, "public_key", func(p *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
 		h, err := m.handle(p, sh, k, pkcs11.CKO_PUBLIC_KEY)
 		if err != nil {
 			return err

@@ -28,6 +28,9 @@ type Config struct {
 	Logger *slog.Logger
 	// RecoveryBackoffMax caps the wait between recovery attempts (default 2s).
 	RecoveryBackoffMax time.Duration
+	// Observe, if set, is told the duration and outcome of every operation
+	// on the token (op is a fixed name such as "decrypt"), for metrics.
+	Observe func(op string, d time.Duration, err error)
 }
 
 // State is the module's health, for /readyz and metrics.
@@ -77,6 +80,7 @@ type Module struct {
 	log        *slog.Logger
 	max        int
 	backoffMax time.Duration
+	observe    func(op string, d time.Duration, err error)
 
 	// mu is held for writing while the library is (re)initialised and for
 	// reading by every operation, so C_Finalize never runs under one.
@@ -127,6 +131,7 @@ func Open(ctx context.Context, cfg Config) (*Module, error) {
 		log:        cfg.Logger,
 		max:        cfg.MaxSessions,
 		backoffMax: cfg.RecoveryBackoffMax,
+		observe:    cfg.Observe,
 		closed:     make(chan struct{}),
 		pubs:       map[string]any{},
 	}
@@ -317,7 +322,7 @@ func (m *Module) unavailable() error {
 // withSession runs fn with a session of its own. The session returns to the
 // pool if fn succeeded or failed for a caller reason; it is closed if fn hit
 // a session or device error, and a device error starts recovery.
-func (m *Module) withSession(ctx context.Context, fn func(p *pkcs11.Ctx, sh pkcs11.SessionHandle) error) error {
+func (m *Module) withSession(ctx context.Context, op string, fn func(p *pkcs11.Ctx, sh pkcs11.SessionHandle) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -352,7 +357,11 @@ func (m *Module) withSession(ctx context.Context, fn func(p *pkcs11.Ctx, sh pkcs
 		}
 		return mapErr("open session", err)
 	}
+	t0 := time.Now()
 	err = fn(m.p, sh)
+	if m.observe != nil {
+		m.observe(op, time.Since(t0), err)
+	}
 	if err != nil && staleHandle(err) {
 		// A cached handle stopped working: either the key was deleted or the
 		// token went away (SoftHSM says CKR_OBJECT_HANDLE_INVALID then).

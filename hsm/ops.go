@@ -60,7 +60,7 @@ func (m *Module) Encrypt(ctx context.Context, k Key, plaintext, aad []byte) (iv,
 	if _, err := rand.Read(iv); err != nil {
 		return nil, nil, fmt.Errorf("%w: random: %v", ErrUnavailable, err)
 	}
-	err = m.withSession(ctx, func(p *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
+	err = m.withSession(ctx, "encrypt", func(p *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
 		h, err := m.handle(p, sh, k, pkcs11.CKO_SECRET_KEY)
 		if err != nil {
 			return err
@@ -95,7 +95,7 @@ func (m *Module) Decrypt(ctx context.Context, k Key, iv, ciphertext, aad []byte)
 		return nil, fmt.Errorf("%w: ciphertext length %d out of range", ErrDecrypt, len(ciphertext))
 	}
 	var pt []byte
-	err := m.withSession(ctx, func(p *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
+	err := m.withSession(ctx, "decrypt", func(p *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
 		h, err := m.handle(p, sh, k, pkcs11.CKO_SECRET_KEY)
 		if err != nil {
 			return err
@@ -147,7 +147,7 @@ func (m *Module) GenerateDataKey(ctx context.Context, master Key, withPlaintext 
 	if err := requireKind(master, KindAES256); err != nil {
 		return nil, nil, err
 	}
-	err = m.withSession(ctx, func(p *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
+	err = m.withSession(ctx, "generate_data_key", func(p *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
 		mh, err := m.handle(p, sh, master, pkcs11.CKO_SECRET_KEY)
 		if err != nil {
 			return err
@@ -191,7 +191,7 @@ func (m *Module) unwrapInto(ctx context.Context, master Key, wrapped []byte, sen
 	if len(wrapped) < 16 || len(wrapped) > 1024 || len(wrapped)%8 != 0 {
 		return fmt.Errorf("%w: wrapped key length %d invalid", ErrDecrypt, len(wrapped))
 	}
-	err := m.withSession(ctx, func(p *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
+	err := m.withSession(ctx, "unwrap", func(p *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
 		mh, err := m.handle(p, sh, master, pkcs11.CKO_SECRET_KEY)
 		if err != nil {
 			return err
@@ -305,7 +305,7 @@ func (m *Module) GenerateDataKeyFor(ctx context.Context, master Key, recipient *
 	if err := checkRecipient(recipient); err != nil {
 		return nil, nil, OAEP{}, err
 	}
-	err = m.withSession(ctx, func(p *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
+	err = m.withSession(ctx, "generate_data_key_for", func(p *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
 		mh, err := m.handle(p, sh, master, pkcs11.CKO_SECRET_KEY)
 		if err != nil {
 			return err
@@ -370,7 +370,7 @@ func (m *Module) Sign(ctx context.Context, k Key, input []byte) ([]byte, error) 
 		return nil, fmt.Errorf("%w: %s keys do not sign", ErrInvalidInput, k.Kind)
 	}
 	var sig []byte
-	err := m.withSession(ctx, func(p *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
+	err := m.withSession(ctx, "sign", func(p *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
 		h, err := m.handle(p, sh, k, pkcs11.CKO_PRIVATE_KEY)
 		if err != nil {
 			return err
@@ -427,7 +427,7 @@ func (m *Module) MAC(ctx context.Context, k Key, data []byte) ([]byte, error) {
 		return nil, fmt.Errorf("%w: input larger than %d bytes", ErrInvalidInput, MaxDataSize)
 	}
 	var mac []byte
-	err := m.withSession(ctx, func(p *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
+	err := m.withSession(ctx, "mac", func(p *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
 		h, err := m.handle(p, sh, k, pkcs11.CKO_SECRET_KEY)
 		if err != nil {
 			return err
@@ -456,7 +456,7 @@ func (m *Module) Random(ctx context.Context, n int) ([]byte, error) {
 		return nil, fmt.Errorf("%w: random length must be 1..1024", ErrInvalidInput)
 	}
 	var out []byte
-	err := m.withSession(ctx, func(p *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
+	err := m.withSession(ctx, "random", func(p *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
 		var err error
 		out, err = p.GenerateRandom(sh, n)
 		return err
