@@ -86,3 +86,14 @@ func TestOpenErrorsNameTheCauseAndNeverThePIN(t *testing.T) {
 	// The right PIN still works: the wrong one was tried once, not until lockout.
 	tok.Open(t)
 }
+
+func TestMechanismProbeFindsEverythingOnSoftHSM(t *testing.T) {
+	m, _ := hsmtest.Open(t)
+	if missing := m.Missing(); len(missing) != 0 {
+		t.Fatalf("SoftHSM 2.6 reported missing mechanisms: %v", missing)
+	}
+	st := m.Stats()
+	if st.State != hsm.StateReady || st.SessionsMax < 1 {
+		t.Fatalf("stats: %+v", st)
+	}
+}
