@@ -2,12 +2,8 @@ package main
 
 import (
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/sha256"
-	"crypto/x509"
 	"encoding/hex"
-	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -282,74 +278,19 @@ func (w *yamlWalker) withPaths(err error) string {
 	})
 }
 
-// Transcript is the signed ceremony transcript (schema: docs/ceremony.md,
-// appendix). custodyd produces exactly this; verify decodes it strictly.
-type Transcript struct {
-	Format    string              `json:"format"`
-	Instance  string              `json:"instance"`
-	Created   time.Time           `json:"created"`
-	Dev       bool                `json:"dev"`
-	Threshold int                 `json:"threshold"`
-	Officers  []TranscriptOfficer `json:"officers"`
-	Keys      []TranscriptKey     `json:"keys"`
-	Grants    []policy.Grant      `json:"grants"`
-	Budgets   []TranscriptBudget  `json:"budgets"`
-	Steps     []TranscriptStep    `json:"steps"`
-}
+// Transcript types live in internal/quorum, shared with custodyd, which
+// produces exactly that JSON; the aliases keep this package's names.
+type (
+	Transcript        = quorum.Transcript
+	TranscriptOfficer = quorum.TranscriptOfficer
+	TranscriptKey     = quorum.TranscriptKey
+	TranscriptAttr    = quorum.TranscriptAttr
+	TranscriptBudget  = quorum.TranscriptBudget
+	TranscriptStep    = quorum.TranscriptStep
+)
 
 // TranscriptFormat is the value of Transcript.Format this version reads.
-const TranscriptFormat = "custody-ceremony-transcript-v1"
-
-// TranscriptOfficer is one officer as declared.
-type TranscriptOfficer struct {
-	Name        string `json:"name"`
-	Fingerprint string `json:"fingerprint"`
-	PublicKey   []byte `json:"public_key"`
-}
-
-// TranscriptKey is one key created, with the attributes read back from the HSM.
-type TranscriptKey struct {
-	Name       string         `json:"name"`
-	Purpose    string         `json:"purpose"`
-	Version    int            `json:"version"`
-	HSMID      string         `json:"hsm_id"`
-	Attributes TranscriptAttr `json:"attributes"`
-}
-
-// TranscriptAttr are the PKCS#11 attributes read back for a key.
-type TranscriptAttr struct {
-	Token            bool `json:"token"`
-	Private          bool `json:"private"`
-	Sensitive        bool `json:"sensitive"`
-	AlwaysSensitive  bool `json:"always_sensitive"`
-	Extractable      bool `json:"extractable"`
-	NeverExtractable bool `json:"never_extractable"`
-	Local            bool `json:"local"`
-	Modifiable       bool `json:"modifiable"`
-}
-
-// safe reports the attributes every Custody key must have.
-func (a TranscriptAttr) safe() bool {
-	return a.Token && a.Private && a.Sensitive && a.AlwaysSensitive && !a.Extractable && a.NeverExtractable && a.Local && !a.Modifiable
-}
-
-// TranscriptBudget is one budget installed; Window is a Go duration string.
-type TranscriptBudget struct {
-	Identity string  `json:"identity"`
-	Key      string  `json:"key"`
-	Rate     float64 `json:"rate"`
-	Burst    int     `json:"burst"`
-	Volume   int64   `json:"volume"`
-	Window   string  `json:"window"`
-}
-
-// TranscriptStep is one step of the ceremony, in order.
-type TranscriptStep struct {
-	N      int       `json:"n"`
-	Time   time.Time `json:"time"`
-	Action string    `json:"action"`
-	Detail string    `json:"detail"`
-}
+const TranscriptFormat = quorum.TranscriptFormat
 
 // Transcript file names in a transcript directory.
 const (
@@ -359,47 +300,14 @@ const (
 	fileAuditPubKey    = "audit-pubkey.pem"
 )
 
-var (
-	// errTranscriptSignature reports a transcript whose signature does not verify.
-	errTranscriptSignature = errors.New("transcript signature does not verify")
-	// errTranscriptContent reports a verified transcript that is malformed
-	// or records something unsafe.
-	errTranscriptContent = errors.New("transcript content")
-)
+// errTranscriptContent reports a verified transcript that is malformed or
+// records something unsafe.
+var errTranscriptContent = quorum.ErrTranscriptContent
 
 // verifyTranscript checks sig (ASN.1 ECDSA P-256 over SHA-256(doc)) under
 // the audit key (PKIX DER) and decodes the transcript strictly.
 func verifyTranscript(doc, sig, auditDER []byte) (*Transcript, error) {
-	pub, err := x509.ParsePKIXPublicKey(auditDER)
-	if err != nil {
-		return nil, fmt.Errorf("audit public key: %w", err)
-	}
-	ec, ok := pub.(*ecdsa.PublicKey)
-	if !ok || ec.Curve != elliptic.P256() {
-		return nil, fmt.Errorf("audit public key: want ECDSA P-256, got %T", pub)
-	}
-	h := sha256.Sum256(doc)
-	if !ecdsa.VerifyASN1(ec, h[:], sig) {
-		return nil, errTranscriptSignature
-	}
-	var t Transcript
-	dec := json.NewDecoder(bytes.NewReader(doc))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&t); err != nil {
-		return nil, fmt.Errorf("%w: %v", errTranscriptContent, err)
-	}
-	if dec.More() {
-		return nil, fmt.Errorf("%w: trailing data", errTranscriptContent)
-	}
-	if t.Format != TranscriptFormat {
-		return nil, fmt.Errorf("%w: format %q, want %q", errTranscriptContent, t.Format, TranscriptFormat)
-	}
-	for i, o := range t.Officers {
-		if got := (quorum.Officer{Name: o.Name, PublicKey: o.PublicKey}).Fingerprint(); got != o.Fingerprint {
-			return nil, fmt.Errorf("%w: officers[%d].fingerprint: does not match its public key", errTranscriptContent, i)
-		}
-	}
-	return &t, nil
+	return quorum.VerifyTranscript(doc, sig, auditDER)
 }
 
 func fingerprintDER(der []byte) string {
@@ -554,7 +462,7 @@ any key's attributes are unsafe.`,
 func (a *app) reportTranscript(t *Transcript, auditDER []byte, dir string) error {
 	var unsafe []string
 	for _, k := range t.Keys {
-		if !k.Attributes.safe() {
+		if !k.Attributes.Safe() {
 			unsafe = append(unsafe, fmt.Sprintf("%s v%d", k.Name, k.Version))
 		}
 	}
@@ -591,7 +499,7 @@ func (a *app) reportTranscript(t *Transcript, auditDER []byte, dir string) error
 }
 
 func formatTranscriptAttrs(at TranscriptAttr) string {
-	if at.safe() {
+	if at.Safe() {
 		return "ok (token, private, sensitive, never extractable, local, not modifiable)"
 	}
 	var bad []string

@@ -56,6 +56,10 @@ const (
 	DefaultDestroyWaitMin     = 24 * time.Hour
 	DefaultMaxPayloadBytes    = 65536
 	DefaultMaxBatch           = 100
+	DefaultTimeLock           = 24 * time.Hour
+	DefaultProposalTTL        = 720 * time.Hour
+	DefaultFreezeRefusals     = 100
+	DefaultFreezeWithin       = time.Minute
 )
 
 // Config is custodyd's configuration. Durations are written in Go syntax
@@ -68,6 +72,10 @@ type Config struct {
 	Listen string `yaml:"listen"`
 	// HTTPListen is the address serving /metrics, /healthz and /readyz.
 	HTTPListen string `yaml:"http_listen"`
+	// GatewayListen, if set, is the address of the REST/JSON gateway
+	// (HTTPS, same TLS certificate and client CA as the gRPC listener,
+	// client certificates required). Empty (the default) serves no gateway.
+	GatewayListen string `yaml:"gateway_listen"`
 	// TLS holds the server certificate and the CA that issues client certificates.
 	TLS TLSConfig `yaml:"tls"`
 	// HSM says which PKCS#11 token holds the keys and where its PIN comes from.
@@ -80,8 +88,36 @@ type Config struct {
 	Keys KeysConfig `yaml:"keys"`
 	// Identities maps client certificate identities to names and roles.
 	Identities []IdentityConfig `yaml:"identities"`
-	// Grants give relay identities operations on named keys.
+	// Grants give relay identities operations on named keys. They apply
+	// only before the key ceremony and when governance.quorum_required is
+	// false; afterwards grants live in the governance state.
 	Grants []GrantConfig `yaml:"grants"`
+	// Governance configures quorum governance (proposals, time-locks,
+	// budget freezes).
+	Governance GovernanceConfig `yaml:"governance"`
+}
+
+// GovernanceConfig configures quorum governance.
+type GovernanceConfig struct {
+	// TimeLock is how long a widening proposal waits, once approved, for a
+	// veto (default 24h; at least 1h unless dev).
+	TimeLock time.Duration `yaml:"time_lock"`
+	// ProposalTTL is the longest a proposal may live from creation to
+	// expiry (default 720h).
+	ProposalTTL time.Duration `yaml:"proposal_ttl"`
+	// Freeze defines a sustained budget breach that freezes an identity on
+	// a key until an unfreeze proposal executes.
+	Freeze FreezeConfig `yaml:"freeze"`
+	// QuorumRequired refuses direct key and grant changes even before the
+	// ceremony has run; config grants are then never used.
+	QuorumRequired bool `yaml:"quorum_required"`
+}
+
+// FreezeConfig is a sustained-breach rule: Refusals budget refusals of one
+// identity on one key within Within freeze it.
+type FreezeConfig struct {
+	Refusals int           `yaml:"refusals"`
+	Within   time.Duration `yaml:"within"`
 }
 
 // TLSConfig names PEM files for the gRPC listener.
@@ -306,6 +342,16 @@ func (c *Config) ApplyDefaults() {
 	}
 	setInt(&c.Keys.MaxPayloadBytes, DefaultMaxPayloadBytes)
 	setInt(&c.Keys.MaxBatch, DefaultMaxBatch)
+	if c.Governance.TimeLock == 0 {
+		c.Governance.TimeLock = DefaultTimeLock
+	}
+	if c.Governance.ProposalTTL == 0 {
+		c.Governance.ProposalTTL = DefaultProposalTTL
+	}
+	setInt(&c.Governance.Freeze.Refusals, DefaultFreezeRefusals)
+	if c.Governance.Freeze.Within == 0 {
+		c.Governance.Freeze.Within = DefaultFreezeWithin
+	}
 }
 
 func setString(p *string, def string) {

@@ -164,6 +164,8 @@ audit: {dir: %s}
 			CheckpointInterval: DefaultCheckpointInterval, SegmentBytes: DefaultSegmentBytes},
 		Keys: KeysConfig{DestroyWaitDefault: DefaultDestroyWait, DestroyWaitMin: DefaultDestroyWaitMin,
 			MaxPayloadBytes: DefaultMaxPayloadBytes, MaxBatch: DefaultMaxBatch},
+		Governance: GovernanceConfig{TimeLock: DefaultTimeLock, ProposalTTL: DefaultProposalTTL,
+			Freeze: FreezeConfig{Refusals: DefaultFreezeRefusals, Within: DefaultFreezeWithin}},
 	}
 	if fmt.Sprintf("%+v", *cfg) != fmt.Sprintf("%+v", want) || cfg.HSM != want.HSM {
 		t.Fatalf("got  %+v\nwant %+v", *cfg, want)
@@ -231,6 +233,8 @@ func TestValidateNamesFieldPathOfEachProblem(t *testing.T) {
 		{"listen bad port", func(c *Config) { c.Listen = "127.0.0.1:99999" }, "listen", "0 to 65535"},
 		{"http_listen bad host", func(c *Config) { c.HTTPListen = "bad_host!:80" }, "http_listen", "neither an IP"},
 		{"http_listen equals listen", func(c *Config) { c.HTTPListen = c.Listen }, "http_listen", "must differ from listen"},
+		{"gateway_listen bad port", func(c *Config) { c.GatewayListen = "127.0.0.1:x" }, "gateway_listen", "0 to 65535"},
+		{"gateway_listen equals listen", func(c *Config) { c.GatewayListen = c.Listen }, "gateway_listen", "must differ from listen and http_listen"},
 		{"cert missing", func(c *Config) { c.TLS.CertFile = "" }, "tls.cert_file", "is required"},
 		{"cert relative", func(c *Config) { c.TLS.CertFile = "server.pem" }, "tls.cert_file", "absolute path"},
 		{"cert absent", func(c *Config) { c.TLS.CertFile = "/nonexistent/server.pem" }, "tls.cert_file", "does not exist"},
@@ -668,5 +672,23 @@ func TestValidateAcceptsPlaintextDataKeysOnlyWhenAllowed(t *testing.T) {
 	cfg.Grants[0].AllowPlaintext = true
 	if err := cfg.Validate(); err != nil {
 		t.Fatalf("allow_plaintext grant refused: %v", err)
+	}
+}
+
+func TestGovernanceSectionIsValidatedWithFieldPaths(t *testing.T) {
+	e := newEnv(t)
+	_, err := Load(e.write(t, fmt.Sprintf(`tls: {cert_file: %s, key_file: %s, client_ca_file: %s}
+hsm: {uri: "pkcs11:token=custody", pin_file: %s}
+store: {path: %s}
+audit: {dir: %s}
+governance: {time_lock: 1m, proposal_ttl: 30s, freeze: {refusals: 20000}}
+`, e.cert, e.key, e.ca, e.pin, e.store, e.audit)))
+	if err == nil {
+		t.Fatal("a 1m time-lock outside dev, a ttl below it and 20000 refusals were accepted")
+	}
+	for _, want := range []string{"governance.time_lock:", "governance.proposal_ttl:", "governance.freeze.refusals:"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not name %s", err, want)
+		}
 	}
 }

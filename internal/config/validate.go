@@ -85,6 +85,12 @@ func (c *Config) Validate() error {
 	if c.Listen != "" && c.Listen == c.HTTPListen && !strings.HasSuffix(c.Listen, ":0") {
 		ps.add("http_listen", "must differ from listen (%s)", c.Listen)
 	}
+	if c.GatewayListen != "" {
+		checkAddr(&ps, "gateway_listen", c.GatewayListen)
+		if !strings.HasSuffix(c.GatewayListen, ":0") && (c.GatewayListen == c.Listen || c.GatewayListen == c.HTTPListen) {
+			ps.add("gateway_listen", "must differ from listen and http_listen (%s)", c.GatewayListen)
+		}
+	}
 	c.TLS.validate(&ps)
 	c.HSM.validate(&ps)
 	checkStorePath(&ps, "store.path", c.Store.Path)
@@ -92,6 +98,7 @@ func (c *Config) Validate() error {
 	c.Keys.validate(&ps, c.Dev)
 	byName := validateIdentities(&ps, c.Identities)
 	validateGrants(&ps, c.Grants, byName)
+	c.Governance.validate(&ps, c.Dev)
 	if len(ps) == 0 {
 		return nil
 	}
@@ -309,6 +316,28 @@ func (k KeysConfig) validate(ps *problems, dev bool) {
 	}
 	if k.MaxBatch < 1 || k.MaxBatch > maxBatchLimit {
 		ps.add("keys.max_batch", "%d is out of range 1..%d", k.MaxBatch, maxBatchLimit)
+	}
+}
+
+// minTimeLockProd is the shortest time-lock outside development: long
+// enough for officers to notice a widening proposal and veto it.
+const minTimeLockProd = time.Hour
+
+func (g GovernanceConfig) validate(ps *problems, dev bool) {
+	switch {
+	case g.TimeLock <= 0:
+		ps.add("governance.time_lock", "%s must be positive", g.TimeLock)
+	case g.TimeLock < minTimeLockProd && !dev:
+		ps.add("governance.time_lock", "%s is below %s; only a dev instance may set less", g.TimeLock, minTimeLockProd)
+	}
+	if g.ProposalTTL <= g.TimeLock {
+		ps.add("governance.proposal_ttl", "%s must exceed governance.time_lock (%s), or no widening proposal could execute", g.ProposalTTL, g.TimeLock)
+	}
+	if g.Freeze.Refusals < 1 || g.Freeze.Refusals > 10000 {
+		ps.add("governance.freeze.refusals", "%d is out of range 1..10000", g.Freeze.Refusals)
+	}
+	if g.Freeze.Within <= 0 {
+		ps.add("governance.freeze.within", "%s must be positive", g.Freeze.Within)
 	}
 }
 

@@ -1,0 +1,186 @@
+package quorum
+
+import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/custodyhq/custody/internal/policy"
+)
+
+// Transcript is the signed record of the initial key ceremony (schema:
+// docs/ceremony.md, appendix). custodyd produces exactly this JSON and signs
+// its bytes with the HSM audit key; VerifyTranscript decodes it strictly.
+type Transcript struct {
+	Format    string              `json:"format"`
+	Instance  string              `json:"instance"`
+	Created   time.Time           `json:"created"`
+	Dev       bool                `json:"dev"`
+	Threshold int                 `json:"threshold"`
+	Officers  []TranscriptOfficer `json:"officers"`
+	Keys      []TranscriptKey     `json:"keys"`
+	Grants    []policy.Grant      `json:"grants"`
+	Budgets   []TranscriptBudget  `json:"budgets"`
+	Steps     []TranscriptStep    `json:"steps"`
+}
+
+// TranscriptFormat is the value of Transcript.Format this version writes
+// and reads.
+const TranscriptFormat = "custody-ceremony-transcript-v1"
+
+// TranscriptOfficer is one officer as declared.
+type TranscriptOfficer struct {
+	Name        string `json:"name"`
+	Fingerprint string `json:"fingerprint"`
+	PublicKey   []byte `json:"public_key"`
+}
+
+// TranscriptKey is one key created, with the attributes read back from the HSM.
+type TranscriptKey struct {
+	Name       string         `json:"name"`
+	Purpose    string         `json:"purpose"`
+	Version    int            `json:"version"`
+	HSMID      string         `json:"hsm_id"`
+	Attributes TranscriptAttr `json:"attributes"`
+}
+
+// TranscriptAttr are the PKCS#11 attributes read back for a key.
+type TranscriptAttr struct {
+	Token            bool `json:"token"`
+	Private          bool `json:"private"`
+	Sensitive        bool `json:"sensitive"`
+	AlwaysSensitive  bool `json:"always_sensitive"`
+	Extractable      bool `json:"extractable"`
+	NeverExtractable bool `json:"never_extractable"`
+	Local            bool `json:"local"`
+	Modifiable       bool `json:"modifiable"`
+}
+
+// Safe reports the attributes every Custody key must have: token, private,
+// sensitive, always sensitive, never extractable and local all true;
+// extractable and modifiable false.
+func (a TranscriptAttr) Safe() bool {
+	return a.Token && a.Private && a.Sensitive && a.AlwaysSensitive && !a.Extractable && a.NeverExtractable && a.Local && !a.Modifiable
+}
+
+// TranscriptBudget is one budget installed; Window is a Go duration string.
+type TranscriptBudget struct {
+	Identity string  `json:"identity"`
+	Key      string  `json:"key"`
+	Rate     float64 `json:"rate"`
+	Burst    int     `json:"burst"`
+	Volume   int64   `json:"volume"`
+	Window   string  `json:"window"`
+}
+
+// TranscriptStep is one step of the ceremony, in order.
+type TranscriptStep struct {
+	N      int       `json:"n"`
+	Time   time.Time `json:"time"`
+	Action string    `json:"action"`
+	Detail string    `json:"detail"`
+}
+
+var (
+	// ErrTranscriptSignature reports a transcript whose signature does not
+	// verify under the audit key.
+	ErrTranscriptSignature = errors.New("transcript signature does not verify")
+	// ErrTranscriptContent reports a verified transcript that is malformed
+	// or records something unsafe.
+	ErrTranscriptContent = errors.New("transcript content")
+)
+
+// VerifyTranscript checks sig (ASN.1 ECDSA P-256 over SHA-256(doc)) under
+// the audit key (PKIX DER), decodes the transcript strictly and checks each
+// officer's fingerprint against its key. It does not judge key attributes;
+// callers report those with TranscriptAttr.Safe.
+func VerifyTranscript(doc, sig, auditDER []byte) (*Transcript, error) {
+	pub, err := x509.ParsePKIXPublicKey(auditDER)
+	if err != nil {
+		return nil, fmt.Errorf("audit public key: %w", err)
+	}
+	ec, ok := pub.(*ecdsa.PublicKey)
+	if !ok || ec.Curve != elliptic.P256() {
+		return nil, fmt.Errorf("audit public key: want ECDSA P-256, got %T", pub)
+	}
+	h := sha256.Sum256(doc)
+	if !ecdsa.VerifyASN1(ec, h[:], sig) {
+		return nil, ErrTranscriptSignature
+	}
+	var t Transcript
+	dec := json.NewDecoder(bytes.NewReader(doc))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&t); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrTranscriptContent, err)
+	}
+	if dec.More() {
+		return nil, fmt.Errorf("%w: trailing data", ErrTranscriptContent)
+	}
+	if t.Format != TranscriptFormat {
+		return nil, fmt.Errorf("%w: format %q, want %q", ErrTranscriptContent, t.Format, TranscriptFormat)
+	}
+	for i, o := range t.Officers {
+		if got := (Officer{Name: o.Name, PublicKey: o.PublicKey}).Fingerprint(); got != o.Fingerprint {
+			return nil, fmt.Errorf("%w: officers[%d].fingerprint: does not match its public key", ErrTranscriptContent, i)
+		}
+	}
+	return &t, nil
+}
+
+// Text renders the transcript for humans: the same content as the JSON,
+// which alone is signed.
+func (t *Transcript) Text() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "Custody key ceremony transcript (%s)\n", t.Format)
+	fmt.Fprintf(&b, "instance:  %s\ncreated:   %s\n", t.Instance, t.Created.UTC().Format(time.RFC3339))
+	dev := ""
+	if t.Dev {
+		dev = " (DEVELOPMENT vault: M=1 allowed)"
+	}
+	fmt.Fprintf(&b, "quorum:    %d of %d officers%s\n\n", t.Threshold, len(t.Officers), dev)
+	tw := tabwriter.NewWriter(&b, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "OFFICER\tSHA-256 FINGERPRINT")
+	for _, o := range t.Officers {
+		fmt.Fprintf(tw, "%s\t%s\n", o.Name, o.Fingerprint)
+	}
+	_ = tw.Flush()
+	b.WriteString("\n")
+	tw = tabwriter.NewWriter(&b, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "KEY\tPURPOSE\tVERSION\tHSM ID\tTOKEN\tPRIVATE\tSENSITIVE\tALWAYS_SENSITIVE\tEXTRACTABLE\tNEVER_EXTRACTABLE\tLOCAL\tMODIFIABLE")
+	for _, k := range t.Keys {
+		a := k.Attributes
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%t\t%t\t%t\t%t\t%t\t%t\t%t\t%t\n", k.Name, k.Purpose, k.Version, k.HSMID,
+			a.Token, a.Private, a.Sensitive, a.AlwaysSensitive, a.Extractable, a.NeverExtractable, a.Local, a.Modifiable)
+	}
+	_ = tw.Flush()
+	b.WriteString("\ngrants:\n")
+	for _, g := range t.Grants {
+		ops := make([]string, len(g.Operations))
+		for i, op := range g.Operations {
+			ops[i] = string(op)
+		}
+		fmt.Fprintf(&b, "  %s: %s may %s on %s (context constraint: %d pairs, plaintext data keys: %t)\n",
+			g.ID, g.Identity, strings.Join(ops, ","), g.Key, len(g.ContextMatch), g.AllowPlaintext)
+	}
+	b.WriteString("\nbudgets:\n")
+	for _, bu := range t.Budgets {
+		who := bu.Identity
+		if who == "" {
+			who = "(all identities)"
+		}
+		fmt.Fprintf(&b, "  %s on %s: rate %g/s, burst %d, %d per %s\n", who, bu.Key, bu.Rate, bu.Burst, bu.Volume, bu.Window)
+	}
+	b.WriteString("\nsteps:\n")
+	for _, s := range t.Steps {
+		fmt.Fprintf(&b, "  %3d  %s  %-16s %s\n", s.N, s.Time.UTC().Format(time.RFC3339), s.Action, s.Detail)
+	}
+	return b.String()
+}
