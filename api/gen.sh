@@ -32,3 +32,22 @@ protoc "${includes[@]}" \
   api/custody/v1/*.proto
 
 gofmt -l api/custody/v1 | { ! grep . ; } || { echo "gen.sh: generated code is not gofmt-clean" >&2; exit 1; }
+
+# REST/JSON gateway and OpenAPI document (grpc-gateway v2). The HTTP rules
+# live in api/custody/v1/gateway.yaml, not in the .proto files; only the
+# methods it lists get a gateway handler and an OpenAPI path. Field names in
+# JSON are the .proto names (internal/gateway marshals with UseProtoNames).
+go build -o "$tmp/" \
+  github.com/grpc-ecosystem/grpc-gateway/v2/protoc-gen-grpc-gateway \
+  github.com/grpc-ecosystem/grpc-gateway/v2/protoc-gen-openapiv2
+mkdir -p api/openapi
+protoc "${includes[@]}" \
+  --plugin=protoc-gen-grpc-gateway="$tmp/protoc-gen-grpc-gateway" \
+  --plugin=protoc-gen-openapiv2="$tmp/protoc-gen-openapiv2" \
+  --grpc-gateway_out=api \
+  --grpc-gateway_opt=paths=source_relative,grpc_api_configuration=api/custody/v1/gateway.yaml \
+  --openapiv2_out=api/openapi \
+  --openapiv2_opt=grpc_api_configuration=api/custody/v1/gateway.yaml,allow_merge=true,merge_file_name=custody,json_names_for_fields=false,disable_service_tags=false \
+  api/custody/v1/*.proto
+
+gofmt -l api/custody/v1 | { ! grep . ; } || { echo "gen.sh: generated gateway code is not gofmt-clean" >&2; exit 1; }

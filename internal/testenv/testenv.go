@@ -7,8 +7,12 @@ package testenv
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"io"
 	"log/slog"
+	"net/http"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -37,6 +41,10 @@ type Env struct {
 	Config *config.Config
 	D      *daemon.Daemon
 	opts   daemon.Options
+
+	// GatewayAddr is the REST/JSON gateway's address ("" unless
+	// Settings.Gateway).
+	GatewayAddr string
 }
 
 // Settings adjust the environment before custodyd starts.
@@ -48,6 +56,8 @@ type Settings struct {
 	Mutate func(e *Env, c *config.Config)
 	// Options for the daemon (clock, destroy interval).
 	Daemon daemon.Options
+	// Gateway serves the REST/JSON gateway on 127.0.0.1:0 (off otherwise).
+	Gateway bool
 }
 
 // Start runs custodyd and stops it when the test ends.
@@ -63,6 +73,10 @@ func Start(t testing.TB, s Settings) *Env {
 	pk, err := pki.GenerateDev(filepath.Join(setup.Dir, "pki"), clients)
 	if err != nil {
 		t.Fatal(err)
+	}
+	cfg.GatewayListen = ""
+	if s.Gateway {
+		cfg.GatewayListen = "127.0.0.1:0"
 	}
 	e := &Env{Dir: setup.Dir, CAFile: pk.CAFile, Cert: map[string]CertPair{}, Config: cfg}
 	for name, c := range pk.Clients {
@@ -97,7 +111,7 @@ func (e *Env) start(t testing.TB) {
 		t.Fatal(err)
 	}
 	e.D = d
-	e.Addr, e.HTTPAddr = d.GRPCAddr(), d.HTTPAddr()
+	e.Addr, e.HTTPAddr, e.GatewayAddr = d.GRPCAddr(), d.HTTPAddr(), d.GatewayAddr()
 	t.Cleanup(func() { e.Stop(t) })
 }
 
@@ -120,6 +134,9 @@ func (e *Env) Restart(t testing.TB) {
 	t.Helper()
 	e.Stop(t)
 	e.Config.Listen, e.Config.HTTPListen = "127.0.0.1:0", "127.0.0.1:0"
+	if e.Config.GatewayListen != "" {
+		e.Config.GatewayListen = "127.0.0.1:0"
+	}
 	e.start(t)
 }
 
@@ -140,6 +157,34 @@ func (e *Env) Dial(t testing.TB, client string) *grpc.ClientConn {
 	}
 	t.Cleanup(func() { conn.Close() })
 	return conn
+}
+
+// HTTPClient is an HTTPS client for the REST/JSON gateway that presents the
+// named client's certificate ("" presents none) and trusts the test CA. Its
+// base URL is "https://" + e.GatewayAddr.
+func (e *Env) HTTPClient(t testing.TB, client string) *http.Client {
+	t.Helper()
+	var tlsCfg *tls.Config
+	if client == "" {
+		pool := x509.NewCertPool()
+		pem, err := os.ReadFile(e.CAFile)
+		if err != nil || !pool.AppendCertsFromPEM(pem) {
+			t.Fatalf("read test CA %s: %v", e.CAFile, err)
+		}
+		tlsCfg = &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: pool, ServerName: "localhost"}
+	} else {
+		c, ok := e.Cert[client]
+		if !ok {
+			t.Fatalf("no client certificate %q", client)
+		}
+		var err error
+		if tlsCfg, err = pki.ClientTLSConfig(e.CAFile, c.CertFile, c.KeyFile, "localhost"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tr := &http.Transport{TLSClientConfig: tlsCfg, ForceAttemptHTTP2: true}
+	t.Cleanup(tr.CloseIdleConnections)
+	return &http.Client{Transport: tr, Timeout: time.Minute}
 }
 
 // Keys is a KeyService client for the named client.

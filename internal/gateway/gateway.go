@@ -1,0 +1,156 @@
+package gateway
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	custodyv1 "github.com/custodyhq/custody/api/custody/v1"
+	"github.com/custodyhq/custody/internal/pki"
+)
+
+// MaxBodyBytes bounds an HTTP request body. It leaves room for base64 of the
+// gRPC server's 16 MiB message limit; larger bodies are refused with 400.
+const MaxBodyBytes = 24 << 20
+
+// maxMessageBytes matches custodyd's gRPC MaxRecvMsgSize.
+const maxMessageBytes = 16 << 20
+
+// Options configure a Gateway.
+type Options struct {
+	// Logger receives connection-level errors; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// Gateway is the REST/JSON front of custodyd.
+type Gateway struct {
+	conn      *grpc.ClientConn
+	mux       *runtime.ServeMux
+	marshaler runtime.Marshaler
+	tlsCfg    *tls.Config
+	srv       *http.Server
+	handler   http.Handler
+}
+
+type identityKey struct{}
+
+// New builds a gateway that forwards every request over the in-process
+// connection internal, which the custodyd gRPC server must be serving with
+// ServerCredentials. tlsCfg is the HTTPS configuration; it must require and
+// verify client certificates (pki.ServerTLSConfig does), or New fails with
+// ErrInsecureTLS.
+func New(ctx context.Context, internal *Listener, tlsCfg *tls.Config, o Options) (*Gateway, error) {
+	if tlsCfg == nil || tlsCfg.ClientAuth != tls.RequireAndVerifyClientCert || tlsCfg.ClientCAs == nil {
+		return nil, ErrInsecureTLS
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	// The in-process pipe needs no transport security: it never leaves the
+	// process, and the server marks it by its listener, not by a handshake.
+	conn, err := grpc.NewClient("passthrough:///custody-gateway",
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return internal.DialContext(ctx) }),
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxMessageBytes), grpc.MaxCallSendMsgSize(maxMessageBytes)),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("gateway: in-process connection: %w", err)
+	}
+	marshaler := &runtime.JSONPb{
+		// Field names as written in the .proto (key_name), every field
+		// present in answers (so "valid": false is not an empty object), and
+		// unknown request fields refused rather than ignored.
+		MarshalOptions:   protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true},
+		UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: false},
+	}
+	mux := runtime.NewServeMux(
+		runtime.WithMarshalerOption(runtime.MIMEWildcard, marshaler),
+		// Forward no HTTP header as metadata: the identity is the only
+		// metadata the server acts on, and only the gateway sets it.
+		runtime.WithIncomingHeaderMatcher(func(string) (string, bool) { return "", false }),
+		runtime.WithOutgoingHeaderMatcher(func(string) (string, bool) { return "", false }),
+		runtime.WithMetadata(forwardIdentity),
+	)
+	g := &Gateway{conn: conn, mux: mux, marshaler: marshaler, tlsCfg: tlsCfg.Clone()}
+	for _, register := range []func(context.Context, *runtime.ServeMux, *grpc.ClientConn) error{
+		custodyv1.RegisterCryptoServiceHandler,
+		custodyv1.RegisterKeyServiceHandler,
+	} {
+		if err := register(ctx, mux, conn); err != nil {
+			conn.Close()
+			return nil, fmt.Errorf("gateway: register handlers: %w", err)
+		}
+	}
+	g.handler = http.HandlerFunc(g.serveHTTP)
+	g.srv = &http.Server{
+		Handler:           g.handler,
+		TLSConfig:         g.tlsCfg,
+		ReadHeaderTimeout: 5 * time.Second,
+		ErrorLog:          slog.NewLogLogger(o.Logger.Handler(), slog.LevelWarn),
+	}
+	return g, nil
+}
+
+// Handler returns the gateway's HTTP handler. It refuses (401) any request
+// whose TLS state has no verified client certificate, so it must be served
+// behind a TLS listener configured as New requires; Serve does that.
+func (g *Gateway) Handler() http.Handler { return g.handler }
+
+func (g *Gateway) serveHTTP(w http.ResponseWriter, r *http.Request) {
+	id, err := identity(r)
+	if err != nil {
+		runtime.HTTPError(r.Context(), g.mux, g.marshaler, w, r, status.Error(codes.Unauthenticated, err.Error()))
+		return
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
+	g.mux.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), identityKey{}, id)))
+}
+
+// identity derives the caller's identity from its verified client certificate.
+func identity(r *http.Request) (string, error) {
+	if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 || len(r.TLS.VerifiedChains[0]) == 0 {
+		return "", ErrClientCert
+	}
+	id, err := pki.Identity(r.TLS.VerifiedChains[0][0])
+	if err != nil {
+		return "", fmt.Errorf("%w: %w", ErrClientCert, err)
+	}
+	return id, nil
+}
+
+// forwardIdentity is the mux's metadata annotator: the identity serveHTTP
+// verified, and nothing else. grpc-gateway lets annotator keys replace any
+// header-derived ones; no header is forwarded anyway.
+func forwardIdentity(ctx context.Context, _ *http.Request) metadata.MD {
+	id, _ := ctx.Value(identityKey{}).(string)
+	if id == "" {
+		return nil
+	}
+	return metadata.Pairs(IdentityMetadataKey, id)
+}
+
+// Serve accepts HTTPS connections on lis with the TLS configuration given
+// to New and serves the gateway until Shutdown. It returns
+// http.ErrServerClosed after Shutdown.
+func (g *Gateway) Serve(lis net.Listener) error {
+	return g.srv.ServeTLS(lis, "", "")
+}
+
+// Shutdown stops accepting requests, waits for in-flight ones (bounded by
+// ctx) and closes the in-process connection.
+func (g *Gateway) Shutdown(ctx context.Context) error {
+	return errors.Join(g.srv.Shutdown(ctx), g.conn.Close())
+}
