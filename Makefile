@@ -5,7 +5,7 @@ export PATH := $(PATH):/usr/local/go/bin
 GO ?= go
 BIN := bin
 
-.PHONY: all deps build test vet race-test run proto bench fuzz fmt clean
+.PHONY: all deps build test vet race-test run proto bench bench-raw fuzz fmt clean
 
 all: build
 
@@ -30,8 +30,12 @@ run: build
 proto:
 	api/gen.sh
 
-## bench: raw HSM benchmarks (go test -bench), kept out of `make test`
+## bench: the benchmark matrix against a real custodyd (vault beside raw HSM); writes docs/benchmarks.md
 bench: deps
+	softhsm-test/bench.sh
+
+## bench-raw: raw HSM benchmarks (go test -bench), kept out of `make test`
+bench-raw: deps
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./hsm/
 
 ## fuzz: run each fuzz target for a while (FUZZTIME=30s by default)

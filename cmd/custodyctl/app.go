@@ -56,11 +56,12 @@ func envOr(name, def string) string {
 
 func (a *app) rootCommand() *cobra.Command {
 	root := groupCommand("custodyctl", "Client for the Custody key vault (custodyd)",
-		a.keyCommand(), a.cryptoCommand(), a.statusCommand(),
+		a.keyCommand(), a.cryptoCommand(), a.statusCommand(), a.storedKeyCommand(),
 		a.auditCommand(),
 		a.officerCommand(),
 		a.proposalCommand(),
-		a.ceremonyCommand())
+		a.ceremonyCommand(),
+		a.benchCommand())
 	root.Long = `custodyctl talks to custodyd over gRPC with mutual TLS 1.3.
 Every command needs a CA bundle, a client certificate and its private key
 (--ca/--cert/--key or CUSTODY_CA/CUSTODY_CERT/CUSTODY_KEY). Under "crypto",

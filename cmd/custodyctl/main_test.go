@@ -364,7 +364,7 @@ func TestImportsOnlyTheAPI(t *testing.T) {
 			// internal/quorum and internal/policy are pure: proposals are
 			// built and digests recomputed here, where officers can see them.
 			// Tests may also use the SoftHSM token helper and the test server.
-			testOnly := strings.HasSuffix(f, "_test.go") && (rest(path) == "hsm/hsmtest" || rest(path) == "internal/testenv")
+			testOnly := strings.HasSuffix(f, "_test.go") && (rest(path) == "hsm/hsmtest" || rest(path) == "internal/testenv" || rest(path) == "internal/config")
 			if r, ok := strings.CutPrefix(path, module); ok && !testOnly &&
 				!strings.HasPrefix(r, "api/") && !strings.HasPrefix(r, "client") &&
 				r != "internal/audit" && r != "internal/quorum" && r != "internal/policy" {

@@ -112,7 +112,8 @@ func printDev(w io.Writer, s *daemon.DevSetup, d *daemon.Daemon) {
 	op := s.PKI.Clients["operator"]
 	fmt.Fprintf(w, `
 Custody dev vault is running (SoftHSM token + bbolt in %s; NOT for production).
-  gRPC (mTLS): %s    metrics/health: http://%s/metrics /healthz /readyz
+  gRPC (mTLS): %s    REST/JSON gateway (mTLS): %s
+  metrics/health: http://%s/metrics /healthz /readyz
 
 As the dev relay (granted key %q), in another shell:
   export CUSTODY_ADDR=%s CUSTODY_CA=%s
@@ -123,7 +124,14 @@ As the dev operator (manages keys):
   CUSTODY_CERT=%s CUSTODY_KEY=%s bin/custodyctl key list
 
 Stop with Ctrl-C (in-flight requests finish first).
-`, rel(s.Dir), d.GRPCAddr(), d.HTTPAddr(), daemon.DevKey,
+`, rel(s.Dir), d.GRPCAddr(), gatewayAddr(d), d.HTTPAddr(), daemon.DevKey,
 		d.GRPCAddr(), rel(s.PKI.CAFile), rel(relay.CertFile), rel(relay.KeyFile), daemon.DevKey, daemon.DevKey,
 		rel(op.CertFile), rel(op.KeyFile))
+}
+
+func gatewayAddr(d *daemon.Daemon) string {
+	if a := d.GatewayAddr(); a != "" {
+		return "https://" + a + "/v1/"
+	}
+	return "off"
 }

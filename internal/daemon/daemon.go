@@ -30,6 +30,7 @@ import (
 	"github.com/custodyhq/custody/hsm"
 	"github.com/custodyhq/custody/internal/audit"
 	"github.com/custodyhq/custody/internal/config"
+	"github.com/custodyhq/custody/internal/gateway"
 	"github.com/custodyhq/custody/internal/keys"
 	"github.com/custodyhq/custody/internal/pki"
 	"github.com/custodyhq/custody/internal/policy"
@@ -54,6 +55,9 @@ type Options struct {
 	Pprof bool
 	// Now is the clock (tests).
 	Now func() time.Time
+	// GovernanceInterval is how often time-locked proposals are executed and
+	// budget state is persisted (default 1s).
+	GovernanceInterval time.Duration
 	// AuditNoGroupCommit fsyncs every audit record on its own (benchmarks only).
 	AuditNoGroupCommit bool
 }
@@ -68,6 +72,7 @@ type Daemon struct {
 	Keys    *keys.Registry
 	Audit   *audit.Log
 	Server  *server.Server
+	Gov     *server.Governance
 	AuditPK any // the audit key's public key
 
 	grpc     *grpc.Server
@@ -78,6 +83,13 @@ type Daemon struct {
 	wg       sync.WaitGroup
 	closeErr error
 	once     sync.Once
+
+	// The REST/JSON gateway (nil unless gateway_listen is set): its HTTPS
+	// listener, and the in-process listener on which the same grpc.Server
+	// serves the gateway's forwarded requests.
+	gwLis      net.Listener
+	gwInternal *gateway.Listener
+	gw         *gateway.Gateway
 }
 
 // Start opens everything the config names and starts serving. It returns
@@ -98,7 +110,7 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 	d := &Daemon{cfg: cfg, opts: opts, log: opts.Logger}
 	defer func() {
 		if err != nil {
-			for _, l := range []net.Listener{d.grpcLis, d.httpLis} {
+			for _, l := range []net.Listener{d.grpcLis, d.httpLis, d.gwLis} {
 				if l != nil {
 					l.Close()
 				}
@@ -111,7 +123,9 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 	if err != nil {
 		return nil, err
 	}
-	d.HSM, err = hsm.Open(ctx, hsm.Config{URI: cfg.HSM.URI, PIN: pin, MaxSessions: cfg.HSM.MaxSessions, Logger: d.log})
+	reg := prometheus.NewRegistry()
+	d.HSM, err = hsm.Open(ctx, hsm.Config{URI: cfg.HSM.URI, PIN: pin, MaxSessions: cfg.HSM.MaxSessions, Logger: d.log,
+		Observe: server.HSMObserver(reg)})
 	clear(pin)
 	if err != nil {
 		return nil, fmt.Errorf("hsm: %w", err)
@@ -174,7 +188,6 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 	if err != nil {
 		return nil, err
 	}
-	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := server.NewMetrics(reg, d.HSM, func() *keys.Registry { return d.Keys })
 	d.Server = server.New(server.Options{
@@ -183,15 +196,28 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 		Limits: server.Limits{MaxPayload: cfg.Keys.MaxPayloadBytes, MaxBatch: cfg.Keys.MaxBatch, DestroyWaitDefault: cfg.Keys.DestroyWaitDefault},
 	})
 
+	if err := d.openGovernance(ctx, reg, pol, signer); err != nil {
+		return nil, fmt.Errorf("governance: %w", err)
+	}
+
 	tlsCfg, err := pki.ServerTLSConfig(cfg.TLS.CertFile, cfg.TLS.KeyFile, cfg.TLS.ClientCAFile)
 	if err != nil {
 		return nil, fmt.Errorf("tls: %w", err)
 	}
+	creds := credentials.NewTLS(tlsCfg)
+	if cfg.GatewayListen != "" {
+		// The gateway's forwarded requests go through this same server and
+		// its interceptors; only its in-process connections may carry a
+		// forwarded identity.
+		d.gwInternal = gateway.NewListener()
+		creds = gateway.ServerCredentials(creds)
+	}
 	d.grpc = grpc.NewServer(append(d.Server.ServerOptions(),
-		grpc.Creds(credentials.NewTLS(tlsCfg)),
+		grpc.Creds(creds),
 		grpc.MaxRecvMsgSize(16<<20),
 	)...)
 	d.Server.Register(d.grpc)
+	d.Server.SetDataKeyStore(d.Store)
 	d.Server.RegisterAuditService(d.grpc, server.NewAuditService(d.Audit, signer))
 	reg.MustRegister(d.Audit.Collector())
 
@@ -200,6 +226,14 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 	}
 	if d.httpLis, err = net.Listen("tcp", cfg.HTTPListen); err != nil {
 		return nil, fmt.Errorf("listen %s: %w", cfg.HTTPListen, err)
+	}
+	if cfg.GatewayListen != "" {
+		if d.gwLis, err = net.Listen("tcp", cfg.GatewayListen); err != nil {
+			return nil, fmt.Errorf("listen %s: %w", cfg.GatewayListen, err)
+		}
+		if d.gw, err = gateway.New(ctx, d.gwInternal, tlsCfg, gateway.Options{Logger: d.log}); err != nil {
+			return nil, err
+		}
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
@@ -221,8 +255,15 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 	go func() { defer d.wg.Done(); _ = d.grpc.Serve(d.grpcLis) }()
 	go func() { defer d.wg.Done(); _ = d.http.Serve(d.httpLis) }()
 	go func() { defer d.wg.Done(); d.destroyLoop(runCtx) }()
+	d.wg.Add(1)
+	go func() { defer d.wg.Done(); d.governanceLoop(runCtx) }()
+	if d.gw != nil {
+		d.wg.Add(2)
+		go func() { defer d.wg.Done(); _ = d.grpc.Serve(d.gwInternal) }()
+		go func() { defer d.wg.Done(); _ = d.gw.Serve(d.gwLis) }()
+	}
 	d.Server.Health().SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
-	d.log.Info("custodyd serving", "grpc", d.grpcLis.Addr().String(), "http", d.httpLis.Addr().String(),
+	d.log.Info("custodyd serving", "grpc", d.grpcLis.Addr().String(), "http", d.httpLis.Addr().String(), "gateway", d.GatewayAddr(),
 		"keys", d.Keys.Len(), "token", cfg.HSM.String())
 	return d, nil
 }
@@ -329,11 +370,27 @@ func (d *Daemon) GRPCAddr() string { return d.grpcLis.Addr().String() }
 // HTTPAddr is the address of the metrics/health listener.
 func (d *Daemon) HTTPAddr() string { return d.httpLis.Addr().String() }
 
+// GatewayAddr is the address of the REST/JSON gateway, or "" when
+// gateway_listen is not set.
+func (d *Daemon) GatewayAddr() string {
+	if d.gwLis == nil {
+		return ""
+	}
+	return d.gwLis.Addr().String()
+}
+
 // Shutdown stops accepting requests, waits (up to the grace period) for
 // in-flight ones, then closes the audit log, store and HSM.
 func (d *Daemon) Shutdown(ctx context.Context) error {
 	d.once.Do(func() {
 		d.Server.Health().Shutdown()
+		if d.gw != nil {
+			// Let in-flight REST requests finish through the gRPC server
+			// before it stops.
+			gctx, cancel := context.WithTimeout(ctx, d.opts.ShutdownGrace)
+			_ = d.gw.Shutdown(gctx)
+			cancel()
+		}
 		done := make(chan struct{})
 		go func() { d.grpc.GracefulStop(); close(done) }()
 		grace := time.NewTimer(d.opts.ShutdownGrace)

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"time"
@@ -22,6 +23,16 @@ var DevRoles = []string{"relay", "operator", "officer", "auditor"}
 
 // DevKey is the key `custodyd --dev` creates and grants to the dev relay.
 const DevKey = "demo"
+
+// DevGatewayListen is where `custodyd --dev` serves the REST/JSON gateway.
+const DevGatewayListen = "127.0.0.1:8444"
+
+func devGatewayListen(listen string) string {
+	if host, port, err := net.SplitHostPort(listen); err == nil && port == "0" {
+		return net.JoinHostPort(host, "0")
+	}
+	return DevGatewayListen
+}
 
 // softHSMPaths are where Debian and others install SoftHSMv2.
 var softHSMPaths = []string{
@@ -107,6 +118,9 @@ func PrepareDev(dir, listen, httpListen string) (*DevSetup, *config.Config, erro
 		Audit:      config.AuditConfig{Dir: filepath.Join(dir, "audit")},
 		Keys:       config.KeysConfig{DestroyWaitMin: time.Second},
 	}
+	// The REST gateway is on in dev: on DevGatewayListen, or on an
+	// ephemeral port when the gRPC listener is (tests).
+	cfg.GatewayListen = devGatewayListen(listen)
 	for _, role := range DevRoles {
 		cfg.Identities = append(cfg.Identities, config.IdentityConfig{
 			Name: "dev-" + role, Role: config.Role(role), URI: pk.Clients[role].Identity,

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/custodyhq/custody/internal/policy"
@@ -35,13 +36,17 @@ func (s *Server) authorizeAdmin(ctx context.Context, op policy.Op) error {
 // spend takes n units of the caller's budget on key. Without a limiter
 // (budgets not configured) nothing is spent.
 func (s *Server) spend(ctx context.Context, key string, n int) error {
-	if s.limiter == nil {
+	l := s.limiter.Load()
+	if l == nil {
 		return nil
 	}
 	c := callFrom(ctx)
-	ok, retry, reason := s.limiter.Take(c.identity, key, n, s.now())
+	ok, retry, reason := l.Take(c.identity, key, n, s.now())
 	if ok {
 		return nil
+	}
+	if s.gov != nil && errors.Is(reason, policy.ErrFrozen) {
+		s.gov.kickPersist() // a freeze must survive a restart
 	}
 	return &budgetError{err: reason, retryAfter: retry}
 }

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"errors"
 	"fmt"
 	"time"
 
@@ -8,6 +9,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/custodyhq/custody/internal/policy"
 )
 
 // budgetError is a refused budget spend; it becomes RESOURCE_EXHAUSTED with
@@ -24,6 +27,11 @@ func (e *budgetError) Unwrap() error { return e.err }
 // GRPCStatus lets status.FromError see the retry information.
 func (e *budgetError) GRPCStatus() *status.Status {
 	st := toStatus(e.err, nil)
+	if errors.Is(e.err, policy.ErrFrozen) {
+		// A freeze is the budget's own end state: still exhausted, but no
+		// retry will help until an unfreeze proposal executes.
+		return status.New(codes.ResourceExhausted, e.Error()+" (frozen until an unfreeze proposal executes)")
+	}
 	if st.Code() != codes.ResourceExhausted {
 		return status.New(st.Code(), e.Error())
 	}

@@ -39,6 +39,13 @@ func (s *Server) use(ctx context.Context, op policy.Op, name string, encCtx map[
 	}
 	d, err := s.authorize(ctx, op, name, encCtx)
 	if err != nil {
+		if d, ok, oerr := s.disclosure(ctx, op, name, encCtx, err); ok {
+			if oerr != nil {
+				return nil, d, oerr
+			}
+			e, err := s.keys.Get(name)
+			return e, d, err
+		}
 		return nil, d, err
 	}
 	if err := s.spend(ctx, name, 1); err != nil {

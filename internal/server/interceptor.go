@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/custodyhq/custody/internal/audit"
+	"github.com/custodyhq/custody/internal/gateway"
 	"github.com/custodyhq/custody/internal/pki"
 	"github.com/custodyhq/custody/internal/policy"
 )
@@ -49,8 +50,17 @@ func callFrom(ctx context.Context) *call {
 	return &call{}
 }
 
-// caller identifies the peer from its verified client certificate.
+// caller identifies the peer from its verified client certificate. A
+// request from the REST gateway arrives on its in-process connection with
+// the identity the gateway verified from the HTTP client's certificate; that
+// forwarded identity is believed only there, and a request carrying one on
+// any other connection is refused (see package gateway).
 func caller(ctx context.Context) (string, error) {
+	if id, forwarded, err := gateway.ForwardedIdentity(ctx); err != nil {
+		return "", fmt.Errorf("%w: %w", ErrUnauthenticated, err)
+	} else if forwarded {
+		return id, nil
+	}
 	p, ok := peer.FromContext(ctx)
 	if !ok || p.AuthInfo == nil {
 		return "", ErrUnauthenticated

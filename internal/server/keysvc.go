@@ -73,6 +73,9 @@ func (s *Server) CreateKey(ctx context.Context, req *custodyv1.CreateKeyRequest)
 	if err := s.authorizeAdmin(ctx, policy.OpKeyAdmin); err != nil {
 		return nil, err
 	}
+	if s.governed.Load() {
+		return nil, fmt.Errorf("%w: key changes are made by governance proposals (custodyctl proposal create-key)", ErrRequiresProposal)
+	}
 	p, err := PurposeFromProto(req.GetPurpose())
 	if err != nil {
 		return nil, err
@@ -133,6 +136,9 @@ func (s *Server) keyAdmin(ctx context.Context, name string, version uint32, fn f
 	c.key, c.version = name, version
 	if err := s.authorizeAdmin(ctx, policy.OpKeyAdmin); err != nil {
 		return nil, err
+	}
+	if s.governed.Load() {
+		return nil, fmt.Errorf("%w: key changes are made by governance proposals", ErrRequiresProposal)
 	}
 	if err := requireName(name); err != nil {
 		return nil, err

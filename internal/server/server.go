@@ -67,14 +67,20 @@ type Server struct {
 	hsm     *hsm.Module
 	keys    *keys.Registry
 	policy  atomic.Pointer[policy.Policy]
-	roles   map[string]policy.Role // identity -> role; replaced whole, never mutated
-	limiter *policy.Limiter
-	audit   Auditor
-	metrics *Metrics
-	log     *slog.Logger
-	now     func() time.Time
-	limits  Limits
-	health  *health.Server
+	roles   map[string]policy.Role         // identity -> role; replaced whole, never mutated
+	limiter atomic.Pointer[policy.Limiter] // nil: no budgets (development, before the ceremony)
+	// gov is set by NewGovernance before serving; governed refuses direct
+	// key and grant changes once the vault is under quorum governance.
+	gov      *Governance
+	governed atomic.Bool
+	audit    Auditor
+	metrics  *Metrics
+	log      *slog.Logger
+	now      func() time.Time
+	limits   Limits
+	health   *health.Server
+
+	dataKeys atomic.Pointer[dataKeyStore] // stored data keys (datakeys.go); nil until SetDataKeyStore
 }
 
 // New builds a Server from its dependencies.
@@ -98,10 +104,13 @@ func New(o Options) *Server {
 		o.Limits.DestroyWaitDefault = 7 * 24 * time.Hour
 	}
 	s := &Server{
-		hsm: o.HSM, keys: o.Keys, limiter: o.Limiter, audit: o.Audit, metrics: o.Metrics,
+		hsm: o.HSM, keys: o.Keys, audit: o.Audit, metrics: o.Metrics,
 		log: o.Logger, now: o.Now, limits: o.Limits, health: health.NewServer(),
 	}
 	s.policy.Store(o.Policy)
+	if o.Limiter != nil {
+		s.limiter.Store(o.Limiter)
+	}
 	s.SetRoles(o.Roles)
 	return s
 }
@@ -116,6 +125,10 @@ func (s *Server) Policy() *policy.Policy { return s.policy.Load() }
 func (s *Server) Register(g *grpc.Server) {
 	custodyv1.RegisterKeyServiceServer(g, s)
 	custodyv1.RegisterCryptoServiceServer(g, s)
+	if s.gov != nil {
+		custodyv1.RegisterGovernanceServiceServer(g, s.gov)
+	}
+	custodyv1.RegisterDataKeyServiceServer(g, s.DataKeyServiceServer())
 	healthpb.RegisterHealthServer(g, s.health)
 }
 

@@ -11,6 +11,7 @@ import (
 	"github.com/custodyhq/custody/hsm"
 	"github.com/custodyhq/custody/internal/keys"
 	"github.com/custodyhq/custody/internal/policy"
+	"github.com/custodyhq/custody/internal/quorum"
 	"github.com/custodyhq/custody/internal/store"
 )
 
@@ -39,6 +40,20 @@ func toStatus(err error, log *slog.Logger) *status.Status {
 		code = codes.DeadlineExceeded
 	case errors.Is(err, ErrUnauthenticated):
 		code = codes.Unauthenticated
+	case errors.Is(err, ErrRequiresProposal), errors.Is(err, ErrCeremonyDone), errors.Is(err, ErrNoCeremony),
+		errors.Is(err, quorum.ErrExpired), errors.Is(err, quorum.ErrExecuted), errors.Is(err, quorum.ErrVetoed),
+		errors.Is(err, quorum.ErrNotReady), errors.Is(err, quorum.ErrProposalMismatch):
+		code = codes.FailedPrecondition
+	case errors.Is(err, ErrGovNotFound), errors.Is(err, quorum.ErrUnknownProposal):
+		code = codes.NotFound
+	case errors.Is(err, quorum.ErrDuplicateApproval), errors.Is(err, quorum.ErrDuplicateProposal):
+		code = codes.AlreadyExists
+	case errors.Is(err, quorum.ErrBadSignature), errors.Is(err, quorum.ErrReplay), errors.Is(err, quorum.ErrUnknownOfficer),
+		errors.Is(err, policy.ErrOrderExhausted), errors.Is(err, policy.ErrOrderExpired):
+		code = codes.PermissionDenied
+	case errors.Is(err, quorum.ErrInvalidProposal), errors.Is(err, quorum.ErrNotCanonical),
+		errors.Is(err, quorum.ErrInvalidOfficers), errors.Is(err, quorum.ErrUnsupportedKey):
+		code = codes.InvalidArgument
 	case errors.Is(err, errNoRole), errors.Is(err, policy.ErrNoRole), errors.Is(err, policy.ErrNotGranted),
 		errors.Is(err, policy.ErrContextMismatch), errors.Is(err, policy.ErrFrozen),
 		errors.Is(err, policy.ErrNoBudget), errors.Is(err, policy.ErrUnknownOp):
