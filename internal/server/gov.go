@@ -16,6 +16,7 @@ import (
 	"time"
 
 	custodyv1 "github.com/custodyhq/custody/api/custody/v1"
+	"github.com/custodyhq/custody/hsm"
 	"github.com/custodyhq/custody/internal/keys"
 	"github.com/custodyhq/custody/internal/policy"
 	"github.com/custodyhq/custody/internal/quorum"
@@ -27,6 +28,11 @@ var (
 	// ErrRequiresProposal refuses a direct key or grant change once the
 	// vault is governed: only an executed proposal may make it.
 	ErrRequiresProposal = errors.New("requires an executed proposal")
+	// ErrStateRolledBack: the token records a completed ceremony but the
+	// store has no governance state (deleted or rolled back by someone with
+	// the store file). custodyd refuses to serve rather than reopen the
+	// ceremony.
+	ErrStateRolledBack = errors.New("governance: the hsm records a completed key ceremony but the store has no governance state (store deleted, edited or rolled back); refusing to serve")
 	// ErrCeremonyDone refuses a second key ceremony.
 	ErrCeremonyDone = errors.New("governance: the key ceremony has already run")
 	// ErrNoCeremony refuses governance actions before the ceremony.
@@ -157,6 +163,9 @@ func (g *Governance) load(ctx context.Context) error {
 	kv, err := g.o.Store.Get(ctx, govStateKey)
 	switch {
 	case errors.Is(err, store.ErrNotFound):
+		if g.ceremonyMarked(ctx) {
+			return ErrStateRolledBack
+		}
 		return g.install(nil)
 	case err != nil:
 		return fmt.Errorf("governance state: %w", err)
@@ -168,7 +177,13 @@ func (g *Governance) load(ctx context.Context) error {
 		g.st.Results = map[string]execResult{}
 	}
 	if !g.st.Ceremony {
+		if g.ceremonyMarked(ctx) {
+			return ErrStateRolledBack
+		}
 		return g.install(nil)
+	}
+	if err := g.markCeremony(ctx); err != nil {
+		return err
 	}
 	if g.st.Ledger == nil {
 		return fmt.Errorf("%w: governance state: ceremony recorded without a ledger", store.ErrCorrupt)
@@ -503,6 +518,9 @@ func (g *Governance) InitCeremony(ctx context.Context, req *custodyv1.InitCeremo
 	if err := g.install(lim); err != nil {
 		return nil, err
 	}
+	if err := g.markCeremony(ctx); err != nil {
+		return nil, err
+	}
 	callFrom(ctx).detail = fmt.Sprintf("ceremony: %d of %d officers, %d keys, %d grants, %d budgets",
 		set.Threshold, len(set.Officers), len(t.Keys), len(grants), len(budgets))
 	return transcriptProto(tr), nil
@@ -620,4 +638,27 @@ func summary(p quorum.Proposal) string {
 		return string(p.Kind)
 	}
 	return fmt.Sprintf("%s %s", p.Kind, b)
+}
+
+// CeremonyMarkerLabel labels a token object that exists once a key ceremony
+// has completed. The store's records are MAC'd but a deleted record leaves
+// no trace in the store itself; the marker on the token does, so deleting
+// gov/state cannot reopen the ceremony.
+const CeremonyMarkerLabel = "custody:ceremony:v1"
+
+func (g *Governance) ceremonyMarked(ctx context.Context) bool {
+	_, err := g.s.hsm.FindByLabel(ctx, hsm.KindHMACSHA256, CeremonyMarkerLabel)
+	return err == nil
+}
+
+// markCeremony creates the ceremony marker unless it exists.
+func (g *Governance) markCeremony(ctx context.Context) error {
+	if g.ceremonyMarked(ctx) {
+		return nil
+	}
+	_, _, err := g.s.hsm.CreateKey(ctx, hsm.KindHMACSHA256, CeremonyMarkerLabel)
+	if err != nil && !errors.Is(err, hsm.ErrExists) {
+		return fmt.Errorf("ceremony marker: %w", err)
+	}
+	return nil
 }

@@ -3,6 +3,7 @@ package server_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -185,6 +186,29 @@ func TestRogueOperatorDrill(t *testing.T) {
 	}
 	if !strings.Contains(err.Error(), "authentication") {
 		t.Fatalf("start failed, but not for tampering: %v", err)
+	}
+
+	// Deleting the governance state (a record the MAC cannot vouch for,
+	// since it is gone) to reopen the ceremony: the token remembers.
+	raw, err = store.OpenBolt(g.Config.Store.Path, store.BoltOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"gov/state", "gov/limiter", "gov/transcript"} {
+		if err := store.Delete(ctx(t), raw, k); err != nil && !errors.Is(err, store.ErrNotFound) {
+			t.Fatal(err)
+		}
+	}
+	if err := raw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	d, err = daemon.Start(ctx(t), g.Config, daemon.Options{})
+	if err == nil {
+		d.Shutdown(ctx(t))
+		t.Fatal("custodyd started after its governance state was deleted")
+	}
+	if !strings.Contains(err.Error(), "completed key ceremony") {
+		t.Fatalf("start failed, but not for the deleted state: %v", err)
 	}
 }
 
