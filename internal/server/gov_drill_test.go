@@ -124,6 +124,17 @@ func TestBulkExfiltrationDrill(t *testing.T) {
 	}
 	_, err = g.Crypto(t, "relay").Unwrap(ctx(t), item)
 	wantCode(t, err, codes.ResourceExhausted, "frozen relay after restart")
+
+	// Only a quorum lifts the freeze: an unfreeze proposal, approved by two
+	// officers, executes after its time-lock. The window stays spent.
+	p := g.propose(t, quorum.Unfreeze{Identity: g.relay, Key: "msgs"}, time.Hour)
+	g.pass(t, p)
+	g.waitState(t, p.ID, custodyv1.ProposalState_PROPOSAL_EXECUTED)
+	if frozen() {
+		t.Fatal("still frozen after the unfreeze proposal executed")
+	}
+	_, err = g.Crypto(t, "relay").Unwrap(ctx(t), item)
+	wantCode(t, err, codes.ResourceExhausted, "unfrozen relay with its window spent")
 }
 
 // TestRogueOperatorDrill: the operator's certificate, the config and the
