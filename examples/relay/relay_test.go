@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -252,3 +253,45 @@ func TestCompromisedRelayCanOnlyUnwrapOneConversationAtATime(t *testing.T) {
 		}
 	}
 }
+
+// TestCompromisedRelayIsStoppedByItsBudget: with a budget of 6 operations
+// per day on its key, a relay that posts to 4 conversations (4 data keys)
+// can open 2 of them from a cold start and is then refused with a budget
+// error that says when to retry; nothing more comes out.
+func TestCompromisedRelayIsStoppedByItsBudget(t *testing.T) {
+	e := testenv.Start(t, testenv.Settings{Mutate: func(_ *testenv.Env, c *config.Config) {
+		c.Grants = append(c.Grants, config.GrantConfig{
+			Identity: "dev-relay", Keys: []string{tenantKey}, AllowPlaintext: true,
+			Operations: []config.Operation{config.OpDataKey, config.OpUnwrap}, ContextMatch: map[string]string{"tenant": "acme"},
+		})
+		c.Budgets = append(c.Budgets, config.BudgetConfig{Identity: "dev-relay", Key: tenantKey, Rate: 1000, Burst: 1000, Volume: 6, Window: 24 * time.Hour})
+	}})
+	e.CreateKey(t, tenantKey, custodyv1.KeyPurpose_ENCRYPT_AES256_GCM)
+	ctx := context.Background()
+	db := filepath.Join(t.TempDir(), "relay.db")
+	r := openRelay(t, dial(t, e, "relay"), tenantKey, "acme", db)
+	for i := range 4 {
+		if _, err := r.Post(ctx, fmt.Sprintf("conv-%d", i), "u", "hello"); err != nil {
+			t.Fatalf("post %d: %v", i, err)
+		}
+	}
+	r.Close()
+	stolen := openRelay(t, dial(t, e, "relay"), tenantKey, "acme", db)
+	opened := 0
+	var budgetErr *client.BudgetError
+	for i := range 4 {
+		_, err := stolen.Read(ctx, fmt.Sprintf("conv-%d", i), 0, 0)
+		switch {
+		case err == nil:
+			opened++
+		case errors.As(err, &budgetErr):
+		default:
+			t.Fatalf("conv-%d: %v", i, err)
+		}
+	}
+	if opened != 2 || budgetErr == nil || status.Code(err2status(budgetErr)) != codes.ResourceExhausted || budgetErr.RetryAfter <= 0 {
+		t.Fatalf("opened %d conversations with a budget of 6 (4 spent on posting); budget error %v", opened, budgetErr)
+	}
+}
+
+func err2status(b *client.BudgetError) error { return b.Status.Err() }

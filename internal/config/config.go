@@ -95,6 +95,21 @@ type Config struct {
 	// Governance configures quorum governance (proposals, time-locks,
 	// budget freezes).
 	Governance GovernanceConfig `yaml:"governance"`
+	// Budgets bound what each relay may do on each granted key, before the
+	// key ceremony (afterwards budgets are set by quorum proposals). Outside
+	// dev mode every grant needs one: there is no unbudgeted (bulk) path.
+	Budgets []BudgetConfig `yaml:"budgets"`
+}
+
+// BudgetConfig is a token bucket (rate per second, burst) plus a volume cap
+// per window for one relay identity on one key.
+type BudgetConfig struct {
+	Identity string        `yaml:"identity"`
+	Key      string        `yaml:"key"`
+	Rate     float64       `yaml:"rate"`
+	Burst    int           `yaml:"burst"`
+	Volume   int64         `yaml:"volume"`
+	Window   time.Duration `yaml:"window"`
 }
 
 // GovernanceConfig configures quorum governance.

@@ -88,6 +88,9 @@ grants:
     operations: [datakey, unwrap]
     context_match: {tenant: acme}
     recipient_keys: [9B1C2D3E4F5061728394A5B6C7D8E9F00112233445566778899AABBCCDDEEFF0]
+budgets:
+  - {identity: relay-1, key: k1, rate: 50, burst: 100, volume: 10000, window: 24h}
+  - {identity: relay-1, key: k2, rate: 50, burst: 100, volume: 10000, window: 24h}
 `, e.cert, e.key, e.ca, e.pin, e.store, e.audit) + extra
 }
 

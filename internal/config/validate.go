@@ -98,6 +98,7 @@ func (c *Config) Validate() error {
 	c.Keys.validate(&ps, c.Dev)
 	byName := validateIdentities(&ps, c.Identities)
 	validateGrants(&ps, c.Grants, byName)
+	validateBudgets(&ps, c.Budgets, c.Grants, byName, c.Dev)
 	c.Governance.validate(&ps, c.Dev)
 	if len(ps) == 0 {
 		return nil
@@ -506,3 +507,50 @@ func redactURI(u string) string {
 }
 
 var redactRE = regexp.MustCompile(`(?i)(pin-(?:value|source)=)[^;?&]*`)
+
+// validateBudgets checks each budget and, outside dev mode, that every
+// granted identity × key has one.
+func validateBudgets(ps *problems, budgets []BudgetConfig, grants []GrantConfig, byName map[string]IdentityConfig, dev bool) {
+	have := map[[2]string]bool{}
+	for i, b := range budgets {
+		p := "budgets[" + strconv.Itoa(i) + "]"
+		if id, ok := byName[b.Identity]; !ok {
+			ps.add(p+".identity", "%q is not defined in identities", b.Identity)
+		} else if id.Role.Valid() && id.Role != RoleRelay { // an invalid role is reported once, above
+			ps.add(p+".identity", "%q has role %q; budgets are for relay identities", b.Identity, id.Role)
+		}
+		if !keyRE.MatchString(b.Key) {
+			ps.add(p+".key", "%q must match %s", b.Key, keyRE)
+		}
+		if !(b.Rate > 0) {
+			ps.add(p+".rate", "must be positive (operations per second)")
+		}
+		if b.Burst < 1 {
+			ps.add(p+".burst", "must be at least 1")
+		}
+		if b.Volume < 1 {
+			ps.add(p+".volume", "must be at least 1 (operations per window)")
+		}
+		if b.Window <= 0 {
+			ps.add(p+".window", "must be a positive duration such as 24h")
+		}
+		k := [2]string{b.Identity, b.Key}
+		if have[k] {
+			ps.add(p, "a second budget for %q on %q", b.Identity, b.Key)
+		}
+		have[k] = true
+	}
+	if dev {
+		return
+	}
+	for i, g := range grants {
+		if id, ok := byName[g.Identity]; !ok || id.Role != RoleRelay {
+			continue // reported with the grant
+		}
+		for _, k := range g.Keys {
+			if keyRE.MatchString(k) && !have[[2]string{g.Identity, k}] {
+				ps.add("grants["+strconv.Itoa(i)+"]", "%q on key %q has no entry in budgets; every grant needs a budget (no bulk path)", g.Identity, k)
+			}
+		}
+	}
+}

@@ -188,10 +188,14 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 	if err != nil {
 		return nil, err
 	}
+	lim, err := LimiterFromConfig(cfg, opts.Now())
+	if err != nil {
+		return nil, err
+	}
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := server.NewMetrics(reg, d.HSM, func() *keys.Registry { return d.Keys })
 	d.Server = server.New(server.Options{
-		HSM: d.HSM, Keys: d.Keys, Policy: pol, Roles: roles, Audit: d.Audit, Metrics: metrics,
+		HSM: d.HSM, Keys: d.Keys, Policy: pol, Roles: roles, Limiter: lim, Audit: d.Audit, Metrics: metrics,
 		Logger: d.log, Now: opts.Now,
 		Limits: server.Limits{MaxPayload: cfg.Keys.MaxPayloadBytes, MaxBatch: cfg.Keys.MaxBatch, DestroyWaitDefault: cfg.Keys.DestroyWaitDefault},
 	})
@@ -324,6 +328,31 @@ func PolicyFromConfig(cfg *config.Config) (*policy.Policy, map[string]policy.Rol
 		return nil, nil, fmt.Errorf("grants: %w", err)
 	}
 	return p, roles, nil
+}
+
+// LimiterFromConfig builds the budgets that apply before the key ceremony.
+// With no budgets configured (dev mode only: Validate insists otherwise) it
+// returns nil and no budgets are enforced.
+func LimiterFromConfig(cfg *config.Config, now time.Time) (*policy.Limiter, error) {
+	if len(cfg.Budgets) == 0 {
+		return nil, nil
+	}
+	rule := policy.FreezeRule{Refusals: cfg.Governance.Freeze.Refusals, Within: cfg.Governance.Freeze.Within}
+	lim, err := policy.NewLimiter(rule)
+	if err != nil {
+		return nil, fmt.Errorf("budgets: %w", err)
+	}
+	ids := map[string]string{}
+	for _, id := range cfg.Identities {
+		ids[id.Name] = id.ID()
+	}
+	for i, b := range cfg.Budgets {
+		pb := policy.Budget{Rate: b.Rate, Burst: b.Burst, Volume: b.Volume, Window: b.Window}
+		if err := lim.SetBudget(ids[b.Identity], b.Key, pb, now); err != nil {
+			return nil, fmt.Errorf("budgets[%d]: %w", i, err)
+		}
+	}
+	return lim, nil
 }
 
 func (d *Daemon) readyz(w http.ResponseWriter, r *http.Request) {
