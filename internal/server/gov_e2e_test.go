@@ -231,6 +231,11 @@ func TestCeremonyRefusesRelayCallerAndMEqualOneWithoutDev(t *testing.T) {
 	g := startGov(t, func(_ *testenv.Env, c *config.Config) {
 		c.Dev, c.Governance.TimeLock, c.Governance.ProposalTTL = false, time.Hour, 2*time.Hour
 		c.Keys.DestroyWaitMin = 24 * time.Hour
+		for _, g := range c.Grants { // outside dev every grant needs a budget
+			for _, k := range g.Keys {
+				c.Budgets = append(c.Budgets, config.BudgetConfig{Identity: g.Identity, Key: k, Rate: 10, Burst: 10, Volume: 100, Window: time.Hour})
+			}
+		}
 	})
 	_, err := g.gov(t, "relay").InitCeremony(ctx(t), g.ceremonyRequest(10))
 	wantCode(t, err, codes.PermissionDenied, "relay runs ceremony")
