@@ -13,6 +13,7 @@ import (
 	"crypto/sha256"
 	"crypto/sha512"
 	"errors"
+	"math/big"
 	"testing"
 
 	"github.com/custodyhq/custody/hsm"
@@ -314,5 +315,52 @@ func TestRandom(t *testing.T) {
 	b, _ := m.Random(ctxT(t), 32)
 	if err != nil || len(a) != 32 || bytes.Equal(a, b) {
 		t.Fatalf("random: %v", err)
+	}
+}
+
+// TestKeyTransportLeavesNoSessionObjects makes 1,000 key-transport calls,
+// a third of them failing at different points, and counts the session
+// objects left on the token afterwards: there must be none.
+func TestKeyTransportLeavesNoSessionObjects(t *testing.T) {
+	m, _ := hsmtest.Open(t)
+	ctx := ctxT(t)
+	master, _, _ := m.CreateKey(ctx, hsm.KindAES256, "master")
+	relay, _ := rsa.GenerateKey(rand.Reader, 3072)
+	wrapped, _, err := m.GenerateDataKey(ctx, master, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := bytes.Clone(wrapped)
+	bad[3] ^= 1
+	// An RSA key the token cannot use to wrap (modulus too small for OAEP of
+	// a 32-byte key is impossible at 3072 bits, so use an even modulus).
+	broken := &rsa.PublicKey{N: new(big.Int).Lsh(big.NewInt(1), 3071), E: 65537}
+	failures := 0
+	for i := 0; i < 1000; i++ {
+		var err error
+		switch i % 6 {
+		case 0:
+			_, _, _, err = m.GenerateDataKeyFor(ctx, master, &relay.PublicKey)
+		case 1, 2:
+			_, _, err = m.UnwrapDataKeyFor(ctx, master, wrapped, &relay.PublicKey)
+		case 3:
+			_, _, err = m.UnwrapDataKeyFor(ctx, master, bad, &relay.PublicKey) // fails at C_UnwrapKey
+		case 4:
+			_, _, _, err = m.GenerateDataKeyFor(ctx, master, broken) // fails after the data key exists
+		case 5:
+			_, _, err = m.UnwrapDataKeyFor(ctx, master, wrapped, broken) // fails after the unwrap
+		}
+		if err != nil {
+			failures++
+		}
+	}
+	if failures < 300 {
+		t.Fatalf("only %d of 1000 calls failed; the test must exercise failure paths", failures)
+	}
+	if n, err := hsm.CountSessionObjects(ctx, m); err != nil || n != 0 {
+		t.Fatalf("%d session objects left after 1000 calls (%d failed): %v", n, failures, err)
+	}
+	if st := m.Stats(); st.State != hsm.StateReady {
+		t.Fatalf("module state after failures: %+v", st)
 	}
 }

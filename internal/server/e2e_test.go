@@ -5,11 +5,14 @@ import (
 	"context"
 	"crypto/ecdsa"
 	"crypto/ed25519"
+	"crypto/rand"
 	"crypto/rsa"
+	"crypto/sha1"
 	"crypto/sha256"
 	"crypto/sha512"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"os"
 	"path/filepath"
@@ -601,4 +604,59 @@ func dialRaw(t *testing.T, addr string, cfg *tls.Config) custodyv1.CryptoService
 	}
 	t.Cleanup(func() { conn.Close() })
 	return custodyv1.NewCryptoServiceClient(conn)
+}
+
+// TestKeyTransportOnlyToPinnedRecipients: a relay whose grant pins its
+// recipient key gets data keys wrapped to it inside the HSM (and never the
+// plaintext); any other recipient key is refused.
+func TestKeyTransportOnlyToPinnedRecipients(t *testing.T) {
+	relayKey, err := rsa.GenerateKey(rand.Reader, 3072)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, _ := x509.MarshalPKIXPublicKey(&relayKey.PublicKey)
+	pin := sha256.Sum256(der)
+	e := testenv.Start(t, testenv.Settings{Mutate: func(_ *testenv.Env, c *config.Config) {
+		c.Grants = append(c.Grants, config.GrantConfig{Identity: "dev-relay", Keys: []string{"transport"},
+			Operations: []config.Operation{config.OpDataKey, config.OpUnwrap}, RecipientKeys: []string{hex.EncodeToString(pin[:])}})
+	}})
+	e.CreateKey(t, "transport", custodyv1.KeyPurpose_ENCRYPT_AES256_GCM)
+	c := e.Crypto(t, "relay")
+	x := ctx(t)
+	encCtx := map[string]string{"conversation": "7"}
+	dk, err := c.GenerateDataKey(x, &custodyv1.GenerateDataKeyRequest{KeyName: "transport", Context: encCtx, RecipientPublicKey: der})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(dk.Plaintext) != 0 || len(dk.RecipientWrappedKey) == 0 {
+		t.Fatalf("plaintext %d bytes, recipient copy %d bytes", len(dk.Plaintext), len(dk.RecipientWrappedKey))
+	}
+	h := sha256.New()
+	if dk.RecipientWrapping == "RSA-OAEP-SHA1" {
+		h = sha1.New()
+	}
+	key1, err := rsa.DecryptOAEP(h, nil, relayKey, dk.RecipientWrappedKey, nil)
+	if err != nil || len(key1) != 32 {
+		t.Fatalf("relay cannot open its copy (%s): %v", dk.RecipientWrapping, err)
+	}
+	un, err := c.Unwrap(x, &custodyv1.UnwrapRequest{KeyName: "transport", WrappedKey: dk.WrappedKey, Context: encCtx, RecipientPublicKey: der})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.Reset()
+	key2, err := rsa.DecryptOAEP(h, nil, relayKey, un.RecipientWrappedKey, nil)
+	if err != nil || !bytes.Equal(key1, key2) {
+		t.Fatalf("unwrap to recipient gives another key: %v", err)
+	}
+	// Plaintext is not granted; another recipient key is not pinned.
+	_, err = c.Unwrap(x, &custodyv1.UnwrapRequest{KeyName: "transport", WrappedKey: dk.WrappedKey, Context: encCtx})
+	wantCode(t, err, codes.PermissionDenied, "plaintext unwrap without allow_plaintext")
+	_, err = c.GenerateDataKey(x, &custodyv1.GenerateDataKeyRequest{KeyName: "transport", Context: encCtx})
+	wantCode(t, err, codes.PermissionDenied, "plaintext data key without allow_plaintext")
+	other, _ := rsa.GenerateKey(rand.Reader, 3072)
+	otherDER, _ := x509.MarshalPKIXPublicKey(&other.PublicKey)
+	_, err = c.Unwrap(x, &custodyv1.UnwrapRequest{KeyName: "transport", WrappedKey: dk.WrappedKey, Context: encCtx, RecipientPublicKey: otherDER})
+	wantCode(t, err, codes.PermissionDenied, "unpinned recipient")
+	_, err = c.GenerateDataKey(x, &custodyv1.GenerateDataKeyRequest{KeyName: "transport", Context: encCtx, RecipientPublicKey: otherDER})
+	wantCode(t, err, codes.PermissionDenied, "unpinned recipient for a new data key")
 }
