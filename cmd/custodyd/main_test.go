@@ -1,13 +1,10 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -15,10 +12,8 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 
 	custodyv1 "github.com/custodyhq/custody/api/custody/v1"
-	"github.com/custodyhq/custody/internal/pki"
 )
 
 func TestBadInvocationsFailWithOneClearLine(t *testing.T) {
@@ -53,47 +48,10 @@ func TestBadInvocationsFailWithOneClearLine(t *testing.T) {
 // keeps requests in flight and sends SIGTERM: every request that was
 // accepted must complete successfully and the process must exit 0.
 func TestSIGTERMLetsInFlightRequestsFinish(t *testing.T) {
-	bin := filepath.Join(t.TempDir(), "custodyd")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
 	dir := t.TempDir()
-	cmd := exec.Command(bin, "--dev", "--dev-dir", dir, "--dev-listen", "127.0.0.1:0", "--dev-http", "127.0.0.1:0")
-	cmd.Env = append(os.Environ(), "SOFTHSM2_CONF=")
-	stdout, _ := cmd.StdoutPipe()
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer cmd.Process.Kill()
-	addrRE := regexp.MustCompile(`gRPC \(mTLS\): (\S+)`)
-	var addr string
-	sc := bufio.NewScanner(stdout)
-	deadline := time.After(60 * time.Second)
-	found := make(chan string, 1)
-	go func() {
-		for sc.Scan() {
-			if m := addrRE.FindStringSubmatch(sc.Text()); m != nil {
-				found <- m[1]
-			}
-		}
-	}()
-	select {
-	case addr = <-found:
-	case <-deadline:
-		t.Fatalf("custodyd did not start: %s", stderr.String())
-	}
-	tlsCfg, err := pki.ClientTLSConfig(filepath.Join(dir, "pki", "ca.pem"), filepath.Join(dir, "pki", "relay.pem"), filepath.Join(dir, "pki", "relay-key.pem"), "localhost")
-	if err != nil {
-		t.Fatal(err)
-	}
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	c := custodyv1.NewCryptoServiceClient(conn)
+	p := startDev(t, buildBinary(t), dir)
+	cmd, stderr := p.cmd, p.stderr
+	c := custodyv1.NewCryptoServiceClient(dialRole(t, dir, p.addr, "relay"))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if _, err := c.Encrypt(ctx, &custodyv1.EncryptRequest{KeyName: "demo", Plaintext: []byte("warm")}); err != nil {

@@ -520,6 +520,21 @@ func batch[Req any, Resp any](s *Server, ctx context.Context, items []Req, fn fu
 	return resps, errs, nil
 }
 
+// results renders batch outcomes with wrap, which builds one result from
+// either a response or an item error.
+func results[Resp any, Res any](s *Server, resps []Resp, errs []error, wrap func(Resp, *custodyv1.ItemError) Res) []Res {
+	out := make([]Res, len(resps))
+	for i := range resps {
+		if errs[i] != nil {
+			var zero Resp
+			out[i] = wrap(zero, s.itemError(errs[i]))
+		} else {
+			out[i] = wrap(resps[i], nil)
+		}
+	}
+	return out
+}
+
 // BatchEncrypt encrypts up to MaxBatch payloads; each item is authorised,
 // budgeted and audited on its own.
 func (s *Server) BatchEncrypt(ctx context.Context, req *custodyv1.BatchEncryptRequest) (*custodyv1.BatchEncryptResponse, error) {
@@ -527,17 +542,12 @@ func (s *Server) BatchEncrypt(ctx context.Context, req *custodyv1.BatchEncryptRe
 	if err != nil {
 		return nil, err
 	}
-	out := &custodyv1.BatchEncryptResponse{}
-	for i := range resps {
-		r := &custodyv1.BatchEncryptResult{}
-		if errs[i] != nil {
-			r.Result = &custodyv1.BatchEncryptResult_Error{Error: s.itemError(errs[i])}
-		} else {
-			r.Result = &custodyv1.BatchEncryptResult_Response{Response: resps[i]}
+	return &custodyv1.BatchEncryptResponse{Results: results(s, resps, errs, func(r *custodyv1.EncryptResponse, e *custodyv1.ItemError) *custodyv1.BatchEncryptResult {
+		if e != nil {
+			return &custodyv1.BatchEncryptResult{Result: &custodyv1.BatchEncryptResult_Error{Error: e}}
 		}
-		out.Results = append(out.Results, r)
-	}
-	return out, nil
+		return &custodyv1.BatchEncryptResult{Result: &custodyv1.BatchEncryptResult_Response{Response: r}}
+	})}, nil
 }
 
 // BatchDecrypt decrypts up to MaxBatch ciphertexts.
@@ -546,17 +556,12 @@ func (s *Server) BatchDecrypt(ctx context.Context, req *custodyv1.BatchDecryptRe
 	if err != nil {
 		return nil, err
 	}
-	out := &custodyv1.BatchDecryptResponse{}
-	for i := range resps {
-		r := &custodyv1.BatchDecryptResult{}
-		if errs[i] != nil {
-			r.Result = &custodyv1.BatchDecryptResult_Error{Error: s.itemError(errs[i])}
-		} else {
-			r.Result = &custodyv1.BatchDecryptResult_Response{Response: resps[i]}
+	return &custodyv1.BatchDecryptResponse{Results: results(s, resps, errs, func(r *custodyv1.DecryptResponse, e *custodyv1.ItemError) *custodyv1.BatchDecryptResult {
+		if e != nil {
+			return &custodyv1.BatchDecryptResult{Result: &custodyv1.BatchDecryptResult_Error{Error: e}}
 		}
-		out.Results = append(out.Results, r)
-	}
-	return out, nil
+		return &custodyv1.BatchDecryptResult{Result: &custodyv1.BatchDecryptResult_Response{Response: r}}
+	})}, nil
 }
 
 // BatchUnwrap unwraps up to MaxBatch data keys.
@@ -565,15 +570,10 @@ func (s *Server) BatchUnwrap(ctx context.Context, req *custodyv1.BatchUnwrapRequ
 	if err != nil {
 		return nil, err
 	}
-	out := &custodyv1.BatchUnwrapResponse{}
-	for i := range resps {
-		r := &custodyv1.BatchUnwrapResult{}
-		if errs[i] != nil {
-			r.Result = &custodyv1.BatchUnwrapResult_Error{Error: s.itemError(errs[i])}
-		} else {
-			r.Result = &custodyv1.BatchUnwrapResult_Response{Response: resps[i]}
+	return &custodyv1.BatchUnwrapResponse{Results: results(s, resps, errs, func(r *custodyv1.UnwrapResponse, e *custodyv1.ItemError) *custodyv1.BatchUnwrapResult {
+		if e != nil {
+			return &custodyv1.BatchUnwrapResult{Result: &custodyv1.BatchUnwrapResult_Error{Error: e}}
 		}
-		out.Results = append(out.Results, r)
-	}
-	return out, nil
+		return &custodyv1.BatchUnwrapResult{Result: &custodyv1.BatchUnwrapResult_Response{Response: r}}
+	})}, nil
 }
