@@ -3,6 +3,7 @@ package hsm_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -95,5 +96,36 @@ func TestMechanismProbeFindsEverythingOnSoftHSM(t *testing.T) {
 	st := m.Stats()
 	if st.State != hsm.StateReady || st.SessionsMax < 1 {
 		t.Fatalf("stats: %+v", st)
+	}
+}
+
+func TestIndexCachesEveryKeyOnce(t *testing.T) {
+	m, tok := hsmtest.Open(t)
+	ctx := ctxT(t)
+	var made []hsm.Key
+	for i, kind := range []hsm.Kind{hsm.KindAES256, hsm.KindHMACSHA256, hsm.KindECDSAP256, hsm.KindEd25519} {
+		k, _, err := m.CreateKey(ctx, kind, fmt.Sprintf("k%d", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		made = append(made, k)
+	}
+	// A fresh process: nothing cached yet.
+	m.Close()
+	m2 := tok.Open(t)
+	n, err := m2.Index(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != 2+2*2 { // two secret keys, two pairs (private + public)
+		t.Fatalf("indexed %d handles, want 6", n)
+	}
+	for _, k := range made {
+		if err := m2.Find(ctx, k); err != nil {
+			t.Fatalf("find %s after index: %v", k, err)
+		}
+	}
+	if _, _, err := m2.Encrypt(ctx, made[0], []byte("x"), nil); err != nil {
+		t.Fatal(err)
 	}
 }

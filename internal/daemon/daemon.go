@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"os"
+	"runtime"
 	"sync"
 	"time"
 
@@ -247,6 +248,7 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 		if !isLoopback(d.httpLis.Addr()) {
 			return nil, fmt.Errorf("--pprof needs http_listen on a loopback address, not %s", d.httpLis.Addr())
 		}
+		runtime.SetMutexProfileFraction(100) // sample 1% of contention events for /debug/pprof/mutex
 		mux.HandleFunc("/debug/pprof/", pprof.Index)
 		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)

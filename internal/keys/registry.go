@@ -102,6 +102,12 @@ func OpenRegistry(ctx context.Context, st store.Store, m *hsm.Module, opts Regis
 	if err != nil {
 		return nil, fmt.Errorf("load keys: %w", err)
 	}
+	if len(kvs) > 0 {
+		// One scan of the token instead of a search per key version.
+		if _, err := m.Index(ctx); err != nil {
+			return nil, fmt.Errorf("index token: %w", err)
+		}
+	}
 	for _, kv := range kvs {
 		var k Key
 		if err := json.Unmarshal(kv.Value, &k); err != nil {
