@@ -97,6 +97,12 @@ func (m *Module) CreateKey(ctx context.Context, kind Kind, label string) (Key, A
 			}
 			return err
 		}
+		// Cache the new handles: a first use must not search the token
+		// (a search scans every object, so n first uses would be O(n²)).
+		m.handles.Store(handleKey{id: string(id), class: mainClass(kind)}, main)
+		if kind.Asymmetric() {
+			m.handles.Store(handleKey{id: string(id), class: pkcs11.CKO_PUBLIC_KEY}, pub)
+		}
 		return nil
 	})
 	if err != nil {
