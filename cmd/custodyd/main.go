@@ -36,6 +36,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	devDir := fs.String("dev-dir", ".custody-dev", "directory of the development vault (with --dev)")
 	devListen := fs.String("dev-listen", "127.0.0.1:8443", "gRPC address (with --dev)")
 	devHTTP := fs.String("dev-http", "127.0.0.1:9090", "metrics/health address (with --dev)")
+	devGateway := fs.String("dev-gateway", "", "REST/JSON gateway address (with --dev; default: the port after --dev-listen, \"off\" to disable)")
 	pprof := fs.Bool("pprof", false, "serve /debug/pprof on the (loopback-only) HTTP listener")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
@@ -62,6 +63,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 2
 	case *dev:
 		setup, cfg, err = daemon.PrepareDev(*devDir, *devListen, *devHTTP)
+		if err == nil && *devGateway != "" {
+			cfg.GatewayListen = *devGateway
+			if *devGateway == "off" {
+				cfg.GatewayListen = ""
+			}
+			err = cfg.Validate()
+		}
 	case *cfgPath != "":
 		cfg, err = config.Load(*cfgPath)
 	default:

@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	"github.com/custodyhq/custody/hsm"
@@ -24,14 +25,22 @@ var DevRoles = []string{"relay", "operator", "officer", "auditor"}
 // DevKey is the key `custodyd --dev` creates and grants to the dev relay.
 const DevKey = "demo"
 
-// DevGatewayListen is where `custodyd --dev` serves the REST/JSON gateway.
+// DevGatewayListen is where `custodyd --dev` serves the REST/JSON gateway
+// by default: the port after the gRPC port (8443).
 const DevGatewayListen = "127.0.0.1:8444"
 
+// devGatewayListen puts the gateway on the port after the gRPC listener's
+// (8443 → 8444), or on an ephemeral port when the gRPC listener is (tests).
 func devGatewayListen(listen string) string {
-	if host, port, err := net.SplitHostPort(listen); err == nil && port == "0" {
+	host, port, err := net.SplitHostPort(listen)
+	if err != nil {
+		return DevGatewayListen
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil || n == 0 || n >= 65535 {
 		return net.JoinHostPort(host, "0")
 	}
-	return DevGatewayListen
+	return net.JoinHostPort(host, strconv.Itoa(n+1))
 }
 
 // softHSMPaths are where Debian and others install SoftHSMv2.
@@ -118,8 +127,7 @@ func PrepareDev(dir, listen, httpListen string) (*DevSetup, *config.Config, erro
 		Audit:      config.AuditConfig{Dir: filepath.Join(dir, "audit")},
 		Keys:       config.KeysConfig{DestroyWaitMin: time.Second},
 	}
-	// The REST gateway is on in dev: on DevGatewayListen, or on an
-	// ephemeral port when the gRPC listener is (tests).
+	// The REST gateway is on in dev, on the port after the gRPC port.
 	cfg.GatewayListen = devGatewayListen(listen)
 	for _, role := range DevRoles {
 		cfg.Identities = append(cfg.Identities, config.IdentityConfig{
