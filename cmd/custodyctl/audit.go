@@ -588,7 +588,7 @@ checked before anything is written.`,
 func appendJSONLine(file string, line []byte) error {
 	f, err := os.OpenFile(file, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
-		return localError(codes.FailedPrecondition, fmt.Errorf("open %s: %w", file, err))
+		return localError(codes.FailedPrecondition, err)
 	}
 	_, err = f.Write(append(bytes.TrimSpace(line), '\n'))
 	if err == nil {

@@ -322,3 +322,14 @@ func TestAuditReportVerifyAcceptsSignedReportAndRejectsAnEditedCount(t *testing.
 	inv = runCLI(t, nil, "audit", "report", "verify", "--file", file, "--pubkey", f.pubFile)
 	assertOneErrorLine(t, inv, exitError, "DataLoss")
 }
+
+func TestAnchorFileInMissingDirectoryNamesThePathOnce(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "no-such-dir", "anchors.jsonl")
+	err := appendJSONLine(file, []byte(`{"seq":1}`))
+	if err == nil {
+		t.Fatal("appended to a file in a missing directory")
+	}
+	if n := strings.Count(err.Error(), file); n != 1 {
+		t.Errorf("error %q names the path %d times, want once", err, n)
+	}
+}

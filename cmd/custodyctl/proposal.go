@@ -297,7 +297,10 @@ func (a *app) submitProposal(cmd *cobra.Command, o createOpts, pl quorum.Payload
 	if o.dryRun {
 		info := &custodyv1.ProposalInfo{Id: p.ID, Kind: string(p.Kind), Digest: d.String(), CanonicalProposal: canon,
 			Summary: summarize(p), Widening: quorum.Widening(p.Payload, quorum.Current{}), Proposer: proposer}
-		return a.emit(info, func(w io.Writer) { printProposal(w, p, info, true) })
+		return a.emit(info, func(w io.Writer) {
+			printProposal(w, p, info, true)
+			fmt.Fprintln(w, "status:     not submitted (dry run)")
+		})
 	}
 	c, ctx, cancel, err := a.governance(cmd.Context())
 	if err != nil {
@@ -480,8 +483,12 @@ signature made offline ("proposal sign") is checked and sent instead.`,
 			if err != nil {
 				return err
 			}
+			done := "approved"
+			if veto {
+				done = "vetoed"
+			}
 			return a.emit(out, func(w io.Writer) {
-				fmt.Fprintf(w, "%sd %s as %s: %s, approvals %d/%d\n", verb, out.GetId(), off.Name, stateName(out.GetState()),
+				fmt.Fprintf(w, "%s %s as %s: %s, approvals %d/%d\n", done, out.GetId(), off.Name, stateName(out.GetState()),
 					len(out.GetApprovals()), out.GetThreshold())
 			})
 		},
@@ -577,6 +584,7 @@ your officer key, without contacting custodyd. Send the signature with
 			defer signer.Close()
 			info := &custodyv1.ProposalInfo{Id: p.ID, Kind: string(p.Kind), Digest: d.String(), Summary: summarize(p), Proposer: p.Proposer}
 			printProposal(a.stderr, p, info, true)
+			fmt.Fprintln(a.stderr, "status:     offline: its state on custodyd is not checked here")
 			if !yes {
 				if err := a.confirm(fmt.Sprintf("sign %s of proposal %s (digest %s)?", map[bool]string{false: "approval", true: "veto"}[veto], p.ID, d)); err != nil {
 					return err
@@ -636,7 +644,6 @@ func printProposal(w io.Writer, p quorum.Proposal, info *custodyv1.ProposalInfo,
 		} else {
 			fmt.Fprintf(w, "time-lock:  none (does not widen access)\n")
 		}
-		fmt.Fprintln(w, "status:     not submitted (dry run)")
 		return
 	}
 	fmt.Fprintf(w, "state:      %s\n", stateName(info.GetState()))

@@ -306,6 +306,22 @@ func TestVetoThroughTheCLIEndsTheProposal(t *testing.T) {
 	assertLastErrorLine(t, f.cli(t, "proposal", "approve", prop.Id, "--officer-key", f.keys["alice"], "--yes"), exitError, "FailedPrecondition")
 }
 
+func TestApproveAndVetoReportWhatWasDoneInText(t *testing.T) {
+	f := newGovernanceFixture(t)
+	text := func(args ...string) invocation {
+		return runCLI(t, nil, append(append(f.p.flags(f.addr), "--output", "text"), args...)...)
+	}
+	prop := f.propose(t, "add-grant", "relay-messages", "--identity", "spiffe://acme/relay", "--ops", "unwrap")
+	if inv := text("proposal", "approve", prop.Id, "--officer-key", f.keys["alice"], "--yes"); inv.code != exitOK ||
+		!strings.HasPrefix(inv.stdout, "approved "+prop.Id+" as alice: ") {
+		t.Fatalf("approve: %+v", inv)
+	}
+	if inv := text("proposal", "veto", prop.Id, "--officer-key", f.keys["carol"], "--yes"); inv.code != exitOK ||
+		!strings.HasPrefix(inv.stdout, "vetoed "+prop.Id+" as carol: ") {
+		t.Fatalf("veto: %+v", inv)
+	}
+}
+
 func TestOfflineSignatureIsAcceptedWhenSubmitted(t *testing.T) {
 	f := newGovernanceFixture(t)
 	dir := t.TempDir()
@@ -319,8 +335,9 @@ func TestOfflineSignatureIsAcceptedWhenSubmitted(t *testing.T) {
 	_ = json.Unmarshal([]byte(inv.stdout), &struct {
 		ID *string `json:"id"`
 	}{&info.Id})
-	if inv := runCLI(t, nil, "proposal", "sign", canon, "--officer-key", f.keys["bob"], "--out", sigFile, "--yes"); inv.code != exitOK {
-		t.Fatal(inv)
+	if inv := runCLI(t, nil, "proposal", "sign", canon, "--officer-key", f.keys["bob"], "--out", sigFile, "--yes"); inv.code != exitOK ||
+		strings.Contains(inv.stderr, "dry run") || !strings.Contains(inv.stderr, "status:     offline") {
+		t.Fatalf("offline sign of a submitted proposal must not call it a dry run: %+v", inv)
 	}
 	inv = f.cli(t, "proposal", "approve", info.Id, "--officer", "bob", "--signature-file", sigFile, "--yes")
 	if inv.code != exitOK || f.srv.approvals[info.Id][0] != "bob" {

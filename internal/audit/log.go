@@ -426,11 +426,13 @@ func (l *Log) commit(batch []*appendReq) {
 	if wasDown {
 		l.log.Info("audit: log writable again", "segment", segmentName(l.segFirst))
 	}
+	// Count before releasing the callers, so that a caller whose Append has
+	// returned always sees its record in Stats.
+	l.stats.records.Add(uint64(len(batch)))
+	l.stats.batches.Add(1)
 	for i, req := range batch {
 		req.done <- appendResult{seq: batch[0].rec.Seq + uint64(i)}
 	}
-	l.stats.records.Add(uint64(len(batch)))
-	l.stats.batches.Add(1)
 	if seq-1-l.lastKick >= l.opts.CheckpointEvery {
 		l.lastKick = seq - 1
 		select {

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	custodyv1 "github.com/custodyhq/custody/api/custody/v1"
@@ -361,6 +362,10 @@ func TestQuorumTwoOfThreeRefusesOperatorForgeryReplayDuplicateAndExpiry(t *testi
 	wantCode(t, err, codes.FailedPrecondition, "direct rotate after the ceremony")
 	_, err = g.Keys(t, "operator").CreateKey(ctx(t), &custodyv1.CreateKeyRequest{Name: "new", Purpose: custodyv1.KeyPurpose_ENCRYPT_AES256_GCM})
 	wantCode(t, err, codes.FailedPrecondition, "direct create after the ceremony")
+	// The refusal names a command that exists.
+	if !strings.Contains(status.Convert(err).Message(), "(custodyctl proposal create create-key)") {
+		t.Errorf("direct create refused with %q, want it to name `custodyctl proposal create create-key`", status.Convert(err).Message())
+	}
 }
 
 func metric(t *testing.T, g *govEnv, name string) string {
@@ -430,3 +435,23 @@ func TestWideningProposalWaitsOutTimeLockAndAVetoCancelsIt(t *testing.T) {
 }
 
 func daemonOpts() daemon.Options { return daemon.Options{GovernanceInterval: 50 * time.Millisecond} }
+
+// TestGrantProposalForAnUnconfiguredIdentityIsRefused: officers are never
+// asked to sign a grant that could not apply.
+func TestGrantProposalForAnUnconfiguredIdentityIsRefused(t *testing.T) {
+	g := startGov(t, nil)
+	g.ceremony(t, 100)
+	for _, who := range []string{"spiffe://elsewhere.example/relay-9", g.Cert["operator"].Identity} {
+		p, err := quorum.NewProposal(quorum.AddGrant{Grant: policy.Grant{ID: "g-x", Identity: who, Key: "spare",
+			Operations: []policy.Op{policy.OpDecrypt}}}, g.Cert["operator"].Identity, time.Now(), time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		canon, err := p.CanonicalBytes()
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = g.gov(t, "operator").Propose(ctx(t), &custodyv1.ProposeRequest{CanonicalProposal: canon})
+		wantCode(t, err, codes.InvalidArgument, "grant to "+who)
+	}
+}

@@ -61,6 +61,9 @@ func (g *Governance) precheck(p quorum.Proposal) error {
 			return fmt.Errorf("%w: create-key.name: %v", quorum.ErrInvalidProposal, err)
 		}
 	case quorum.AddGrant:
+		if !g.isRelay(pl.Grant.Identity) {
+			return fmt.Errorf("%w: add-grant.grant.identity: %q is not a configured relay identity (configure it first, or the grant would never apply)", quorum.ErrInvalidProposal, pl.Grant.Identity)
+		}
 		if _, err := g.buildPolicy(append(slices.Clone(g.st.Grants), pl.Grant)); err != nil {
 			return fmt.Errorf("%w: add-grant: %v", quorum.ErrInvalidProposal, err)
 		}
@@ -68,13 +71,18 @@ func (g *Governance) precheck(p quorum.Proposal) error {
 		if !pl.Order.NotAfter.After(g.s.now()) {
 			return fmt.Errorf("%w: disclosure-order.not_after: in the past", quorum.ErrInvalidProposal)
 		}
-		if !slices.ContainsFunc(g.o.Identities, func(id policy.Identity) bool {
-			return id.ID == pl.Order.Recipient && slices.Contains(id.Roles, policy.RoleRelay)
-		}) {
+		if !g.isRelay(pl.Order.Recipient) {
 			return fmt.Errorf("%w: disclosure-order.order.recipient: not a configured relay identity", quorum.ErrInvalidProposal)
 		}
 	}
 	return nil
+}
+
+// isRelay reports whether identity is configured with the relay role.
+func (g *Governance) isRelay(identity string) bool {
+	return slices.ContainsFunc(g.o.Identities, func(id policy.Identity) bool {
+		return id.ID == identity && slices.Contains(id.Roles, policy.RoleRelay)
+	})
 }
 
 // commitLedger persists the ledger after a change, or restores it to

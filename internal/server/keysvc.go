@@ -74,7 +74,7 @@ func (s *Server) CreateKey(ctx context.Context, req *custodyv1.CreateKeyRequest)
 		return nil, err
 	}
 	if s.governed.Load() {
-		return nil, fmt.Errorf("%w: key changes are made by governance proposals (custodyctl proposal create-key)", ErrRequiresProposal)
+		return nil, fmt.Errorf("%w: key changes are made by governance proposals (custodyctl proposal create create-key)", ErrRequiresProposal)
 	}
 	p, err := PurposeFromProto(req.GetPurpose())
 	if err != nil {
