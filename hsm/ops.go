@@ -121,6 +121,15 @@ func (m *Module) Decrypt(ctx context.Context, k Key, iv, ciphertext, aad []byte)
 // key are demonstrably fine. SoftHSM reports a bad tag as CKR_GENERAL_ERROR,
 // the code of a device fault; a fault would also break these probes.
 func (m *Module) disambiguate(p *pkcs11.Ctx, sh pkcs11.SessionHandle, h pkcs11.ObjectHandle, err error) error {
+	return m.callerFault(p, sh, h, err, ErrDecrypt, errTagMismatch.Error())
+}
+
+// callerFault turns a generic PKCS#11 failure (CKR_GENERAL_ERROR,
+// CKR_FUNCTION_FAILED, CKR_ENCRYPTED_DATA_INVALID) into the caller's fault
+// (sentinel) when the session, the object h and the token demonstrably
+// still work, so that bad input can neither close sessions nor start a
+// recovery. Otherwise err is returned unchanged and treated as a device fault.
+func (m *Module) callerFault(p *pkcs11.Ctx, sh pkcs11.SessionHandle, h pkcs11.ObjectHandle, err, sentinel error, why string) error {
 	code, ok := rv(err)
 	if !ok || (code != pkcs11.CKR_GENERAL_ERROR && code != pkcs11.CKR_ENCRYPTED_DATA_INVALID && code != pkcs11.CKR_FUNCTION_FAILED) {
 		return err
@@ -131,10 +140,10 @@ func (m *Module) disambiguate(p *pkcs11.Ctx, sh pkcs11.SessionHandle, h pkcs11.O
 	if _, perr := p.GetAttributeValue(sh, h, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_CLASS, nil)}); perr != nil {
 		return err
 	}
-	if !m.tokenDirPresent() {
+	if !m.tokenAlive() {
 		return err
 	}
-	return fmt.Errorf("%w: %w", ErrDecrypt, errTagMismatch)
+	return fmt.Errorf("%w: %s", sentinel, why)
 }
 
 var kwp = []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_WRAP_PAD, nil)}
@@ -267,7 +276,15 @@ func oaepMech(h crypto.Hash) []*pkcs11.Mechanism {
 // wrapToRecipient imports the recipient's public key as a wrap-only session
 // object, wraps dk to it with RSA-OAEP (SHA-256 if the token can, else
 // SHA-1) and destroys the imported object.
-func wrapToRecipient(p *pkcs11.Ctx, sh pkcs11.SessionHandle, dk pkcs11.ObjectHandle, pub *rsa.PublicKey) ([]byte, OAEP, error) {
+func (m *Module) wrapToRecipient(p *pkcs11.Ctx, sh pkcs11.SessionHandle, dk pkcs11.ObjectHandle, pub *rsa.PublicKey) ([]byte, OAEP, error) {
+	out, how, err := wrapToRecipientRaw(p, sh, dk, pub)
+	if err != nil {
+		err = m.callerFault(p, sh, dk, err, ErrInvalidInput, "the token refused to wrap to this recipient key")
+	}
+	return out, how, err
+}
+
+func wrapToRecipientRaw(p *pkcs11.Ctx, sh pkcs11.SessionHandle, dk pkcs11.ObjectHandle, pub *rsa.PublicKey) ([]byte, OAEP, error) {
 	rh, err := p.CreateObject(sh, recipientTemplate(pub.N.Bytes(), big.NewInt(int64(pub.E)).Bytes()))
 	if err != nil {
 		return nil, OAEP{}, err
@@ -318,7 +335,7 @@ func (m *Module) GenerateDataKeyFor(ctx context.Context, master Key, recipient *
 		if wrapped, err = p.WrapKey(sh, kwp, mh, dk); err != nil {
 			return err
 		}
-		forRecipient, how, err = wrapToRecipient(p, sh, dk, recipient)
+		forRecipient, how, err = m.wrapToRecipient(p, sh, dk, recipient)
 		return err
 	})
 	if err != nil {
@@ -337,7 +354,7 @@ func (m *Module) UnwrapDataKeyFor(ctx context.Context, master Key, wrapped []byt
 	var how OAEP
 	err := m.unwrapInto(ctx, master, wrapped, true, func(p *pkcs11.Ctx, sh pkcs11.SessionHandle, dk pkcs11.ObjectHandle) error {
 		var err error
-		out, how, err = wrapToRecipient(p, sh, dk, recipient)
+		out, how, err = m.wrapToRecipient(p, sh, dk, recipient)
 		return err
 	})
 	return out, how, err

@@ -56,5 +56,10 @@ func FuzzCryptoRequest(f *testing.F) {
 		default:
 			t.Fatalf("op %d key %q: %v", op%7, key, err)
 		}
+		// No input may look like a device fault to the HSM layer: that would
+		// close sessions and start recoveries on a caller's say-so.
+		if st := e.D.HSM.Stats(); st.DeviceErrors != 0 {
+			t.Fatalf("op %d key %q: caused an hsm device error (%s)", op%7, key, st.LastError)
+		}
 	})
 }
