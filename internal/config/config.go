@@ -95,9 +95,10 @@ type Config struct {
 	// Governance configures quorum governance (proposals, time-locks,
 	// budget freezes).
 	Governance GovernanceConfig `yaml:"governance"`
-	// Budgets bound what each relay may do on each granted key, before the
-	// key ceremony (afterwards budgets are set by quorum proposals). Outside
-	// dev mode every grant needs one: there is no unbudgeted (bulk) path.
+	// Budgets bound what each relay may do on each granted key in dev mode,
+	// where Grants apply too. Outside dev mode the vault is governed from its
+	// first start: grants and budgets come only from the key ceremony and
+	// quorum proposals, and these two sections are ignored (with a warning).
 	Budgets []BudgetConfig `yaml:"budgets"`
 }
 

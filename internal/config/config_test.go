@@ -582,8 +582,31 @@ func TestExampleConfigLoads(t *testing.T) {
 	if err != nil {
 		t.Fatalf("example config refused: %v", err)
 	}
-	if len(cfg.Identities) != 5 || len(cfg.Grants) != 2 || cfg.HSM.PINFile != e.pin {
+	if len(cfg.Identities) != 5 || len(cfg.Grants) != 0 || cfg.HSM.PINFile != e.pin {
 		t.Fatalf("example decoded to %+v", cfg)
+	}
+	// The commented grants and budgets (they apply to dev vaults only) must
+	// stay valid: uncommented, they load too.
+	var dev strings.Builder
+	inBlock := false
+	for _, line := range strings.Split(content, "\n") {
+		switch {
+		case line == "# grants:" || line == "# budgets:":
+			inBlock = true
+		case strings.TrimSpace(line) == "":
+			inBlock = false
+		}
+		if inBlock {
+			line = strings.TrimPrefix(line, "# ")
+		}
+		dev.WriteString(line + "\n")
+	}
+	devCfg, err := Load(e.write(t, dev.String()))
+	if err != nil {
+		t.Fatalf("example's grants and budgets, uncommented: %v", err)
+	}
+	if len(devCfg.Grants) != 2 || len(devCfg.Budgets) != 3 {
+		t.Fatalf("example's grants and budgets, uncommented: %d grants, %d budgets", len(devCfg.Grants), len(devCfg.Budgets))
 	}
 	// Without path rewriting it must fail only on the machine-specific paths.
 	if _, err := Load(e.write(t, string(data))); err == nil {

@@ -98,7 +98,7 @@ func (c *Config) Validate() error {
 	c.Keys.validate(&ps, c.Dev)
 	byName := validateIdentities(&ps, c.Identities)
 	validateGrants(&ps, c.Grants, byName)
-	validateBudgets(&ps, c.Budgets, c.Grants, byName, c.Dev)
+	validateBudgets(&ps, c.Budgets, byName)
 	c.Governance.validate(&ps, c.Dev)
 	if len(ps) == 0 {
 		return nil
@@ -508,9 +508,8 @@ func redactURI(u string) string {
 
 var redactRE = regexp.MustCompile(`(?i)(pin-(?:value|source)=)[^;?&]*`)
 
-// validateBudgets checks each budget and, outside dev mode, that every
-// granted identity × key has one.
-func validateBudgets(ps *problems, budgets []BudgetConfig, grants []GrantConfig, byName map[string]IdentityConfig, dev bool) {
+// validateBudgets checks each budget.
+func validateBudgets(ps *problems, budgets []BudgetConfig, byName map[string]IdentityConfig) {
 	have := map[[2]string]bool{}
 	for i, b := range budgets {
 		p := "budgets[" + strconv.Itoa(i) + "]"
@@ -539,18 +538,5 @@ func validateBudgets(ps *problems, budgets []BudgetConfig, grants []GrantConfig,
 			ps.add(p, "a second budget for %q on %q", b.Identity, b.Key)
 		}
 		have[k] = true
-	}
-	if dev {
-		return
-	}
-	for i, g := range grants {
-		if id, ok := byName[g.Identity]; !ok || id.Role != RoleRelay {
-			continue // reported with the grant
-		}
-		for _, k := range g.Keys {
-			if keyRE.MatchString(k) && !have[[2]string{g.Identity, k}] {
-				ps.add("grants["+strconv.Itoa(i)+"]", "%q on key %q has no entry in budgets; every grant needs a budget (no bulk path)", g.Identity, k)
-			}
-		}
 	}
 }

@@ -193,6 +193,10 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 	if err != nil {
 		return nil, err
 	}
+	if !cfg.Dev && (len(cfg.Grants) > 0 || len(cfg.Budgets) > 0) {
+		d.log.Warn("config grants and budgets are ignored outside dev mode: they come from the key ceremony and quorum proposals",
+			"grants", len(cfg.Grants), "budgets", len(cfg.Budgets))
+	}
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := server.NewMetrics(reg, d.HSM, func() *keys.Registry { return d.Keys })
 	d.Server = server.New(server.Options{
@@ -332,11 +336,11 @@ func PolicyFromConfig(cfg *config.Config) (*policy.Policy, map[string]policy.Rol
 	return p, roles, nil
 }
 
-// LimiterFromConfig builds the budgets that apply before the key ceremony.
-// With no budgets configured (dev mode only: Validate insists otherwise) it
-// returns nil and no budgets are enforced.
+// LimiterFromConfig builds the budgets of a dev vault before its key
+// ceremony. Outside dev mode, or with no budgets configured, it returns nil:
+// a governed vault's budgets come from the ceremony and proposals.
 func LimiterFromConfig(cfg *config.Config, now time.Time) (*policy.Limiter, error) {
-	if len(cfg.Budgets) == 0 {
+	if !cfg.Dev || len(cfg.Budgets) == 0 {
 		return nil, nil
 	}
 	rule := policy.FreezeRule{Refusals: cfg.Governance.Freeze.Refusals, Within: cfg.Governance.Freeze.Within}

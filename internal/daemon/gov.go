@@ -25,8 +25,10 @@ func (d *Daemon) openGovernance(ctx context.Context, reg prometheus.Registerer, 
 	g, err := server.NewGovernance(ctx, d.Server, server.GovernanceOptions{
 		Store: d.Store, Signer: signer, Identities: pol.Spec().Identities,
 		TimeLock: gov.TimeLock, ProposalTTL: gov.ProposalTTL,
-		Freeze:         policy.FreezeRule{Refusals: gov.Freeze.Refusals, Within: gov.Freeze.Within},
-		QuorumRequired: gov.QuorumRequired, AllowDev: d.cfg.Dev, Instance: "custodyd@" + instance,
+		Freeze: policy.FreezeRule{Refusals: gov.Freeze.Refusals, Within: gov.Freeze.Within},
+		// Outside dev mode the vault is governed from its first start: keys,
+		// grants and budgets come only from the key ceremony and proposals.
+		QuorumRequired: gov.QuorumRequired || !d.cfg.Dev, AllowDev: d.cfg.Dev, Instance: "custodyd@" + instance,
 	})
 	if err != nil {
 		return err

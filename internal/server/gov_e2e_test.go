@@ -455,3 +455,22 @@ func TestGrantProposalForAnUnconfiguredIdentityIsRefused(t *testing.T) {
 		wantCode(t, err, codes.InvalidArgument, "grant to "+who)
 	}
 }
+
+// TestProductionVaultIsGovernedFromFirstStart: outside dev mode nothing is
+// possible before the key ceremony: no direct key changes, and grants in the
+// config do not apply.
+func TestProductionVaultIsGovernedFromFirstStart(t *testing.T) {
+	g := startGov(t, func(_ *testenv.Env, c *config.Config) {
+		c.Dev, c.Governance.TimeLock, c.Governance.ProposalTTL = false, time.Hour, 2*time.Hour
+		c.Keys.DestroyWaitMin = 24 * time.Hour
+	})
+	_, err := g.Keys(t, "operator").CreateKey(ctx(t), &custodyv1.CreateKeyRequest{Name: "direct", Purpose: custodyv1.KeyPurpose_ENCRYPT_AES256_GCM})
+	wantCode(t, err, codes.FailedPrecondition, "direct key creation before the ceremony")
+	_, err = g.Crypto(t, "relay").Encrypt(ctx(t), &custodyv1.EncryptRequest{KeyName: "demo", Plaintext: []byte("x")})
+	wantCode(t, err, codes.PermissionDenied, "config grant on a production vault")
+	// The ceremony is what opens the vault.
+	g.ceremony(t, 100)
+	if _, err := g.Crypto(t, "relay").Encrypt(ctx(t), &custodyv1.EncryptRequest{KeyName: "msgs", Plaintext: []byte("x")}); err != nil {
+		t.Fatalf("relay after the ceremony: %v", err)
+	}
+}
