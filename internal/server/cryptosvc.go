@@ -247,30 +247,44 @@ func (s *Server) Unwrap(ctx context.Context, req *custodyv1.UnwrapRequest) (*cus
 	if err != nil {
 		return nil, err
 	}
-	var rk *rsa.PublicKey
-	if len(req.GetRecipientPublicKey()) > 0 {
-		if rk, err = recipient(d, req.GetRecipientPublicKey()); err != nil {
-			return nil, err
-		}
-	} else if !d.AllowPlaintext {
-		return nil, errPlaintextNotGranted
+	rk, err := deliveryTo(d, req.GetRecipientPublicKey())
+	if err != nil {
+		return nil, err
 	}
 	hk, env, err := s.openWrapped(ctx, e, req.GetWrappedKey(), req.GetContext())
 	if err != nil {
 		return nil, err
 	}
 	out := &custodyv1.UnwrapResponse{KeyVersion: env.Version}
-	if rk != nil {
-		var how hsm.OAEP
-		out.RecipientWrappedKey, how, err = s.hsm.UnwrapDataKeyFor(ctx, hk, env.Body, rk)
-		out.RecipientWrapping = how.String()
-	} else {
-		out.Plaintext, err = s.hsm.UnwrapDataKey(ctx, hk, env.Body)
-	}
+	out.Plaintext, out.RecipientWrappedKey, out.RecipientWrapping, err = s.deliver(ctx, hk, env.Body, rk)
 	if err != nil {
 		return nil, err
 	}
 	return out, nil
+}
+
+// deliveryTo decides how an unwrapped data key may leave: wrapped to the
+// given recipient key (which the grant must pin), or, with no recipient, as
+// plaintext if the grant allows it. A nil key means plaintext.
+func deliveryTo(d policy.Decision, recipientDER []byte) (*rsa.PublicKey, error) {
+	if len(recipientDER) > 0 {
+		return recipient(d, recipientDER)
+	}
+	if !d.AllowPlaintext {
+		return nil, errPlaintextNotGranted
+	}
+	return nil, nil
+}
+
+// deliver unwraps a KWP-wrapped data key under hk inside the HSM and hands
+// it out as deliveryTo decided: wrapped to rk there, or as plaintext.
+func (s *Server) deliver(ctx context.Context, hk hsm.Key, wrapped []byte, rk *rsa.PublicKey) (plaintext, forRecipient []byte, wrapping string, err error) {
+	if rk == nil {
+		plaintext, err = s.hsm.UnwrapDataKey(ctx, hk, wrapped)
+		return plaintext, nil, "", err
+	}
+	forRecipient, how, err := s.hsm.UnwrapDataKeyFor(ctx, hk, wrapped, rk)
+	return nil, forRecipient, how.String(), err
 }
 
 // Rewrap moves a wrapped data key to the key's primary version inside the HSM.

@@ -21,7 +21,6 @@ package server
 import (
 	"bytes"
 	"context"
-	"crypto/rsa"
 	"crypto/sha256"
 	"encoding/base64"
 	"errors"
@@ -295,13 +294,9 @@ func (s *Server) FetchDataKey(ctx context.Context, req *custodyv1.FetchDataKeyRe
 	if err != nil {
 		return nil, err
 	}
-	var rk *rsa.PublicKey
-	if len(req.GetRecipientPublicKey()) > 0 {
-		if rk, err = recipient(d, req.GetRecipientPublicKey()); err != nil {
-			return nil, err
-		}
-	} else if !d.AllowPlaintext {
-		return nil, errPlaintextNotGranted
+	rk, err := deliveryTo(d, req.GetRecipientPublicKey())
+	if err != nil {
+		return nil, err
 	}
 	envelope, _, err := s.loadDataKey(ctx, st, req.GetKeyName(), req.GetId(), req.GetContext())
 	if err != nil {
@@ -312,13 +307,7 @@ func (s *Server) FetchDataKey(ctx context.Context, req *custodyv1.FetchDataKeyRe
 		return nil, err
 	}
 	out := &custodyv1.FetchDataKeyResponse{KeyVersion: env.Version}
-	if rk != nil {
-		var how hsm.OAEP
-		out.RecipientWrappedKey, how, err = s.hsm.UnwrapDataKeyFor(ctx, hk, env.Body, rk)
-		out.RecipientWrapping = how.String()
-	} else {
-		out.Plaintext, err = s.hsm.UnwrapDataKey(ctx, hk, env.Body)
-	}
+	out.Plaintext, out.RecipientWrappedKey, out.RecipientWrapping, err = s.deliver(ctx, hk, env.Body, rk)
 	if err != nil {
 		return nil, err
 	}
