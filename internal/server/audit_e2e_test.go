@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -17,6 +18,7 @@ import (
 
 	custodyv1 "github.com/custodyhq/custody/api/custody/v1"
 	"github.com/custodyhq/custody/internal/audit"
+	"github.com/custodyhq/custody/internal/config"
 	"github.com/custodyhq/custody/internal/testenv"
 )
 
@@ -210,4 +212,101 @@ func readRecords(dir string, fn func(audit.Record)) error {
 		}
 	}
 	return nil
+}
+
+// TestAuditDiskFullFailsClosedAndRecovers puts the audit log on a tiny
+// tmpfs, fills it, and expects crypto operations to fail with UNAVAILABLE
+// (no unaudited success) until space is freed, then to succeed again without
+// a restart, with a log that verifies. It needs root to mount the tmpfs
+// (CI runs as root).
+func TestAuditDiskFullFailsClosedAndRecovers(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount a 512 KiB tmpfs for the audit log")
+	}
+	mnt := filepath.Join(t.TempDir(), "audit-fs")
+	if err := os.MkdirAll(mnt, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=512k,mode=0700", "tmpfs", mnt).CombinedOutput(); err != nil {
+		t.Fatalf("mount tmpfs: %v %s", err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("umount", mnt).Run() }) // after custodyd stops (cleanups run last-in first-out)
+	e := testenv.Start(t, testenv.Settings{Mutate: func(_ *testenv.Env, c *config.Config) {
+		c.Audit.Dir = mnt
+		c.Grants = append(c.Grants, config.GrantConfig{Identity: "dev-relay", Keys: []string{"enc"}, Operations: allOps, AllowPlaintext: true})
+	}})
+	e.CreateKey(t, "enc", custodyv1.KeyPurpose_ENCRYPT_AES256_GCM)
+	c := e.Crypto(t, "relay")
+	x := ctx(t)
+	ct, err := c.Encrypt(x, &custodyv1.EncryptRequest{KeyName: "enc", Plaintext: []byte("before")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Fill the file system.
+	filler := filepath.Join(mnt, "filler")
+	f, err := os.Create(filler)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = f.Write(make([]byte, 1<<20)) // stops at ENOSPC
+	f.Close()
+	// With the disk full, a request succeeds only if its record still fits
+	// (a failed batch is cut back, which frees a few bytes); every other
+	// one fails closed. Successes are counted and checked against the log.
+	failed, succeeded := 0, 0
+	for i := 0; i < 20; i++ {
+		_, err := c.Decrypt(x, &custodyv1.DecryptRequest{KeyName: "enc", Ciphertext: ct.Ciphertext})
+		if err == nil {
+			succeeded++
+			continue
+		}
+		wantCode(t, err, codes.Unavailable, "decrypt with the audit disk full")
+		failed++
+	}
+	if failed == 0 {
+		t.Fatal("no decrypt failed with the audit disk full")
+	}
+	// Right after a failure, /readyz says the audit log is down.
+	for i := 0; ; i++ {
+		_, err := c.Decrypt(x, &custodyv1.DecryptRequest{KeyName: "enc", Ciphertext: ct.Ciphertext})
+		if err != nil {
+			wantCode(t, err, codes.Unavailable, "decrypt with the audit disk full")
+			failed++
+			break
+		}
+		if succeeded++; i > 5 {
+			t.Fatal("decrypts keep succeeding with the audit disk full")
+		}
+	}
+	resp, err := http.Get("http://" + e.HTTPAddr + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("readyz with the audit disk full: %d", resp.StatusCode)
+	}
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	if d, err := c.Decrypt(x, &custodyv1.DecryptRequest{KeyName: "enc", Ciphertext: ct.Ciphertext}); err != nil || string(d.Plaintext) != "before" {
+		t.Fatalf("after freeing space: %v", err)
+	}
+	pub := e.D.AuditPK
+	e.Stop(t)
+	if _, err := audit.Verify(mnt, pub, nil); err != nil {
+		t.Fatalf("verify after disk full: %v", err)
+	}
+	okDecrypts := 0
+	if err := readRecords(mnt, func(r audit.Record) {
+		if r.Method == "Decrypt" && r.Outcome == audit.OutcomeOK {
+			okDecrypts++
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if okDecrypts != succeeded+1 {
+		t.Fatalf("%d successful decrypts (%d while full + 1 after), %d on the record", succeeded+1, succeeded, okDecrypts)
+	}
+	t.Logf("disk full: %d failed closed, %d succeeded with their record written", failed, succeeded)
 }
