@@ -91,9 +91,6 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	if setup != nil {
-		if err := d.EnsureDevKey(ctx); err != nil {
-			fmt.Fprintf(stderr, "custodyd: dev key: %v\n", err)
-		}
 		printDev(stdout, setup, d)
 	}
 	<-ctx.Done()

@@ -259,6 +259,12 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 	}
 	d.http = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 
+	if cfg.Dev {
+		if err := d.EnsureDevKey(ctx); err != nil {
+			return nil, fmt.Errorf("dev key: %w", err)
+		}
+	}
+
 	runCtx, stop := context.WithCancel(context.Background())
 	d.stop = stop
 	d.wg.Add(3)

@@ -107,9 +107,6 @@ func (e *Env) start(t testing.TB) {
 	if err != nil {
 		t.Fatalf("start custodyd: %v", err)
 	}
-	if err := d.EnsureDevKey(ctx); err != nil {
-		t.Fatal(err)
-	}
 	e.D = d
 	e.Addr, e.HTTPAddr, e.GatewayAddr = d.GRPCAddr(), d.HTTPAddr(), d.GatewayAddr()
 	t.Cleanup(func() { e.Stop(t) })
