@@ -34,7 +34,7 @@ func ParseURI(s string) (URI, error) {
 		return u, fmt.Errorf("%w: pkcs11 uri must start with \"pkcs11:\"", ErrInvalidInput)
 	}
 	path, query, _ := strings.Cut(rest, "?")
-	set := func(name, raw, sep string) error {
+	set := func(name, raw string) error {
 		v, err := url.PathUnescape(raw)
 		if err != nil {
 			return fmt.Errorf("%w: pkcs11 uri: attribute %q: bad percent-encoding", ErrInvalidInput, name)
@@ -78,7 +78,7 @@ func ParseURI(s string) (URI, error) {
 			if !ok {
 				return u, fmt.Errorf("%w: pkcs11 uri: attribute %q has no value", ErrInvalidInput, k)
 			}
-			if err := set(k, v, part.sep); err != nil {
+			if err := set(k, v); err != nil {
 				return u, err
 			}
 		}
