@@ -521,6 +521,11 @@ func (m *Module) probeHealthy(gen uint64) bool {
 func (m *Module) reinit() error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	select {
+	case <-m.closed: // Close won the race: never load the library again
+		return fmt.Errorf("%w: module closed", ErrUnavailable)
+	default:
+	}
 	if m.p != nil {
 		m.dropIdle()
 		_ = m.p.Finalize()
