@@ -223,7 +223,12 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 	}
 	d.grpc = grpc.NewServer(append(d.Server.ServerOptions(),
 		grpc.Creds(creds),
+		// A batch of 100 items of 64 KiB with contexts fits in 16 MiB; nothing
+		// larger is accepted.
 		grpc.MaxRecvMsgSize(16<<20),
+		// Bound what one connection can hold in flight, so a hostile client
+		// cannot queue unbounded work or memory on one connection.
+		grpc.MaxConcurrentStreams(128),
 	)...)
 	d.Server.Register(d.grpc)
 	d.Server.SetDataKeyStore(d.Store)
