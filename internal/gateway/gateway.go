@@ -88,6 +88,7 @@ func New(ctx context.Context, internal *Listener, tlsCfg *tls.Config, o Options)
 	for _, register := range []func(context.Context, *runtime.ServeMux, *grpc.ClientConn) error{
 		custodyv1.RegisterCryptoServiceHandler,
 		custodyv1.RegisterKeyServiceHandler,
+		custodyv1.RegisterDataKeyServiceHandler,
 	} {
 		if err := register(ctx, mux, conn); err != nil {
 			conn.Close()
