@@ -30,6 +30,7 @@ type benchOptions struct {
 	payload     int
 	keys        int
 	keyPrefix   string
+	key         string
 	batch       int
 	quiet       bool
 
@@ -113,7 +114,8 @@ token PIN from --hsm-pin-file itself; custodyctl never sees it.
 
 --cpuprofile/--mutexprofile fetch profiles of custodyd covering the run from
 its --pprof endpoint (--pprof-addr, the loopback metrics listener).`,
-		Example: `  custodyctl bench --op decrypt --concurrency 8 --duration 10s --keys 10
+		Example: `  custodyctl bench --op decrypt --key demo --duration 5s      # against make run, as the dev relay
+  custodyctl bench --op decrypt --concurrency 8 --duration 10s --keys 10
   custodyctl bench --op sign --keys 1 --setup --setup-cert operator.pem --setup-key operator-key.pem
   custodyctl bench --op decrypt --baseline --hsm-uri "pkcs11:token=custody-dev?module-path=/usr/lib/softhsm/libsofthsm2.so" --hsm-pin-file .custody-dev/pin`,
 		Args: exactArgs(0, "no arguments"),
@@ -130,6 +132,7 @@ its --pprof endpoint (--pprof-addr, the loopback metrics listener).`,
 	f.IntVar(&o.payload, "payload", 32, "plaintext / data size in bytes (encrypt, decrypt, mac, sign digest input)")
 	f.IntVar(&o.keys, "keys", 1, "number of keys the requests are spread over")
 	f.StringVar(&o.keyPrefix, "key-prefix", "bench-", "prefix of the bench key names")
+	f.StringVar(&o.key, "key", "", "use this one existing key instead of PREFIX+CLASS-INDEX names (e.g. demo on a dev vault)")
 	f.IntVar(&o.batch, "batch", 100, "items per call for batch-decrypt")
 	f.BoolVarP(&o.quiet, "quiet", "q", false, "no live progress line on stderr")
 	f.BoolVar(&o.setup, "setup", false, "create missing bench keys first (needs --setup-cert and --setup-key)")
@@ -218,6 +221,9 @@ func (a *app) runBench(ctx context.Context, o benchOptions) error {
 	}
 	class := benchClassOf(o.op)
 	keys := benchKeyNames(o.keyPrefix, class, o.keys)
+	if o.key != "" {
+		keys = []string{o.key} // one existing key, e.g. the dev vault's demo
+	}
 	if o.setup {
 		start := time.Now()
 		n, err := a.benchSetup(ctx, o, class, keys)
