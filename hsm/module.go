@@ -104,6 +104,7 @@ type Module struct {
 
 	state      atomic.Int32
 	recovering atomic.Bool
+	reindexing atomic.Bool
 	closed     chan struct{}
 	closeOnce  sync.Once
 
@@ -368,6 +369,8 @@ func (m *Module) withSession(ctx context.Context, op string, fn func(p *pkcs11.C
 		m.handles.Clear()
 		if !m.tokenAlive() {
 			err = fmt.Errorf("%w: %w", errTokenGone, err)
+		} else {
+			m.reindexAsync() // one scan refills the cache for every key
 		}
 	}
 	switch {
@@ -480,6 +483,9 @@ func (m *Module) recover(gen uint64) {
 		if err == nil {
 			m.recoveries.Add(1)
 			m.state.Store(int32(StateReady))
+			// Handles died with the old library instance: find them all again
+			// in one scan rather than one search per key on first use.
+			m.reindexAsync()
 			m.log.Info("hsm: token recovered", "token", m.tokenName(), "attempts", attempt)
 			return
 		}
@@ -534,4 +540,20 @@ func (m *Module) reinit() error {
 	clear(m.pubs)
 	m.pubMu.Unlock()
 	return m.initLocked()
+}
+
+// reindexAsync runs Index in the background, once at a time, to refill the
+// handle cache after it was emptied (recovery, a stale handle).
+func (m *Module) reindexAsync() {
+	if !m.reindexing.CompareAndSwap(false, true) {
+		return
+	}
+	go func() {
+		defer m.reindexing.Store(false)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		if _, err := m.Index(ctx); err != nil {
+			m.log.Warn("hsm: re-indexing the token failed; keys will be found one by one", "err", err)
+		}
+	}()
 }
