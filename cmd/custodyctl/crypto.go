@@ -248,16 +248,7 @@ name and context.`,
 			if err != nil {
 				return localError(codes.Unknown, err)
 			}
-			if err := dst.commit(); err != nil {
-				return err
-			}
-			if !dst.isFile() {
-				return nil
-			}
-			res := fileResult{KeyName: o.key, KeyVersion: dk.GetKeyVersion(), Bytes: n, Out: out}
-			return a.emitValue(res, func(w io.Writer) {
-				fmt.Fprintf(w, "encrypted %d bytes to %s with key %s version %d\n", n, out, o.key, res.KeyVersion)
-			})
+			return a.finishFile(dst, "encrypted", fileResult{KeyName: o.key, KeyVersion: dk.GetKeyVersion(), Bytes: n, Out: out})
 		},
 	}
 	o.register(cmd, true)
@@ -320,16 +311,7 @@ already written before a failure must be discarded.`,
 				}
 				return localError(codes.Unknown, err)
 			}
-			if err := dst.commit(); err != nil {
-				return err
-			}
-			if !dst.isFile() {
-				return nil
-			}
-			res := fileResult{KeyName: o.key, KeyVersion: uw.GetKeyVersion(), Bytes: n, Out: out}
-			return a.emitValue(res, func(w io.Writer) {
-				fmt.Fprintf(w, "decrypted %d bytes to %s with key %s version %d\n", n, out, o.key, res.KeyVersion)
-			})
+			return a.finishFile(dst, "decrypted", fileResult{KeyName: o.key, KeyVersion: uw.GetKeyVersion(), Bytes: n, Out: out})
 		},
 	}
 	o.register(cmd, true)
@@ -731,4 +713,18 @@ func (a *app) verifyMacCommand() *cobra.Command {
 	cmd.Flags().Uint32Var(&version, "version", 0, "key version that computed the MAC; 0 for the primary")
 	cmd.Flags().StringVar(&mac, "mac", "", "MAC: base64 as printed by mac, or @FILE for raw bytes")
 	return cmd
+}
+
+// finishFile commits the output file and, when it is a file (not stdout),
+// reports what was written.
+func (a *app) finishFile(dst *output, verb string, res fileResult) error {
+	if err := dst.commit(); err != nil {
+		return err
+	}
+	if !dst.isFile() {
+		return nil
+	}
+	return a.emitValue(res, func(w io.Writer) {
+		fmt.Fprintf(w, "%s %d bytes to %s with key %s version %d\n", verb, res.Bytes, res.Out, res.KeyName, res.KeyVersion)
+	})
 }
