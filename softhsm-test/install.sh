@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Custody's build and tests need when it is missing:
-# SoftHSMv2 (the PKCS#11 token used by tests and `make run`) and, with
+# SoftHSMv2 (the PKCS#11 token used by tests and `make run`), OpenSC's
+# pkcs11-tool (tests of officer keys on a token) and, with
 # --proto, protoc (only `make proto` needs it).
 # Safe to run repeatedly; prints nothing when everything is present.
 set -euo pipefail
@@ -11,6 +12,8 @@ for cand in /usr/lib/softhsm/libsofthsm2.so /usr/lib/x86_64-linux-gnu/softhsm/li
   [ -f "$cand" ] && lib="$cand" && break
 done
 [ -n "$lib" ] && command -v softhsm2-util >/dev/null 2>&1 || need+=(softhsm2)
+# pkcs11-tool: the officer-key-on-a-token tests make their key pair with it.
+command -v pkcs11-tool >/dev/null 2>&1 || need+=(opensc)
 if [ "${1:-}" = "--proto" ]; then
   command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 fi
