@@ -24,6 +24,7 @@ import (
 
 	custodyv1 "github.com/custodyhq/custody/api/custody/v1"
 	"github.com/custodyhq/custody/internal/audit"
+	"github.com/custodyhq/custody/internal/strictjson"
 )
 
 // The audit commands. verify and report verify work offline on files with
@@ -287,9 +288,7 @@ func readAnchors(file string) ([]audit.Checkpoint, error) {
 			continue
 		}
 		var cp audit.Checkpoint
-		dec := json.NewDecoder(bytes.NewReader(line))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&cp); err != nil || cp.Seq == 0 || len(cp.Head) == 0 {
+		if err := strictjson.Unmarshal(line, &cp); err != nil || cp.Seq == 0 || len(cp.Head) == 0 {
 			return nil, usageErrorf("%s line %d is not a checkpoint", file, n)
 		}
 		out = append(out, cp)
@@ -759,13 +758,8 @@ func (a *app) auditReportVerifyCommand() *cobra.Command {
 
 func parseReport(b []byte) (*audit.TransparencyReport, error) {
 	var rep audit.TransparencyReport
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&rep); err != nil {
+	if err := strictjson.Unmarshal(b, &rep); err != nil {
 		return nil, err
-	}
-	if dec.More() {
-		return nil, errors.New("trailing data")
 	}
 	return &rep, nil
 }

@@ -99,7 +99,7 @@ func TestCeremonyConfigErrorsNameTheFieldPath(t *testing.T) {
 		{"shared officer key", strings.Replace(goodCeremony, "bob.key.pub", "alice.key.pub", 1), "officers[1].public_key: shared", false},
 		{"bad purpose", strings.Replace(goodCeremony, "purpose: encrypt", "purpose: rot13", 1), "keys[0].purpose:", false},
 		{"grant on undeclared key", strings.Replace(goodCeremony, "    key: relay-messages\n    operations", "    key: other\n    operations", 1), "grants[0].key:", false},
-		{"wildcard grant", strings.Replace(goodCeremony, "    key: relay-messages\n    operations", "    key: \"*\"\n    operations", 1), "grants[0].key: wildcards", false},
+		{"wildcard grant", strings.Replace(goodCeremony, "    key: relay-messages\n    operations", "    key: \"*\"\n    operations", 1), "grants[0].key: invalid name: wildcards", false},
 		{"bad operation", strings.Replace(goodCeremony, "[datakey, unwrap]", "[datakey, approve]", 1), "grants[0].operations[1]", false},
 		{"bad window", strings.Replace(goodCeremony, "window: 24h", "window: a day", 1), "budgets[0].window:", false},
 		{"zero volume", strings.Replace(goodCeremony, "volume: 10000", "volume: 0", 1), "budgets[0].volume:", false},

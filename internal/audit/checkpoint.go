@@ -19,6 +19,8 @@ import (
 	"path/filepath"
 	"sync"
 	"time"
+
+	"github.com/custodyhq/custody/internal/strictjson"
 )
 
 // Checkpoint is a signed statement that the record with sequence Seq has hash
@@ -273,7 +275,7 @@ func scanCheckpoints(dir string, fn func(cp Checkpoint, line int) error) (int64,
 			return lr.off - start, nil
 		}
 		var cp Checkpoint
-		if err := strictUnmarshal(line, &cp); err != nil {
+		if err := strictjson.Unmarshal(line, &cp); err != nil {
 			return 0, &VerifyError{Segment: checkpointsFile, Line: n, Kind: KindBadSignature,
 				Reason: "unparseable checkpoint"}
 		}
@@ -292,20 +294,8 @@ func readPruneMarker(dir string) (*PruneMarker, error) {
 		return nil, err
 	}
 	var m PruneMarker
-	if err := strictUnmarshal(bytes.TrimSpace(b), &m); err != nil {
+	if err := strictjson.Unmarshal(bytes.TrimSpace(b), &m); err != nil {
 		return nil, &VerifyError{Segment: prunedFile, Line: 1, Kind: KindBadSignature, Reason: "unparseable prune marker"}
 	}
 	return &m, nil
-}
-
-func strictUnmarshal(b []byte, v any) error {
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return err
-	}
-	if dec.More() {
-		return errors.New("trailing data")
-	}
-	return nil
 }

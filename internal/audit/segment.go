@@ -10,6 +10,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/custodyhq/custody/internal/strictjson"
 )
 
 const (
@@ -107,7 +109,7 @@ func (lr *lineReader) next() (line []byte, start int64, complete bool, err error
 // parseRecord decodes one JSON line strictly.
 func parseRecord(line []byte) (*Record, error) {
 	var r Record
-	if err := strictUnmarshal(line, &r); err != nil {
+	if err := strictjson.Unmarshal(line, &r); err != nil {
 		return nil, err
 	}
 	if r.Format != recordFormat {

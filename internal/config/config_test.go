@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/custodyhq/custody/internal/keys"
 	"github.com/custodyhq/custody/internal/pki"
 )
 
@@ -287,7 +288,7 @@ func TestValidateNamesFieldPathOfEachProblem(t *testing.T) {
 		{"grant no keys", func(c *Config) { c.Grants[0].Keys = nil }, "grants[0].keys", "at least one key"},
 		{"grant wildcard", func(c *Config) { c.Grants[0].Keys[1] = "*" }, "grants[0].keys[1]", "wildcards are not allowed"},
 		{"grant glob", func(c *Config) { c.Grants[0].Keys[0] = "messages-*" }, "grants[0].keys[0]", "wildcards are not allowed"},
-		{"grant bad key name", func(c *Config) { c.Grants[0].Keys[0] = "a b" }, "grants[0].keys[0]", "must match"},
+		{"grant bad key name", func(c *Config) { c.Grants[0].Keys[0] = "a b" }, "grants[0].keys[0]", "not one of [A-Za-z0-9._-]"},
 		{"grant dup key", func(c *Config) { c.Grants[0].Keys[1] = "k1" }, "grants[0].keys[1]", "more than once"},
 		{"grant no ops", func(c *Config) { c.Grants[0].Operations = nil }, "grants[0].operations", "at least one operation"},
 		{"grant bad op", func(c *Config) { c.Grants[0].Operations[1] = "export" }, "grants[0].operations[1]", `"export" is not one of encrypt, decrypt`},
@@ -715,6 +716,21 @@ governance: {time_lock: 1m, proposal_ttl: 30s, freeze: {refusals: 20000}}
 	for _, want := range []string{"governance.time_lock:", "governance.proposal_ttl:", "governance.freeze.refusals:"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not name %s", err, want)
+		}
+	}
+}
+
+// The config file and the key model apply one key-name rule: a name one
+// accepts, the other accepts (a leading underscore included).
+func TestConfigAndKeyModelAgreeOnKeyNames(t *testing.T) {
+	e := newEnv(t)
+	for _, name := range []string{"_private", "a", "A.b-c_9", "-x", ".x", "a b", "k*"} {
+		c := e.valid(t)
+		c.Grants[0].Keys = []string{name}
+		cfgErr := c.Validate()
+		modelErr := keys.ValidateName(name)
+		if (cfgErr == nil) != (modelErr == nil) {
+			t.Errorf("key name %q: config says %v, key model says %v", name, cfgErr, modelErr)
 		}
 	}
 }

@@ -1,5 +1,7 @@
 package config
 
+import "github.com/custodyhq/custody/internal/policy"
+
 // Role is what an identity may do by virtue of who it is. Grants add
 // per-key crypto operations on top, for relays only.
 type Role string
@@ -30,49 +32,33 @@ func (r Role) Valid() bool {
 	return false
 }
 
-// Operation is a crypto operation that a grant can allow on a key. Each
-// corresponds to CryptoService RPCs; batch forms need the same operation.
-// The strings are those of package policy's key operations (policy.Op).
+// Operation is a crypto operation that a grant can allow on a key. The set
+// is package policy's key operations (policy.KeyOps); the constants below are
+// those, typed for the config file.
 type Operation string
 
-// Operations. The set is closed; Validate rejects anything else.
+// Operations, as policy defines them.
 const (
-	// OpEncrypt allows Encrypt with the key's primary version.
-	OpEncrypt Operation = "encrypt"
-	// OpDecrypt allows Decrypt of ciphertexts made under the key.
-	OpDecrypt Operation = "decrypt"
-	// OpDataKey allows GenerateDataKey: a new data key wrapped under the key
-	// (and, with a recipient public key, wrapped to the recipient).
-	OpDataKey Operation = "datakey"
-	// OpUnwrap allows unwrapping a data key previously wrapped under the key.
-	OpUnwrap Operation = "unwrap"
-	// OpRewrap allows Rewrap: re-encrypting a ciphertext under the key's
-	// primary version without returning the plaintext.
-	OpRewrap Operation = "rewrap"
-	// OpSign allows Sign with the key.
-	OpSign Operation = "sign"
-	// OpVerify allows Verify with the key.
-	OpVerify Operation = "verify"
-	// OpPublicKey allows GetPublicKey for the key.
-	OpPublicKey Operation = "pubkey"
-	// OpMAC allows Mac with the key.
-	OpMAC Operation = "mac"
-	// OpVerifyMAC allows VerifyMac with the key.
-	OpVerifyMAC Operation = "verify-mac"
+	OpEncrypt   = Operation(policy.OpEncrypt)
+	OpDecrypt   = Operation(policy.OpDecrypt)
+	OpDataKey   = Operation(policy.OpDataKey)
+	OpUnwrap    = Operation(policy.OpUnwrap)
+	OpRewrap    = Operation(policy.OpRewrap)
+	OpSign      = Operation(policy.OpSign)
+	OpVerify    = Operation(policy.OpVerify)
+	OpPublicKey = Operation(policy.OpPublicKey)
+	OpMAC       = Operation(policy.OpMAC)
+	OpVerifyMAC = Operation(policy.OpVerifyMAC)
 )
 
-// Operations lists every valid operation.
-var Operations = []Operation{
-	OpEncrypt, OpDecrypt, OpDataKey, OpUnwrap, OpRewrap,
-	OpSign, OpVerify, OpPublicKey, OpMAC, OpVerifyMAC,
-}
+// Operations lists every valid operation (policy.KeyOps, in its order).
+var Operations = func() []Operation {
+	out := make([]Operation, len(policy.KeyOps))
+	for i, op := range policy.KeyOps {
+		out[i] = Operation(op)
+	}
+	return out
+}()
 
 // Valid reports whether o is one of Operations.
-func (o Operation) Valid() bool {
-	for _, v := range Operations {
-		if o == v {
-			return true
-		}
-	}
-	return false
-}
+func (o Operation) Valid() bool { return policy.Op(o).IsKeyOp() }

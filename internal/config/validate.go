@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/custodyhq/custody/internal/names"
 )
 
 // Problem is one validation failure: the dotted field path it is about
@@ -61,7 +63,6 @@ const (
 
 var (
 	nameRE   = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
-	keyRE    = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
 	envRE    = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 	hex64RE  = regexp.MustCompile(`^[0-9a-fA-F]{64}$`)
 	pinURIRE = regexp.MustCompile(`(?i)pin-(value|source)=`)
@@ -436,10 +437,8 @@ func validateGrants(ps *problems, grants []GrantConfig, byName map[string]Identi
 		for j, k := range g.Keys {
 			kp := p + ".keys[" + strconv.Itoa(j) + "]"
 			switch {
-			case strings.ContainsAny(k, "*?["):
-				ps.add(kp, "%q: wildcards are not allowed; name each key", k)
-			case !keyRE.MatchString(k):
-				ps.add(kp, "%q must match %s", k, keyRE)
+			case names.KeyName(k) != nil:
+				ps.add(kp, "%s", names.KeyName(k))
 			case seenKey[k]:
 				ps.add(kp, "%q is listed more than once", k)
 			}
@@ -518,8 +517,8 @@ func validateBudgets(ps *problems, budgets []BudgetConfig, byName map[string]Ide
 		} else if id.Role.Valid() && id.Role != RoleRelay { // an invalid role is reported once, above
 			ps.add(p+".identity", "%q has role %q; budgets are for relay identities", b.Identity, id.Role)
 		}
-		if !keyRE.MatchString(b.Key) {
-			ps.add(p+".key", "%q must match %s", b.Key, keyRE)
+		if err := names.KeyName(b.Key); err != nil {
+			ps.add(p+".key", "%s", err)
 		}
 		if !(b.Rate > 0) {
 			ps.add(p+".rate", "must be positive (operations per second)")

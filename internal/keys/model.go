@@ -8,12 +8,14 @@ import (
 	"slices"
 	"time"
 	"unicode/utf8"
+
+	"github.com/custodyhq/custody/internal/names"
 )
 
 // Limits on key metadata.
 const (
 	// MaxNameLen is the longest key name ValidateName accepts.
-	MaxNameLen = 128
+	MaxNameLen = names.MaxKeyName
 	// MaxDescriptionLen is the longest description, in bytes.
 	MaxDescriptionLen = 1024
 	// KeyIDLen is the length of the key ids NewKeyID makes.
@@ -255,20 +257,8 @@ func NewKeyID() []byte {
 // ValidateName checks a key name: 1..MaxNameLen characters from
 // [a-zA-Z0-9._-], not starting with '.' or '-'. Errors wrap ErrInvalidName.
 func ValidateName(name string) error {
-	switch {
-	case name == "":
-		return fmt.Errorf("%w: empty", ErrInvalidName)
-	case len(name) > MaxNameLen:
-		return fmt.Errorf("%w: %d bytes, at most %d allowed", ErrInvalidName, len(name), MaxNameLen)
-	case name[0] == '.' || name[0] == '-':
-		return fmt.Errorf("%w: must not start with %q", ErrInvalidName, name[0])
-	}
-	for i := 0; i < len(name); i++ {
-		c := name[i]
-		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-'
-		if !ok {
-			return fmt.Errorf("%w: byte %d is %q, want one of [a-zA-Z0-9._-]", ErrInvalidName, i, c)
-		}
+	if err := names.KeyName(name); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidName, err)
 	}
 	return nil
 }

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/custodyhq/custody/internal/names"
 )
 
 // MaxOrderUses caps Order.MaxUses. A disclosure order is for a targeted
@@ -35,10 +37,10 @@ type Order struct {
 // Validate refuses orders that are not narrowly targeted.
 func (o Order) Validate() error {
 	switch {
-	case strings.TrimSpace(o.CaseRef) == "":
-		return fmt.Errorf("%w: case_ref: empty", ErrInvalidOrder)
-	case o.Recipient == "":
-		return fmt.Errorf("%w: recipient: empty", ErrInvalidOrder)
+	case names.ID(o.CaseRef, MaxGrantIDLen) != nil:
+		return fmt.Errorf("%w: case_ref: %w", ErrInvalidOrder, names.ID(o.CaseRef, MaxGrantIDLen))
+	case names.ID(o.Recipient, MaxIdentityLen) != nil:
+		return fmt.Errorf("%w: recipient: %w", ErrInvalidOrder, names.ID(o.Recipient, MaxIdentityLen))
 	case o.MaxUses < 1 || o.MaxUses > MaxOrderUses:
 		return fmt.Errorf("%w: max_uses: must be between 1 and %d", ErrInvalidOrder, MaxOrderUses)
 	case o.Used < 0 || o.Used > o.MaxUses:

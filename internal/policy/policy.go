@@ -5,6 +5,8 @@ import (
 	"slices"
 	"sort"
 	"strings"
+
+	"github.com/custodyhq/custody/internal/names"
 )
 
 // Role is what an identity may act as. An identity may hold several roles.
@@ -40,6 +42,10 @@ const (
 	OpVerifyMAC Op = "verify-mac"
 	OpPublicKey Op = "pubkey"
 )
+
+// KeyOps lists every grantable key operation, in a fixed order. It is the
+// one list of operations: the config file, grants and the CLI read it.
+var KeyOps = []Op{OpEncrypt, OpDecrypt, OpDataKey, OpUnwrap, OpRewrap, OpSign, OpVerify, OpPublicKey, OpMAC, OpVerifyMAC}
 
 // Administrative operations: allowed by role alone; they never touch key
 // material, so no grant is involved.
@@ -172,11 +178,11 @@ type Subject struct {
 // Validate checks a grant on its own: a named key (no wildcard), known key
 // operations, non-empty context match keys and 32-byte recipient digests.
 func (g Grant) Validate() error {
-	if g.ID == "" {
-		return fmt.Errorf("%w: id: empty", ErrInvalidSpec)
+	if err := names.ID(g.ID, MaxGrantIDLen); err != nil {
+		return fmt.Errorf("%w: id: %w", ErrInvalidSpec, err)
 	}
-	if g.Identity == "" {
-		return fmt.Errorf("%w: identity: empty", ErrInvalidSpec)
+	if err := names.ID(g.Identity, MaxIdentityLen); err != nil {
+		return fmt.Errorf("%w: identity: %w", ErrInvalidSpec, err)
 	}
 	if err := validKeyName(g.Key); err != nil {
 		return fmt.Errorf("%w: key: %v", ErrInvalidSpec, err)
@@ -189,9 +195,12 @@ func (g Grant) Validate() error {
 			return fmt.Errorf("%w: operations[%d]: %q is not a grantable key operation", ErrInvalidSpec, i, op)
 		}
 	}
-	for k := range g.ContextMatch {
+	for k, v := range g.ContextMatch {
 		if k == "" {
 			return fmt.Errorf("%w: context_match: empty key", ErrInvalidSpec)
+		}
+		if names.Text(k, 128) != nil || names.Text(v, 1024) != nil {
+			return fmt.Errorf("%w: context_match: control characters or over-long pair", ErrInvalidSpec)
 		}
 	}
 	for i, r := range g.RecipientKeys {
@@ -202,17 +211,17 @@ func (g Grant) Validate() error {
 	return nil
 }
 
-// validKeyName refuses the empty name and anything that looks like a
-// pattern: grants and orders name exactly one key.
-func validKeyName(k string) error {
-	if k == "" {
-		return fmt.Errorf("empty")
-	}
-	if strings.ContainsAny(k, "*?") {
-		return fmt.Errorf("wildcards are not allowed")
-	}
-	return nil
-}
+// validKeyName applies the one key-name rule (which refuses patterns:
+// grants and orders name exactly one key).
+func validKeyName(k string) error { return names.KeyName(k) }
+
+// Limits on the ids a grant or order carries.
+const (
+	// MaxGrantIDLen bounds grant ids.
+	MaxGrantIDLen = 256
+	// MaxIdentityLen bounds identities (a URI SAN or "spki:" + hex).
+	MaxIdentityLen = 1024
+)
 
 // Spec is the serialisable form of a Policy.
 type Spec struct {

@@ -227,3 +227,24 @@ func BenchmarkAuthorizeAllowed(b *testing.B) {
 		}
 	}
 }
+
+func TestKeyOpsAreExactlyTheGrantableOps(t *testing.T) {
+	seen := map[Op]bool{}
+	for _, op := range KeyOps {
+		if !op.IsKeyOp() || seen[op] {
+			t.Errorf("KeyOps has %q twice or not a key op", op)
+		}
+		seen[op] = true
+	}
+	if n := bitsSet(keyOps); n != len(KeyOps) {
+		t.Errorf("KeyOps lists %d ops; the key-op bit set has %d", len(KeyOps), n)
+	}
+}
+
+func bitsSet(s opSet) int {
+	n := 0
+	for ; s != 0; s &= s - 1 {
+		n++
+	}
+	return n
+}

@@ -11,6 +11,8 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"fmt"
+
+	"github.com/custodyhq/custody/internal/names"
 )
 
 // Officer is a security officer: a name and a public signing key
@@ -42,8 +44,8 @@ func (o Officer) Fingerprint() string {
 
 // Validate checks the name and that the key parses as a supported type.
 func (o Officer) Validate() error {
-	if o.Name == "" {
-		return fmt.Errorf("%w: name: empty", ErrInvalidOfficers)
+	if err := names.ID(o.Name, maxIDLen); err != nil {
+		return fmt.Errorf("%w: name: %w", ErrInvalidOfficers, err)
 	}
 	if _, err := o.publicKey(); err != nil {
 		return fmt.Errorf("%w: officer %q: %w", ErrInvalidOfficers, o.Name, err)

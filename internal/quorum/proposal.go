@@ -9,7 +9,9 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/custodyhq/custody/internal/names"
 	"github.com/custodyhq/custody/internal/policy"
+	"github.com/custodyhq/custody/internal/strictjson"
 )
 
 // Kind names what a proposal does.
@@ -168,15 +170,18 @@ func invalid(format string, a ...any) error {
 
 // Validate implementations.
 func (p CreateKey) Validate() error {
-	if p.Name == "" || p.Algorithm == "" {
-		return invalid("create-key: name and algorithm are required")
+	if err := names.KeyName(p.Name); err != nil {
+		return invalid("create-key.name: %w", err)
+	}
+	if err := names.ID(p.Algorithm, maxIDLen); err != nil {
+		return invalid("create-key.algorithm: %w", err)
 	}
 	return nil
 }
 func (p DestroyKey) Validate() error { return keyVersion("destroy-key", p.Name, p.Version, 0) }
 func (p RotateKey) Validate() error {
-	if p.Name == "" {
-		return invalid("rotate-key: name is required")
+	if err := names.KeyName(p.Name); err != nil {
+		return invalid("rotate-key.name: %w", err)
 	}
 	return nil
 }
@@ -189,14 +194,19 @@ func (p AddGrant) Validate() error {
 	return nil
 }
 func (p RemoveGrant) Validate() error {
-	if p.GrantID == "" {
-		return invalid("remove-grant.grant_id: empty")
+	if err := names.ID(p.GrantID, maxIDLen); err != nil {
+		return invalid("remove-grant.grant_id: %w", err)
 	}
 	return nil
 }
 func (p SetBudget) Validate() error {
-	if p.Key == "" {
-		return invalid("set-budget.key: empty")
+	if err := names.KeyName(p.Key); err != nil {
+		return invalid("set-budget.key: %w", err)
+	}
+	if p.Identity != "" {
+		if err := names.ID(p.Identity, policy.MaxIdentityLen); err != nil {
+			return invalid("set-budget.identity: %w", err)
+		}
 	}
 	if err := p.Budget.Validate(); err != nil {
 		return invalid("set-budget.budget: %w", err)
@@ -204,8 +214,11 @@ func (p SetBudget) Validate() error {
 	return nil
 }
 func (p Unfreeze) Validate() error {
-	if p.Identity == "" || p.Key == "" {
-		return invalid("unfreeze: identity and key are required")
+	if err := names.ID(p.Identity, policy.MaxIdentityLen); err != nil {
+		return invalid("unfreeze.identity: %w", err)
+	}
+	if err := names.KeyName(p.Key); err != nil {
+		return invalid("unfreeze.key: %w", err)
 	}
 	return nil
 }
@@ -216,8 +229,8 @@ func (p AddOfficer) Validate() error {
 	return nil
 }
 func (p RemoveOfficer) Validate() error {
-	if p.Name == "" {
-		return invalid("remove-officer.name: empty")
+	if err := names.ID(p.Name, maxIDLen); err != nil {
+		return invalid("remove-officer.name: %w", err)
 	}
 	return nil
 }
@@ -238,8 +251,8 @@ func (p DisclosureOrder) Validate() error {
 }
 
 func keyVersion(kind, name string, v, min int) error {
-	if name == "" {
-		return invalid("%s.name: empty", kind)
+	if err := names.KeyName(name); err != nil {
+		return invalid("%s.name: %w", kind, err)
 	}
 	if v < min {
 		return invalid("%s.version: must be at least %d", kind, min)
@@ -300,10 +313,10 @@ const maxIDLen = 256
 // Validate checks the envelope and the payload.
 func (p Proposal) Validate() error {
 	switch {
-	case p.ID == "" || len(p.ID) > maxIDLen:
-		return invalid("id: must be 1 to %d bytes", maxIDLen)
-	case p.Proposer == "" || len(p.Proposer) > maxIDLen:
-		return invalid("proposer: must be 1 to %d bytes", maxIDLen)
+	case names.ID(p.ID, maxIDLen) != nil:
+		return invalid("id: %w", names.ID(p.ID, maxIDLen))
+	case names.ID(p.Proposer, policy.MaxIdentityLen) != nil:
+		return invalid("proposer: %w", names.ID(p.Proposer, policy.MaxIdentityLen))
 	case p.Created.IsZero():
 		return invalid("created: required")
 	case !p.Expires.After(p.Created):
@@ -356,14 +369,14 @@ func (p Proposal) MarshalJSON() ([]byte, error) {
 // kinds are refused.
 func (p *Proposal) UnmarshalJSON(b []byte) error {
 	var w wire
-	if err := strictDecode(b, &w); err != nil {
+	if err := strictjson.Unmarshal(b, &w); err != nil {
 		return invalid("%v", err)
 	}
 	pl, ok := newPayload(w.Kind)
 	if !ok {
 		return invalid("kind: unknown %q", w.Kind)
 	}
-	if err := strictDecode(w.Payload, pl); err != nil {
+	if err := strictjson.Unmarshal(w.Payload, pl); err != nil {
 		return invalid("payload: %v", err)
 	}
 	*p = Proposal{ID: w.ID, Kind: w.Kind, Payload: deref(pl), Proposer: w.Proposer, Created: w.Created, Expires: w.Expires, Nonce: w.Nonce}
@@ -402,18 +415,6 @@ func deref(p Payload) Payload {
 		return *v
 	}
 	return p
-}
-
-func strictDecode(b []byte, v any) error {
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return err
-	}
-	if dec.More() {
-		return fmt.Errorf("trailing data")
-	}
-	return nil
 }
 
 // canonicalPrefix separates proposal digests from every other use of SHA-256.

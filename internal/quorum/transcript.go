@@ -1,12 +1,10 @@
 package quorum
 
 import (
-	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/sha256"
 	"crypto/x509"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -14,6 +12,7 @@ import (
 	"time"
 
 	"github.com/custodyhq/custody/internal/policy"
+	"github.com/custodyhq/custody/internal/strictjson"
 )
 
 // Transcript is the signed record of the initial key ceremony (schema:
@@ -116,13 +115,8 @@ func VerifyTranscript(doc, sig, auditDER []byte) (*Transcript, error) {
 		return nil, ErrTranscriptSignature
 	}
 	var t Transcript
-	dec := json.NewDecoder(bytes.NewReader(doc))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&t); err != nil {
+	if err := strictjson.Unmarshal(doc, &t); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrTranscriptContent, err)
-	}
-	if dec.More() {
-		return nil, fmt.Errorf("%w: trailing data", ErrTranscriptContent)
 	}
 	if t.Format != TranscriptFormat {
 		return nil, fmt.Errorf("%w: format %q, want %q", ErrTranscriptContent, t.Format, TranscriptFormat)
