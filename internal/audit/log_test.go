@@ -10,6 +10,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
 )
 
 func TestAppendAssignsSequenceAndChainVerifies(t *testing.T) {
@@ -39,24 +40,70 @@ func TestAppendAssignsSequenceAndChainVerifies(t *testing.T) {
 	}
 }
 
-func TestAppendRejectsInvalidRecordsWithoutWriting(t *testing.T) {
+func TestAppendRejectsOnlyMalformedRecordsNeverContent(t *testing.T) {
 	dir, key := t.TempDir(), newKey(t)
 	l := openLog(t, dir, key, testOptions())
-	bad := map[string]func(*Record){
-		"unknown outcome": func(r *Record) { r.Outcome = "maybe" },
-		"empty method":    func(r *Record) { r.Method = "" },
-		"invalid utf-8":   func(r *Record) { r.Identity = "\xff\xfe" },
-		"long detail":     func(r *Record) { r.Detail = strings.Repeat("x", maxDetailLen+1) },
-	}
-	for name, mutate := range bad {
-		r := sampleRecord(1)
-		mutate(&r)
-		if _, err := l.Append(context.Background(), r); !errors.Is(err, ErrInvalidRecord) {
-			t.Errorf("%s: err = %v, want ErrInvalidRecord", name, err)
-		}
+	r := sampleRecord(1)
+	r.Outcome = "maybe"
+	if _, err := l.Append(context.Background(), r); !errors.Is(err, ErrInvalidRecord) {
+		t.Errorf("unknown outcome: err = %v, want ErrInvalidRecord", err)
 	}
 	if seq, _ := l.Head(); seq != 0 {
-		t.Fatalf("invalid records were written: head %d", seq)
+		t.Fatalf("a malformed record was written: head %d", seq)
+	}
+	// What a caller sent never stops its record: content is fitted, not refused.
+	long := strings.Repeat("é", maxDetailLen) // 2 bytes a character: a naive cut splits one
+	content := map[string]func(*Record){
+		"empty method":       func(r *Record) { r.Method = "" },
+		"invalid utf-8":      func(r *Record) { r.Identity = "\xff\xfe" },
+		"long detail":        func(r *Record) { r.Detail = strings.Repeat("x", maxDetailLen+1) },
+		"multi-byte detail":  func(r *Record) { r.Detail = long },
+		"2000-byte key name": func(r *Record) { r.Key = strings.Repeat("k", 2000) },
+	}
+	for name, mutate := range content {
+		r := sampleRecord(1)
+		mutate(&r)
+		if _, err := l.Append(context.Background(), r); err != nil {
+			t.Errorf("%s: err = %v, want the record written", name, err)
+		}
+	}
+	var got []Record
+	if err := l.Read(context.Background(), Filter{}, func(r Record) error { got = append(got, r); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(content) {
+		t.Fatalf("%d records on the log, want %d", len(got), len(content))
+	}
+	for _, r := range got {
+		for _, f := range []string{r.Identity, r.Method, r.Key, r.Detail} {
+			if !utf8.ValidString(f) || len(f) > maxFieldLen {
+				t.Errorf("record %d has an unfitted field %q", r.Seq, f)
+			}
+		}
+		if len(r.Detail) > maxDetailLen {
+			t.Errorf("record %d detail is %d bytes", r.Seq, len(r.Detail))
+		}
+	}
+	if _, err := Verify(dir, key.Public(), nil); err != nil {
+		t.Fatalf("log with fitted records does not verify: %v", err)
+	}
+}
+
+func TestFitCutsOnACharacterBoundary(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		max  int
+		want string
+	}{
+		{"short", 10, "short"},
+		{"abcdefghij", 6, "abc…"},
+		{"ééééé", 7, "éé…"}, // 10 bytes; 7-3=4 → two characters
+		{"éééé", 6, "é…"},   // cut would land mid-character at 3 → back to 2
+		{"a\xffb", 10, "a\uFFFDb"},
+	} {
+		if got := Fit(tc.in, tc.max); got != tc.want || !utf8.ValidString(got) || len(got) > tc.max {
+			t.Errorf("Fit(%q, %d) = %q, want %q", tc.in, tc.max, got, tc.want)
+		}
 	}
 }
 

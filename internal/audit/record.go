@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 	"time"
 	"unicode/utf8"
 )
@@ -39,6 +40,11 @@ const (
 	OutcomeOK     Outcome = "ok"
 	OutcomeDenied Outcome = "denied"
 	OutcomeError  Outcome = "error"
+	// OutcomeIntent records a state change about to be made: custodyd writes
+	// it, durably, before changing governance state, keys or stored data
+	// keys, so no change is ever made off the record. The request's own
+	// record (ok, denied or error) follows.
+	OutcomeIntent Outcome = "intent"
 )
 
 // HashSize is the size of record hashes (SHA-256).
@@ -123,6 +129,26 @@ func DigestContext(ec map[string]string) []byte {
 	return h.Sum(nil)
 }
 
+// truncMark ends a field that Fit had to cut.
+const truncMark = "…"
+
+// Fit returns s as valid UTF-8 of at most max bytes: invalid bytes become
+// U+FFFD, and a longer string is cut on a character boundary and ends with
+// "…". It is how every record field is bounded.
+func Fit(s string, max int) string {
+	if !utf8.ValidString(s) {
+		s = strings.ToValidUTF8(s, "\uFFFD")
+	}
+	if len(s) <= max {
+		return s
+	}
+	cut := max - len(truncMark)
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + truncMark
+}
+
 // canonicalRecord is the byte string hashed for a record: every field but
 // Hash, in a fixed order, integers big-endian, strings and bytes prefixed with
 // their length. It does not depend on JSON, so re-serialising is harmless.
@@ -168,30 +194,25 @@ func normalise(r *Record, now time.Time) error {
 		return fmt.Errorf("%w: time out of range", ErrInvalidRecord)
 	}
 	switch r.Outcome {
-	case OutcomeOK, OutcomeDenied, OutcomeError:
+	case OutcomeOK, OutcomeDenied, OutcomeError, OutcomeIntent:
 	default:
-		return fmt.Errorf("%w: outcome must be ok, denied or error", ErrInvalidRecord)
+		return fmt.Errorf("%w: outcome must be ok, denied, error or intent", ErrInvalidRecord)
 	}
 	if r.Method == "" {
-		return fmt.Errorf("%w: method is empty", ErrInvalidRecord)
+		r.Method = "-"
 	}
-	fields := []struct {
-		name, v string
-		max     int
+	// Content never makes a record fail: a request is on the record whatever
+	// it carried. Over-long fields are cut on a character boundary and marked;
+	// invalid UTF-8 (which JSON would silently replace, changing what was
+	// hashed) becomes U+FFFD first.
+	for _, f := range []struct {
+		v   *string
+		max int
 	}{
-		{"identity", r.Identity, maxFieldLen}, {"role", r.Role, maxFieldLen},
-		{"method", r.Method, maxFieldLen}, {"key", r.Key, maxFieldLen},
-		{"code", r.Code, maxFieldLen}, {"case_ref", r.CaseRef, maxFieldLen},
-		{"detail", r.Detail, maxDetailLen},
-	}
-	for _, f := range fields {
-		if len(f.v) > f.max {
-			return fmt.Errorf("%w: %s longer than %d bytes", ErrInvalidRecord, f.name, f.max)
-		}
-		// JSON would replace invalid UTF-8, changing what was hashed.
-		if !utf8.ValidString(f.v) {
-			return fmt.Errorf("%w: %s is not valid UTF-8", ErrInvalidRecord, f.name)
-		}
+		{&r.Identity, maxFieldLen}, {&r.Role, maxFieldLen}, {&r.Method, maxFieldLen}, {&r.Key, maxFieldLen},
+		{&r.Code, maxFieldLen}, {&r.CaseRef, maxFieldLen}, {&r.Detail, maxDetailLen},
+	} {
+		*f.v = Fit(*f.v, f.max)
 	}
 	if len(r.ContextDigest) > 64 {
 		return fmt.Errorf("%w: context_digest longer than 64 bytes", ErrInvalidRecord)
