@@ -41,8 +41,9 @@ func TestCLIStoredDataKeyStoreFetchListDelete(t *testing.T) {
 	if a, b := fetch(), fetch(); string(a) != string(b) {
 		t.Fatal("two fetches of one id gave different keys")
 	}
-	// The wrong context is refused in one line.
-	assertOneErrorLine(t, runCLI(t, nil, append(relay, "datakey", "fetch", "--key", "demo", "--id", "conv:1", "--context", "tenant=evil")...), 1, "PermissionDenied")
+	// Under another context the id is not there (ids are scoped by
+	// context), said in one line.
+	assertOneErrorLine(t, runCLI(t, nil, append(relay, "datakey", "fetch", "--key", "demo", "--id", "conv:1", "--context", "tenant=evil")...), 1, "NotFound")
 
 	// The operator lists ids (one page of 2, then the rest with --all).
 	op := as(e, "operator")

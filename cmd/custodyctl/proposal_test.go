@@ -98,7 +98,7 @@ func (s *ledgerServer) Approve(_ context.Context, r *custodyv1.ApproveRequest) (
 	if !ok {
 		return nil, status.Error(codes.NotFound, "no such proposal")
 	}
-	if _, err := s.l.Approve(p, r.GetOfficer(), r.GetSignature(), time.Now()); err != nil {
+	if _, err := s.l.Approve(p, r.GetOfficer(), r.GetSignature(), time.Now(), quorum.Current{}); err != nil {
 		return nil, grpcErr(err)
 	}
 	s.approvals[p.ID] = append(s.approvals[p.ID], r.GetOfficer())

@@ -26,12 +26,17 @@ import (
 // Checkpoint is a signed statement that the record with sequence Seq has hash
 // Head. Checkpoints are appended to checkpoints.log and handed to an AnchorSink
 // so that a copy outside the log directory can later prove truncation.
+//
+// StoreRevision is the metadata store's anchor revision when the checkpoint
+// was signed (0 when the log was given none): a store found at start with
+// an older revision than the newest checkpoint was rolled back.
 type Checkpoint struct {
-	Seq        uint64    `json:"seq"`
-	Head       Digest    `json:"head"`
-	Time       time.Time `json:"time"`
-	InstanceID string    `json:"instance_id"`
-	Signature  []byte    `json:"signature"`
+	Seq           uint64    `json:"seq"`
+	Head          Digest    `json:"head"`
+	Time          time.Time `json:"time"`
+	InstanceID    string    `json:"instance_id"`
+	StoreRevision uint64    `json:"store_revision,omitempty"`
+	Signature     []byte    `json:"signature"`
 }
 
 // PruneMarker is a signed statement, written to pruned.json by Prune, that
@@ -54,12 +59,22 @@ type AnchorSink interface {
 	Anchor(ctx context.Context, cp Checkpoint) error
 }
 
+// signedBytes is what a checkpoint's signature covers. A checkpoint with a
+// store revision signs it under its own domain, so the revision cannot be
+// stripped to pass an older form off.
 func (c *Checkpoint) signedBytes() []byte {
 	b := []byte("custody.audit.checkpoint.v1\n")
+	if c.StoreRevision != 0 {
+		b = []byte("custody.audit.checkpoint.v2\n")
+	}
 	b = binary.BigEndian.AppendUint64(b, c.Seq)
 	b = appendBytes(b, c.Head)
 	b = binary.BigEndian.AppendUint64(b, uint64(c.Time.UnixNano()))
-	return appendBytes(b, []byte(c.InstanceID))
+	b = appendBytes(b, []byte(c.InstanceID))
+	if c.StoreRevision != 0 {
+		b = binary.BigEndian.AppendUint64(b, c.StoreRevision)
+	}
+	return b
 }
 
 func (m *PruneMarker) signedBytes() []byte {

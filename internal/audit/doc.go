@@ -3,7 +3,7 @@
 // Every request custodyd serves — allowed, denied or failed — becomes one
 // Record, appended with (*Log).Append before the request is answered. Records
 // never carry plaintext, key material or PINs; an encryption context is
-// recorded only as a digest (DigestContext).
+// recorded only as a keyed digest that the server computes.
 //
 // Invariants:
 //

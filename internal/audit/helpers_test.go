@@ -6,6 +6,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -46,7 +47,7 @@ func sampleRecord(i int) Record {
 	return Record{
 		Identity: fmt.Sprintf("spiffe://example.org/relay-%d", i%3), Role: "relay",
 		Method: "/custody.v1.CryptoService/Decrypt", Key: "mail", KeyVersion: 2,
-		ContextDigest: DigestContext(map[string]string{"conversation": fmt.Sprint(i)}),
+		ContextDigest: testDigest(map[string]string{"conversation": fmt.Sprint(i)}),
 		Outcome:       OutcomeOK, Code: "OK",
 	}
 }
@@ -139,4 +140,13 @@ func appendRaw(t testing.TB, path, s string) {
 	if _, err := f.WriteString(s); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// testDigest stands in for the server's keyed context digest.
+func testDigest(ec map[string]string) []byte {
+	h := sha256.New()
+	for k, v := range ec {
+		h.Write([]byte(k + "=" + v + "\n"))
+	}
+	return h.Sum(nil)
 }

@@ -30,6 +30,10 @@ type Options struct {
 	InstanceID string
 	// Sink, if set, receives every checkpoint off the Append path.
 	Sink AnchorSink
+	// StoreRevision, if set, is the metadata store's anchor revision; every
+	// checkpoint records it, and a change of it is checkpointed within about
+	// a second, so a rolled-back store is caught at start.
+	StoreRevision func() uint64
 	// SinkTimeout bounds one Sink.Anchor call (default 10 s).
 	SinkTimeout time.Duration
 	// MaxBatch bounds the records in one group commit (default 1024).
@@ -559,10 +563,14 @@ func (l *Log) checkpoint(ctx context.Context) (Checkpoint, error) {
 	if seq == 0 {
 		return Checkpoint{}, ErrNoRecords
 	}
-	if l.latest != nil && l.latest.Seq == seq {
+	var rev uint64
+	if l.opts.StoreRevision != nil {
+		rev = l.opts.StoreRevision()
+	}
+	if l.latest != nil && l.latest.Seq == seq && l.latest.StoreRevision == rev {
 		return *l.latest, nil
 	}
-	cp := Checkpoint{Seq: seq, Head: head, Time: time.Now().UTC().Round(0), InstanceID: l.opts.InstanceID}
+	cp := Checkpoint{Seq: seq, Head: head, Time: time.Now().UTC().Round(0), InstanceID: l.opts.InstanceID, StoreRevision: rev}
 	sig, err := sign(l.signer, cp.signedBytes())
 	if err == nil {
 		cp.Signature = sig
@@ -588,13 +596,22 @@ func (l *Log) checkpoint(ctx context.Context) (Checkpoint, error) {
 	return cp, nil
 }
 
+// storeCheckpointDelay bounds how long a store change goes without a
+// checkpoint recording it.
+const storeCheckpointDelay = time.Second
+
 func (l *Log) runCheckpointer() {
 	defer close(l.ckptDone)
-	var tick <-chan time.Time
+	var tick, storeTick <-chan time.Time
 	if l.opts.CheckpointInterval > 0 {
 		t := time.NewTicker(l.opts.CheckpointInterval)
 		defer t.Stop()
 		tick = t.C
+	}
+	if l.opts.StoreRevision != nil {
+		t := time.NewTicker(storeCheckpointDelay)
+		defer t.Stop()
+		storeTick = t.C
 	}
 	for {
 		select {
@@ -602,6 +619,10 @@ func (l *Log) runCheckpointer() {
 			return
 		case <-l.ckptKick:
 		case <-tick:
+		case <-storeTick:
+			if cp, ok := l.LatestCheckpoint(); ok && cp.StoreRevision == l.opts.StoreRevision() {
+				continue
+			}
 		}
 		// Errors are counted and logged inside; ErrNoRecords is normal.
 		_, _ = l.checkpoint(context.Background())

@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"sort"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -85,7 +84,8 @@ func (d Digest) String() string { return hex.EncodeToString(d) }
 // values the caller sets there are ignored) and Time if it is zero.
 //
 // A Record carries only what it is given: never put plaintext, key material,
-// PINs or an encryption context in clear into it; use DigestContext.
+// PINs or an encryption context in clear into it: a context is recorded
+// only as its keyed digest (keys.ContextDigester), computed by the server.
 type Record struct {
 	Format        int       `json:"v"`
 	Seq           uint64    `json:"seq"`
@@ -102,31 +102,6 @@ type Record struct {
 	Detail        string    `json:"detail,omitempty"`
 	PrevHash      Digest    `json:"prev_hash"`
 	Hash          Digest    `json:"hash"`
-}
-
-// DigestContext returns the SHA-256 digest of an encryption context in a
-// canonical (sorted, length-prefixed, domain-separated) form. It is what a
-// Record stores instead of the context. Note that a low-entropy context can be
-// confirmed by guessing; the digest hides it from casual readers, not from
-// someone who already knows the candidates.
-func DigestContext(ec map[string]string) []byte {
-	keys := make([]string, 0, len(ec))
-	for k := range ec {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	h := sha256.New()
-	h.Write([]byte("custody.audit.context.v1\n"))
-	var n [8]byte
-	for _, k := range keys {
-		binary.BigEndian.PutUint64(n[:], uint64(len(k)))
-		h.Write(n[:])
-		h.Write([]byte(k))
-		binary.BigEndian.PutUint64(n[:], uint64(len(ec[k])))
-		h.Write(n[:])
-		h.Write([]byte(ec[k]))
-	}
-	return h.Sum(nil)
 }
 
 // truncMark ends a field that Fit had to cut.

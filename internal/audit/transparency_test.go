@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"slices"
 	"testing"
 	"time"
 )
@@ -30,7 +31,8 @@ func TestTransparencyReportCountsAndSignature(t *testing.T) {
 	add(15, "officer-x", dec, "chat", OutcomeDenied, "CASE-2026-17")
 	add(60, "relay-a", dec, "mail", OutcomeOK, "") // after the window
 
-	rep, err := BuildReport(dir, t0.Add(5*time.Minute), t0.Add(30*time.Minute), []string{dec, unwrap})
+	methods := []string{dec, unwrap}
+	rep, err := BuildReport(dir, t0.Add(5*time.Minute), t0.Add(30*time.Minute), methods, func(m string) bool { return slices.Contains(methods, m) })
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -32,9 +32,9 @@ import (
 	"github.com/custodyhq/custody/internal/audit"
 	"github.com/custodyhq/custody/internal/config"
 	"github.com/custodyhq/custody/internal/gateway"
+	"github.com/custodyhq/custody/internal/governance"
 	"github.com/custodyhq/custody/internal/keys"
 	"github.com/custodyhq/custody/internal/pki"
-	"github.com/custodyhq/custody/internal/policy"
 	"github.com/custodyhq/custody/internal/server"
 	"github.com/custodyhq/custody/internal/store"
 )
@@ -69,13 +69,14 @@ type Daemon struct {
 	opts    Options
 	log     *slog.Logger
 	HSM     *hsm.Module
-	Store   store.Store
+	Store   *store.AuthStore
 	Keys    *keys.Registry
 	Audit   *audit.Log
 	Server  *server.Server
-	Gov     *server.Governance
+	Gov     *governance.Governance
 	AuditPK any // the audit key's public key
 
+	raw      *store.Bolt // the store under the authentication layer
 	grpc     *grpc.Server
 	http     *http.Server
 	grpcLis  net.Listener
@@ -139,12 +140,19 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 	if err != nil {
 		return nil, fmt.Errorf("store: %w", err)
 	}
-	d.Store = raw
+	d.raw = raw
 	macKey, err := d.ownKey(ctx, hsm.KindHMACSHA256, StoreMACKeyLabel, raw)
 	if err != nil {
 		return nil, fmt.Errorf("store authentication key: %w", err)
 	}
-	d.Store = store.Authenticated(raw, &hsmSealer{m: d.HSM, k: macKey})
+	d.Store, err = store.Authenticated(ctx, raw, &hsmSealer{m: d.HSM, k: macKey}, store.AuthOptions{Unanchored: server.IsStoredDataKey})
+	if err != nil {
+		return nil, storeRefusal(cfg.Store.Path, err)
+	}
+	digester, err := contextDigester(ctx, d.HSM, macKey)
+	if err != nil {
+		return nil, fmt.Errorf("hsm: %w", err)
+	}
 
 	auditKey, err := d.ownKey(ctx, hsm.KindAuditP256, AuditKeyLabel, raw)
 	if err != nil {
@@ -169,9 +177,15 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 		SegmentSize: cfg.Audit.SegmentBytes, CheckpointEvery: uint64(cfg.Audit.CheckpointEvery),
 		CheckpointInterval: cfg.Audit.CheckpointInterval, Logger: d.log, Sink: sink,
 		DisableGroupCommit: opts.AuditNoGroupCommit,
+		StoreRevision:      func() uint64 { return d.Store.Anchor().Revision },
 	})
 	if err != nil {
 		return nil, fmt.Errorf("audit: %w", err)
+	}
+	if cp, ok := d.Audit.LatestCheckpoint(); ok && cp.StoreRevision > d.Store.Anchor().Revision {
+		return nil, fmt.Errorf("store %s is older than the audit log: its revision is %d but audit checkpoint %d (%s) recorded revision %d; "+
+			"it was rolled back or restored from a backup: refusing to serve", cfg.Store.Path, d.Store.Anchor().Revision,
+			cp.Seq, cp.Time.Format(time.RFC3339), cp.StoreRevision)
 	}
 
 	d.Keys, err = keys.OpenRegistry(ctx, d.Store, d.HSM, keys.RegistryOptions{
@@ -179,19 +193,7 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 		Destroy: keys.DestroyWindow{Min: cfg.Keys.DestroyWaitMin, Max: 365 * 24 * time.Hour},
 	})
 	if err != nil {
-		if errors.Is(err, store.ErrTampered) {
-			return nil, fmt.Errorf("store %s failed authentication (edited outside custodyd?); refusing to serve: %w", cfg.Store.Path, err)
-		}
-		return nil, fmt.Errorf("keys: %w", err)
-	}
-
-	pol, roles, err := PolicyFromConfig(cfg)
-	if err != nil {
-		return nil, err
-	}
-	lim, err := LimiterFromConfig(cfg, opts.Now())
-	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("keys: %w", storeRefusal(cfg.Store.Path, err))
 	}
 	if !cfg.Dev && (len(cfg.Grants) > 0 || len(cfg.Budgets) > 0) {
 		d.log.Warn("config grants and budgets are ignored outside dev mode: they come from the key ceremony and quorum proposals",
@@ -199,15 +201,14 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 	}
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := server.NewMetrics(reg, d.HSM, func() *keys.Registry { return d.Keys })
+	if err := d.openGovernance(ctx, reg, signer); err != nil {
+		return nil, fmt.Errorf("governance: %w", storeRefusal(cfg.Store.Path, err))
+	}
 	d.Server = server.New(server.Options{
-		HSM: d.HSM, Keys: d.Keys, Policy: pol, Roles: roles, Limiter: lim, Audit: d.Audit, Metrics: metrics,
+		HSM: d.HSM, Keys: d.Keys, Gov: d.Gov, Audit: d.Audit, Digester: digester, Metrics: metrics,
 		Logger: d.log, Now: opts.Now,
 		Limits: server.Limits{MaxPayload: cfg.Keys.MaxPayloadBytes, MaxBatch: cfg.Keys.MaxBatch, DestroyWaitDefault: cfg.Keys.DestroyWaitDefault},
 	})
-
-	if err := d.openGovernance(ctx, reg, pol, signer); err != nil {
-		return nil, fmt.Errorf("governance: %w", err)
-	}
 
 	tlsCfg, err := pki.ServerTLSConfig(cfg.TLS.CertFile, cfg.TLS.KeyFile, cfg.TLS.ClientCAFile)
 	if err != nil {
@@ -316,60 +317,17 @@ func (d *Daemon) ownKey(ctx context.Context, kind hsm.Kind, label string, raw st
 	return k, nil
 }
 
-// PolicyFromConfig builds the authorisation policy and role table from the
-// identities and grants in the config.
-func PolicyFromConfig(cfg *config.Config) (*policy.Policy, map[string]policy.Role, error) {
-	spec := policy.Spec{}
-	roles := map[string]policy.Role{}
-	byName := map[string]string{}
-	for _, id := range cfg.Identities {
-		r := policy.Role(id.Role)
-		spec.Identities = append(spec.Identities, policy.Identity{ID: id.ID(), Roles: []policy.Role{r}})
-		roles[id.ID()] = r
-		byName[id.Name] = id.ID()
+// storeRefusal names what is wrong with a store custodyd will not serve.
+func storeRefusal(path string, err error) error {
+	switch {
+	case errors.Is(err, store.ErrTampered):
+		return fmt.Errorf("store %s failed authentication (edited outside custodyd?); refusing to serve: %w", path, err)
+	case errors.Is(err, store.ErrRolledBack):
+		return fmt.Errorf("store %s was rolled back or had records deleted outside custodyd; refusing to serve: %w", path, err)
+	case errors.Is(err, store.ErrUnavailable):
+		return fmt.Errorf("store %s cannot be verified: the hsm is unavailable (this is not tampering): %w", path, err)
 	}
-	for i, g := range cfg.Grants {
-		ops := make([]policy.Op, len(g.Operations))
-		for j, op := range g.Operations {
-			ops[j] = policy.Op(op)
-		}
-		for _, k := range g.Keys {
-			spec.Grants = append(spec.Grants, policy.Grant{
-				ID: fmt.Sprintf("config-%d-%s", i, k), Identity: byName[g.Identity], Key: k, Operations: ops,
-				ContextMatch: g.ContextMatch, RecipientKeys: g.RecipientKeyDigests(), AllowPlaintext: g.AllowPlaintext,
-			})
-		}
-	}
-	p, err := policy.New(spec)
-	if err != nil {
-		return nil, nil, fmt.Errorf("grants: %w", err)
-	}
-	return p, roles, nil
-}
-
-// LimiterFromConfig builds the budgets of a dev vault before its key
-// ceremony. Outside dev mode, or with no budgets configured, it returns nil:
-// a governed vault's budgets come from the ceremony and proposals.
-func LimiterFromConfig(cfg *config.Config, now time.Time) (*policy.Limiter, error) {
-	if !cfg.Dev || len(cfg.Budgets) == 0 {
-		return nil, nil
-	}
-	rule := policy.FreezeRule{Refusals: cfg.Governance.Freeze.Refusals, Within: cfg.Governance.Freeze.Within}
-	lim, err := policy.NewLimiter(rule)
-	if err != nil {
-		return nil, fmt.Errorf("budgets: %w", err)
-	}
-	ids := map[string]string{}
-	for _, id := range cfg.Identities {
-		ids[id.Name] = id.ID()
-	}
-	for i, b := range cfg.Budgets {
-		pb := policy.Budget{Rate: b.Rate, Burst: b.Burst, Volume: b.Volume, Window: b.Window}
-		if err := lim.SetBudget(ids[b.Identity], b.Key, pb, now); err != nil {
-			return nil, fmt.Errorf("budgets[%d]: %w", i, err)
-		}
-	}
-	return lim, nil
+	return err
 }
 
 func (d *Daemon) readyz(w http.ResponseWriter, r *http.Request) {
@@ -458,6 +416,11 @@ func (d *Daemon) Shutdown(ctx context.Context) error {
 
 func (d *Daemon) closeAll() {
 	var errs []error
+	if d.Gov != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		errs = append(errs, d.Gov.Close(ctx))
+		cancel()
+	}
 	if d.Audit != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		errs = append(errs, d.Audit.Close(ctx))
@@ -465,6 +428,8 @@ func (d *Daemon) closeAll() {
 	}
 	if d.Store != nil {
 		errs = append(errs, d.Store.Close())
+	} else if d.raw != nil {
+		errs = append(errs, d.raw.Close())
 	}
 	if d.HSM != nil {
 		errs = append(errs, d.HSM.Close())

@@ -3,33 +3,46 @@ package daemon
 import (
 	"context"
 	"crypto"
+	"fmt"
 	"os"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/custodyhq/custody/internal/config"
+	"github.com/custodyhq/custody/internal/governance"
 	"github.com/custodyhq/custody/internal/policy"
 	"github.com/custodyhq/custody/internal/server"
 )
 
 // defaultGovernanceInterval is how often time-locked proposals that have
-// become ready are executed and the budget state is persisted.
+// become ready are executed and budget refusal histories are flushed.
 const defaultGovernanceInterval = time.Second
 
 // openGovernance loads the governance state from the authenticated store
-// and installs the policy and budgets it implies. A store whose governance
-// records fail authentication stops start-up.
-func (d *Daemon) openGovernance(ctx context.Context, reg prometheus.Registerer, pol *policy.Policy, signer crypto.Signer) error {
+// and publishes the first access snapshot. A store whose governance records
+// fail authentication, or that the token says was rolled back, stops
+// start-up.
+func (d *Daemon) openGovernance(ctx context.Context, reg prometheus.Registerer, signer crypto.Signer) error {
 	instance, _ := os.Hostname()
-	gov := d.cfg.Governance
-	g, err := server.NewGovernance(ctx, d.Server, server.GovernanceOptions{
-		Store: d.Store, Signer: signer, Identities: pol.Spec().Identities,
-		TimeLock: gov.TimeLock, ProposalTTL: gov.ProposalTTL,
+	cfg := d.cfg
+	gov := cfg.Governance
+	o := governance.Options{
+		Store: d.Store, Keys: d.Keys, Token: govToken{m: d.HSM}, Signer: signer,
+		Recorder:   server.Recorder{Audit: d.Audit, Now: d.opts.Now},
+		Identities: IdentitiesFromConfig(cfg),
+		TimeLock:   gov.TimeLock, ProposalTTL: gov.ProposalTTL,
 		Freeze: policy.FreezeRule{Refusals: gov.Freeze.Refusals, Within: gov.Freeze.Within},
 		// Outside dev mode the vault is governed from its first start: keys,
 		// grants and budgets come only from the key ceremony and proposals.
-		QuorumRequired: gov.QuorumRequired || !d.cfg.Dev, AllowDev: d.cfg.Dev, Instance: "custodyd@" + instance,
-	})
+		QuorumRequired: gov.QuorumRequired || !cfg.Dev, AllowDev: cfg.Dev, Instance: "custodyd@" + instance,
+		DestroyWait: cfg.Keys.DestroyWaitDefault, Now: d.opts.Now, Logger: d.log,
+	}
+	if cfg.Dev {
+		o.DevGrants = DevGrantsFromConfig(cfg)
+		o.DevBudgets = DevBudgetsFromConfig(cfg)
+	}
+	g, err := governance.Open(ctx, o)
 	if err != nil {
 		return err
 	}
@@ -41,10 +54,55 @@ func (d *Daemon) openGovernance(ctx context.Context, reg prometheus.Registerer, 
 	return nil
 }
 
-// governanceLoop executes proposals whose time-lock has passed and
-// persists the budget state, periodically, promptly after a freeze, and
-// once more when the daemon stops, so a restart neither refills budgets
-// nor lifts freezes.
+// IdentitiesFromConfig returns the configured identities and their roles.
+func IdentitiesFromConfig(cfg *config.Config) []policy.Identity {
+	var out []policy.Identity
+	for _, id := range cfg.Identities {
+		out = append(out, policy.Identity{ID: id.ID(), Roles: []policy.Role{policy.Role(id.Role)}})
+	}
+	return out
+}
+
+// DevGrantsFromConfig returns the config file's grants, which apply to a
+// dev vault before its ceremony only.
+func DevGrantsFromConfig(cfg *config.Config) []policy.Grant {
+	byName := map[string]string{}
+	for _, id := range cfg.Identities {
+		byName[id.Name] = id.ID()
+	}
+	var out []policy.Grant
+	for i, g := range cfg.Grants {
+		ops := make([]policy.Op, len(g.Operations))
+		for j, op := range g.Operations {
+			ops[j] = policy.Op(op)
+		}
+		for _, k := range g.Keys {
+			out = append(out, policy.Grant{
+				ID: fmt.Sprintf("config-%d-%s", i, k), Identity: byName[g.Identity], Key: k, Operations: ops,
+				ContextMatch: g.ContextMatch, RecipientKeys: g.RecipientKeyDigests(), AllowPlaintext: g.AllowPlaintext,
+			})
+		}
+	}
+	return out
+}
+
+// DevBudgetsFromConfig returns the config file's budgets (dev vaults only).
+func DevBudgetsFromConfig(cfg *config.Config) []governance.BudgetEntry {
+	ids := map[string]string{}
+	for _, id := range cfg.Identities {
+		ids[id.Name] = id.ID()
+	}
+	var out []governance.BudgetEntry
+	for _, b := range cfg.Budgets {
+		out = append(out, governance.BudgetEntry{Identity: ids[b.Identity], Key: b.Key,
+			Budget: policy.Budget{Rate: b.Rate, Burst: b.Burst, Volume: b.Volume, Window: b.Window}})
+	}
+	return out
+}
+
+// governanceLoop executes proposals whose time-lock has passed and flushes
+// budget refusal histories, periodically and once more when the daemon
+// stops (spend and freezes are durable as they happen).
 func (d *Daemon) governanceLoop(ctx context.Context) {
 	every := d.opts.GovernanceInterval
 	if every <= 0 {
@@ -52,27 +110,19 @@ func (d *Daemon) governanceLoop(ctx context.Context) {
 	}
 	t := time.NewTicker(every)
 	defer t.Stop()
-	persist := func(ctx context.Context) {
-		if err := d.Gov.PersistLimiter(ctx); err != nil {
-			d.log.Error("persisting budget state failed", "err", err)
-		}
-	}
 	for {
 		select {
 		case <-ctx.Done():
-			fctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			persist(fctx)
-			cancel()
 			return
-		case <-d.Gov.Kicked():
-			persist(ctx)
 		case <-t.C:
 			if n, err := d.Gov.ExecuteReady(ctx); err != nil {
 				d.log.Error("executing ready proposals failed", "err", err)
 			} else if n > 0 {
 				d.log.Info("executed proposals after their time-lock", "count", n)
 			}
-			persist(ctx)
+			if err := d.Gov.FlushBudgets(ctx); err != nil {
+				d.log.Error("persisting budget state failed", "err", err)
+			}
 		}
 	}
 }

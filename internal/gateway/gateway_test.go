@@ -465,8 +465,8 @@ func TestStoredDataKeysWorkOverREST(t *testing.T) {
 		t.Fatalf("fetched %d and %d bytes, equal %v", len(k1), len(k2), string(k1) == string(k2))
 	}
 	other := post(t, c, e, "/v1/datakeys/fetch", map[string]any{"key_name": "demo", "id": "conv-1", "context": map[string]string{"tenant": "globex"}})
-	if other.code != http.StatusForbidden {
-		t.Fatalf("another tenant's context: HTTP %d %s", other.code, other.raw)
+	if other.code != http.StatusNotFound {
+		t.Fatalf("another tenant's context: HTTP %d %s (want 404: ids are scoped by context)", other.code, other.raw)
 	}
 	list := post(t, c, e, "/v1/datakeys/list", map[string]any{"key_name": "demo"})
 	mustOK(t, list, "list")

@@ -1,6 +1,8 @@
 package keys
 
 import (
+	"bytes"
+	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
@@ -60,9 +62,42 @@ func CanonicalContext(ctx map[string]string) ([]byte, error) {
 	return appendContext(nil, ctx), nil
 }
 
-// ContextDigest returns SHA-256 of CanonicalContext(ctx), the form in which
-// the audit log records a context without recording its values.
-func ContextDigest(ctx map[string]string) ([]byte, error) {
+// ContextDigester computes the one digest of an encryption context that
+// custodyd records (audit records, stored data key ids): HMAC-SHA256 of
+// CanonicalContext under a key derived at start from a non-extractable HSM
+// key. Being keyed, the digest cannot be used to confirm a guessed
+// low-entropy context offline; an auditor who must match a context asks the
+// vault for its digest through an audited call.
+type ContextDigester struct{ key []byte }
+
+// contextDigestDomain separates context digests from every other HMAC.
+const contextDigestDomain = "custody.context-digest.v2\n"
+
+// ContextDigestKeyLabel is the input the digest key is derived from with
+// the HSM key (HMAC-SHA256(hsm key, label)).
+const ContextDigestKeyLabel = "custody.context-digest-key.v1"
+
+// NewContextDigester returns a digester keyed with key (32 bytes).
+func NewContextDigester(key []byte) (*ContextDigester, error) {
+	if len(key) != 32 {
+		return nil, fmt.Errorf("%w: context digest key must be 32 bytes", ErrInvalidArgument)
+	}
+	return &ContextDigester{key: bytes.Clone(key)}, nil
+}
+
+// Digest returns the keyed digest of a context that ValidateContext
+// accepted. A nil and an empty context have the same digest.
+func (d *ContextDigester) Digest(ctx map[string]string) []byte {
+	m := hmac.New(sha256.New, d.key)
+	m.Write([]byte(contextDigestDomain))
+	m.Write(appendContext(nil, ctx))
+	return m.Sum(nil)
+}
+
+// LegacyContextDigest is the unkeyed SHA-256 of CanonicalContext that
+// stored data key records written before keyed digests carry. It is only
+// compared with those records, never written.
+func LegacyContextDigest(ctx map[string]string) ([]byte, error) {
 	enc, err := CanonicalContext(ctx)
 	if err != nil {
 		return nil, err

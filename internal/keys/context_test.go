@@ -49,7 +49,7 @@ func TestValidateContextEnforcesLimits(t *testing.T) {
 			if _, cerr := CanonicalContext(tt.ctx); (cerr == nil) != tt.ok {
 				t.Fatalf("CanonicalContext err = %v, want ok=%v", cerr, tt.ok)
 			}
-			if _, derr := ContextDigest(tt.ctx); (derr == nil) != tt.ok {
+			if _, derr := LegacyContextDigest(tt.ctx); (derr == nil) != tt.ok {
 				t.Fatalf("ContextDigest err = %v, want ok=%v", derr, tt.ok)
 			}
 		})
@@ -106,7 +106,7 @@ func TestDistinctContextsHaveDistinctDigests(t *testing.T) {
 	for _, g := range groups {
 		seen := map[string]map[string]string{}
 		for _, ctx := range g {
-			d, err := ContextDigest(ctx)
+			d, err := LegacyContextDigest(ctx)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -119,5 +119,31 @@ func TestDistinctContextsHaveDistinctDigests(t *testing.T) {
 			}
 			seen[string(d)] = ctx
 		}
+	}
+}
+
+func TestContextDigestIsKeyedAndInjective(t *testing.T) {
+	k1, k2 := bytes.Repeat([]byte{1}, 32), bytes.Repeat([]byte{2}, 32)
+	d1, err := NewContextDigester(k1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d2, _ := NewContextDigester(k2)
+	ctx := map[string]string{"tenant": "acme"}
+	if bytes.Equal(d1.Digest(ctx), d2.Digest(ctx)) {
+		t.Fatal("two keys give the same digest: it is not keyed")
+	}
+	legacy, _ := LegacyContextDigest(ctx)
+	if bytes.Equal(d1.Digest(ctx), legacy) {
+		t.Fatal("keyed digest equals the unkeyed SHA-256: a guess could be confirmed offline")
+	}
+	if !bytes.Equal(d1.Digest(nil), d1.Digest(map[string]string{})) {
+		t.Fatal("nil and empty contexts differ")
+	}
+	if bytes.Equal(d1.Digest(map[string]string{"a": "bc"}), d1.Digest(map[string]string{"ab": "c"})) {
+		t.Fatal("digest is not injective")
+	}
+	if _, err := NewContextDigester(k1[:16]); err == nil {
+		t.Fatal("a 16-byte key was accepted")
 	}
 }

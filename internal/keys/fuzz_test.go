@@ -62,9 +62,9 @@ func FuzzContext(f *testing.F) {
 		if !ok || !maps.Equal(back, ctx) {
 			t.Fatalf("canonical encoding %x decodes to %v, want %v", enc, back, ctx)
 		}
-		d, err := ContextDigest(ctx)
+		d, err := LegacyContextDigest(ctx)
 		if sum := sha256.Sum256(enc); err != nil || !bytes.Equal(d, sum[:]) {
-			t.Fatalf("ContextDigest = %x, %v; want SHA-256 of the encoding", d, err)
+			t.Fatalf("LegacyContextDigest = %x, %v; want SHA-256 of the encoding", d, err)
 		}
 		aad, err := CiphertextAAD([]byte{1}, 1, ctx)
 		if err != nil || !bytes.HasSuffix(aad, enc) {

@@ -352,6 +352,31 @@ func (r *Registry) CancelDestroy(ctx context.Context, name string, n uint32) (*K
 	return r.change(ctx, name, func(k *Key) (*hsm.Key, error) { return nil, k.CancelDestroy(n) })
 }
 
+// Discard deletes a key at once: its HSM objects and its record. It exists
+// for one caller, the key ceremony rolling back keys an unfinished ceremony
+// created, which were never granted to anyone; everything else destroys keys
+// by schedule (ScheduleDestroy, DestroyDue).
+func (r *Registry) Discard(ctx context.Context, name string) error {
+	r.writeMu.Lock()
+	defer r.writeMu.Unlock()
+	e, err := r.Get(name)
+	if err != nil {
+		return err
+	}
+	for _, hk := range e.hsm {
+		if err := r.m.Destroy(ctx, hk); err != nil && !errors.Is(err, hsm.ErrNotFound) {
+			return fmt.Errorf("discard %q: %w", name, err)
+		}
+	}
+	if err := store.Delete(ctx, r.st, storePrefix+name); err != nil {
+		return fmt.Errorf("discard %q: %w", name, err)
+	}
+	r.mu.Lock()
+	delete(r.entries, name)
+	r.mu.Unlock()
+	return nil
+}
+
 // DestroyDue deletes the HSM objects of every version whose waiting period
 // has passed (crypto-shredding) and records them as destroyed. It returns
 // how many versions it destroyed.

@@ -62,7 +62,7 @@ func computeVector(t testing.TB, in map[string]string) map[string]string {
 	if err != nil {
 		t.Fatalf("%s: %v", in["name"], err)
 	}
-	digest, err := ContextDigest(ctx)
+	digest, err := LegacyContextDigest(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}

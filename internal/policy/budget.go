@@ -253,6 +253,153 @@ func (l *Limiter) Take(identity, key string, n int, now time.Time) (ok bool, ret
 	return true, 0, nil
 }
 
+// Available reports how many units identity could take on key now without
+// a refusal: the least of the identity×key and the key's shared budget, each
+// bounded by its tokens, its remaining window volume and its burst. It
+// changes nothing and counts no refusal (0 when frozen or without budget).
+func (l *Limiter) Available(identity, key string, now time.Time) int64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	ps := l.pairs[Subject{identity, key}]
+	if ps == nil || ps.frozen {
+		return 0
+	}
+	ps.advance(now)
+	n := ps.available()
+	if kb := l.keys[key]; kb != nil {
+		kb.advance(now)
+		n = min(n, kb.available())
+	}
+	return max(n, 0)
+}
+
+func (b *bucket) available() int64 {
+	return min(int64(math.Floor(b.tokens)), b.budget.Volume-b.used, int64(b.budget.Burst))
+}
+
+// WindowStart returns the start of the volume window identity's budget on
+// key is in at now (zero without a budget). Units reserved in one window
+// must not be spent in the next.
+func (l *Limiter) WindowStart(identity, key string, now time.Time) time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	ps := l.pairs[Subject{identity, key}]
+	if ps == nil {
+		return time.Time{}
+	}
+	ps.advance(now)
+	return ps.windowStart
+}
+
+// Refund gives back n units taken from identity's budget on key (and the
+// key's shared budget) that were never used, provided both are still in the
+// volume windows they were taken in (windowStart of the identity's). Tokens
+// are capped at the burst. It is how a reservation that ends unused returns
+// what it held.
+func (l *Limiter) Refund(identity, key string, n int, windowStart time.Time, now time.Time) {
+	if n <= 0 {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	ps := l.pairs[Subject{identity, key}]
+	if ps == nil {
+		return
+	}
+	ps.advance(now)
+	if !ps.windowStart.Equal(windowStart) {
+		return
+	}
+	ps.refund(n)
+	if kb := l.keys[key]; kb != nil {
+		kb.advance(now)
+		kb.refund(n)
+	}
+}
+
+func (b *bucket) refund(n int) {
+	b.tokens = math.Min(float64(b.budget.Burst), b.tokens+float64(n))
+	b.used = max(0, b.used-int64(n))
+}
+
+// SubjectState returns the state of identity's budget on key, and of the
+// key's shared budget if one is set, for persisting just that subject.
+func (l *Limiter) SubjectState(identity, key string) (SubjectState, *KeyState, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	ps := l.pairs[Subject{identity, key}]
+	if ps == nil {
+		return SubjectState{}, nil, false
+	}
+	ss := SubjectState{Subject: Subject{identity, key}, Bucket: ps.state(), Refusals: slices.Clone(ps.refusals), Frozen: ps.frozen, FrozenAt: ps.frozenAt}
+	var ks *KeyState
+	if kb := l.keys[key]; kb != nil {
+		ks = &KeyState{Key: key, Bucket: kb.state()}
+	}
+	return ss, ks, true
+}
+
+// PutSubjectState replaces the spend state of one identity×key (from the
+// store); its budget stays the one set with SetBudget if there is one.
+func (l *Limiter) PutSubjectState(ss SubjectState) error {
+	b, err := ss.Bucket.bucket("subject")
+	if err != nil {
+		return err
+	}
+	if len(ss.Refusals) > l.rule.Refusals {
+		ss.Refusals = ss.Refusals[len(ss.Refusals)-l.rule.Refusals:]
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if old := l.pairs[ss.Subject]; old != nil {
+		b.budget = old.budget
+		b.tokens = math.Min(b.tokens, float64(b.budget.Burst))
+	}
+	l.pairs[ss.Subject] = &pairState{bucket: b, refusals: slices.Clone(ss.Refusals), frozen: ss.Frozen, frozenAt: ss.FrozenAt}
+	return nil
+}
+
+// PutKeyState replaces the spend state of a key's shared budget.
+func (l *Limiter) PutKeyState(ks KeyState) error {
+	b, err := ks.Bucket.bucket("key")
+	if err != nil {
+		return err
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if old := l.keys[ks.Key]; old != nil {
+		b.budget = old.budget
+		b.tokens = math.Min(b.tokens, float64(b.budget.Burst))
+	}
+	l.keys[ks.Key] = &b
+	return nil
+}
+
+// Retain forgets every budget not listed (identity "" names a key's shared
+// budget), so a spend record left behind by a removed budget can never
+// allow anything.
+func (l *Limiter) Retain(keep []Subject) {
+	set := map[Subject]bool{}
+	for _, s := range keep {
+		set[s] = true
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for s := range l.pairs {
+		if !set[s] {
+			delete(l.pairs, s)
+		}
+	}
+	for k := range l.keys {
+		if !set[Subject{Key: k}] {
+			delete(l.keys, k)
+		}
+	}
+}
+
+// Rule returns the freeze rule.
+func (l *Limiter) Rule() FreezeRule { return l.rule }
+
 // recordRefusal notes a refusal and reports whether it froze ps.
 func (l *Limiter) recordRefusal(ps *pairState, now time.Time) bool {
 	if len(ps.refusals) == l.rule.Refusals {

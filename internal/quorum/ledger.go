@@ -53,9 +53,16 @@ type Signed struct {
 }
 
 // Record is the ledger's state for one proposal.
+//
+// Whether a proposal widens access is decided once, by Decide, when it
+// first has its threshold of approvals, against the state in force then;
+// until that moment Widening is only the prediction made when it was
+// proposed. A widening proposal is time-locked from LockedFrom.
 type Record struct {
 	Proposal   Proposal      `json:"proposal"`
 	Widening   bool          `json:"widening"`
+	Decided    bool          `json:"decided,omitempty"`
+	LockedFrom time.Time     `json:"locked_from,omitzero"`
 	TimeLock   time.Duration `json:"time_lock"`
 	Approvals  []Signed      `json:"approvals,omitempty"`
 	Veto       *Signed       `json:"veto,omitempty"`
@@ -169,11 +176,13 @@ func (l *Ledger) record(p Proposal) (*Record, error) {
 }
 
 // Approve records officer's approval of p, signed with SignApproval, and
-// returns the proposal's status afterwards. It refuses a proposal that is
+// returns the proposal's status afterwards. The approval that brings p to
+// its threshold also decides, against cur (the state in force now), whether
+// p widens access (see Decide). It refuses a proposal that is
 // executed, vetoed or expired, an unknown officer, a second approval by the
 // same officer, a signature made for another proposal (ErrReplay) and any
 // other signature that does not verify (ErrBadSignature).
-func (l *Ledger) Approve(p Proposal, officer string, sig []byte, now time.Time) (Status, error) {
+func (l *Ledger) Approve(p Proposal, officer string, sig []byte, now time.Time, cur Current) (Status, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	r, err := l.record(p)
@@ -196,7 +205,7 @@ func (l *Ledger) Approve(p Proposal, officer string, sig []byte, now time.Time) 
 		return Status{}, err
 	}
 	r.Approvals = append(r.Approvals, Signed{Officer: o.Name, PublicKey: bytes.Clone(o.PublicKey), Signature: bytes.Clone(sig), At: now})
-	return l.status(r, now), nil
+	return l.decide(r, cur, now), nil
 }
 
 // Veto records officer's veto of p, signed with SignVeto. Any one officer
@@ -273,13 +282,8 @@ func (l *Ledger) status(r *Record, now time.Time) Status {
 		}
 	}
 	st.Approvals = len(times)
-	var reached time.Time
-	if st.Approvals >= st.Threshold {
-		slices.SortFunc(times, func(a, b time.Time) int { return a.Compare(b) })
-		reached = times[st.Threshold-1]
-		if r.Widening {
-			st.Until = reached.Add(r.TimeLock)
-		}
+	if r.Decided && r.Widening {
+		st.Until = r.LockedFrom.Add(r.TimeLock)
 	}
 	switch {
 	case !r.ExecutedAt.IsZero():
@@ -290,12 +294,40 @@ func (l *Ledger) status(r *Record, now time.Time) Status {
 		st.State = StateExpired
 	case st.Approvals < st.Threshold:
 		st.State = StatePending
-	case now.Before(st.Until):
+	case r.Decided && now.Before(st.Until):
 		st.State = StateTimeLocked
 	default:
 		st.State = StateReady
 	}
 	return st
+}
+
+// Decide settles, once, whether p widens access, against cur: the state in
+// force now, when p has just reached (or is found at) its threshold of
+// approvals. A widening proposal is then time-locked from now; one that
+// does not widen is Ready at once. Before the threshold, and after the
+// decision, Decide only reports the status.
+func (l *Ledger) Decide(p Proposal, cur Current, now time.Time) (Status, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	r, err := l.record(p)
+	if err != nil {
+		return Status{}, err
+	}
+	return l.decide(r, cur, now), nil
+}
+
+func (l *Ledger) decide(r *Record, cur Current, now time.Time) Status {
+	st := l.status(r, now)
+	if r.Decided || st.State != StateReady {
+		return st
+	}
+	r.Decided = true
+	r.Widening = Widening(r.Proposal.Payload, cur)
+	if r.Widening {
+		r.LockedFrom = now
+	}
+	return l.status(r, now)
 }
 
 // MarkExecuted records that p has been carried out. It refuses unless p is
@@ -310,6 +342,9 @@ func (l *Ledger) MarkExecuted(p Proposal, now time.Time) error {
 	st := l.status(r, now)
 	switch st.State {
 	case StateReady:
+		if !r.Decided {
+			return fmt.Errorf("%w: %q has not been decided (call Decide)", ErrNotReady, p.ID)
+		}
 		r.ExecutedAt = now
 		return nil
 	case StateExecuted:
@@ -373,6 +408,13 @@ func RestoreLedger(st LedgerState) (*Ledger, error) {
 			// or from a lowered setting; neither may shorten a pending lock.
 			rec.TimeLock = l.opts.TimeLock
 		}
+		if rec.Widening && !rec.Decided && rec.LockedFrom.IsZero() {
+			// Written before decisions were recorded: a widening proposal
+			// that reached its threshold was locked from that moment.
+			if at, ok := reachedAt(rec, st.Officers); ok {
+				rec.Decided, rec.LockedFrom = true, at
+			}
+		}
 		seen := map[string]bool{}
 		for j, a := range rec.Approvals {
 			if seen[a.Officer] {
@@ -394,6 +436,22 @@ func RestoreLedger(st LedgerState) (*Ledger, error) {
 		l.records[rec.Proposal.ID] = &r
 	}
 	return l, nil
+}
+
+// reachedAt returns when r's approvals by officers of set first reached the
+// set's threshold.
+func reachedAt(r Record, set OfficerSet) (time.Time, bool) {
+	var times []time.Time
+	for _, a := range r.Approvals {
+		if o, ok := set.Lookup(a.Officer); ok && bytes.Equal(o.PublicKey, a.PublicKey) {
+			times = append(times, a.At)
+		}
+	}
+	if set.Threshold < 1 || len(times) < set.Threshold {
+		return time.Time{}, false
+	}
+	slices.SortFunc(times, func(a, b time.Time) int { return a.Compare(b) })
+	return times[set.Threshold-1], true
 }
 
 // String helps in test failures and logs; it names no secrets.

@@ -29,7 +29,7 @@ func TestTwoOfThreeNonWideningProposalBecomesReadyOnSecondApproval(t *testing.T)
 	propose(t, l, p)
 	wantState(t, l, p, t0, StatePending)
 
-	st, err := l.Approve(p, "alice", approval(t, s["alice"], p), t0.Add(time.Minute))
+	st, err := l.Approve(p, "alice", approval(t, s["alice"], p), t0.Add(time.Minute), Current{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -39,7 +39,7 @@ func TestTwoOfThreeNonWideningProposalBecomesReadyOnSecondApproval(t *testing.T)
 	if err := l.MarkExecuted(p, t0.Add(time.Minute)); !errors.Is(err, ErrNotReady) {
 		t.Fatalf("execute with one approval: %v, want ErrNotReady", err)
 	}
-	st, err = l.Approve(p, "carol", approval(t, s["carol"], p), t0.Add(2*time.Minute))
+	st, err = l.Approve(p, "carol", approval(t, s["carol"], p), t0.Add(2*time.Minute), Current{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,9 +59,9 @@ func TestWideningProposalWaitsOutTimeLock(t *testing.T) {
 	l, s := newLedger(t)
 	p := proposal(t, grantPayload())
 	propose(t, l, p)
-	l.Approve(p, "alice", approval(t, s["alice"], p), t0.Add(time.Hour))
+	l.Approve(p, "alice", approval(t, s["alice"], p), t0.Add(time.Hour), Current{})
 	second := t0.Add(2 * time.Hour)
-	st, err := l.Approve(p, "bob", approval(t, s["bob"], p), second)
+	st, err := l.Approve(p, "bob", approval(t, s["bob"], p), second, Current{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -85,8 +85,8 @@ func TestVetoCancelsTimeLockedProposal(t *testing.T) {
 		Recipient: "spiffe://corp/investigator", MaxUses: 3, NotAfter: t0.Add(30 * 24 * time.Hour),
 	}})
 	propose(t, l, p)
-	l.Approve(p, "alice", approval(t, s["alice"], p), t0)
-	l.Approve(p, "bob", approval(t, s["bob"], p), t0)
+	l.Approve(p, "alice", approval(t, s["alice"], p), t0, Current{})
+	l.Approve(p, "bob", approval(t, s["bob"], p), t0, Current{})
 	wantState(t, l, p, t0.Add(time.Hour), StateTimeLocked)
 	if err := l.Veto(p, "carol", veto(t, s["carol"], p), t0.Add(time.Hour)); err != nil {
 		t.Fatalf("Veto: %v", err)
@@ -160,7 +160,7 @@ func TestApproveRefusals(t *testing.T) {
 			propose(t, l, other)
 			before, _ := l.Status(p, t0)
 			pp, name, sig, now := tt.setup(t, l, s, p, other)
-			if _, err := l.Approve(pp, name, sig, now); !errors.Is(err, tt.want) {
+			if _, err := l.Approve(pp, name, sig, now, Current{}); !errors.Is(err, tt.want) {
 				t.Fatalf("Approve: %v, want %v", err, tt.want)
 			}
 			// Nothing was recorded by the refused call.
@@ -176,7 +176,7 @@ type signers = map[string]crypto.Signer
 
 func mustApprove(t *testing.T, l *Ledger, p Proposal, name string, sig []byte) {
 	t.Helper()
-	if _, err := l.Approve(p, name, sig, t0); err != nil {
+	if _, err := l.Approve(p, name, sig, t0, Current{}); err != nil {
 		t.Fatalf("Approve(%s): %v", name, err)
 	}
 }
@@ -267,7 +267,7 @@ func TestRemovedOfficerApprovalNoLongerCounts(t *testing.T) {
 	if st.Approvals != 1 {
 		t.Fatalf("approvals = %d, want 1", st.Approvals)
 	}
-	if _, err := l.Approve(p, "alice", approval(t, s["alice"], p), t0); !errors.Is(err, ErrUnknownOfficer) {
+	if _, err := l.Approve(p, "alice", approval(t, s["alice"], p), t0, Current{}); !errors.Is(err, ErrUnknownOfficer) {
 		t.Fatalf("removed officer approving: %v", err)
 	}
 }
@@ -301,7 +301,7 @@ func TestLedgerSnapshotRestoreReverifiesSignatures(t *testing.T) {
 	wantState(t, r, p, t0, StateTimeLocked)
 	wantState(t, r, p, t0.Add(DefaultTimeLock), StateReady)
 	wantState(t, r, q, t0, StateVetoed)
-	if _, err := r.Approve(p, "alice", approval(t, s["alice"], p), t0); !errors.Is(err, ErrDuplicateApproval) {
+	if _, err := r.Approve(p, "alice", approval(t, s["alice"], p), t0, Current{}); !errors.Is(err, ErrDuplicateApproval) {
 		t.Fatalf("restored ledger forgot an approval: %v", err)
 	}
 
@@ -382,7 +382,7 @@ func TestConcurrentApprovalsReachQuorumOnce(t *testing.T) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				_, err := l.Approve(p, name, sig, t0)
+				_, err := l.Approve(p, name, sig, t0, Current{})
 				errs <- err
 			}()
 		}
@@ -403,5 +403,81 @@ func TestConcurrentApprovalsReachQuorumOnce(t *testing.T) {
 	}
 	if st := wantState(t, l, p, t0, StateReady); st.Approvals != 3 {
 		t.Fatalf("approvals = %d", st.Approvals)
+	}
+}
+
+// A set-budget that narrowed the budget when it was proposed but widens it
+// by the time it reaches its threshold (the budget was cut meanwhile) waits
+// out the time-lock: widening is decided against the state in force then.
+func TestWideningIsDecidedAtThresholdNotAtProposal(t *testing.T) {
+	l, s := newLedger(t)
+	budget := func(rate float64, burst int, vol int64) policy.Budget {
+		return policy.Budget{Rate: rate, Burst: burst, Volume: vol, Window: time.Hour}
+	}
+	cur := budget(10, 10, 20)
+	current := Current{Threshold: 2, Budget: func(string, string) (policy.Budget, bool) { return cur, true }}
+	p := proposal(t, SetBudget{Identity: "spiffe://corp/relay", Key: "messages", Budget: budget(9, 9, 19)})
+	if err := l.Propose(p, current, t0); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := l.Status(p, t0); st.Widening {
+		t.Fatalf("predicted as widening against 10/20: %s", st)
+	}
+	l.Approve(p, "alice", approval(t, s["alice"], p), t0.Add(time.Minute), current)
+	cur = budget(1, 1, 1) // another proposal cut the budget meanwhile
+	st, err := l.Approve(p, "bob", approval(t, s["bob"], p), t0.Add(2*time.Minute), current)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.State != StateTimeLocked || !st.Widening {
+		t.Fatalf("after quorum against a 1/1 budget: %s, want time-locked and widening", st)
+	}
+	if err := l.MarkExecuted(p, t0.Add(3*time.Minute)); !errors.Is(err, ErrNotReady) {
+		t.Fatalf("executed during its time-lock: %v", err)
+	}
+	// Once decided, the decision stands even if the budget changes again.
+	cur = budget(100, 100, 100)
+	if st, _ := l.Decide(p, current, t0.Add(4*time.Minute)); st.State != StateTimeLocked {
+		t.Fatalf("decision changed: %s", st)
+	}
+}
+
+// Removing an officer reduces who can veto: it waits out the time-lock, and
+// the officer being removed can still veto during it.
+func TestRemovingAnOfficerIsTimeLockedAndTheOfficerMayVeto(t *testing.T) {
+	l, s := newLedger(t)
+	p := proposal(t, RemoveOfficer{Name: "carol"})
+	propose(t, l, p)
+	l.Approve(p, "alice", approval(t, s["alice"], p), t0, Current{Threshold: 2})
+	st, err := l.Approve(p, "bob", approval(t, s["bob"], p), t0, Current{Threshold: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.State != StateTimeLocked {
+		t.Fatalf("remove-officer after quorum: %s, want time-locked", st)
+	}
+	if err := l.Veto(p, "carol", veto(t, s["carol"], p), t0.Add(time.Hour)); err != nil {
+		t.Fatalf("the officer being removed could not veto: %v", err)
+	}
+	wantState(t, l, p, t0.Add(DefaultTimeLock+time.Hour), StateVetoed)
+}
+
+// A ledger written before decisions were recorded keeps its pending locks:
+// a widening proposal at its threshold is locked from when it got there.
+func TestRestoredLegacyWideningRecordKeepsItsLock(t *testing.T) {
+	l, s := newLedger(t)
+	p := proposal(t, grantPayload())
+	propose(t, l, p)
+	l.Approve(p, "alice", approval(t, s["alice"], p), t0, Current{})
+	l.Approve(p, "bob", approval(t, s["bob"], p), t0.Add(time.Hour), Current{})
+	st := l.Snapshot()
+	st.Records[0].Decided, st.Records[0].LockedFrom = false, time.Time{}
+	r, err := RestoreLedger(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := wantState(t, r, p, t0.Add(2*time.Hour), StateTimeLocked)
+	if want := t0.Add(time.Hour + DefaultTimeLock); !got.Until.Equal(want) {
+		t.Fatalf("lock until %s, want %s", got.Until, want)
 	}
 }

@@ -23,13 +23,17 @@ type Current struct {
 
 // Widening reports whether a proposal with payload p widens access and so
 // waits out the time-lock: a new grant, a raised budget (compared with
-// cur), a new officer, a lower threshold, a disclosure order, or an
-// unfreeze, and re-enabling a key version (it restores decryption of old
-// ciphertexts). Key creation, rotation, disabling, removals and destruction
-// narrow or keep access and need only the quorum.
+// cur), a new officer, a removed officer or a lower threshold (both reduce
+// who can veto or how many must agree), a disclosure order, an unfreeze,
+// and re-enabling a key version (it restores decryption of old
+// ciphertexts). Key creation, rotation, disabling, grant removal and
+// destruction narrow or keep access and need only the quorum.
+//
+// The ledger asks this when a proposal reaches its threshold, with cur the
+// state in force then (Decide), not when it is proposed.
 func Widening(p Payload, cur Current) bool {
 	switch v := deref(p).(type) {
-	case AddGrant, AddOfficer, DisclosureOrder, Unfreeze, EnableVersion:
+	case AddGrant, AddOfficer, RemoveOfficer, DisclosureOrder, Unfreeze, EnableVersion:
 		return true
 	case SetBudget:
 		if cur.Budget == nil {
@@ -39,7 +43,7 @@ func Widening(p Payload, cur Current) bool {
 		return !ok || v.Budget.Wider(old)
 	case SetThreshold:
 		return cur.Threshold == 0 || v.Threshold < cur.Threshold
-	case CreateKey, DestroyKey, RotateKey, DisableVersion, RemoveGrant, RemoveOfficer:
+	case CreateKey, DestroyKey, RotateKey, DisableVersion, RemoveGrant:
 		return false
 	}
 	return true

@@ -9,6 +9,8 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc"
@@ -18,18 +20,27 @@ import (
 
 	custodyv1 "github.com/custodyhq/custody/api/custody/v1"
 	"github.com/custodyhq/custody/internal/audit"
-	"github.com/custodyhq/custody/internal/policy"
+	"github.com/custodyhq/custody/internal/keys"
+	"github.com/custodyhq/custody/internal/names"
 )
 
-// DefaultReportMethods are the RPC methods a transparency report counts as
-// decrypt/unwrap operations when the request names none: every method that
-// yields plaintext or a data key from a ciphertext made under a vault key.
-var DefaultReportMethods = []string{"BatchDecrypt", "BatchUnwrap", "Decrypt", "Rewrap", "Unwrap"}
+// ReportMethods are the methods the transparency report counts: every
+// declared method (batch items included) that yields plaintext or a data key
+// from something sealed under a vault key (see Methods).
+func ReportMethods() []string {
+	var out []string
+	for _, m := range Methods {
+		if m.Report == ReportOpen {
+			out = append(out, m.Name)
+		}
+	}
+	return out
+}
 
 // AuditService implements custody.v1.AuditService over an open audit log.
-// Every call must be allowed by Authorize for policy.OpAuditRead (auditor
-// and officer roles); with Authorize nil every call is refused, so a service
-// registered without authorisation fails closed.
+// Who may call it is declared in Methods (auditors and officers; digests for
+// auditors only) and decided by the server's interceptor, so it must be
+// registered on a server that uses the interceptors (RegisterAuditService).
 type AuditService struct {
 	custodyv1.UnimplementedAuditServiceServer
 	// Log is the audit log being read.
@@ -37,37 +48,33 @@ type AuditService struct {
 	// Signer is the HSM audit key (the one the log signs checkpoints with);
 	// it signs transparency reports and its public half is served.
 	Signer crypto.Signer
-	// Authorize decides an administrative operation for the caller in ctx.
-	// (*Server).RegisterAuditService sets it to the server's policy check.
-	Authorize func(ctx context.Context, op policy.Op) error
+	// Digester computes context digests for DigestContext.
+	Digester *keys.ContextDigester
 }
 
 // NewAuditService returns an AuditService over log that signs reports with
-// signer. Register it with (*Server).RegisterAuditService, which connects it
-// to the server's authorisation.
+// signer. Register it with (*Server).RegisterAuditService.
 func NewAuditService(log *audit.Log, signer crypto.Signer) *AuditService {
 	return &AuditService{Log: log, Signer: signer}
 }
 
-// RegisterAuditService connects a to this server's policy (audit-read is
-// decided like every administrative operation) and registers it on g. The
-// server's interceptors must be installed on g, as for Register.
+// RegisterAuditService registers a on g, which must use this server's
+// interceptors (ServerOptions): they decide who may call it. It shares the
+// server's context digester.
 func (s *Server) RegisterAuditService(g grpc.ServiceRegistrar, a *AuditService) {
-	if a.Authorize == nil {
-		a.Authorize = s.authorizeAdmin
+	if a.Digester == nil {
+		a.Digester = s.digester
 	}
 	custodyv1.RegisterAuditServiceServer(g, a)
 }
 
-// errNoAuthorizer: the service was registered without an authorisation
-// function; it refuses everything rather than serve the log unchecked.
-var errNoAuthorizer = errors.New("audit service has no authorisation configured")
-
+// authorize fails closed when the service is reached without the server's
+// interceptor (which puts the caller's declared method in ctx).
 func (a *AuditService) authorize(ctx context.Context) error {
-	if a.Authorize == nil {
-		return status.Error(codes.PermissionDenied, errNoAuthorizer.Error())
+	if c := callFrom(ctx); c.m == nil || c.m.Service != svcAudit {
+		return status.Error(codes.PermissionDenied, "audit service reached without the server's authorisation")
 	}
-	return a.Authorize(ctx, policy.OpAuditRead)
+	return nil
 }
 
 // errLimit stops a Read or Follow once the requested number of records has
@@ -160,14 +167,19 @@ func (a *AuditService) Report(ctx context.Context, req *custodyv1.ReportRequest)
 	if err != nil {
 		return nil, err
 	}
+	all := ReportMethods()
 	methods := req.GetMethods()
 	if len(methods) == 0 {
-		methods = DefaultReportMethods
+		methods = all
 	}
 	for _, m := range methods {
-		if m == "" || len(m) > 128 {
-			return nil, fmt.Errorf("%w: methods: each must be a method name of 1 to 128 bytes", ErrInvalidArgument)
+		if !slices.Contains(all, m) {
+			return nil, fmt.Errorf("%w: methods: %q is not a method the report counts (%s)", ErrInvalidArgument, names.Escape(m), strings.Join(all, ", "))
 		}
+	}
+	counts := func(method string) bool {
+		base, _, _ := strings.Cut(method, "[")
+		return ReportClassOf(method) == ReportOpen && slices.Contains(methods, base)
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -178,7 +190,7 @@ func (a *AuditService) Report(ctx context.Context, req *custodyv1.ReportRequest)
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	rep, err := audit.BuildReport(a.Log.Dir(), since, until, methods)
+	rep, err := audit.BuildReport(a.Log.Dir(), since, until, methods, counts)
 	if err != nil {
 		return nil, auditError(err)
 	}
@@ -190,6 +202,24 @@ func (a *AuditService) Report(ctx context.Context, req *custodyv1.ReportRequest)
 		return nil, fmt.Errorf("encode report: %w", err)
 	}
 	return &custodyv1.TransparencyReport{Json: b, Signature: rep.Signature}, nil
+}
+
+// DigestContext returns the keyed digest custodyd records for a context.
+func (a *AuditService) DigestContext(ctx context.Context, req *custodyv1.DigestContextRequest) (*custodyv1.DigestContextResponse, error) {
+	if err := a.authorize(ctx); err != nil {
+		return nil, err
+	}
+	if err := keys.ValidateContext(req.GetContext()); err != nil {
+		return nil, err
+	}
+	if a.Digester == nil {
+		return nil, status.Error(codes.Unavailable, "context digests are not configured")
+	}
+	d := a.Digester.Digest(req.GetContext())
+	c := callFrom(ctx)
+	c.ctxDigest = d
+	c.detail = fmt.Sprintf("digest of a context of %d pairs", len(req.GetContext()))
+	return &custodyv1.DigestContextResponse{Digest: d}, nil
 }
 
 // timeRange checks an optional [since, until) window.

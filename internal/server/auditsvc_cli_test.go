@@ -27,8 +27,8 @@ func custodyctl(t *testing.T) string {
 // stderr and the exit status.
 func (e *auditEnv) cli(t *testing.T, bin, client string, args ...string) (string, string, int) {
 	t.Helper()
-	c := e.pki.Clients[client]
-	full := append([]string{"--addr", e.addr, "--ca", e.pki.CAFile, "--cert", c.CertFile, "--tls-key", c.KeyFile}, args...)
+	c := e.env.Cert[client]
+	full := append([]string{"--addr", e.addr, "--ca", e.env.CAFile, "--cert", c.CertFile, "--tls-key", c.KeyFile}, args...)
 	cmd := exec.Command(bin, full...)
 	cmd.Env = append(os.Environ(), "CUSTODY_ADDR=", "CUSTODY_CA=", "CUSTODY_CERT=", "CUSTODY_KEY=", "CUSTODY_OUTPUT=")
 	var out, errb bytes.Buffer

@@ -11,8 +11,8 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -22,95 +22,45 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	custodyv1 "github.com/custodyhq/custody/api/custody/v1"
 	"github.com/custodyhq/custody/internal/audit"
-	"github.com/custodyhq/custody/internal/pki"
-	"github.com/custodyhq/custody/internal/policy"
 	"github.com/custodyhq/custody/internal/server"
+	"github.com/custodyhq/custody/internal/testenv"
 )
 
-// auditEnv is a real gRPC server over mTLS with the real interceptor chain
-// and AuditService on a real audit log. The audit key is a software P-256
-// key standing in for the HSM key: the service only needs a crypto.Signer,
-// and no SoftHSM token is needed to test reading the log.
+// auditEnv is a real custodyd (testenv: SoftHSM, bbolt, mTLS) whose audit
+// log the tests seed with relay traffic as the crypto service records it.
 type auditEnv struct {
 	dir  string
 	log  *audit.Log
-	key  *ecdsa.PrivateKey
-	pki  *pki.DevPKI
+	pub  *ecdsa.PublicKey
+	env  *testenv.Env
 	addr string
-}
-
-var auditRoles = map[string]policy.Role{
-	"auditor": policy.RoleAuditor, "officer": policy.RoleOfficer,
-	"operator": policy.RoleOperator, "relay": policy.RoleRelay,
 }
 
 func startAuditEnv(t *testing.T) *auditEnv {
 	t.Helper()
-	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
+	env := testenv.Start(t, testenv.Settings{ExtraClients: []string{"stranger"}})
+	pub, ok := env.D.AuditPK.(*ecdsa.PublicKey)
+	if !ok {
+		t.Fatalf("audit key is %T", env.D.AuditPK)
 	}
-	e := &auditEnv{dir: filepath.Join(t.TempDir(), "audit"), key: key}
-	e.log, err = audit.Open(context.Background(), e.dir, key, audit.Options{
-		CheckpointEvery: 1 << 40, CheckpointInterval: -1, InstanceID: "vault-e2e", Logger: quiet})
-	if err != nil {
-		t.Fatal(err)
+	if seq, _ := env.D.Audit.Head(); seq != 0 {
+		t.Fatalf("a fresh vault's log holds %d records", seq)
 	}
-	t.Cleanup(func() { e.log.Close(context.Background()) })
-	names := []string{"auditor", "officer", "operator", "relay", "stranger"}
-	if e.pki, err = pki.GenerateDev(filepath.Join(t.TempDir(), "pki"), names); err != nil {
-		t.Fatal(err)
-	}
-	var spec policy.Spec
-	roles := map[string]policy.Role{}
-	for name, role := range auditRoles {
-		id := e.pki.Clients[name].Identity
-		spec.Identities = append(spec.Identities, policy.Identity{ID: id, Roles: []policy.Role{role}})
-		roles[id] = role
-	}
-	pol, err := policy.New(spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := server.New(server.Options{Policy: pol, Roles: roles, Audit: e.log, Logger: quiet})
-	tlsCfg, err := pki.ServerTLSConfig(e.pki.ServerCertFile, e.pki.ServerKeyFile, e.pki.CAFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	g := grpc.NewServer(append(srv.ServerOptions(), grpc.Creds(credentials.NewTLS(tlsCfg)))...)
-	srv.RegisterAuditService(g, server.NewAuditService(e.log, key))
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go g.Serve(lis)
-	t.Cleanup(g.Stop) // runs before the log is closed
-	e.addr = lis.Addr().String()
-	return e
+	return &auditEnv{dir: env.Config.Audit.Dir, log: env.D.Audit, pub: pub, env: env, addr: env.Addr}
 }
 
 func (e *auditEnv) client(t *testing.T, name string) custodyv1.AuditServiceClient {
 	t.Helper()
-	c := e.pki.Clients[name]
-	cfg, err := pki.ClientTLSConfig(e.pki.CAFile, c.CertFile, c.KeyFile, "localhost")
-	if err != nil {
-		t.Fatal(err)
-	}
-	conn, err := grpc.NewClient(e.addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	return custodyv1.NewAuditServiceClient(conn)
+	return custodyv1.NewAuditServiceClient(e.env.Dial(t, name))
 }
+
+func (e *auditEnv) identity(name string) string { return e.env.Cert[name].Identity }
 
 // seed appends relay traffic as the crypto service would record it.
 func (e *auditEnv) seed(t *testing.T, recs ...audit.Record) {
@@ -128,7 +78,7 @@ func use(identity, method, key string, outcome audit.Outcome) audit.Record {
 		code = "PermissionDenied"
 	}
 	return audit.Record{Identity: identity, Role: "relay", Method: method, Key: key, KeyVersion: 1,
-		ContextDigest: audit.DigestContext(map[string]string{"conversation": "c-1"}), Outcome: outcome, Code: code}
+		ContextDigest: sha256Of(fmt.Sprint(map[string]string{"conversation": "c-1"})), Outcome: outcome, Code: code}
 }
 
 func standardTraffic() []audit.Record {
@@ -230,7 +180,7 @@ func TestAuditServiceIsForAuditorsAndOfficersOnlyAndAuditsRefusals(t *testing.T)
 		t.Fatalf("officer Tail: %v", err)
 	}
 	// Refusals are on the record, and no checkpoint was signed for them.
-	relayID := e.pki.Clients["relay"].Identity
+	relayID := e.identity("relay")
 	denied := e.logged(t, audit.Filter{Identity: relayID, Method: "Tail"})
 	if len(denied) != 1 || denied[0].Outcome != audit.OutcomeDenied || denied[0].Code != "PermissionDenied" {
 		t.Fatalf("relay's Tail audited as %+v, want one denied record", denied)
@@ -245,7 +195,11 @@ func TestAuditServiceRegisteredWithoutAuthorisationRefusesEverything(t *testing.
 	// A second server on which the service was registered directly, without
 	// the server's policy: it must fail closed, not serve the log.
 	g := grpc.NewServer()
-	custodyv1.RegisterAuditServiceServer(g, server.NewAuditService(e.log, e.key))
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	custodyv1.RegisterAuditServiceServer(g, server.NewAuditService(e.log, key))
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -282,7 +236,7 @@ func TestAuditTailFollowDeliversNewRecordsAndEndsWhenTheClientLeaves(t *testing.
 	}
 	cancel()
 	// The handler ends and the Tail itself is audited as cancelled.
-	auditorID := e.pki.Clients["auditor"].Identity
+	auditorID := e.identity("auditor")
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		recs := e.logged(t, audit.Filter{Identity: auditorID, Method: "Tail"})
@@ -328,7 +282,7 @@ func TestAuditCheckpointAndPublicKeyLetAnAuditorVerifyOffline(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !e.key.PublicKey.Equal(pub) {
+	if !e.pub.Equal(pub) {
 		t.Fatal("served public key is not the audit key")
 	}
 	blk, _ := pem.Decode([]byte(pk.GetPem()))
@@ -356,7 +310,7 @@ func TestAuditReportIsSignedAndRefusedForATamperedLog(t *testing.T) {
 	if err := json.Unmarshal(resp.GetJson(), &rep); err != nil {
 		t.Fatal(err)
 	}
-	if err := rep.VerifyReport(&e.key.PublicKey); err != nil || !bytes.Equal(rep.Signature, resp.GetSignature()) {
+	if err := rep.VerifyReport(e.pub); err != nil || !bytes.Equal(rep.Signature, resp.GetSignature()) {
 		t.Fatalf("report signature: %v", err)
 	}
 	// mail: Decrypt ok ×2 + Unwrap ok + case-7 Decrypt = 4 operations, 1 denied, 1 disclosure.
@@ -389,4 +343,9 @@ func TestAuditReportIsSignedAndRefusedForATamperedLog(t *testing.T) {
 	if !strings.Contains(err.Error(), "modified at seq 3") {
 		t.Errorf("error %v does not name the modified record 3", err)
 	}
+}
+
+func sha256Of(s string) []byte {
+	d := sha256.Sum256([]byte(s))
+	return d[:]
 }

@@ -23,38 +23,6 @@ import (
 // grant only allows key transport to a recipient.
 var errPlaintextNotGranted = fmt.Errorf("%w: this grant does not allow plaintext data keys; pass recipient_public_key", policy.ErrNotGranted)
 
-// begin authorises op on key with the context, spends budget and returns the
-// key's current snapshot. Order matters: authorisation first, so an
-// ungranted caller learns nothing about which keys exist.
-func (s *Server) use(ctx context.Context, op policy.Op, name string, encCtx map[string]string) (*keys.Entry, policy.Decision, error) {
-	if err := requireName(name); err != nil {
-		return nil, policy.Decision{}, err
-	}
-	if err := keys.ValidateContext(encCtx); err != nil {
-		return nil, policy.Decision{}, err
-	}
-	c := callFrom(ctx)
-	if len(encCtx) > 0 {
-		c.ctxDigest, _ = keys.ContextDigest(encCtx)
-	}
-	d, err := s.authorize(ctx, op, name, encCtx)
-	if err != nil {
-		if d, ok, oerr := s.disclosure(ctx, op, name, encCtx, err); ok {
-			if oerr != nil {
-				return nil, d, oerr
-			}
-			e, err := s.keys.Get(name)
-			return e, d, err
-		}
-		return nil, d, err
-	}
-	if err := s.spend(ctx, name, 1); err != nil {
-		return nil, d, err
-	}
-	e, err := s.keys.Get(name)
-	return e, d, err
-}
-
 func (s *Server) versionKey(ctx context.Context, e *keys.Entry, v keys.Version, err error) (hsm.Key, error) {
 	if err != nil {
 		return hsm.Key{}, err
@@ -68,7 +36,7 @@ func (s *Server) Encrypt(ctx context.Context, req *custodyv1.EncryptRequest) (*c
 	if len(req.GetPlaintext()) > s.limits.MaxPayload {
 		return nil, fmt.Errorf("%w: plaintext is %d bytes; the limit is %d (use GenerateDataKey for large data)", ErrInvalidArgument, len(req.GetPlaintext()), s.limits.MaxPayload)
 	}
-	e, _, err := s.use(ctx, policy.OpEncrypt, req.GetKeyName(), req.GetContext())
+	e, _, err := s.access(ctx, req.GetKeyName(), req.GetContext())
 	if err != nil {
 		return nil, err
 	}
@@ -118,7 +86,7 @@ func parseEnvelope(e *keys.Entry, b []byte, format byte) (*keys.Envelope, error)
 // Decrypt opens a ciphertext made by Encrypt under any enabled version at or
 // above the key's minimum.
 func (s *Server) Decrypt(ctx context.Context, req *custodyv1.DecryptRequest) (*custodyv1.DecryptResponse, error) {
-	e, _, err := s.use(ctx, policy.OpDecrypt, req.GetKeyName(), req.GetContext())
+	e, _, err := s.access(ctx, req.GetKeyName(), req.GetContext())
 	if err != nil {
 		return nil, err
 	}
@@ -181,7 +149,7 @@ func (s *Server) bind(ctx context.Context, e *keys.Entry, hk hsm.Key, version ui
 // the primary version, plus either its plaintext (if asked and granted) or a
 // copy wrapped to the recipient inside the HSM.
 func (s *Server) GenerateDataKey(ctx context.Context, req *custodyv1.GenerateDataKeyRequest) (*custodyv1.GenerateDataKeyResponse, error) {
-	e, d, err := s.use(ctx, policy.OpDataKey, req.GetKeyName(), req.GetContext())
+	e, d, err := s.access(ctx, req.GetKeyName(), req.GetContext())
 	if err != nil {
 		return nil, err
 	}
@@ -243,7 +211,7 @@ func (s *Server) openWrapped(ctx context.Context, e *keys.Entry, b []byte, encCt
 // Unwrap returns a wrapped data key's plaintext (if granted) or re-wraps it
 // to the recipient inside the HSM.
 func (s *Server) Unwrap(ctx context.Context, req *custodyv1.UnwrapRequest) (*custodyv1.UnwrapResponse, error) {
-	e, d, err := s.use(ctx, policy.OpUnwrap, req.GetKeyName(), req.GetContext())
+	e, d, err := s.access(ctx, req.GetKeyName(), req.GetContext())
 	if err != nil {
 		return nil, err
 	}
@@ -289,7 +257,7 @@ func (s *Server) deliver(ctx context.Context, hk hsm.Key, wrapped []byte, rk *rs
 
 // Rewrap moves a wrapped data key to the key's primary version inside the HSM.
 func (s *Server) Rewrap(ctx context.Context, req *custodyv1.RewrapRequest) (*custodyv1.RewrapResponse, error) {
-	e, _, err := s.use(ctx, policy.OpRewrap, req.GetKeyName(), req.GetContext())
+	e, _, err := s.access(ctx, req.GetKeyName(), req.GetContext())
 	if err != nil {
 		return nil, err
 	}
@@ -349,7 +317,7 @@ func signInput(p keys.Purpose, digest []byte, message []byte, isDigest bool) ([]
 
 // Sign signs a digest or message with the key's primary version.
 func (s *Server) Sign(ctx context.Context, req *custodyv1.SignRequest) (*custodyv1.SignResponse, error) {
-	e, _, err := s.use(ctx, policy.OpSign, req.GetKeyName(), nil)
+	e, _, err := s.access(ctx, req.GetKeyName(), nil)
 	if err != nil {
 		return nil, err
 	}
@@ -375,7 +343,7 @@ func (s *Server) Sign(ctx context.Context, req *custodyv1.SignRequest) (*custody
 
 // Verify checks a signature with a version's public key.
 func (s *Server) Verify(ctx context.Context, req *custodyv1.VerifyRequest) (*custodyv1.VerifyResponse, error) {
-	e, _, err := s.use(ctx, policy.OpVerify, req.GetKeyName(), nil)
+	e, _, err := s.access(ctx, req.GetKeyName(), nil)
 	if err != nil {
 		return nil, err
 	}
@@ -405,7 +373,7 @@ func (s *Server) Verify(ctx context.Context, req *custodyv1.VerifyRequest) (*cus
 
 // GetPublicKey returns a signing key version's public key.
 func (s *Server) GetPublicKey(ctx context.Context, req *custodyv1.GetPublicKeyRequest) (*custodyv1.GetPublicKeyResponse, error) {
-	e, _, err := s.use(ctx, policy.OpPublicKey, req.GetKeyName(), nil)
+	e, _, err := s.access(ctx, req.GetKeyName(), nil)
 	if err != nil {
 		return nil, err
 	}
@@ -437,7 +405,7 @@ func (s *Server) Mac(ctx context.Context, req *custodyv1.MacRequest) (*custodyv1
 	if len(req.GetData()) > s.limits.MaxPayload {
 		return nil, fmt.Errorf("%w: data is %d bytes; the limit is %d", ErrInvalidArgument, len(req.GetData()), s.limits.MaxPayload)
 	}
-	e, _, err := s.use(ctx, policy.OpMAC, req.GetKeyName(), nil)
+	e, _, err := s.access(ctx, req.GetKeyName(), nil)
 	if err != nil {
 		return nil, err
 	}
@@ -458,7 +426,7 @@ func (s *Server) VerifyMac(ctx context.Context, req *custodyv1.VerifyMacRequest)
 	if len(req.GetData()) > s.limits.MaxPayload {
 		return nil, fmt.Errorf("%w: data is %d bytes; the limit is %d", ErrInvalidArgument, len(req.GetData()), s.limits.MaxPayload)
 	}
-	e, _, err := s.use(ctx, policy.OpVerifyMAC, req.GetKeyName(), nil)
+	e, _, err := s.access(ctx, req.GetKeyName(), nil)
 	if err != nil {
 		return nil, err
 	}
@@ -506,7 +474,7 @@ func batch[Req any, Resp any](s *Server, ctx context.Context, items []Req, fn fu
 	recs := make([]audit.Record, len(items))
 	ok := 0
 	for i, it := range items {
-		c := &call{identity: parent.identity, role: parent.role, method: fmt.Sprintf("%s[%d]", parent.method, i)}
+		c := &call{m: parent.m, snap: parent.snap, identity: parent.identity, role: parent.role, method: fmt.Sprintf("%s[%d]", parent.method, i)}
 		resps[i], errs[i] = fn(context.WithValue(ctx, callKey{}, c), it)
 		recs[i] = s.record(c, toStatus(errs[i], s.log))
 		if errs[i] == nil {

@@ -8,8 +8,13 @@ package server
 //   - Only a wrapped-key envelope is stored (made and checked by bind and
 //     openWrapped: KWP-wrapped under a version of the named key inside the
 //     HSM, bound by a GCM tag to key id, version and encryption context),
-//     under "dk/<key>/<id>" in the authenticated store. A data key is never
-//     stored, logged or put in an error in clear.
+//     under "dk/<key>/<context digest>/<id>" in the authenticated store. A
+//     data key is never stored, logged or put in an error in clear.
+//   - Ids are scoped by the encryption context they are stored with (its
+//     keyed digest is part of the path), so two tenants using the same id
+//     never meet: a caller gets the same answer for another context's id as
+//     for one that does not exist, and storing never reports that another
+//     context holds the id.
 //   - A fetch is an unwrap: authorised for OpUnwrap with the request's
 //     context, budgeted, audited, and answered with one data key's material
 //     (plaintext only where the grant allows it, else wrapped to a recipient
@@ -23,8 +28,10 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"strings"
 
 	custodyv1 "github.com/custodyhq/custody/api/custody/v1"
 	"github.com/custodyhq/custody/hsm"
@@ -47,13 +54,20 @@ const (
 // cannot contain '/', so "dk/<key>/" never prefixes another key's entries.
 const dataKeyPrefix = "dk/"
 
-// dataKeyRecordV1 is the first byte of a stored record:
+// Stored record formats. The first byte says which:
 //
-//	0x01 || SHA-256 of the canonical context (32) || wrapped-key envelope
+//	0x02 || wrapped-key envelope, under dk/<key>/<context digest hex>/<id>
+//	0x01 || SHA-256 of the canonical context (32) || wrapped-key envelope,
+//	        under dk/<key>/<id> (written before ids were scoped by context;
+//	        still read, never written)
 //
-// The context is kept only as its digest (what the audit log records too);
-// the envelope binds the full context again under the HSM key.
-const dataKeyRecordV1 = 0x01
+// The context itself is never stored: only its keyed digest (the one the
+// audit log records), and the envelope binds the full context again under
+// the HSM key.
+const (
+	dataKeyRecordV1 = 0x01
+	dataKeyRecordV2 = 0x02
+)
 
 var (
 	// errDataKeysUnconfigured: the server was not given a store for stored
@@ -141,48 +155,79 @@ func ValidateDataKeyID(id string) error {
 	return nil
 }
 
-// checkDataKeyName validates a key name before it is made part of a store
-// path (the policy decides whether the caller may use it).
-func checkDataKeyName(name string) error {
-	if err := requireName(name); err != nil {
-		return err
-	}
-	if err := keys.ValidateName(name); err != nil {
-		return fmt.Errorf("%w: key_name: %v", ErrInvalidArgument, err)
-	}
-	return nil
+// dataKeyPath is where id lives for a context digest.
+func dataKeyPath(key string, ctxDigest []byte, id string) string {
+	return dataKeyPrefix + key + "/" + hex.EncodeToString(ctxDigest) + "/" + id
 }
 
-func dataKeyPath(key, id string) string { return dataKeyPrefix + key + "/" + id }
+// IsStoredDataKey reports whether a store key holds a stored data key.
+// They stay out of the store's anchor (see store.AuthOptions): relays write
+// them at a high rate, and each write is on the audit record instead.
+func IsStoredDataKey(key string) bool { return strings.HasPrefix(key, dataKeyPrefix) }
 
-// marshalDataKeyRecord builds a stored record. ctxDigest is ContextDigest.
-func marshalDataKeyRecord(ctxDigest, envelope []byte) []byte {
-	b := make([]byte, 0, 1+sha256.Size+len(envelope))
-	b = append(b, dataKeyRecordV1)
-	b = append(b, ctxDigest...)
-	return append(b, envelope...)
-}
+// legacyDataKeyPath is where a v1 record lives.
+func legacyDataKeyPath(key, id string) string { return dataKeyPrefix + key + "/" + id }
 
-// parseDataKeyRecord splits a stored record into context digest and envelope.
-func parseDataKeyRecord(b []byte) (ctxDigest, envelope []byte, err error) {
+// parseLegacyRecord splits a v1 record into its unkeyed context digest and
+// envelope.
+func parseLegacyRecord(b []byte) (ctxDigest, envelope []byte, err error) {
 	if len(b) < 1+sha256.Size+1 || b[0] != dataKeyRecordV1 {
 		return nil, nil, errDataKeyCorrupt
 	}
 	return b[1 : 1+sha256.Size], b[1+sha256.Size:], nil
 }
 
-// contextRefused is the refusal of a context that differs from the stored
-// one: the same error, code and message the policy gives a context outside
-// the caller's grant, so the two cannot be told apart.
-func contextRefused(ctx context.Context, key string) error {
-	return fmt.Errorf("%w: identity %q, key %q, op %s", policy.ErrContextMismatch, callFrom(ctx).identity, key, policy.OpUnwrap)
+// dataKeyRef is one stored record found for an id under a context.
+type dataKeyRef struct {
+	path     string
+	envelope []byte
+	rev      int64
+}
+
+// findDataKey returns the record stored under id with encCtx, or
+// errDataKeyNotFound — also when a record exists under another context,
+// which the caller must not be able to tell apart. The caller must already
+// be authorised for the key.
+func (s *Server) findDataKey(ctx context.Context, st store.Store, key, id string, encCtx map[string]string) (dataKeyRef, error) {
+	path := dataKeyPath(key, s.digester.Digest(encCtx), id)
+	kv, err := st.Get(ctx, path)
+	switch {
+	case err == nil:
+		if len(kv.Value) < 2 || kv.Value[0] != dataKeyRecordV2 {
+			return dataKeyRef{}, errDataKeyCorrupt
+		}
+		return dataKeyRef{path: path, envelope: kv.Value[1:], rev: kv.Revision}, nil
+	case !errors.Is(err, store.ErrNotFound):
+		return dataKeyRef{}, err
+	}
+	legacy := legacyDataKeyPath(key, id)
+	kv, err = st.Get(ctx, legacy)
+	if errors.Is(err, store.ErrNotFound) {
+		return dataKeyRef{}, errDataKeyNotFound
+	}
+	if err != nil {
+		return dataKeyRef{}, err
+	}
+	stored, envelope, err := parseLegacyRecord(kv.Value)
+	if err != nil {
+		return dataKeyRef{}, err
+	}
+	digest, err := keys.LegacyContextDigest(encCtx)
+	if err != nil {
+		return dataKeyRef{}, err
+	}
+	if !bytes.Equal(stored, digest) {
+		return dataKeyRef{}, errDataKeyNotFound
+	}
+	return dataKeyRef{path: legacy, envelope: envelope, rev: kv.Revision}, nil
 }
 
 // StoreDataKey keeps a data key (generated in the HSM, or an existing
-// wrapped key after its binding is verified) under an id. It is authorised
-// and budgeted as a data-key generation (OpDataKey) with the request context.
+// wrapped key after its binding is verified) under an id, scoped to the
+// request's context. It is authorised and budgeted as its declaration says
+// (a data-key generation).
 func (s *Server) StoreDataKey(ctx context.Context, req *custodyv1.StoreDataKeyRequest) (*custodyv1.StoreDataKeyResponse, error) {
-	if err := checkDataKeyName(req.GetKeyName()); err != nil {
+	if err := checkKeyName(req.GetKeyName()); err != nil {
 		return nil, err
 	}
 	if err := ValidateDataKeyID(req.GetId()); err != nil {
@@ -205,8 +250,13 @@ func (s *Server) StoreDataKey(ctx context.Context, req *custodyv1.StoreDataKeyRe
 		return nil, err
 	}
 	callFrom(ctx).detail = "id=" + req.GetId()
-	e, _, err := s.use(ctx, policy.OpDataKey, req.GetKeyName(), req.GetContext())
+	e, _, err := s.access(ctx, req.GetKeyName(), req.GetContext())
 	if err != nil {
+		return nil, err
+	}
+	if _, err := s.findDataKey(ctx, st, req.GetKeyName(), req.GetId(), req.GetContext()); err == nil {
+		return nil, errDataKeyExists
+	} else if !errors.Is(err, errDataKeyNotFound) {
 		return nil, err
 	}
 	var envelope []byte
@@ -237,11 +287,12 @@ func (s *Server) StoreDataKey(ctx context.Context, req *custodyv1.StoreDataKeyRe
 		}
 		version = env.Version
 	}
-	digest, err := keys.ContextDigest(req.GetContext())
-	if err != nil {
+	callFrom(ctx).version = version
+	if err := s.intent(ctx, "store data key id="+req.GetId()); err != nil {
 		return nil, err
 	}
-	err = store.Create(ctx, st, dataKeyPath(req.GetKeyName(), req.GetId()), marshalDataKeyRecord(digest, envelope))
+	path := dataKeyPath(req.GetKeyName(), s.digester.Digest(req.GetContext()), req.GetId())
+	err = store.Create(ctx, st, path, append([]byte{dataKeyRecordV2}, envelope...))
 	if errors.Is(err, store.ErrExists) {
 		return nil, errDataKeyExists
 	}
@@ -251,35 +302,11 @@ func (s *Server) StoreDataKey(ctx context.Context, req *custodyv1.StoreDataKeyRe
 	return &custodyv1.StoreDataKeyResponse{Id: req.GetId(), KeyVersion: version}, nil
 }
 
-// loadDataKey reads the record under id and checks that it was stored with
-// encCtx. The caller must already be authorised for the key.
-func (s *Server) loadDataKey(ctx context.Context, st store.Store, key, id string, encCtx map[string]string) (envelope []byte, rev int64, err error) {
-	kv, err := st.Get(ctx, dataKeyPath(key, id))
-	if errors.Is(err, store.ErrNotFound) {
-		return nil, 0, errDataKeyNotFound
-	}
-	if err != nil {
-		return nil, 0, err
-	}
-	stored, envelope, err := parseDataKeyRecord(kv.Value)
-	if err != nil {
-		return nil, 0, err
-	}
-	digest, err := keys.ContextDigest(encCtx)
-	if err != nil {
-		return nil, 0, err
-	}
-	if !bytes.Equal(stored, digest) {
-		return nil, 0, contextRefused(ctx, key)
-	}
-	return envelope, kv.Revision, nil
-}
-
 // FetchDataKey returns one stored data key: wrapped to the recipient inside
 // the HSM, or in plaintext where the grant allows it. It is authorised,
 // budgeted and audited exactly as CryptoService.Unwrap.
 func (s *Server) FetchDataKey(ctx context.Context, req *custodyv1.FetchDataKeyRequest) (*custodyv1.FetchDataKeyResponse, error) {
-	if err := checkDataKeyName(req.GetKeyName()); err != nil {
+	if err := checkKeyName(req.GetKeyName()); err != nil {
 		return nil, err
 	}
 	if err := ValidateDataKeyID(req.GetId()); err != nil {
@@ -290,7 +317,7 @@ func (s *Server) FetchDataKey(ctx context.Context, req *custodyv1.FetchDataKeyRe
 		return nil, err
 	}
 	callFrom(ctx).detail = "id=" + req.GetId()
-	e, d, err := s.use(ctx, policy.OpUnwrap, req.GetKeyName(), req.GetContext())
+	e, d, err := s.access(ctx, req.GetKeyName(), req.GetContext())
 	if err != nil {
 		return nil, err
 	}
@@ -298,11 +325,11 @@ func (s *Server) FetchDataKey(ctx context.Context, req *custodyv1.FetchDataKeyRe
 	if err != nil {
 		return nil, err
 	}
-	envelope, _, err := s.loadDataKey(ctx, st, req.GetKeyName(), req.GetId(), req.GetContext())
+	ref, err := s.findDataKey(ctx, st, req.GetKeyName(), req.GetId(), req.GetContext())
 	if err != nil {
 		return nil, err
 	}
-	hk, env, err := s.openWrapped(ctx, e, envelope, req.GetContext())
+	hk, env, err := s.openWrapped(ctx, e, ref.envelope, req.GetContext())
 	if err != nil {
 		return nil, err
 	}
@@ -318,23 +345,24 @@ func (s *Server) FetchDataKey(ctx context.Context, req *custodyv1.FetchDataKeyRe
 // may read key metadata (operators, officers, auditors: inventory, no
 // material), and relays granted unwrap on the key by a grant without a
 // context constraint. A relay whose grant is limited to some contexts is
-// refused, because the listing would show ids stored under other contexts.
+// refused, because the listing shows ids stored under every context.
 func (s *Server) authorizeListing(ctx context.Context, name string) error {
 	c := callFrom(ctx)
 	c.key = name
 	if c.role == policy.RoleRelay {
-		_, err := s.authorize(ctx, policy.OpUnwrap, name, nil)
+		_, err := c.snap.Authorize(c.identity, c.role, policy.OpUnwrap, name, nil)
 		return err
 	}
-	return s.authorizeAdmin(ctx, policy.OpKeyRead)
+	return nil
 }
 
 // ListDataKeyIds returns one page of the ids stored under a key, in bytewise
-// order. It never reads or returns key material beyond what the store's
-// authentication needs, and is not budgeted (it uses no key).
+// order (an id stored under two contexts is listed twice). It never reads or
+// returns key material beyond what the store's authentication needs, and is
+// not budgeted (it uses no key).
 func (s *Server) ListDataKeyIds(ctx context.Context, req *custodyv1.ListDataKeyIdsRequest) (*custodyv1.ListDataKeyIdsResponse, error) {
 	name := req.GetKeyName()
-	if err := checkDataKeyName(name); err != nil {
+	if err := checkKeyName(name); err != nil {
 		return nil, err
 	}
 	size := int(req.GetPageSize())
@@ -344,13 +372,14 @@ func (s *Server) ListDataKeyIds(ctx context.Context, req *custodyv1.ListDataKeyI
 	case size == 0:
 		size = DefaultDataKeyPageSize
 	}
-	after := ""
+	startAfter := ""
+	prefix := dataKeyPrefix + name + "/"
 	if tok := req.GetPageToken(); tok != "" {
 		b, err := base64.RawURLEncoding.DecodeString(tok)
-		if err != nil || ValidateDataKeyID(string(b)) != nil {
+		if err != nil || !strings.HasPrefix(string(b), prefix) || len(b) > store.MaxKeySize {
 			return nil, fmt.Errorf("%w: page_token is not one this server issued", ErrInvalidArgument)
 		}
-		after = string(b)
+		startAfter = string(b)
 	}
 	st, err := s.dataKeyStore()
 	if err != nil {
@@ -362,11 +391,6 @@ func (s *Server) ListDataKeyIds(ctx context.Context, req *custodyv1.ListDataKeyI
 	if _, err := s.keys.Get(name); err != nil {
 		return nil, err
 	}
-	prefix := dataKeyPrefix + name + "/"
-	startAfter := ""
-	if after != "" {
-		startAfter = prefix + after
-	}
 	kvs, err := st.List(ctx, prefix, startAfter, size+1)
 	if err != nil {
 		return nil, err
@@ -374,10 +398,14 @@ func (s *Server) ListDataKeyIds(ctx context.Context, req *custodyv1.ListDataKeyI
 	out := &custodyv1.ListDataKeyIdsResponse{}
 	for i, kv := range kvs {
 		if i == size {
-			out.NextPageToken = base64.RawURLEncoding.EncodeToString([]byte(out.Ids[len(out.Ids)-1]))
+			out.NextPageToken = base64.RawURLEncoding.EncodeToString([]byte(kvs[i-1].Key))
 			break
 		}
-		out.Ids = append(out.Ids, kv.Key[len(prefix):])
+		rest := kv.Key[len(prefix):]
+		if j := strings.IndexByte(rest, '/'); j >= 0 {
+			rest = rest[j+1:] // v2: <context digest>/<id>
+		}
+		out.Ids = append(out.Ids, rest)
 	}
 	callFrom(ctx).detail = fmt.Sprintf("ids=%d", len(out.Ids))
 	return out, nil
@@ -385,9 +413,11 @@ func (s *Server) ListDataKeyIds(ctx context.Context, req *custodyv1.ListDataKeyI
 
 // DeleteDataKey forgets a stored data key. It needs what a fetch needs (an
 // unwrap grant matching the context it was stored with), so one tenant
-// cannot delete another's keys; it is budgeted like a fetch.
+// cannot delete another's keys, and its declaration keeps disclosure orders
+// out: an order only ever allows the reads it names. It is budgeted like a
+// fetch.
 func (s *Server) DeleteDataKey(ctx context.Context, req *custodyv1.DeleteDataKeyRequest) (*custodyv1.DeleteDataKeyResponse, error) {
-	if err := checkDataKeyName(req.GetKeyName()); err != nil {
+	if err := checkKeyName(req.GetKeyName()); err != nil {
 		return nil, err
 	}
 	if err := ValidateDataKeyID(req.GetId()); err != nil {
@@ -398,17 +428,19 @@ func (s *Server) DeleteDataKey(ctx context.Context, req *custodyv1.DeleteDataKey
 		return nil, err
 	}
 	callFrom(ctx).detail = "id=" + req.GetId()
-	if _, _, err := s.use(ctx, policy.OpUnwrap, req.GetKeyName(), req.GetContext()); err != nil {
+	if _, _, err := s.access(ctx, req.GetKeyName(), req.GetContext()); err != nil {
 		return nil, err
 	}
-	path := dataKeyPath(req.GetKeyName(), req.GetId())
-	_, rev, err := s.loadDataKey(ctx, st, req.GetKeyName(), req.GetId(), req.GetContext())
+	ref, err := s.findDataKey(ctx, st, req.GetKeyName(), req.GetId(), req.GetContext())
 	if err != nil {
+		return nil, err
+	}
+	if err := s.intent(ctx, "delete data key id="+req.GetId()); err != nil {
 		return nil, err
 	}
 	// Delete only the record that was checked: a concurrent delete and
 	// re-store under the same id must not be removed by this request.
-	if err := st.Txn(ctx, []store.Cond{store.RevisionIs(path, rev)}, []store.Op{store.DeleteOp(path)}); err != nil {
+	if err := st.Txn(ctx, []store.Cond{store.RevisionIs(ref.path, ref.rev)}, []store.Op{store.DeleteOp(ref.path)}); err != nil {
 		return nil, err
 	}
 	return &custodyv1.DeleteDataKeyResponse{}, nil

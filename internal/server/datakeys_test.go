@@ -9,25 +9,18 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"fmt"
-	"net"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
 	custodyv1 "github.com/custodyhq/custody/api/custody/v1"
 	"github.com/custodyhq/custody/internal/audit"
 	"github.com/custodyhq/custody/internal/config"
-	"github.com/custodyhq/custody/internal/daemon"
-	"github.com/custodyhq/custody/internal/pki"
-	"github.com/custodyhq/custody/internal/policy"
-	"github.com/custodyhq/custody/internal/server"
 	"github.com/custodyhq/custody/internal/testenv"
 )
 
@@ -227,11 +220,11 @@ func TestStoredDataKeyNeverStoredInClear(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	kv, err := e.D.Store.Get(x, "dk/dk/c1")
-	if err != nil {
-		t.Fatalf("record not at dk/<key>/<id>: %v", err)
+	kvs, err := e.D.Store.List(x, "dk/dk/", "", 0)
+	if err != nil || len(kvs) != 1 || !strings.HasSuffix(kvs[0].Key, "/c1") {
+		t.Fatalf("record not at dk/<key>/<context digest>/<id>: %v %v", kvs, err)
 	}
-	if bytes.Contains(kv.Value, f.GetPlaintext()) {
+	if bytes.Contains(kvs[0].Value, f.GetPlaintext()) {
 		t.Fatal("the store holds the data key in clear")
 	}
 }
@@ -285,7 +278,11 @@ func TestUnknownIDIsNotFoundOnlyAfterAuthorization(t *testing.T) {
 	}
 }
 
-func TestAnotherTenantsContextIsRefused(t *testing.T) {
+// Ids are scoped by the context a key is stored under: a tenant-restricted
+// relay gets the same answer for another tenant's id as for an id that does
+// not exist, and can store under an id another tenant uses without learning
+// that it does.
+func TestStoredIDsDoNotLeakAcrossTenants(t *testing.T) {
 	e := dkEnv(t)
 	x := ctx(t)
 	a, b := dataKeys(t, e, "tenant-a"), dataKeys(t, e, "tenant-b")
@@ -299,23 +296,44 @@ func TestAnotherTenantsContextIsRefused(t *testing.T) {
 	// Tenant b asking with a's context: outside its grant.
 	_, err = b.FetchDataKey(x, &custodyv1.FetchDataKeyRequest{KeyName: "dk", Id: "a-1", Context: ctxA})
 	wantCode(t, err, codes.PermissionDenied, "tenant b with tenant a's context")
-	// Tenant b asking with its own context for a's id: the stored context
-	// differs, and the refusal is the same as for a context outside the grant.
-	_, errStored := b.FetchDataKey(x, &custodyv1.FetchDataKeyRequest{KeyName: "dk", Id: "a-1", Context: ctxB})
-	wantCode(t, errStored, codes.PermissionDenied, "tenant b fetching a's id with its own context")
-	_, errGrant := b.FetchDataKey(x, &custodyv1.FetchDataKeyRequest{KeyName: "dk", Id: "a-1", Context: map[string]string{"tenant": "c"}})
-	wantCode(t, errGrant, codes.PermissionDenied, "tenant b with a context outside its grant")
-	if m1, m2 := status.Convert(errStored).Message(), status.Convert(errGrant).Message(); m1 != m2 {
-		t.Fatalf("a stored-context mismatch is distinguishable from a grant mismatch:\n %q\n %q", m1, m2)
+	// Tenant b asking with its own context for a's id is answered exactly as
+	// for an id nobody stored.
+	_, errTaken := b.FetchDataKey(x, &custodyv1.FetchDataKeyRequest{KeyName: "dk", Id: "a-1", Context: ctxB})
+	wantCode(t, errTaken, codes.NotFound, "tenant b fetching a's id with its own context")
+	_, errNone := b.FetchDataKey(x, &custodyv1.FetchDataKeyRequest{KeyName: "dk", Id: "never-stored", Context: ctxB})
+	wantCode(t, errNone, codes.NotFound, "tenant b fetching an id nobody stored")
+	if m1, m2 := status.Convert(errTaken).Message(), status.Convert(errNone).Message(); m1 != m2 {
+		t.Fatalf("another tenant's id is distinguishable from a missing one:\n %q\n %q", m1, m2)
+	}
+	// Storing under a's id does not reveal that a uses it: b gets its own key.
+	bk, err := b.StoreDataKey(x, generate("dk", "a-1", ctxB))
+	if err != nil {
+		t.Fatalf("tenant b storing under an id tenant a also uses: %v", err)
+	}
+	_ = bk
+	fa, err := a.FetchDataKey(x, &custodyv1.FetchDataKeyRequest{KeyName: "dk", Id: "a-1", Context: ctxA})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fb, err := b.FetchDataKey(x, &custodyv1.FetchDataKeyRequest{KeyName: "dk", Id: "a-1", Context: ctxB})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Equal(fa.GetPlaintext(), fb.GetPlaintext()) {
+		t.Fatal("two tenants' keys under one id are the same key")
 	}
 	// Even the unconstrained relay must give the stored context exactly.
-	for _, c := range []map[string]string{nil, {"tenant": "a", "extra": "x"}, ctxB} {
+	for _, c := range []map[string]string{nil, {"tenant": "a", "extra": "x"}} {
 		_, err = dataKeys(t, e, "relay").FetchDataKey(x, &custodyv1.FetchDataKeyRequest{KeyName: "dk", Id: "a-1", Context: c})
-		wantCode(t, err, codes.PermissionDenied, fmt.Sprintf("relay fetching a-1 with context %v", c))
+		wantCode(t, err, codes.NotFound, fmt.Sprintf("relay fetching a-1 with context %v", c))
 	}
-	// Tenant b cannot delete a's key either.
-	_, err = b.DeleteDataKey(x, &custodyv1.DeleteDataKeyRequest{KeyName: "dk", Id: "a-1", Context: ctxB})
-	wantCode(t, err, codes.PermissionDenied, "tenant b deleting a's id")
+	// Tenant b cannot delete a's key either: with a's context its grant
+	// refuses, and with its own it deletes only its own key.
+	_, err = b.DeleteDataKey(x, &custodyv1.DeleteDataKeyRequest{KeyName: "dk", Id: "a-1", Context: ctxA})
+	wantCode(t, err, codes.PermissionDenied, "tenant b deleting a's id with a's context")
+	if _, err := b.DeleteDataKey(x, &custodyv1.DeleteDataKeyRequest{KeyName: "dk", Id: "a-1", Context: ctxB}); err != nil {
+		t.Fatalf("tenant b deleting its own a-1: %v", err)
+	}
 	if _, err := a.FetchDataKey(x, &custodyv1.FetchDataKeyRequest{KeyName: "dk", Id: "a-1", Context: ctxA}); err != nil {
 		t.Fatalf("tenant a's own fetch after the refusals: %v", err)
 	}
@@ -387,7 +405,7 @@ func TestDeleteForgetsTheKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err := dk.DeleteDataKey(x, &custodyv1.DeleteDataKeyRequest{KeyName: "dk", Id: "gone"})
-	wantCode(t, err, codes.PermissionDenied, "delete with the wrong context")
+	wantCode(t, err, codes.NotFound, "delete with the wrong context")
 	_, err = dataKeys(t, e, "operator").DeleteDataKey(x, &custodyv1.DeleteDataKeyRequest{KeyName: "dk", Id: "gone", Context: c})
 	wantCode(t, err, codes.PermissionDenied, "operator deleting")
 	if _, err := dk.DeleteDataKey(x, &custodyv1.DeleteDataKeyRequest{KeyName: "dk", Id: "gone", Context: c}); err != nil {
@@ -447,65 +465,26 @@ func TestBadRequestsAreInvalidAndStoreNothing(t *testing.T) {
 	}
 }
 
-// TestFetchIsBudgetedLikeUnwrap serves the DataKeyService from a second
-// server built on the running custodyd's HSM, registry, store and audit log,
-// with a policy.Limiter (testenv's daemon does not configure budgets yet).
+// TestFetchIsBudgetedLikeUnwrap runs a dev vault whose relay has a budget
+// of 3 on the key: a fetch spends like an unwrap, a fetch of an unknown id
+// costs the same (ids cannot be probed for free), and refusals are audited.
 func TestFetchIsBudgetedLikeUnwrap(t *testing.T) {
-	e := dkEnv(t)
+	e := testenv.Start(t, testenv.Settings{Mutate: func(e *testenv.Env, c *config.Config) {
+		c.Grants = append(c.Grants, config.GrantConfig{Identity: "dev-relay", Keys: []string{"dk"},
+			Operations: []config.Operation{config.OpDataKey, config.OpUnwrap}, AllowPlaintext: true})
+		c.Budgets = append(c.Budgets, config.BudgetConfig{Identity: "dev-relay", Key: "dk", Rate: 0.001, Burst: 4, Volume: 1000, Window: time.Hour})
+	}})
+	e.CreateKey(t, "dk", custodyv1.KeyPurpose_ENCRYPT_AES256_GCM)
 	x := ctx(t)
-	if _, err := dataKeys(t, e, "relay").StoreDataKey(x, generate("dk", "b1", nil)); err != nil {
+	dk := dataKeys(t, e, "relay")
+	if _, err := dk.StoreDataKey(x, generate("dk", "b1", nil)); err != nil { // spends 1 of 4
 		t.Fatal(err)
 	}
-	pol, roles, err := daemon.PolicyFromConfig(e.Config)
-	if err != nil {
-		t.Fatal(err)
-	}
-	lim, err := policy.NewLimiter(policy.FreezeRule{Refusals: 1000, Within: time.Minute})
-	if err != nil {
-		t.Fatal(err)
-	}
-	now := time.Now()
-	relayID := e.Cert["relay"].Identity
-	if err := lim.SetBudget(relayID, "dk", policy.Budget{Rate: 0.001, Burst: 3, Volume: 1000, Window: time.Hour}, now); err != nil {
-		t.Fatal(err)
-	}
-	srv := server.New(server.Options{HSM: e.D.HSM, Keys: e.D.Keys, Policy: pol, Roles: roles, Limiter: lim, Audit: e.D.Audit, Now: func() time.Time { return now }})
-	tlsCfg, err := pki.ServerTLSConfig(e.Config.TLS.CertFile, e.Config.TLS.KeyFile, e.Config.TLS.ClientCAFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	g := grpc.NewServer(append(srv.ServerOptions(), grpc.Creds(credentials.NewTLS(tlsCfg)))...)
-	srv.Register(g)
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = g.Serve(lis) }()
-	t.Cleanup(g.Stop)
-	cl, err := pki.ClientTLSConfig(e.CAFile, e.Cert["relay"].CertFile, e.Cert["relay"].KeyFile, "localhost")
-	if err != nil {
-		t.Fatal(err)
-	}
-	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(credentials.NewTLS(cl)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	dk := custodyv1.NewDataKeyServiceClient(conn)
 	fetch := &custodyv1.FetchDataKeyRequest{KeyName: "dk", Id: "b1"}
-
-	// Without a store the service fails closed.
-	_, err = dk.FetchDataKey(x, fetch)
-	wantCode(t, err, codes.Unavailable, "fetch before SetDataKeyStore")
-	srv.SetDataKeyStore(e.D.Store)
-
-	// Burst 3: the refused call above spent nothing (it failed before
-	// authorisation). A fetch of an unknown id costs like any other, so ids
-	// cannot be probed for free.
 	if _, err := dk.FetchDataKey(x, fetch); err != nil {
 		t.Fatalf("fetch 1: %v", err)
 	}
-	_, err = dk.FetchDataKey(x, &custodyv1.FetchDataKeyRequest{KeyName: "dk", Id: "unknown"})
+	_, err := dk.FetchDataKey(x, &custodyv1.FetchDataKeyRequest{KeyName: "dk", Id: "unknown"})
 	wantCode(t, err, codes.NotFound, "fetch 2 (unknown id)")
 	if _, err := dk.FetchDataKey(x, fetch); err != nil {
 		t.Fatalf("fetch 3: %v", err)

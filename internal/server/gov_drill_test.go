@@ -218,7 +218,7 @@ func TestRogueOperatorDrill(t *testing.T) {
 		d.Shutdown(ctx(t))
 		t.Fatal("custodyd started after its governance state was deleted")
 	}
-	if !strings.Contains(err.Error(), "completed key ceremony") {
+	if !strings.Contains(err.Error(), "rolled back or had records deleted") {
 		t.Fatalf("start failed, but not for the deleted state: %v", err)
 	}
 }

@@ -16,22 +16,33 @@ import (
 
 	"github.com/custodyhq/custody/internal/audit"
 	"github.com/custodyhq/custody/internal/gateway"
+	"github.com/custodyhq/custody/internal/governance"
 	"github.com/custodyhq/custody/internal/pki"
 	"github.com/custodyhq/custody/internal/policy"
 )
 
-// ErrUnauthenticated: the caller presented no verified client certificate.
+// ErrUnauthenticated: the caller presented no verified client certificate,
+// or one from which no identity can be derived.
 var ErrUnauthenticated = errors.New("no verified client certificate")
 
 // errNoRole: the caller's identity has no role.
 var errNoRole = errors.New("identity has no role")
 
-// call is what one request records about itself for the audit log. Handlers
-// fill it as they learn the key, version and context.
+// errRoleRefused: the caller's role may not call the method at all.
+var errRoleRefused = errors.New("role may not call this method")
+
+// errUnknownMethod: a method custodyd does not declare.
+var errUnknownMethod = errors.New("unknown method")
+
+// call is what one request records about itself for the audit log. The
+// interceptor fills the caller and its declaration; handlers add the key,
+// version, context digest and detail as they learn them.
 type call struct {
+	m         *Method
+	snap      *governance.Snapshot
 	identity  string
 	role      policy.Role
-	method    string
+	method    string // the audited name: m.Name, or "<m.Name>[i]" for a batch item
 	key       string
 	version   uint32
 	ctxDigest []byte
@@ -49,6 +60,9 @@ func callFrom(ctx context.Context) *call {
 	}
 	return &call{}
 }
+
+// actor is the caller as governance sees it.
+func (c *call) actor() governance.Actor { return governance.Actor{Identity: c.identity, Role: c.role} }
 
 // caller identifies the peer from its verified client certificate. A
 // request from the REST gateway arrives on its in-process connection with
@@ -70,7 +84,46 @@ func caller(ctx context.Context) (string, error) {
 		return "", ErrUnauthenticated
 	}
 	var leaf *x509.Certificate = ti.State.VerifiedChains[0][0]
-	return pki.Identity(leaf)
+	id, err := pki.Identity(leaf)
+	if err != nil {
+		return "", fmt.Errorf("%w: %w", ErrUnauthenticated, err)
+	}
+	return id, nil
+}
+
+// isHealth reports whether a method is the standard health service, which
+// any mTLS-authenticated peer (load balancers, probes) may call unaudited.
+func isHealth(full string) bool { return strings.HasPrefix(full, "/grpc.health.v1.Health/") }
+
+// begin identifies the caller and checks its role against the method's
+// declaration. The returned context carries the call record even when the
+// request is refused, so the refusal is audited with what is known.
+func (s *Server) begin(ctx context.Context, full string) (context.Context, *call, error) {
+	c := &call{method: "unknown"}
+	ctx = context.WithValue(ctx, callKey{}, c)
+	m, ok := lookup(full)
+	if ok {
+		c.m, c.method = m, m.Name
+	}
+	id, err := caller(ctx)
+	if err != nil {
+		c.identity = "unauthenticated"
+		return ctx, c, err
+	}
+	c.identity = id
+	if !ok {
+		return ctx, c, fmt.Errorf("%w: %s", errUnknownMethod, shortMethod(full))
+	}
+	c.snap = s.gov.Snapshot()
+	role, ok := c.snap.Role(id)
+	if !ok {
+		return ctx, c, fmt.Errorf("%w: %s", errNoRole, id)
+	}
+	c.role = role
+	if !m.Allows(role) {
+		return ctx, c, fmt.Errorf("%w: role %q cannot call %s", errRoleRefused, role, m.Name)
+	}
+	return ctx, c, nil
 }
 
 func shortMethod(full string) string {
@@ -80,33 +133,12 @@ func shortMethod(full string) string {
 	return full
 }
 
-// isHealth reports whether a method is the standard health service, which
-// any mTLS-authenticated peer (load balancers, probes) may call unaudited.
-func isHealth(full string) bool { return strings.HasPrefix(full, "/grpc.health.v1.Health/") }
-
-func (s *Server) begin(ctx context.Context, full string) (context.Context, *call, error) {
-	c := &call{method: shortMethod(full)}
-	id, err := caller(ctx)
-	if err != nil {
-		c.identity = "unauthenticated"
-		return ctx, c, err
-	}
-	c.identity = id
-	role, ok := s.roles[id]
-	if !ok {
-		return ctx, c, fmt.Errorf("%w: %s", errNoRole, id)
-	}
-	c.role = role
-	return context.WithValue(ctx, callKey{}, c), c, nil
-}
-
 // finish audits the request and converts its error to a status. If the
 // audit record cannot be made durable, the request fails with UNAVAILABLE
 // whatever its outcome: nothing is answered off the record.
 func (s *Server) finish(ctx context.Context, c *call, err error, start time.Time) error {
 	st := toStatus(err, s.log)
-	rec := s.record(c, st)
-	if _, aerr := s.audit.Append(context.WithoutCancel(ctx), rec); aerr != nil {
+	if _, aerr := s.audit.Append(context.WithoutCancel(ctx), s.record(c, st)); aerr != nil {
 		s.log.Error("audit append failed; refusing request", "method", c.method, "err", aerr)
 		st = status.New(codes.Unavailable, "audit log unavailable: request refused")
 	}
@@ -114,7 +146,8 @@ func (s *Server) finish(ctx context.Context, c *call, err error, start time.Time
 	return st.Err()
 }
 
-// record builds the audit record of a finished request.
+// record builds the audit record of a finished request. The audit log fits
+// over-long or invalid fields itself: content never stops a record.
 func (s *Server) record(c *call, st *status.Status) audit.Record {
 	outcome := audit.OutcomeOK
 	switch {
@@ -125,13 +158,17 @@ func (s *Server) record(c *call, st *status.Status) audit.Record {
 		outcome = audit.OutcomeError
 	}
 	detail := c.detail
-	if st.Code() != codes.OK && detail == "" {
-		detail = st.Message()
+	if st.Code() != codes.OK {
+		if detail == "" {
+			detail = st.Message()
+		} else {
+			detail += ": " + st.Message()
+		}
 	}
 	return audit.Record{
 		Time: s.now(), Identity: c.identity, Role: string(c.role), Method: c.method,
 		Key: c.key, KeyVersion: uint64(c.version), ContextDigest: c.ctxDigest,
-		Outcome: outcome, Code: st.Code().String(), CaseRef: c.caseRef, Detail: truncate(detail, 256),
+		Outcome: outcome, Code: st.Code().String(), CaseRef: c.caseRef, Detail: detail,
 	}
 }
 
@@ -139,22 +176,40 @@ func isDenial(c codes.Code) bool {
 	return c == codes.PermissionDenied || c == codes.Unauthenticated || c == codes.ResourceExhausted
 }
 
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
+// intent writes a durable record of the state change the request is about
+// to make (audit, then act). A handler calls it right before the change; if
+// it fails, the handler changes nothing and the request fails UNAVAILABLE.
+func (s *Server) intent(ctx context.Context, what string) error {
+	c := callFrom(ctx)
+	rec := audit.Record{
+		Time: s.now(), Identity: c.identity, Role: string(c.role), Method: c.method, Key: c.key,
+		KeyVersion: uint64(c.version), ContextDigest: c.ctxDigest, Outcome: audit.OutcomeIntent, Code: "-", Detail: what,
 	}
-	return s[:n]
+	if _, err := s.audit.Append(context.WithoutCancel(ctx), rec); err != nil {
+		return fmt.Errorf("%w: %w", errAuditUnavailable, err)
+	}
+	return nil
 }
+
+// errAuditUnavailable: a record could not be made durable.
+var errAuditUnavailable = errors.New("audit log unavailable")
 
 func (s *Server) unaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	if isHealth(info.FullMethod) {
+		derr := decodeError(req)
 		if _, err := caller(ctx); err != nil {
 			return nil, toStatus(err, s.log).Err()
+		}
+		if derr != nil {
+			return nil, toStatus(derr, s.log).Err()
 		}
 		return handler(ctx, req)
 	}
 	start := time.Now()
 	ctx, c, err := s.begin(ctx, info.FullMethod)
+	if derr := decodeError(req); err == nil && derr != nil {
+		err = derr
+	}
 	var resp any
 	if err == nil {
 		resp, err = handler(ctx, req)
@@ -170,7 +225,7 @@ func (s *Server) streamInterceptor(srv any, ss grpc.ServerStream, info *grpc.Str
 		if _, err := caller(ss.Context()); err != nil {
 			return toStatus(err, s.log).Err()
 		}
-		return handler(srv, ss)
+		return handler(srv, &wrappedStream{ServerStream: ss, ctx: ss.Context()})
 	}
 	start := time.Now()
 	ctx, c, err := s.begin(ss.Context(), info.FullMethod)
@@ -180,9 +235,18 @@ func (s *Server) streamInterceptor(srv any, ss grpc.ServerStream, info *grpc.Str
 	return s.finish(ctx, c, err, start)
 }
 
+// wrappedStream carries the call record and surfaces requests that did not
+// decode (see tolerantCodec).
 type wrappedStream struct {
 	grpc.ServerStream
 	ctx context.Context
 }
 
 func (w *wrappedStream) Context() context.Context { return w.ctx }
+
+func (w *wrappedStream) RecvMsg(m any) error {
+	if err := w.ServerStream.RecvMsg(m); err != nil {
+		return err
+	}
+	return decodeError(m)
+}

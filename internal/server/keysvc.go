@@ -9,7 +9,6 @@ import (
 
 	custodyv1 "github.com/custodyhq/custody/api/custody/v1"
 	"github.com/custodyhq/custody/internal/keys"
-	"github.com/custodyhq/custody/internal/policy"
 )
 
 var purposeToProto = map[keys.Purpose]custodyv1.KeyPurpose{
@@ -67,17 +66,21 @@ func KeyToProto(k *keys.Key) *custodyv1.Key {
 	return out
 }
 
-// CreateKey creates a key whose first version is generated in the HSM.
+// CreateKey creates a key whose first version is generated in the HSM
+// (dev vaults only: a governed vault creates keys by proposal).
 func (s *Server) CreateKey(ctx context.Context, req *custodyv1.CreateKeyRequest) (*custodyv1.Key, error) {
-	callFrom(ctx).key = req.GetName()
-	if err := s.authorizeAdmin(ctx, policy.OpKeyAdmin); err != nil {
+	if err := checkKeyName(req.GetName()); err != nil {
 		return nil, err
 	}
-	if s.governed.Load() {
-		return nil, fmt.Errorf("%w: key changes are made by governance proposals (custodyctl proposal create create-key)", ErrRequiresProposal)
+	callFrom(ctx).key = req.GetName()
+	if err := governedRefusal(ctx, "key changes", "create-key"); err != nil {
+		return nil, err
 	}
 	p, err := PurposeFromProto(req.GetPurpose())
 	if err != nil {
+		return nil, err
+	}
+	if err := s.intent(ctx, "create key "+p.String()); err != nil {
 		return nil, err
 	}
 	k, err := s.keys.Create(ctx, req.GetName(), p, req.GetDescription())
@@ -90,10 +93,10 @@ func (s *Server) CreateKey(ctx context.Context, req *custodyv1.CreateKeyRequest)
 
 // GetKey returns a key's metadata.
 func (s *Server) GetKey(ctx context.Context, req *custodyv1.GetKeyRequest) (*custodyv1.Key, error) {
-	callFrom(ctx).key = req.GetName()
-	if err := s.authorizeAdmin(ctx, policy.OpKeyRead); err != nil {
+	if err := checkKeyName(req.GetName()); err != nil {
 		return nil, err
 	}
+	callFrom(ctx).key = req.GetName()
 	e, err := s.keys.Get(req.GetName())
 	if err != nil {
 		return nil, err
@@ -104,9 +107,6 @@ func (s *Server) GetKey(ctx context.Context, req *custodyv1.GetKeyRequest) (*cus
 // ListKeys pages through keys by name. The page token is the last name of
 // the previous page.
 func (s *Server) ListKeys(ctx context.Context, req *custodyv1.ListKeysRequest) (*custodyv1.ListKeysResponse, error) {
-	if err := s.authorizeAdmin(ctx, policy.OpKeyRead); err != nil {
-		return nil, err
-	}
 	size := int(req.GetPageSize())
 	if size < 0 {
 		return nil, fmt.Errorf("%w: page_size must not be negative", ErrInvalidArgument)
@@ -131,19 +131,18 @@ func (s *Server) ListKeys(ctx context.Context, req *custodyv1.ListKeysRequest) (
 	return out, nil
 }
 
-func (s *Server) keyAdmin(ctx context.Context, name string, version uint32, fn func() (*keys.Key, error)) (*custodyv1.Key, error) {
+// keyAdmin runs a direct key change on a vault that is not governed, after
+// its intent record (fn's own checks of the request come first).
+func (s *Server) keyAdmin(ctx context.Context, name string, version uint32, fn func(act func() error) (*keys.Key, error)) (*custodyv1.Key, error) {
+	if err := checkKeyName(name); err != nil {
+		return nil, err
+	}
 	c := callFrom(ctx)
 	c.key, c.version = name, version
-	if err := s.authorizeAdmin(ctx, policy.OpKeyAdmin); err != nil {
+	if err := governedRefusal(ctx, "key changes", ""); err != nil {
 		return nil, err
 	}
-	if s.governed.Load() {
-		return nil, fmt.Errorf("%w: key changes are made by governance proposals", ErrRequiresProposal)
-	}
-	if err := requireName(name); err != nil {
-		return nil, err
-	}
-	k, err := fn()
+	k, err := fn(func() error { return s.intent(ctx, c.method) })
 	if err != nil {
 		return nil, err
 	}
@@ -152,7 +151,10 @@ func (s *Server) keyAdmin(ctx context.Context, name string, version uint32, fn f
 
 // RotateKey adds a version generated in the HSM and makes it primary.
 func (s *Server) RotateKey(ctx context.Context, req *custodyv1.RotateKeyRequest) (*custodyv1.Key, error) {
-	return s.keyAdmin(ctx, req.GetName(), 0, func() (*keys.Key, error) {
+	return s.keyAdmin(ctx, req.GetName(), 0, func(act func() error) (*keys.Key, error) {
+		if err := act(); err != nil {
+			return nil, err
+		}
 		k, err := s.keys.Rotate(ctx, req.GetName())
 		if err == nil {
 			callFrom(ctx).version = k.Primary
@@ -170,8 +172,11 @@ func requireVersion(v uint32) error {
 
 // EnableKeyVersion re-enables a disabled version.
 func (s *Server) EnableKeyVersion(ctx context.Context, req *custodyv1.KeyVersionRequest) (*custodyv1.Key, error) {
-	return s.keyAdmin(ctx, req.GetName(), req.GetVersion(), func() (*keys.Key, error) {
+	return s.keyAdmin(ctx, req.GetName(), req.GetVersion(), func(act func() error) (*keys.Key, error) {
 		if err := requireVersion(req.GetVersion()); err != nil {
+			return nil, err
+		}
+		if err := act(); err != nil {
 			return nil, err
 		}
 		return s.keys.Enable(ctx, req.GetName(), req.GetVersion())
@@ -180,8 +185,11 @@ func (s *Server) EnableKeyVersion(ctx context.Context, req *custodyv1.KeyVersion
 
 // DisableKeyVersion disables a version other than the primary.
 func (s *Server) DisableKeyVersion(ctx context.Context, req *custodyv1.KeyVersionRequest) (*custodyv1.Key, error) {
-	return s.keyAdmin(ctx, req.GetName(), req.GetVersion(), func() (*keys.Key, error) {
+	return s.keyAdmin(ctx, req.GetName(), req.GetVersion(), func(act func() error) (*keys.Key, error) {
 		if err := requireVersion(req.GetVersion()); err != nil {
+			return nil, err
+		}
+		if err := act(); err != nil {
 			return nil, err
 		}
 		return s.keys.Disable(ctx, req.GetName(), req.GetVersion())
@@ -190,8 +198,11 @@ func (s *Server) DisableKeyVersion(ctx context.Context, req *custodyv1.KeyVersio
 
 // SetMinDecryptionVersion refuses decryption below a version.
 func (s *Server) SetMinDecryptionVersion(ctx context.Context, req *custodyv1.SetMinDecryptionVersionRequest) (*custodyv1.Key, error) {
-	return s.keyAdmin(ctx, req.GetName(), req.GetVersion(), func() (*keys.Key, error) {
+	return s.keyAdmin(ctx, req.GetName(), req.GetVersion(), func(act func() error) (*keys.Key, error) {
 		if err := requireVersion(req.GetVersion()); err != nil {
+			return nil, err
+		}
+		if err := act(); err != nil {
 			return nil, err
 		}
 		return s.keys.SetMinDecrypt(ctx, req.GetName(), req.GetVersion())
@@ -201,7 +212,7 @@ func (s *Server) SetMinDecryptionVersion(ctx context.Context, req *custodyv1.Set
 // ScheduleKeyDestruction schedules a version's HSM object for deletion after
 // a waiting period.
 func (s *Server) ScheduleKeyDestruction(ctx context.Context, req *custodyv1.ScheduleKeyDestructionRequest) (*custodyv1.Key, error) {
-	return s.keyAdmin(ctx, req.GetName(), req.GetVersion(), func() (*keys.Key, error) {
+	return s.keyAdmin(ctx, req.GetName(), req.GetVersion(), func(act func() error) (*keys.Key, error) {
 		if err := requireVersion(req.GetVersion()); err != nil {
 			return nil, err
 		}
@@ -214,14 +225,20 @@ func (s *Server) ScheduleKeyDestruction(ctx context.Context, req *custodyv1.Sche
 				wait = d.AsDuration()
 			}
 		}
+		if err := act(); err != nil {
+			return nil, err
+		}
 		return s.keys.ScheduleDestroy(ctx, req.GetName(), req.GetVersion(), wait)
 	})
 }
 
 // CancelKeyDestruction cancels a scheduled destruction.
 func (s *Server) CancelKeyDestruction(ctx context.Context, req *custodyv1.KeyVersionRequest) (*custodyv1.Key, error) {
-	return s.keyAdmin(ctx, req.GetName(), req.GetVersion(), func() (*keys.Key, error) {
+	return s.keyAdmin(ctx, req.GetName(), req.GetVersion(), func(act func() error) (*keys.Key, error) {
 		if err := requireVersion(req.GetVersion()); err != nil {
+			return nil, err
+		}
+		if err := act(); err != nil {
 			return nil, err
 		}
 		return s.keys.CancelDestroy(ctx, req.GetName(), req.GetVersion())

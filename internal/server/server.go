@@ -1,18 +1,25 @@
 // Package server implements Custody's gRPC services over the HSM, the key
-// registry, the policy and the audit log.
+// registry, governance's access snapshot and the audit log.
 //
 // Invariants:
-//   - Every RPC passes one interceptor chain: the caller is identified from
-//     its verified client certificate (mTLS only), every request — allowed,
-//     denied or failed — is written to the audit log before it is answered,
-//     and a request whose audit record cannot be made durable fails with
-//     UNAVAILABLE (fail closed).
-//   - Authorisation is decided per key and operation by the policy before
-//     the HSM is touched; a caller without a role gets nothing.
+//   - Every RPC is declared once, in Methods: the roles that may call it,
+//     its policy operation, whether a disclosure order may authorise it, its
+//     budget cost, how it is audited and what the transparency report counts
+//     it as. The interceptor refuses any method not declared and any caller
+//     whose role the declaration does not list, before a handler runs.
+//   - Every request that reaches the server — allowed, denied, malformed or
+//     failed — is written to the audit log before it is answered, and a
+//     request whose record cannot be made durable fails with UNAVAILABLE
+//     (fail closed). A state change is made only after an intent record for
+//     it is durable (audit, then act).
+//   - Key operations are decided per key by the access snapshot governance
+//     publishes (one atomic load per request) before the HSM or the key
+//     registry is touched, so an ungranted caller learns nothing about which
+//     keys exist. The server holds no governance state.
 //   - Errors become gRPC status codes in exactly one place (status.go).
-//   - No handler returns key material of a key in custody; the only key bytes
-//     that ever leave are data keys, and only where the caller asked for
-//     plaintext and its grant allows it.
+//   - No handler returns key material of a key in custody; the only key
+//     bytes that ever leave are data keys, and only where the caller's grant
+//     (or a disclosure order) allows it.
 package server
 
 import (
@@ -28,8 +35,8 @@ import (
 	custodyv1 "github.com/custodyhq/custody/api/custody/v1"
 	"github.com/custodyhq/custody/hsm"
 	"github.com/custodyhq/custody/internal/audit"
+	"github.com/custodyhq/custody/internal/governance"
 	"github.com/custodyhq/custody/internal/keys"
-	"github.com/custodyhq/custody/internal/policy"
 )
 
 // Auditor is where request records go. *audit.Log implements it.
@@ -39,16 +46,18 @@ type Auditor interface {
 
 // Options wires a Server.
 type Options struct {
-	HSM     *hsm.Module
-	Keys    *keys.Registry
-	Policy  *policy.Policy
-	Roles   map[string]policy.Role // identity -> role
-	Limiter *policy.Limiter        // nil: no budgets are enforced
-	Audit   Auditor                // required: every request is audited
-	Metrics *Metrics               // nil: no metrics
-	Logger  *slog.Logger
-	Now     func() time.Time
-	Limits  Limits
+	HSM  *hsm.Module
+	Keys *keys.Registry
+	// Gov is the vault's governance: the access snapshot, budgets, orders.
+	Gov *governance.Governance
+	// Audit receives every request record (required).
+	Audit Auditor
+	// Digester computes the keyed context digests that records carry.
+	Digester *keys.ContextDigester
+	Metrics  *Metrics // nil: no metrics
+	Logger   *slog.Logger
+	Now      func() time.Time
+	Limits   Limits
 }
 
 // Limits bound request sizes.
@@ -64,16 +73,11 @@ type Server struct {
 	custodyv1.UnimplementedKeyServiceServer
 	custodyv1.UnimplementedCryptoServiceServer
 
-	hsm     *hsm.Module
-	keys    *keys.Registry
-	policy  atomic.Pointer[policy.Policy]
-	roles   map[string]policy.Role         // identity -> role; replaced whole, never mutated
-	limiter atomic.Pointer[policy.Limiter] // nil: no budgets (development, before the ceremony)
-	// gov is set by NewGovernance before serving; governed refuses direct
-	// key and grant changes once the vault is under quorum governance.
-	gov      *Governance
-	governed atomic.Bool
+	hsm      *hsm.Module
+	keys     *keys.Registry
+	gov      *governance.Governance
 	audit    Auditor
+	digester *keys.ContextDigester
 	metrics  *Metrics
 	log      *slog.Logger
 	now      func() time.Time
@@ -103,41 +107,29 @@ func New(o Options) *Server {
 	if o.Limits.DestroyWaitDefault <= 0 {
 		o.Limits.DestroyWaitDefault = 7 * 24 * time.Hour
 	}
-	s := &Server{
-		hsm: o.HSM, keys: o.Keys, audit: o.Audit, metrics: o.Metrics,
+	return &Server{
+		hsm: o.HSM, keys: o.Keys, gov: o.Gov, audit: o.Audit, digester: o.Digester, metrics: o.Metrics,
 		log: o.Logger, now: o.Now, limits: o.Limits, health: health.NewServer(),
 	}
-	s.policy.Store(o.Policy)
-	if o.Limiter != nil {
-		s.limiter.Store(o.Limiter)
-	}
-	s.SetRoles(o.Roles)
-	return s
 }
-
-// SetPolicy swaps the policy atomically (after a grant change).
-func (s *Server) SetPolicy(p *policy.Policy) { s.policy.Store(p) }
-
-// Policy returns the policy in force.
-func (s *Server) Policy() *policy.Policy { return s.policy.Load() }
 
 // Register adds the services to a gRPC server.
 func (s *Server) Register(g *grpc.Server) {
 	custodyv1.RegisterKeyServiceServer(g, s)
 	custodyv1.RegisterCryptoServiceServer(g, s)
-	if s.gov != nil {
-		custodyv1.RegisterGovernanceServiceServer(g, s.gov)
-	}
-	custodyv1.RegisterDataKeyServiceServer(g, s.DataKeyServiceServer())
+	custodyv1.RegisterGovernanceServiceServer(g, governanceService{s: s})
+	custodyv1.RegisterDataKeyServiceServer(g, dataKeyService{s: s})
 	healthpb.RegisterHealthServer(g, s.health)
 }
 
 // Health is the standard health service, for the daemon to set serving state.
 func (s *Server) Health() *health.Server { return s.health }
 
-// ServerOptions returns the interceptors every custody gRPC server must use.
+// ServerOptions returns the options every custody gRPC server must use: the
+// interceptors, and the codec that lets a malformed request reach them.
 func (s *Server) ServerOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
+		grpc.ForceServerCodecV2(tolerantCodec{}),
 		grpc.ChainUnaryInterceptor(s.unaryInterceptor),
 		grpc.ChainStreamInterceptor(s.streamInterceptor),
 	}

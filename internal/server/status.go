@@ -5,11 +5,15 @@ import (
 	"errors"
 	"log/slog"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/custodyhq/custody/hsm"
+	"github.com/custodyhq/custody/internal/governance"
 	"github.com/custodyhq/custody/internal/keys"
+	"github.com/custodyhq/custody/internal/names"
 	"github.com/custodyhq/custody/internal/policy"
 	"github.com/custodyhq/custody/internal/quorum"
 	"github.com/custodyhq/custody/internal/store"
@@ -31,6 +35,10 @@ func toStatus(err error, log *slog.Logger) *status.Status {
 	if st, ok := status.FromError(err); ok && st.Code() != codes.Unknown {
 		return st
 	}
+	var be *governance.BudgetError
+	if errors.As(err, &be) {
+		return budgetStatus(be)
+	}
 	msg := err.Error()
 	code := codes.Internal
 	switch {
@@ -40,11 +48,17 @@ func toStatus(err error, log *slog.Logger) *status.Status {
 		code = codes.DeadlineExceeded
 	case errors.Is(err, ErrUnauthenticated):
 		code = codes.Unauthenticated
-	case errors.Is(err, ErrRequiresProposal), errors.Is(err, ErrCeremonyDone), errors.Is(err, ErrNoCeremony),
+	case errors.Is(err, errUnknownMethod):
+		code = codes.Unimplemented
+	case errors.Is(err, errAuditUnavailable), errors.Is(err, governance.ErrUnavailable), errors.Is(err, store.ErrUnavailable):
+		code = codes.Unavailable
+	case errors.Is(err, governance.ErrInvalid), errors.Is(err, names.ErrInvalid):
+		code = codes.InvalidArgument
+	case errors.Is(err, governance.ErrRequiresProposal), errors.Is(err, governance.ErrCeremonyDone), errors.Is(err, governance.ErrNoCeremony),
 		errors.Is(err, quorum.ErrExpired), errors.Is(err, quorum.ErrExecuted), errors.Is(err, quorum.ErrVetoed),
 		errors.Is(err, quorum.ErrNotReady), errors.Is(err, quorum.ErrProposalMismatch):
 		code = codes.FailedPrecondition
-	case errors.Is(err, ErrGovNotFound), errors.Is(err, quorum.ErrUnknownProposal):
+	case errors.Is(err, governance.ErrNotFound), errors.Is(err, quorum.ErrUnknownProposal):
 		code = codes.NotFound
 	case errors.Is(err, quorum.ErrDuplicateApproval), errors.Is(err, quorum.ErrDuplicateProposal):
 		code = codes.AlreadyExists
@@ -54,7 +68,7 @@ func toStatus(err error, log *slog.Logger) *status.Status {
 	case errors.Is(err, quorum.ErrInvalidProposal), errors.Is(err, quorum.ErrNotCanonical),
 		errors.Is(err, quorum.ErrInvalidOfficers), errors.Is(err, quorum.ErrUnsupportedKey):
 		code = codes.InvalidArgument
-	case errors.Is(err, errNoRole), errors.Is(err, policy.ErrNoRole), errors.Is(err, policy.ErrNotGranted),
+	case errors.Is(err, errNoRole), errors.Is(err, errRoleRefused), errors.Is(err, policy.ErrNoRole), errors.Is(err, policy.ErrNotGranted),
 		errors.Is(err, policy.ErrContextMismatch), errors.Is(err, policy.ErrFrozen),
 		errors.Is(err, policy.ErrNoBudget), errors.Is(err, policy.ErrUnknownOp):
 		code = codes.PermissionDenied
@@ -89,4 +103,25 @@ func toStatus(err error, log *slog.Logger) *status.Status {
 		}
 	}
 	return status.New(code, msg)
+}
+
+// budgetStatus renders a refused budget spend: RESOURCE_EXHAUSTED with a
+// RetryInfo detail when waiting helps; a freeze is still exhausted but no
+// retry will help until an unfreeze proposal executes; a missing budget is
+// PERMISSION_DENIED.
+func budgetStatus(e *governance.BudgetError) *status.Status {
+	if errors.Is(e.Err, policy.ErrFrozen) {
+		return status.New(codes.ResourceExhausted, e.Error()+" (frozen until an unfreeze proposal executes)")
+	}
+	st := toStatus(e.Err, nil)
+	if st.Code() != codes.ResourceExhausted {
+		return status.New(st.Code(), e.Error())
+	}
+	st = status.New(codes.ResourceExhausted, e.Error())
+	if e.RetryAfter > 0 {
+		if d, err := st.WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(e.RetryAfter)}); err == nil {
+			return d
+		}
+	}
+	return st
 }

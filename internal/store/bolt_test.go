@@ -2,6 +2,7 @@ package store_test
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -171,7 +172,7 @@ func editBoltFile(t *testing.T, path string, edit func(kv *bolt.Bucket) error) {
 func TestAuthenticatedDetectsValueEditedInBoltFile(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "store.db")
 	sealer := storetest.NewHMACSealer(t)
-	s := store.Authenticated(openBolt(t, path, store.BoltOptions{}), sealer)
+	s := storetest.Authenticated(t, openBolt(t, path, store.BoltOptions{}), sealer)
 	ctx := t.Context()
 	if err := store.Put(ctx, s, "policy/relay-1", []byte(`{"max_per_hour":100}`)); err != nil {
 		t.Fatal(err)
@@ -187,7 +188,7 @@ func TestAuthenticatedDetectsValueEditedInBoltFile(t *testing.T) {
 		return b.Put([]byte("policy/relay-1"), edited)
 	})
 
-	s = store.Authenticated(openBolt(t, path, store.BoltOptions{}), sealer)
+	s = storetest.Authenticated(t, openBolt(t, path, store.BoltOptions{}), sealer)
 	if _, err := s.Get(ctx, "policy/relay-1"); !errors.Is(err, store.ErrTampered) {
 		t.Fatalf("get of edited record: got %v, want ErrTampered", err)
 	}
@@ -196,7 +197,7 @@ func TestAuthenticatedDetectsValueEditedInBoltFile(t *testing.T) {
 func TestAuthenticatedDetectsValueMovedInBoltFile(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "store.db")
 	sealer := storetest.NewHMACSealer(t)
-	s := store.Authenticated(openBolt(t, path, store.BoltOptions{}), sealer)
+	s := storetest.Authenticated(t, openBolt(t, path, store.BoltOptions{}), sealer)
 	ctx := t.Context()
 	if err := store.Put(ctx, s, "grants/alice", []byte("decrypt")); err != nil {
 		t.Fatal(err)
@@ -208,13 +209,12 @@ func TestAuthenticatedDetectsValueMovedInBoltFile(t *testing.T) {
 		return b.Put([]byte("grants/mallory"), rec)
 	})
 
-	s = store.Authenticated(openBolt(t, path, store.BoltOptions{}), sealer)
-	if _, err := s.Get(ctx, "grants/mallory"); !errors.Is(err, store.ErrTampered) {
-		t.Fatalf("get of moved record: got %v, want ErrTampered", err)
+	// The copy adds a record the anchor does not know: refused at open.
+	raw := openBolt(t, path, store.BoltOptions{})
+	if _, err := store.Authenticated(ctx, raw, sealer, store.AuthOptions{}); !errors.Is(err, store.ErrRolledBack) {
+		t.Fatalf("open with a moved record: got %v, want ErrRolledBack", err)
 	}
-	if kv, err := s.Get(ctx, "grants/alice"); err != nil || string(kv.Value) != "decrypt" {
-		t.Fatalf("original record: %q, %v", kv.Value, err)
-	}
+	raw.Close()
 }
 
 func TestBoltRejectsCorruptRecord(t *testing.T) {
@@ -256,4 +256,162 @@ func BenchmarkBoltGet(b *testing.B) {
 		}
 		i++
 	}
+}
+
+// copyFile copies a closed bbolt file (an operator's backup).
+func copyFile(t *testing.T, from, to string) {
+	t.Helper()
+	b, err := os.ReadFile(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(to, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Someone with the store file restores one record from an older copy (a
+// grant an executed proposal removed, a budget before it was spent): its
+// seal still verifies, but its write revision no longer matches the anchor.
+func TestAuthenticatedRefusesOneRecordRolledBackFromAnOlderCopy(t *testing.T) {
+	dir := t.TempDir()
+	path, backup := filepath.Join(dir, "store.db"), filepath.Join(dir, "backup.db")
+	sealer := storetest.NewHMACSealer(t)
+	ctx := t.Context()
+	s := storetest.Authenticated(t, openBolt(t, path, store.BoltOptions{}), sealer)
+	if err := store.Put(ctx, s, "gov/state", []byte(`{"frozen":false}`)); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	copyFile(t, path, backup)
+	s = storetest.Authenticated(t, openBolt(t, path, store.BoltOptions{}), sealer)
+	if err := store.Put(ctx, s, "gov/state", []byte(`{"frozen":true}`)); err != nil {
+		t.Fatal(err)
+	}
+	newer := s.Anchor()
+	s.Close()
+
+	var old []byte
+	bdb, err := bolt.Open(backup, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = bdb.View(func(tx *bolt.Tx) error {
+		old = append([]byte(nil), tx.Bucket([]byte("kv")).Get([]byte("gov/state"))...)
+		return nil
+	})
+	bdb.Close()
+	editBoltFile(t, path, func(b *bolt.Bucket) error { return b.Put([]byte("gov/state"), old) })
+	raw := openBolt(t, path, store.BoltOptions{})
+	if _, err := store.Authenticated(ctx, raw, sealer, store.AuthOptions{}); !errors.Is(err, store.ErrRolledBack) {
+		t.Fatalf("open with one record rolled back: %v, want ErrRolledBack", err)
+	}
+	raw.Close()
+
+	// The whole older file opens (it is consistent), but its anchor says it
+	// is older: audit checkpoints record the newer revision.
+	s = storetest.Authenticated(t, openBolt(t, backup, store.BoltOptions{}), sealer)
+	if got := s.Anchor().Revision; got >= newer.Revision {
+		t.Fatalf("older copy has anchor revision %d, newer store %d", got, newer.Revision)
+	}
+}
+
+func TestAuthenticatedRefusesADeletedRecordOrAnchor(t *testing.T) {
+	for _, victim := range []string{"keys/a", store.AnchorKey} {
+		path := filepath.Join(t.TempDir(), "store.db")
+		sealer := storetest.NewHMACSealer(t)
+		s := storetest.Authenticated(t, openBolt(t, path, store.BoltOptions{}), sealer)
+		for _, k := range []string{"keys/a", "keys/b"} {
+			if err := store.Put(t.Context(), s, k, []byte("v")); err != nil {
+				t.Fatal(err)
+			}
+		}
+		s.Close()
+		editBoltFile(t, path, func(b *bolt.Bucket) error { return b.Delete([]byte(victim)) })
+		raw := openBolt(t, path, store.BoltOptions{})
+		if _, err := store.Authenticated(t.Context(), raw, sealer, store.AuthOptions{}); !errors.Is(err, store.ErrRolledBack) {
+			t.Errorf("deleted %s: %v, want ErrRolledBack", victim, err)
+		}
+		raw.Close()
+	}
+}
+
+// Stored data keys are sealed and bound to a revision but kept out of the
+// anchor: writing them does not move it.
+func TestUnanchoredRecordsDoNotMoveTheAnchor(t *testing.T) {
+	s := storetest.Authenticated(t, openBolt(t, filepath.Join(t.TempDir(), "store.db"), store.BoltOptions{}), storetest.NewHMACSealer(t))
+	if err := store.Put(t.Context(), s, "keys/a", []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	before := s.Anchor()
+	for i := range 5 {
+		if err := store.Put(t.Context(), s, fmt.Sprintf("dk/a/x/%d", i), []byte("wrapped")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if s.Anchor() != before {
+		t.Fatalf("anchor moved from %v to %v on unanchored writes", before, s.Anchor())
+	}
+}
+
+// flakySealer's HSM is unreachable: its errors must read as unavailability.
+type flakySealer struct {
+	*storetest.HMACSealer
+	down bool
+}
+
+func (f *flakySealer) Open(ctx context.Context, k string, sealed []byte) ([]byte, error) {
+	if f.down {
+		return nil, errors.New("hsm: device removed")
+	}
+	return f.HMACSealer.Open(ctx, k, sealed)
+}
+
+func TestAnHSMOutageIsUnavailableNotTampering(t *testing.T) {
+	f := &flakySealer{HMACSealer: storetest.NewHMACSealer(t)}
+	s := storetest.Authenticated(t, openBolt(t, filepath.Join(t.TempDir(), "store.db"), store.BoltOptions{}), f)
+	if err := store.Put(t.Context(), s, "keys/a", []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	f.down = true
+	_, err := s.Get(t.Context(), "keys/a")
+	if !errors.Is(err, store.ErrUnavailable) || errors.Is(err, store.ErrTampered) {
+		t.Fatalf("get while the hsm is down: %v, want ErrUnavailable and not ErrTampered", err)
+	}
+	f.down = false
+	if _, err := s.Get(t.Context(), "keys/a"); err != nil {
+		t.Fatalf("after the hsm is back: %v", err)
+	}
+}
+
+// A store written before anchors existed is verified and re-sealed once.
+func TestAuthenticatedReSealsAPreAnchorStoreOnce(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "store.db")
+	sealer := storetest.NewHMACSealer(t)
+	raw := openBolt(t, path, store.BoltOptions{})
+	for _, k := range []string{"keys/a", "gov/state", "dk/a/x"} {
+		legacy, _ := sealer.Seal(t.Context(), k, []byte("old-"+k)) // value || tag, no revision
+		if err := store.Put(t.Context(), raw, k, legacy); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s := storetest.Authenticated(t, raw, sealer)
+	for _, k := range []string{"keys/a", "gov/state", "dk/a/x"} {
+		if kv, err := s.Get(t.Context(), k); err != nil || string(kv.Value) != "old-"+k {
+			t.Fatalf("%s after re-sealing: %q %v", k, kv.Value, err)
+		}
+	}
+	if s.Anchor().Revision == 0 {
+		t.Fatal("re-sealed store has no anchor")
+	}
+	// A forged pre-anchor value is refused, not re-sealed.
+	s.Close()
+	raw = openBolt(t, path, store.BoltOptions{})
+	if err := store.Put(t.Context(), raw, "keys/b", []byte("forged-without-a-tag-of-32-bytes-or-more")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.Authenticated(t.Context(), raw, sealer, store.AuthOptions{}); err == nil {
+		t.Fatal("a forged record was accepted")
+	}
+	raw.Close()
 }

@@ -55,6 +55,10 @@ var (
 	ErrInvalid = errors.New("store: invalid request")
 	// ErrTampered means a value failed authentication (see Authenticated).
 	ErrTampered = errors.New("store: value failed authentication")
+	// ErrUnavailable means a value could not be sealed or verified right
+	// now (the HSM is unreachable): nothing is known about the value, and
+	// the request may be retried. It is never reported as tampering.
+	ErrUnavailable = errors.New("store: cannot seal or verify values now")
 	// ErrWatchLagged is carried by the final event of a watch whose reader
 	// fell so far behind that its buffer filled. The watcher must re-read
 	// (List) and watch again.

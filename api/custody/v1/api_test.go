@@ -232,6 +232,7 @@ func TestAuditServiceListsExactlyTheAgreedRPCs(t *testing.T) {
 		{rpc{"GetLatestCheckpoint", "GetLatestCheckpointRequest", "AuditCheckpoint"}, false},
 		{rpc{"GetAuditPublicKey", "GetAuditPublicKeyRequest", "AuditPublicKey"}, false},
 		{rpc{"Report", "ReportRequest", "TransparencyReport"}, false},
+		{rpc{"DigestContext", "DigestContextRequest", "DigestContextResponse"}, false},
 	}
 	if ms.Len() != len(want) {
 		t.Errorf("AuditService has %d RPCs, want %d", ms.Len(), len(want))
@@ -244,8 +245,8 @@ func TestAuditServiceListsExactlyTheAgreedRPCs(t *testing.T) {
 				i, got, m.IsStreamingServer(), m.IsStreamingClient(), want[i].rpc, want[i].serverStream)
 		}
 	}
-	if n := len(custodyv1.AuditService_ServiceDesc.Methods); n != 3 {
-		t.Errorf("grpc AuditService_ServiceDesc has %d unary methods, want 3", n)
+	if n := len(custodyv1.AuditService_ServiceDesc.Methods); n != 4 {
+		t.Errorf("grpc AuditService_ServiceDesc has %d unary methods, want 4", n)
 	}
 	if n := len(custodyv1.AuditService_ServiceDesc.Streams); n != 1 {
 		t.Errorf("grpc AuditService_ServiceDesc has %d streams, want 1", n)

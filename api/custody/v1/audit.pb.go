@@ -557,9 +557,10 @@ type ReportRequest struct {
 	Since *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=since,proto3" json:"since,omitempty"`
 	// until: records before this time; unset means up to the head.
 	Until *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=until,proto3" json:"until,omitempty"`
-	// methods: the RPC methods counted as decrypt/unwrap operations; empty
-	// means the server's default set (Decrypt, BatchDecrypt, Unwrap,
-	// BatchUnwrap, Rewrap). The set used is listed in the signed report.
+	// methods: narrow the report to these methods (each must be one the
+	// server counts: every method that yields plaintext or a data key, batch
+	// items included). Empty means all of them. The set used is listed in the
+	// signed report.
 	Methods       []string `protobuf:"bytes,3,rep,name=methods,proto3" json:"methods,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -616,6 +617,96 @@ func (x *ReportRequest) GetMethods() []string {
 	return nil
 }
 
+// DigestContextRequest names one encryption context.
+type DigestContextRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Context       map[string]string      `protobuf:"bytes,1,rep,name=context,proto3" json:"context,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DigestContextRequest) Reset() {
+	*x = DigestContextRequest{}
+	mi := &file_custody_v1_audit_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DigestContextRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DigestContextRequest) ProtoMessage() {}
+
+func (x *DigestContextRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_custody_v1_audit_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DigestContextRequest.ProtoReflect.Descriptor instead.
+func (*DigestContextRequest) Descriptor() ([]byte, []int) {
+	return file_custody_v1_audit_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *DigestContextRequest) GetContext() map[string]string {
+	if x != nil {
+		return x.Context
+	}
+	return nil
+}
+
+// DigestContextResponse is the context's digest as audit records carry it.
+type DigestContextResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Digest        []byte                 `protobuf:"bytes,1,opt,name=digest,proto3" json:"digest,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DigestContextResponse) Reset() {
+	*x = DigestContextResponse{}
+	mi := &file_custody_v1_audit_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DigestContextResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DigestContextResponse) ProtoMessage() {}
+
+func (x *DigestContextResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_custody_v1_audit_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DigestContextResponse.ProtoReflect.Descriptor instead.
+func (*DigestContextResponse) Descriptor() ([]byte, []int) {
+	return file_custody_v1_audit_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *DigestContextResponse) GetDigest() []byte {
+	if x != nil {
+		return x.Digest
+	}
+	return nil
+}
+
 // TransparencyReport is a signed, publishable summary of a window of the log.
 type TransparencyReport struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -632,7 +723,7 @@ type TransparencyReport struct {
 
 func (x *TransparencyReport) Reset() {
 	*x = TransparencyReport{}
-	mi := &file_custody_v1_audit_proto_msgTypes[7]
+	mi := &file_custody_v1_audit_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -644,7 +735,7 @@ func (x *TransparencyReport) String() string {
 func (*TransparencyReport) ProtoMessage() {}
 
 func (x *TransparencyReport) ProtoReflect() protoreflect.Message {
-	mi := &file_custody_v1_audit_proto_msgTypes[7]
+	mi := &file_custody_v1_audit_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -657,7 +748,7 @@ func (x *TransparencyReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransparencyReport.ProtoReflect.Descriptor instead.
 func (*TransparencyReport) Descriptor() ([]byte, []int) {
-	return file_custody_v1_audit_proto_rawDescGZIP(), []int{7}
+	return file_custody_v1_audit_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *TransparencyReport) GetJson() []byte {
@@ -724,15 +815,23 @@ const file_custody_v1_audit_proto_rawDesc = "" +
 	"\rReportRequest\x120\n" +
 	"\x05since\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x120\n" +
 	"\x05until\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x05until\x12\x18\n" +
-	"\amethods\x18\x03 \x03(\tR\amethods\"F\n" +
+	"\amethods\x18\x03 \x03(\tR\amethods\"\x9b\x01\n" +
+	"\x14DigestContextRequest\x12G\n" +
+	"\acontext\x18\x01 \x03(\v2-.custody.v1.DigestContextRequest.ContextEntryR\acontext\x1a:\n" +
+	"\fContextEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"/\n" +
+	"\x15DigestContextResponse\x12\x16\n" +
+	"\x06digest\x18\x01 \x01(\fR\x06digest\"F\n" +
 	"\x12TransparencyReport\x12\x12\n" +
 	"\x04json\x18\x01 \x01(\fR\x04json\x12\x1c\n" +
-	"\tsignature\x18\x02 \x01(\fR\tsignature2\xc2\x02\n" +
+	"\tsignature\x18\x02 \x01(\fR\tsignature2\x98\x03\n" +
 	"\fAuditService\x12:\n" +
 	"\x04Tail\x12\x17.custody.v1.TailRequest\x1a\x17.custody.v1.AuditRecord0\x01\x12Z\n" +
 	"\x13GetLatestCheckpoint\x12&.custody.v1.GetLatestCheckpointRequest\x1a\x1b.custody.v1.AuditCheckpoint\x12U\n" +
 	"\x11GetAuditPublicKey\x12$.custody.v1.GetAuditPublicKeyRequest\x1a\x1a.custody.v1.AuditPublicKey\x12C\n" +
-	"\x06Report\x12\x19.custody.v1.ReportRequest\x1a\x1e.custody.v1.TransparencyReportB7Z5github.com/custodyhq/custody/api/custody/v1;custodyv1b\x06proto3"
+	"\x06Report\x12\x19.custody.v1.ReportRequest\x1a\x1e.custody.v1.TransparencyReport\x12T\n" +
+	"\rDigestContext\x12 .custody.v1.DigestContextRequest\x1a!.custody.v1.DigestContextResponseB7Z5github.com/custodyhq/custody/api/custody/v1;custodyv1b\x06proto3"
 
 var (
 	file_custody_v1_audit_proto_rawDescOnce sync.Once
@@ -746,7 +845,7 @@ func file_custody_v1_audit_proto_rawDescGZIP() []byte {
 	return file_custody_v1_audit_proto_rawDescData
 }
 
-var file_custody_v1_audit_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_custody_v1_audit_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_custody_v1_audit_proto_goTypes = []any{
 	(*TailRequest)(nil),                // 0: custody.v1.TailRequest
 	(*AuditRecord)(nil),                // 1: custody.v1.AuditRecord
@@ -755,29 +854,35 @@ var file_custody_v1_audit_proto_goTypes = []any{
 	(*GetAuditPublicKeyRequest)(nil),   // 4: custody.v1.GetAuditPublicKeyRequest
 	(*AuditPublicKey)(nil),             // 5: custody.v1.AuditPublicKey
 	(*ReportRequest)(nil),              // 6: custody.v1.ReportRequest
-	(*TransparencyReport)(nil),         // 7: custody.v1.TransparencyReport
-	(*timestamppb.Timestamp)(nil),      // 8: google.protobuf.Timestamp
+	(*DigestContextRequest)(nil),       // 7: custody.v1.DigestContextRequest
+	(*DigestContextResponse)(nil),      // 8: custody.v1.DigestContextResponse
+	(*TransparencyReport)(nil),         // 9: custody.v1.TransparencyReport
+	nil,                                // 10: custody.v1.DigestContextRequest.ContextEntry
+	(*timestamppb.Timestamp)(nil),      // 11: google.protobuf.Timestamp
 }
 var file_custody_v1_audit_proto_depIdxs = []int32{
-	8,  // 0: custody.v1.TailRequest.since:type_name -> google.protobuf.Timestamp
-	8,  // 1: custody.v1.TailRequest.until:type_name -> google.protobuf.Timestamp
-	8,  // 2: custody.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
-	8,  // 3: custody.v1.AuditCheckpoint.time:type_name -> google.protobuf.Timestamp
-	8,  // 4: custody.v1.ReportRequest.since:type_name -> google.protobuf.Timestamp
-	8,  // 5: custody.v1.ReportRequest.until:type_name -> google.protobuf.Timestamp
-	0,  // 6: custody.v1.AuditService.Tail:input_type -> custody.v1.TailRequest
-	2,  // 7: custody.v1.AuditService.GetLatestCheckpoint:input_type -> custody.v1.GetLatestCheckpointRequest
-	4,  // 8: custody.v1.AuditService.GetAuditPublicKey:input_type -> custody.v1.GetAuditPublicKeyRequest
-	6,  // 9: custody.v1.AuditService.Report:input_type -> custody.v1.ReportRequest
-	1,  // 10: custody.v1.AuditService.Tail:output_type -> custody.v1.AuditRecord
-	3,  // 11: custody.v1.AuditService.GetLatestCheckpoint:output_type -> custody.v1.AuditCheckpoint
-	5,  // 12: custody.v1.AuditService.GetAuditPublicKey:output_type -> custody.v1.AuditPublicKey
-	7,  // 13: custody.v1.AuditService.Report:output_type -> custody.v1.TransparencyReport
-	10, // [10:14] is the sub-list for method output_type
-	6,  // [6:10] is the sub-list for method input_type
-	6,  // [6:6] is the sub-list for extension type_name
-	6,  // [6:6] is the sub-list for extension extendee
-	0,  // [0:6] is the sub-list for field type_name
+	11, // 0: custody.v1.TailRequest.since:type_name -> google.protobuf.Timestamp
+	11, // 1: custody.v1.TailRequest.until:type_name -> google.protobuf.Timestamp
+	11, // 2: custody.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
+	11, // 3: custody.v1.AuditCheckpoint.time:type_name -> google.protobuf.Timestamp
+	11, // 4: custody.v1.ReportRequest.since:type_name -> google.protobuf.Timestamp
+	11, // 5: custody.v1.ReportRequest.until:type_name -> google.protobuf.Timestamp
+	10, // 6: custody.v1.DigestContextRequest.context:type_name -> custody.v1.DigestContextRequest.ContextEntry
+	0,  // 7: custody.v1.AuditService.Tail:input_type -> custody.v1.TailRequest
+	2,  // 8: custody.v1.AuditService.GetLatestCheckpoint:input_type -> custody.v1.GetLatestCheckpointRequest
+	4,  // 9: custody.v1.AuditService.GetAuditPublicKey:input_type -> custody.v1.GetAuditPublicKeyRequest
+	6,  // 10: custody.v1.AuditService.Report:input_type -> custody.v1.ReportRequest
+	7,  // 11: custody.v1.AuditService.DigestContext:input_type -> custody.v1.DigestContextRequest
+	1,  // 12: custody.v1.AuditService.Tail:output_type -> custody.v1.AuditRecord
+	3,  // 13: custody.v1.AuditService.GetLatestCheckpoint:output_type -> custody.v1.AuditCheckpoint
+	5,  // 14: custody.v1.AuditService.GetAuditPublicKey:output_type -> custody.v1.AuditPublicKey
+	9,  // 15: custody.v1.AuditService.Report:output_type -> custody.v1.TransparencyReport
+	8,  // 16: custody.v1.AuditService.DigestContext:output_type -> custody.v1.DigestContextResponse
+	12, // [12:17] is the sub-list for method output_type
+	7,  // [7:12] is the sub-list for method input_type
+	7,  // [7:7] is the sub-list for extension type_name
+	7,  // [7:7] is the sub-list for extension extendee
+	0,  // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_custody_v1_audit_proto_init() }
@@ -791,7 +896,7 @@ func file_custody_v1_audit_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_custody_v1_audit_proto_rawDesc), len(file_custody_v1_audit_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   8,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -31,6 +31,7 @@ const (
 	AuditService_GetLatestCheckpoint_FullMethodName = "/custody.v1.AuditService/GetLatestCheckpoint"
 	AuditService_GetAuditPublicKey_FullMethodName   = "/custody.v1.AuditService/GetAuditPublicKey"
 	AuditService_Report_FullMethodName              = "/custody.v1.AuditService/Report"
+	AuditService_DigestContext_FullMethodName       = "/custody.v1.AuditService/DigestContext"
 )
 
 // AuditServiceClient is the client API for AuditService service.
@@ -54,6 +55,12 @@ type AuditServiceClient interface {
 	// Report builds a transparency report for a time window of the log, after
 	// verifying the log, and signs it with the HSM audit key.
 	Report(ctx context.Context, in *ReportRequest, opts ...grpc.CallOption) (*TransparencyReport, error)
+	// DigestContext returns the keyed digest custodyd records in place of an
+	// encryption context (audit records' context_digest), so an auditor can
+	// find the records of one context. The digest is keyed by the HSM, so it
+	// cannot be computed, or a guess confirmed, offline; every call is audited.
+	// Auditors only.
+	DigestContext(ctx context.Context, in *DigestContextRequest, opts ...grpc.CallOption) (*DigestContextResponse, error)
 }
 
 type auditServiceClient struct {
@@ -113,6 +120,16 @@ func (c *auditServiceClient) Report(ctx context.Context, in *ReportRequest, opts
 	return out, nil
 }
 
+func (c *auditServiceClient) DigestContext(ctx context.Context, in *DigestContextRequest, opts ...grpc.CallOption) (*DigestContextResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DigestContextResponse)
+	err := c.cc.Invoke(ctx, AuditService_DigestContext_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AuditServiceServer is the server API for AuditService service.
 // All implementations must embed UnimplementedAuditServiceServer
 // for forward compatibility.
@@ -134,6 +151,12 @@ type AuditServiceServer interface {
 	// Report builds a transparency report for a time window of the log, after
 	// verifying the log, and signs it with the HSM audit key.
 	Report(context.Context, *ReportRequest) (*TransparencyReport, error)
+	// DigestContext returns the keyed digest custodyd records in place of an
+	// encryption context (audit records' context_digest), so an auditor can
+	// find the records of one context. The digest is keyed by the HSM, so it
+	// cannot be computed, or a guess confirmed, offline; every call is audited.
+	// Auditors only.
+	DigestContext(context.Context, *DigestContextRequest) (*DigestContextResponse, error)
 	mustEmbedUnimplementedAuditServiceServer()
 }
 
@@ -155,6 +178,9 @@ func (UnimplementedAuditServiceServer) GetAuditPublicKey(context.Context, *GetAu
 }
 func (UnimplementedAuditServiceServer) Report(context.Context, *ReportRequest) (*TransparencyReport, error) {
 	return nil, status.Error(codes.Unimplemented, "method Report not implemented")
+}
+func (UnimplementedAuditServiceServer) DigestContext(context.Context, *DigestContextRequest) (*DigestContextResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DigestContext not implemented")
 }
 func (UnimplementedAuditServiceServer) mustEmbedUnimplementedAuditServiceServer() {}
 func (UnimplementedAuditServiceServer) testEmbeddedByValue()                      {}
@@ -242,6 +268,24 @@ func _AuditService_Report_Handler(srv interface{}, ctx context.Context, dec func
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AuditService_DigestContext_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DigestContextRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AuditServiceServer).DigestContext(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AuditService_DigestContext_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AuditServiceServer).DigestContext(ctx, req.(*DigestContextRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AuditService_ServiceDesc is the grpc.ServiceDesc for AuditService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -260,6 +304,10 @@ var AuditService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Report",
 			Handler:    _AuditService_Report_Handler,
+		},
+		{
+			MethodName: "DigestContext",
+			Handler:    _AuditService_DigestContext_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -25,7 +26,7 @@ import (
 type HMACSealer struct{ key []byte }
 
 // errBadSeal is what HMACSealer.Open returns for any mismatch.
-var errBadSeal = errors.New("storetest: bad seal")
+var errBadSeal = fmt.Errorf("storetest: bad seal: %w", store.ErrTampered)
 
 const sealDomain = "custody-store-seal/v1"
 
@@ -51,12 +52,12 @@ func (s *HMACSealer) tag(name string, value []byte) []byte {
 }
 
 // Seal implements store.Sealer.
-func (s *HMACSealer) Seal(name string, value []byte) ([]byte, error) {
+func (s *HMACSealer) Seal(_ context.Context, name string, value []byte) ([]byte, error) {
 	return append(append(make([]byte, 0, len(value)+sha256.Size), value...), s.tag(name, value)...), nil
 }
 
 // Open implements store.Sealer.
-func (s *HMACSealer) Open(name string, sealed []byte) ([]byte, error) {
+func (s *HMACSealer) Open(_ context.Context, name string, sealed []byte) ([]byte, error) {
 	if len(sealed) < sha256.Size {
 		return nil, errBadSeal
 	}
@@ -65,6 +66,19 @@ func (s *HMACSealer) Open(name string, sealed []byte) ([]byte, error) {
 		return nil, errBadSeal
 	}
 	return append([]byte(nil), value...), nil
+}
+
+// Authenticated opens raw as an authenticated store (anchor checked) or
+// fails the test.
+func Authenticated(t testing.TB, raw store.Store, sealer store.Sealer) *store.AuthStore {
+	t.Helper()
+	s, err := store.Authenticated(context.Background(), raw, sealer, store.AuthOptions{
+		Unanchored: func(k string) bool { return strings.HasPrefix(k, "dk/") },
+	})
+	if err != nil {
+		t.Fatalf("open authenticated store: %v", err)
+	}
+	return s
 }
 
 // RunConformance runs the backend-independent store tests. newStore must
@@ -744,7 +758,7 @@ func testClosed(t *testing.T, s store.Store) {
 }
 
 func testAuthRoundTrip(t *testing.T, raw store.Store) {
-	s := store.Authenticated(raw, NewHMACSealer(t))
+	s := Authenticated(t, raw, NewHMACSealer(t))
 	if err := store.Create(ctxT(t), s, "keys/a", []byte("meta-a")); err != nil {
 		t.Fatal(err)
 	}
@@ -770,7 +784,7 @@ func testAuthRoundTrip(t *testing.T, raw store.Store) {
 }
 
 func testAuthEdited(t *testing.T, raw store.Store) {
-	s := store.Authenticated(raw, NewHMACSealer(t))
+	s := Authenticated(t, raw, NewHMACSealer(t))
 	mustPut(t, s, "keys/a", "state=enabled")
 	mustPut(t, s, "keys/b", "state=enabled")
 	sealed := mustGet(t, raw, "keys/a").Value
@@ -794,7 +808,7 @@ func testAuthEdited(t *testing.T, raw store.Store) {
 }
 
 func testAuthMoved(t *testing.T, raw store.Store) {
-	s := store.Authenticated(raw, NewHMACSealer(t))
+	s := Authenticated(t, raw, NewHMACSealer(t))
 	mustPut(t, s, "grants/alice", "decrypt")
 	mustPut(t, s, "grants/mallory", "none")
 	// Copy alice's valid sealed grant over mallory's.
@@ -810,7 +824,7 @@ func testAuthMoved(t *testing.T, raw store.Store) {
 }
 
 func testAuthValueCond(t *testing.T, raw store.Store) {
-	s := store.Authenticated(raw, NewHMACSealer(t))
+	s := Authenticated(t, raw, NewHMACSealer(t))
 	mustPut(t, s, "k", "v1")
 	err := s.Txn(ctxT(t), []store.Cond{store.ValueIs("k", []byte("v1"))}, []store.Op{store.PutOp("k", []byte("v2"))})
 	if err != nil {
@@ -830,7 +844,7 @@ func testAuthValueCond(t *testing.T, raw store.Store) {
 }
 
 func testAuthWatch(t *testing.T, raw store.Store) {
-	s := store.Authenticated(raw, NewHMACSealer(t))
+	s := Authenticated(t, raw, NewHMACSealer(t))
 	ch, err := s.Watch(ctxT(t), "")
 	if err != nil {
 		t.Fatal(err)

@@ -1,0 +1,27 @@
+package governance
+
+import "errors"
+
+// Sentinel errors. The server maps them to gRPC codes in one place.
+var (
+	// ErrRequiresProposal refuses a direct key or grant change once the
+	// vault is governed: only an executed proposal may make it.
+	ErrRequiresProposal = errors.New("requires an executed proposal")
+	// ErrStateRolledBack: the token records a completed ceremony but the
+	// store has no governance state (deleted or rolled back).
+	ErrStateRolledBack = errors.New("governance: the hsm records a completed key ceremony but the store has no governance state (store deleted, edited or rolled back); refusing to serve")
+	// ErrCeremonyDone refuses a second key ceremony.
+	ErrCeremonyDone = errors.New("governance: the key ceremony has already run")
+	// ErrNoCeremony refuses governance actions before the ceremony.
+	ErrNoCeremony = errors.New("governance: no key ceremony has run")
+	// ErrNotFound reports a transcript or proposal that does not exist.
+	ErrNotFound = errors.New("governance: not found")
+	// ErrInvalid reports a request refused before anything changed.
+	ErrInvalid = errors.New("governance: invalid request")
+	// ErrUnavailable reports that a record or the store could not be
+	// written: nothing changed; try again.
+	ErrUnavailable = errors.New("governance: unavailable")
+	// ErrMarker reports that the token's ceremony marker cannot be read
+	// unambiguously (an HSM error, or more than one marker object).
+	ErrMarker = errors.New("governance: ceremony marker unreadable")
+)

@@ -1,0 +1,150 @@
+package governance
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/custodyhq/custody/internal/policy"
+	"github.com/custodyhq/custody/internal/quorum"
+	"github.com/custodyhq/custody/internal/store"
+	"github.com/custodyhq/custody/internal/strictjson"
+)
+
+// Store keys of the governance state. Every value is authenticated by the
+// store's HSM sealer, so an edit made outside custodyd stops it at start.
+const (
+	stateKey      = "gov/state"
+	transcriptKey = "gov/transcript"
+	planKey       = "gov/ceremony-plan"
+	// budgetPrefix holds one record per budget's spend (budgets.go).
+	budgetPrefix = "gov/budget/"
+	// legacyLimiterKey is where round-one vaults kept all budget spend.
+	legacyLimiterKey = "gov/limiter"
+)
+
+// BudgetEntry is one budget installed by the ceremony or a proposal:
+// identity's budget on key, or the key's shared budget when Identity is "".
+type BudgetEntry struct {
+	Identity string        `json:"identity,omitempty"`
+	Key      string        `json:"key"`
+	Budget   policy.Budget `json:"budget"`
+}
+
+// ExecResult is the outcome of executing a proposal.
+type ExecResult struct {
+	OK     bool   `json:"ok"`
+	Detail string `json:"detail"`
+}
+
+// State is everything governance persists under gov/state. It is a value:
+// changes are made on a clone and persisted before they replace it.
+type State struct {
+	Ceremony bool                  `json:"ceremony"`
+	Ledger   *quorum.LedgerState   `json:"ledger,omitempty"`
+	Grants   []policy.Grant        `json:"grants"`
+	Budgets  []BudgetEntry         `json:"budgets"`
+	Orders   []policy.Order        `json:"orders"`
+	Results  map[string]ExecResult `json:"results"`
+}
+
+func newState() State {
+	return State{Grants: []policy.Grant{}, Budgets: []BudgetEntry{}, Orders: []policy.Order{}, Results: map[string]ExecResult{}}
+}
+
+// clone deep-copies st through its JSON form, the form it is stored in.
+func (st State) clone() State {
+	b, err := json.Marshal(st)
+	if err != nil {
+		panic("governance: state does not encode: " + err.Error())
+	}
+	out := newState()
+	if err := json.Unmarshal(b, &out); err != nil {
+		panic("governance: state does not decode: " + err.Error())
+	}
+	if out.Results == nil {
+		out.Results = map[string]ExecResult{}
+	}
+	return out
+}
+
+func loadState(ctx context.Context, st store.Store) (State, bool, error) {
+	kv, err := st.Get(ctx, stateKey)
+	if errors.Is(err, store.ErrNotFound) {
+		return newState(), false, nil
+	}
+	if err != nil {
+		return State{}, false, fmt.Errorf("governance state: %w", err)
+	}
+	out := newState()
+	if err := strictjson.Unmarshal(kv.Value, &out); err != nil {
+		return State{}, false, fmt.Errorf("%w: governance state: %v", store.ErrCorrupt, err)
+	}
+	if out.Results == nil {
+		out.Results = map[string]ExecResult{}
+	}
+	return out, true, nil
+}
+
+// StoredTranscript is gov/transcript: the signed ceremony transcript.
+type StoredTranscript struct {
+	JSON      []byte `json:"json"`
+	Text      string `json:"text"`
+	Signature []byte `json:"signature"`
+	AuditDER  []byte `json:"audit_der"`
+}
+
+func loadTranscript(ctx context.Context, st store.Store) (*StoredTranscript, error) {
+	kv, err := st.Get(ctx, transcriptKey)
+	if err != nil {
+		return nil, fmt.Errorf("ceremony transcript: %w", err)
+	}
+	var tr StoredTranscript
+	if err := strictjson.Unmarshal(kv.Value, &tr); err != nil {
+		return nil, fmt.Errorf("%w: ceremony transcript: %v", store.ErrCorrupt, err)
+	}
+	return &tr, nil
+}
+
+// stateOp is the store write of st with the ledger as it is now.
+func (g *Governance) stateOp(st *State) (store.Op, error) {
+	if g.ledger != nil {
+		ls := g.ledger.Snapshot()
+		st.Ledger = &ls
+	}
+	b, err := json.Marshal(st)
+	if err != nil {
+		return store.Op{}, err
+	}
+	return store.PutOp(stateKey, b), nil
+}
+
+// commit persists next (with the ledger as it is now) and extra ops in one
+// transaction, then makes next the state in force and publishes its
+// Snapshot. On failure the ledger is restored to before and nothing is in
+// force that was not before. Called with g.mu held.
+func (g *Governance) commit(ctx context.Context, before quorum.LedgerState, next State, extra ...store.Op) error {
+	op, err := g.stateOp(&next)
+	if err == nil {
+		err = g.o.Store.Txn(context.WithoutCancel(ctx), nil, append([]store.Op{op}, extra...))
+	}
+	if err != nil {
+		if g.ledger != nil {
+			if l, rerr := quorum.RestoreLedger(before); rerr == nil {
+				g.ledger = l
+			}
+		}
+		return fmt.Errorf("%w: persist governance state: %w", ErrUnavailable, err)
+	}
+	g.st = next
+	return g.publish(next)
+}
+
+// ledgerState is the ledger's state, or the zero value before the ceremony.
+func (g *Governance) ledgerState() quorum.LedgerState {
+	if g.ledger == nil {
+		return quorum.LedgerState{}
+	}
+	return g.ledger.Snapshot()
+}
