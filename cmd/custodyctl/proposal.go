@@ -80,10 +80,9 @@ func (a *app) proposalCommand() *cobra.Command {
 
 // createOpts are the flags every "proposal create" kind shares.
 type createOpts struct {
-	ttl      time.Duration
-	dryRun   bool
-	proposer string
-	out      string
+	ttl    time.Duration
+	dryRun bool
+	out    string
 }
 
 func (a *app) proposalCreateCommand() *cobra.Command {
@@ -262,7 +261,6 @@ func (a *app) proposalCreateCommand() *cobra.Command {
 	pf := create.PersistentFlags()
 	pf.DurationVar(&o.ttl, "ttl", 72*time.Hour, "how long officers have to approve before the proposal expires")
 	pf.BoolVar(&o.dryRun, "dry-run", false, "print the proposal and its digest; submit nothing")
-	pf.StringVar(&o.proposer, "proposer", "", "proposer recorded in the proposal; default the identity of --cert")
 	pf.StringVar(&o.out, "out", "", "also write the canonical proposal bytes to this file (for offline signing)")
 	return create
 }
@@ -272,13 +270,10 @@ func (a *app) submitProposal(cmd *cobra.Command, o createOpts, pl quorum.Payload
 	if o.ttl <= 0 {
 		return usageErrorf("--ttl must be positive")
 	}
-	proposer := o.proposer
-	if proposer == "" {
-		id, err := certIdentity(a.certFile)
-		if err != nil {
-			return err
-		}
-		proposer = id
+	// custodyd files a proposal only in its caller's own name.
+	proposer, err := certIdentity(a.certFile)
+	if err != nil {
+		return err
 	}
 	p, err := quorum.NewProposal(pl, proposer, time.Now(), o.ttl)
 	if err != nil {
@@ -799,11 +794,13 @@ func spkiDigestFile(path string) ([]byte, error) {
 	return d[:], nil
 }
 
-// certIdentity is the identity custodyd sees for a client certificate: its
-// URI SAN if it has exactly one, else the hex SHA-256 of its public key.
+// certIdentity is the identity custodyd sees for a client certificate (the
+// rule of internal/pki.Identity): its URI SAN if it has exactly one (a URI
+// claiming the reserved "spki" scheme is refused), else "spki:" and the hex
+// SHA-256 of its public key. A proposal's proposer must be exactly this.
 func certIdentity(certFile string) (string, error) {
 	if certFile == "" {
-		return "", usageErrorf("--proposer is required when no client certificate (--cert) is given")
+		return "", usageErrorf("a client certificate (--cert) is required: a proposal is filed in its caller's own name")
 	}
 	raw, err := os.ReadFile(certFile)
 	if err != nil {
@@ -818,10 +815,13 @@ func certIdentity(certFile string) (string, error) {
 		return "", localError(codes.InvalidArgument, fmt.Errorf("%s: %w", certFile, err))
 	}
 	if len(c.URIs) == 1 {
+		if strings.EqualFold(c.URIs[0].Scheme, "spki") {
+			return "", localError(codes.InvalidArgument, fmt.Errorf("%s: its URI SAN uses the reserved spki scheme; custodyd refuses it", certFile))
+		}
 		return c.URIs[0].String(), nil
 	}
 	d := sha256.Sum256(c.RawSubjectPublicKeyInfo)
-	return hex.EncodeToString(d[:]), nil
+	return "spki:" + hex.EncodeToString(d[:]), nil
 }
 
 func stateName(s custodyv1.ProposalState) string {

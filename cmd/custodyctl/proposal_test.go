@@ -212,8 +212,8 @@ func TestTwoOfThreeOfficersApproveThroughTheCLI(t *testing.T) {
 	if d, _ := p.Digest(); d.String() != prop.Digest {
 		t.Fatalf("printed digest %s, server holds %s", prop.Digest, d)
 	}
-	if p.Proposer == "" || len(p.Proposer) != 64 {
-		t.Errorf("proposer %q, want the client certificate's key hash", p.Proposer)
+	if !strings.HasPrefix(p.Proposer, "spki:") || len(p.Proposer) != 5+64 {
+		t.Errorf("proposer %q, want the client certificate's identity (spki: and its key hash)", p.Proposer)
 	}
 
 	approve := func(officer string) invocation {

@@ -34,6 +34,7 @@ import (
 	"github.com/custodyhq/custody/internal/gateway"
 	"github.com/custodyhq/custody/internal/governance"
 	"github.com/custodyhq/custody/internal/keys"
+	"github.com/custodyhq/custody/internal/keys/hsmtoken"
 	"github.com/custodyhq/custody/internal/pki"
 	"github.com/custodyhq/custody/internal/server"
 	"github.com/custodyhq/custody/internal/store"
@@ -188,7 +189,7 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 			cp.Seq, cp.Time.Format(time.RFC3339), cp.StoreRevision)
 	}
 
-	d.Keys, err = keys.OpenRegistry(ctx, d.Store, d.HSM, keys.RegistryOptions{
+	d.Keys, err = keys.OpenRegistry(ctx, d.Store, hsmtoken.Token{M: d.HSM}, keys.RegistryOptions{
 		Now: opts.Now, Logger: d.log,
 		Destroy: keys.DestroyWindow{Min: cfg.Keys.DestroyWaitMin, Max: 365 * 24 * time.Hour},
 	})

@@ -7,6 +7,7 @@ import (
 
 	"github.com/custodyhq/custody/hsm"
 	"github.com/custodyhq/custody/internal/keys"
+	"github.com/custodyhq/custody/internal/keys/hsmtoken"
 	"github.com/custodyhq/custody/internal/quorum"
 )
 
@@ -47,11 +48,11 @@ func (t govToken) MarkCeremony(ctx context.Context) error {
 
 // KeyAttributes reads a key version's custody attributes back from the token.
 func (t govToken) KeyAttributes(ctx context.Context, e *keys.Entry, version uint32) (quorum.TranscriptAttr, error) {
-	hk, err := e.HSMKey(version)
+	o, err := e.Object(version)
 	if err != nil {
 		return quorum.TranscriptAttr{}, err
 	}
-	a, err := t.m.Attributes(ctx, hk)
+	a, err := t.m.Attributes(ctx, hsmtoken.Key(o))
 	if err != nil {
 		return quorum.TranscriptAttr{}, err
 	}

@@ -1,7 +1,10 @@
-// Package keys defines Custody's key registry model and its ciphertext
-// envelope formats. It is pure Go: no I/O, no cgo, no HSM access.
+// Package keys defines Custody's key registry, its model and its ciphertext
+// envelope formats. It is pure Go with no cgo: the registry reaches the HSM
+// only through the small Token interface (create, find, destroy, index;
+// package hsmtoken implements it over package hsm) and its metadata only
+// through a store.Store, so all of it tests without an HSM.
 //
-// Two kinds of value live here:
+// Three kinds of value live here:
 //
 //   - The key model ([Key], [Version]): a named key, its purpose, and its
 //     numbered versions, each of which is one object inside the HSM. Methods
@@ -9,6 +12,10 @@
 //     schedule and cancel destruction, mark destroyed) and the only use checks
 //     (ForEncrypt, ForDecrypt, ForSign, ...). A transition either succeeds or
 //     returns an error and leaves the Key exactly as it was.
+//
+//   - The [Registry]: named keys, their metadata persisted in the store with
+//     compare-and-swap, and the token objects of their live versions found
+//     once at start, so no request searches the token.
 //
 //   - The envelopes ([Envelope]) returned to clients: a self-describing,
 //     versioned blob carrying the key id, key version, IV and the HSM's

@@ -12,7 +12,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/custodyhq/custody/hsm"
 	"github.com/custodyhq/custody/internal/store"
 )
 
@@ -30,21 +29,48 @@ var (
 // storePrefix is where key metadata lives in the store.
 const storePrefix = "keys/"
 
-// Entry is an immutable snapshot of one key and the HSM objects of its live
-// versions. A new Entry replaces the old one on every change, so readers on
-// the hot path take it under a read lock and never see a half-made change.
-type Entry struct {
-	Key *Key
-	hsm map[uint32]hsm.Key
+// Object names one key version's object on the token: what the token needs
+// to find it again.
+type Object struct {
+	ID      []byte  // CKA_ID
+	Label   string  // CKA_LABEL
+	Purpose Purpose // which kind of key it is
 }
 
-// HSMKey returns the HSM object of version n, or ErrKeyMaterialMissing.
-func (e *Entry) HSMKey(n uint32) (hsm.Key, error) {
-	k, ok := e.hsm[n]
+// Token is the HSM as the registry uses it: four calls. The production
+// implementation is package hsmtoken over package hsm; the registry's own
+// logic tests run against an in-memory token, without cgo.
+type Token interface {
+	// Create generates a key for purpose under label inside the token and
+	// returns its CKA_ID and the custody attributes read back from it.
+	Create(ctx context.Context, p Purpose, label string) (id []byte, a Attrs, err error)
+	// Find locates an object; ErrObjectMissing when the token has none.
+	Find(ctx context.Context, o Object) error
+	// Destroy deletes an object; it succeeds if the object is gone.
+	Destroy(ctx context.Context, o Object) error
+	// Index scans the token once, so that many Finds that follow are cheap.
+	Index(ctx context.Context) error
+}
+
+// ErrObjectMissing is what a Token's Find returns for an object it lacks.
+var ErrObjectMissing = errors.New("object not on the token")
+
+// Entry is an immutable snapshot of one key and the token objects of its
+// live versions. A new Entry replaces the old one on every change, so
+// readers on the hot path take it under a read lock and never see a
+// half-made change.
+type Entry struct {
+	Key     *Key
+	objects map[uint32]Object
+}
+
+// Object returns the token object of version n, or ErrKeyMaterialMissing.
+func (e *Entry) Object(n uint32) (Object, error) {
+	o, ok := e.objects[n]
 	if !ok {
-		return hsm.Key{}, fmt.Errorf("%w: %s version %d", ErrKeyMaterialMissing, e.Key.Name, n)
+		return Object{}, fmt.Errorf("%w: %s version %d", ErrKeyMaterialMissing, e.Key.Name, n)
 	}
-	return k, nil
+	return o, nil
 }
 
 // RegistryOptions tunes a Registry.
@@ -59,7 +85,7 @@ type RegistryOptions struct {
 // to the store with compare-and-swap before the in-memory view changes.
 type Registry struct {
 	st   store.Store
-	m    *hsm.Module
+	m    Token
 	opts RegistryOptions
 
 	mu      sync.RWMutex
@@ -67,30 +93,11 @@ type Registry struct {
 	writeMu sync.Mutex // serialises changes made by this process
 }
 
-// KindOf maps a purpose to the HSM key kind that implements it.
-func KindOf(p Purpose) (hsm.Kind, bool) {
-	switch p {
-	case PurposeEncryptAES256GCM:
-		return hsm.KindAES256, true
-	case PurposeMACHMACSHA256:
-		return hsm.KindHMACSHA256, true
-	case PurposeSignECDSAP256:
-		return hsm.KindECDSAP256, true
-	case PurposeSignECDSAP384:
-		return hsm.KindECDSAP384, true
-	case PurposeSignEd25519:
-		return hsm.KindEd25519, true
-	case PurposeSignRSAPSS3072:
-		return hsm.KindRSA3072PSS, true
-	}
-	return hsm.KindInvalid, false
-}
-
 // OpenRegistry loads every key from the store and finds the HSM object of
 // each live version, caching its handle so no request searches the token.
 // A version whose object is missing is reported and fails closed; it does
 // not stop the other keys from loading.
-func OpenRegistry(ctx context.Context, st store.Store, m *hsm.Module, opts RegistryOptions) (*Registry, error) {
+func OpenRegistry(ctx context.Context, st store.Store, m Token, opts RegistryOptions) (*Registry, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
@@ -104,7 +111,7 @@ func OpenRegistry(ctx context.Context, st store.Store, m *hsm.Module, opts Regis
 	}
 	if len(kvs) > 0 {
 		// One scan of the token instead of a search per key version.
-		if _, err := m.Index(ctx); err != nil {
+		if err := m.Index(ctx); err != nil {
 			return nil, fmt.Errorf("index token: %w", err)
 		}
 	}
@@ -125,30 +132,32 @@ func OpenRegistry(ctx context.Context, st store.Store, m *hsm.Module, opts Regis
 	return r, nil
 }
 
-// entryFor builds an Entry, finding the HSM object of every live version.
+// entryFor builds an Entry, finding the token object of every live version.
 func (r *Registry) entryFor(ctx context.Context, k *Key) (*Entry, error) {
-	kind, ok := KindOf(k.Purpose)
-	if !ok {
+	if !k.Purpose.Valid() {
 		return nil, fmt.Errorf("key %q: %w: purpose %v", k.Name, ErrInvalidArgument, k.Purpose)
 	}
-	e := &Entry{Key: k, hsm: make(map[uint32]hsm.Key, len(k.Versions))}
+	e := &Entry{Key: k, objects: make(map[uint32]Object, len(k.Versions))}
 	for _, v := range k.Versions {
 		if v.State == StateDestroyed {
 			continue
 		}
-		hk := hsm.Key{ID: v.HSMID, Label: v.HSMLabel, Kind: kind}
-		if err := r.m.Find(ctx, hk); err != nil {
-			if errors.Is(err, hsm.ErrNotFound) {
+		o := v.object(k.Purpose)
+		if err := r.m.Find(ctx, o); err != nil {
+			if errors.Is(err, ErrObjectMissing) {
 				r.opts.Logger.Error("key version's hsm object is missing; it will fail closed",
 					"key", k.Name, "version", v.Number, "hsm_id", hex.EncodeToString(v.HSMID))
 				continue
 			}
 			return nil, fmt.Errorf("key %q version %d: %w", k.Name, v.Number, err)
 		}
-		e.hsm[v.Number] = hk
+		e.objects[v.Number] = o
 	}
 	return e, nil
 }
+
+// object is the token object of version v of a key of purpose p.
+func (v Version) object(p Purpose) Object { return Object{ID: v.HSMID, Label: v.HSMLabel, Purpose: p} }
 
 // Get returns the current snapshot of a key.
 func (r *Registry) Get(name string) (*Entry, error) {
@@ -213,8 +222,7 @@ func (r *Registry) Create(ctx context.Context, name string, p Purpose, descripti
 	if err := ValidateName(name); err != nil {
 		return nil, err
 	}
-	kind, ok := KindOf(p)
-	if !ok {
+	if !p.Valid() {
 		return nil, fmt.Errorf("%w: purpose must be one of %s", ErrInvalidArgument, strings.Join(purposeList(), ", "))
 	}
 	r.writeMu.Lock()
@@ -226,7 +234,7 @@ func (r *Registry) Create(ctx context.Context, name string, p Purpose, descripti
 	if err != nil {
 		return nil, err
 	}
-	hk, err := r.newVersion(ctx, k, kind)
+	o, err := r.newVersion(ctx, k)
 	if err != nil {
 		return nil, err
 	}
@@ -235,33 +243,31 @@ func (r *Registry) Create(ctx context.Context, name string, p Purpose, descripti
 		return nil, err
 	}
 	if err := store.Create(ctx, r.st, storePrefix+name, b); err != nil {
-		_ = r.m.Destroy(context.WithoutCancel(ctx), hk)
+		_ = r.m.Destroy(context.WithoutCancel(ctx), o)
 		if errors.Is(err, store.ErrExists) {
 			return nil, fmt.Errorf("%w: %q", ErrKeyExists, name)
 		}
 		return nil, fmt.Errorf("store key %q: %w", name, err)
 	}
-	r.install(&Entry{Key: k, hsm: map[uint32]hsm.Key{k.Primary: hk}})
+	r.install(&Entry{Key: k, objects: map[uint32]Object{k.Primary: o}})
 	return k, nil
 }
 
-// newVersion generates the next version's HSM object and adds it to k
+// newVersion generates the next version's token object and adds it to k
 // (which the caller owns). On error nothing is left on the token.
-func (r *Registry) newVersion(ctx context.Context, k *Key, kind hsm.Kind) (hsm.Key, error) {
+func (r *Registry) newVersion(ctx context.Context, k *Key) (Object, error) {
 	next := uint32(len(k.Versions)) + 1
-	hk, attrs, err := r.m.CreateKey(ctx, kind, hsmLabel(k.ID, next))
+	label := hsmLabel(k.ID, next)
+	id, attrs, err := r.m.Create(ctx, k.Purpose, label)
 	if err != nil {
-		return hsm.Key{}, err
+		return Object{}, err
 	}
-	_, err = k.AddVersion(hk.ID, hk.Label, Attrs{
-		NeverExtractable: attrs.NeverExtractable, AlwaysSensitive: attrs.AlwaysSensitive,
-		Local: attrs.Local, Extractable: attrs.Extractable, Sensitive: attrs.Sensitive,
-	}, r.opts.Now())
-	if err != nil {
-		_ = r.m.Destroy(context.WithoutCancel(ctx), hk)
-		return hsm.Key{}, err
+	o := Object{ID: id, Label: label, Purpose: k.Purpose}
+	if _, err = k.AddVersion(id, label, attrs, r.opts.Now()); err != nil {
+		_ = r.m.Destroy(context.WithoutCancel(ctx), o)
+		return Object{}, err
 	}
-	return hk, nil
+	return o, nil
 }
 
 func (r *Registry) install(e *Entry) {
@@ -271,9 +277,9 @@ func (r *Registry) install(e *Entry) {
 }
 
 // change applies fn to a clone of the named key, stores it with
-// compare-and-swap and installs it. extra, if set, is an HSM object that fn
+// compare-and-swap and installs it. extra, if set, is a token object that fn
 // added (a rotation's new version).
-func (r *Registry) change(ctx context.Context, name string, fn func(k *Key) (extra *hsm.Key, err error)) (*Key, error) {
+func (r *Registry) change(ctx context.Context, name string, fn func(k *Key) (extra *Object, err error)) (*Key, error) {
 	r.writeMu.Lock()
 	defer r.writeMu.Unlock()
 	cur, err := r.Get(name)
@@ -299,14 +305,14 @@ func (r *Registry) change(ctx context.Context, name string, fn func(k *Key) (ext
 		}
 		return nil, fmt.Errorf("store key %q: %w", name, err)
 	}
-	e := &Entry{Key: k, hsm: make(map[uint32]hsm.Key, len(cur.hsm)+1)}
-	for n, hk := range cur.hsm {
+	e := &Entry{Key: k, objects: make(map[uint32]Object, len(cur.objects)+1)}
+	for n, o := range cur.objects {
 		if v, ok := k.Version(n); ok && v.State != StateDestroyed {
-			e.hsm[n] = hk
+			e.objects[n] = o
 		}
 	}
 	if extra != nil {
-		e.hsm[k.Primary] = *extra
+		e.objects[k.Primary] = *extra
 	}
 	r.install(e)
 	return k, nil
@@ -314,42 +320,41 @@ func (r *Registry) change(ctx context.Context, name string, fn func(k *Key) (ext
 
 // Rotate adds a new version, generated in the HSM, and makes it primary.
 func (r *Registry) Rotate(ctx context.Context, name string) (*Key, error) {
-	return r.change(ctx, name, func(k *Key) (*hsm.Key, error) {
-		kind, _ := KindOf(k.Purpose)
-		hk, err := r.newVersion(ctx, k, kind)
+	return r.change(ctx, name, func(k *Key) (*Object, error) {
+		o, err := r.newVersion(ctx, k)
 		if err != nil {
 			return nil, err
 		}
-		return &hk, nil
+		return &o, nil
 	})
 }
 
 // Enable enables version n.
 func (r *Registry) Enable(ctx context.Context, name string, n uint32) (*Key, error) {
-	return r.change(ctx, name, func(k *Key) (*hsm.Key, error) { return nil, k.Enable(n) })
+	return r.change(ctx, name, func(k *Key) (*Object, error) { return nil, k.Enable(n) })
 }
 
 // Disable disables version n (not the primary).
 func (r *Registry) Disable(ctx context.Context, name string, n uint32) (*Key, error) {
-	return r.change(ctx, name, func(k *Key) (*hsm.Key, error) { return nil, k.Disable(n) })
+	return r.change(ctx, name, func(k *Key) (*Object, error) { return nil, k.Disable(n) })
 }
 
 // SetMinDecrypt sets the minimum version accepted for decryption.
 func (r *Registry) SetMinDecrypt(ctx context.Context, name string, n uint32) (*Key, error) {
-	return r.change(ctx, name, func(k *Key) (*hsm.Key, error) { return nil, k.SetMinDecrypt(n) })
+	return r.change(ctx, name, func(k *Key) (*Object, error) { return nil, k.SetMinDecrypt(n) })
 }
 
 // ScheduleDestroy schedules version n's destruction after wait (0 = the
 // window's default, which the caller passes as Min when unset).
 func (r *Registry) ScheduleDestroy(ctx context.Context, name string, n uint32, wait time.Duration) (*Key, error) {
-	return r.change(ctx, name, func(k *Key) (*hsm.Key, error) {
+	return r.change(ctx, name, func(k *Key) (*Object, error) {
 		return nil, k.ScheduleDestroy(n, r.opts.Now(), wait, r.opts.Destroy)
 	})
 }
 
 // CancelDestroy cancels a scheduled destruction; the version stays disabled.
 func (r *Registry) CancelDestroy(ctx context.Context, name string, n uint32) (*Key, error) {
-	return r.change(ctx, name, func(k *Key) (*hsm.Key, error) { return nil, k.CancelDestroy(n) })
+	return r.change(ctx, name, func(k *Key) (*Object, error) { return nil, k.CancelDestroy(n) })
 }
 
 // Discard deletes a key at once: its HSM objects and its record. It exists
@@ -363,8 +368,8 @@ func (r *Registry) Discard(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	for _, hk := range e.hsm {
-		if err := r.m.Destroy(ctx, hk); err != nil && !errors.Is(err, hsm.ErrNotFound) {
+	for _, o := range e.objects {
+		if err := r.m.Destroy(ctx, o); err != nil {
 			return fmt.Errorf("discard %q: %w", name, err)
 		}
 	}
@@ -394,13 +399,12 @@ func (r *Registry) DestroyDue(ctx context.Context) (int, error) {
 	var errs []error
 	for name, vs := range due {
 		for _, v := range vs {
-			_, err := r.change(ctx, name, func(k *Key) (*hsm.Key, error) {
+			_, err := r.change(ctx, name, func(k *Key) (*Object, error) {
 				ver, ok := k.Version(v)
 				if !ok {
 					return nil, ErrVersionNotFound
 				}
-				kind, _ := KindOf(k.Purpose)
-				if err := r.m.Destroy(ctx, hsm.Key{ID: ver.HSMID, Label: ver.HSMLabel, Kind: kind}); err != nil {
+				if err := r.m.Destroy(ctx, ver.object(k.Purpose)); err != nil {
 					return nil, err
 				}
 				return nil, k.MarkDestroyed(v, now)

@@ -16,6 +16,7 @@ import (
 	"github.com/custodyhq/custody/hsm"
 	"github.com/custodyhq/custody/internal/audit"
 	"github.com/custodyhq/custody/internal/keys"
+	"github.com/custodyhq/custody/internal/keys/hsmtoken"
 	"github.com/custodyhq/custody/internal/policy"
 )
 
@@ -28,7 +29,11 @@ func (s *Server) versionKey(ctx context.Context, e *keys.Entry, v keys.Version, 
 		return hsm.Key{}, err
 	}
 	callFrom(ctx).version = v.Number
-	return e.HSMKey(v.Number)
+	o, err := e.Object(v.Number)
+	if err != nil {
+		return hsm.Key{}, err
+	}
+	return hsmtoken.Key(o), nil
 }
 
 // Encrypt seals a small payload under the key's primary version.

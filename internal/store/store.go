@@ -293,7 +293,10 @@ func Delete(ctx context.Context, s Store, key string) error {
 }
 
 // UpdateAttempts bounds how many times Update retries after losing a race.
-const UpdateAttempts = 64
+// It is high on purpose: under contention on a busy machine an updater can
+// lose many races in a row, and giving up loses an update; the caller's
+// context is the real bound (backoff is at most 20 ms an attempt).
+const UpdateAttempts = 1000
 
 // Update reads key, computes its new value with fn and writes it only if the
 // key was not modified in between, retrying with jittered backoff up to

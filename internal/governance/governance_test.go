@@ -1,0 +1,329 @@
+package governance
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rand"
+	"errors"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/custodyhq/custody/hsm"
+	"github.com/custodyhq/custody/hsm/hsmtest"
+	"github.com/custodyhq/custody/internal/keys"
+	"github.com/custodyhq/custody/internal/keys/hsmtoken"
+	"github.com/custodyhq/custody/internal/policy"
+	"github.com/custodyhq/custody/internal/quorum"
+	"github.com/custodyhq/custody/internal/store"
+	"github.com/custodyhq/custody/internal/store/storetest"
+)
+
+// fixture is governance over a real SoftHSM token, a real bbolt store and a
+// real key registry; the recorder keeps records in memory (the audit log's
+// part is tested with the server) and can be made to fail.
+type fixture struct {
+	m    *hsm.Module
+	st   *store.AuthStore
+	keys *keys.Registry
+	rec  *memRecorder
+	tok  *markerToken
+	o    Options
+}
+
+type memRecorder struct {
+	mu   sync.Mutex
+	evs  []Event
+	fail bool
+}
+
+func (r *memRecorder) Record(_ context.Context, ev Event) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.fail {
+		return errors.New("audit log unavailable")
+	}
+	r.evs = append(r.evs, ev)
+	return nil
+}
+
+func (r *memRecorder) actions() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []string
+	for _, ev := range r.evs {
+		out = append(out, ev.Action)
+	}
+	return out
+}
+
+// markerToken is the ceremony marker on the real token, as custodyd keeps
+// it, with an injectable HSM failure.
+type markerToken struct {
+	m   *hsm.Module
+	err error
+}
+
+const markerLabel = "custody:ceremony:v1"
+
+func (t *markerToken) CeremonyMarked(ctx context.Context) (bool, error) {
+	if t.err != nil {
+		return false, t.err
+	}
+	_, err := t.m.FindByLabel(ctx, hsm.KindHMACSHA256, markerLabel)
+	if errors.Is(err, hsm.ErrNotFound) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+func (t *markerToken) MarkCeremony(ctx context.Context) error {
+	if ok, err := t.CeremonyMarked(ctx); ok || err != nil {
+		return err
+	}
+	_, _, err := t.m.CreateKey(ctx, hsm.KindHMACSHA256, markerLabel)
+	return err
+}
+
+func (t *markerToken) KeyAttributes(ctx context.Context, e *keys.Entry, v uint32) (quorum.TranscriptAttr, error) {
+	o, err := e.Object(v)
+	if err != nil {
+		return quorum.TranscriptAttr{}, err
+	}
+	a, err := t.m.Attributes(ctx, hsmtoken.Key(o))
+	return quorum.TranscriptAttr{Token: a.Token, Private: a.Private, Sensitive: a.Sensitive, AlwaysSensitive: a.AlwaysSensitive,
+		Extractable: a.Extractable, NeverExtractable: a.NeverExtractable, Local: a.Local, Modifiable: a.Modifiable}, err
+}
+
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	m, _ := hsmtest.Open(t)
+	raw, err := store.OpenBolt(filepath.Join(t.TempDir(), "store.db"), store.BoltOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { raw.Close() })
+	st := storetest.Authenticated(t, raw, storetest.NewHMACSealer(t))
+	reg, err := keys.OpenRegistry(context.Background(), st, hsmtoken.Token{M: m}, keys.RegistryOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fixture{m: m, st: st, keys: reg, rec: &memRecorder{}, tok: &markerToken{m: m}}
+	f.o = Options{Store: st, Keys: reg, Token: f.tok, Signer: signer, Recorder: f.rec, QuorumRequired: true,
+		Identities: []policy.Identity{{ID: "relay-a", Roles: []policy.Role{policy.RoleRelay}}},
+		TimeLock:   time.Hour, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	return f
+}
+
+func (f *fixture) open(t *testing.T) *Governance {
+	t.Helper()
+	g, err := Open(context.Background(), f.o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return g
+}
+
+func ceremonyRequest(t *testing.T, keyNames ...string) (CeremonyRequest, map[string]ed25519.PrivateKey) {
+	t.Helper()
+	req := CeremonyRequest{Threshold: 2}
+	privs := map[string]ed25519.PrivateKey{}
+	for _, n := range []string{"alice", "bob", "carol"} {
+		_, priv, err := ed25519.GenerateKey(rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		o, err := quorum.NewOfficer(n, priv.Public())
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Officers = append(req.Officers, o)
+		privs[n] = priv
+	}
+	for _, k := range keyNames {
+		req.Keys = append(req.Keys, CeremonyKey{Name: k, Purpose: keys.PurposeEncryptAES256GCM})
+	}
+	req.Grants = []policy.Grant{{ID: "g1", Identity: "relay-a", Key: keyNames[0], Operations: []policy.Op{policy.OpDecrypt}}}
+	req.Budgets = []BudgetEntry{{Identity: "relay-a", Key: keyNames[0], Budget: policy.Budget{Rate: 1, Burst: 1, Volume: 10, Window: time.Hour}}}
+	return req, privs
+}
+
+var operator = Actor{Identity: "spiffe://test/operator", Role: policy.RoleOperator}
+
+// Hole 5: a ceremony that fails after its first key can be run again: the
+// same ceremony resumes (the key it made is reused, not refused as
+// "already exists"), and the vault ends governed with every key.
+func TestACeremonyThatFailsMidwayResumes(t *testing.T) {
+	f := newFixture(t)
+	fault := errors.New("power cut after the first key")
+	f.o.faultAfterKey = func(i int) error {
+		if i == 0 {
+			return fault
+		}
+		return nil
+	}
+	g := f.open(t)
+	req, _ := ceremonyRequest(t, "k1", "k2")
+	if _, _, err := g.InitCeremony(context.Background(), operator, req); !errors.Is(err, fault) {
+		t.Fatalf("first run: %v, want the injected fault", err)
+	}
+	if _, err := f.keys.Get("k1"); err != nil {
+		t.Fatalf("k1 after the fault: %v", err)
+	}
+	if g.Snapshot().Ceremony() {
+		t.Fatal("a failed ceremony is recorded as done")
+	}
+	// A restart in between changes nothing: the plan is in the store.
+	f.o.faultAfterKey = nil
+	g = f.open(t)
+	tr, _, err := g.InitCeremony(context.Background(), operator, req)
+	if err != nil {
+		t.Fatalf("rerun of the same ceremony: %v", err)
+	}
+	if !strings.Contains(string(tr.JSON), `"action": "resume"`) {
+		t.Fatalf("transcript does not record the resumption:\n%s", tr.JSON)
+	}
+	for _, k := range []string{"k1", "k2"} {
+		if _, err := f.keys.Get(k); err != nil {
+			t.Fatalf("%s after the resumed ceremony: %v", k, err)
+		}
+	}
+	if !g.Snapshot().Ceremony() || len(g.Snapshot().Grants()) != 1 {
+		t.Fatal("the resumed ceremony did not install its grants")
+	}
+	if _, err := f.st.Get(context.Background(), planKey); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("plan left behind: %v", err)
+	}
+}
+
+// Hole 5: a different ceremony after a failed one rolls the failed one's
+// keys back first.
+func TestADifferentCeremonyRollsBackAnUnfinishedOne(t *testing.T) {
+	f := newFixture(t)
+	fault := errors.New("fault")
+	f.o.faultAfterKey = func(i int) error { return fault }
+	g := f.open(t)
+	req, _ := ceremonyRequest(t, "old1", "old2")
+	if _, _, err := g.InitCeremony(context.Background(), operator, req); !errors.Is(err, fault) {
+		t.Fatalf("first run: %v", err)
+	}
+	e, err := f.keys.Get("old1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	o, _ := e.Object(1)
+	hk := hsmtoken.Key(o)
+	f.o.faultAfterKey = nil
+	g = f.open(t)
+	other, _ := ceremonyRequest(t, "new1")
+	if _, _, err := g.InitCeremony(context.Background(), operator, other); err != nil {
+		t.Fatalf("a different ceremony: %v", err)
+	}
+	if _, err := f.keys.Get("old1"); !errors.Is(err, keys.ErrKeyNotFound) {
+		t.Fatalf("old1 after the rollback: %v", err)
+	}
+	if err := f.m.Find(context.Background(), hk); !errors.Is(err, hsm.ErrNotFound) {
+		t.Fatalf("old1's hsm object after the rollback: %v", err)
+	}
+	acts := strings.Join(f.rec.actions(), ",")
+	if !strings.Contains(acts, "ceremony-rollback") {
+		t.Fatalf("the rollback is not on the record: %s", acts)
+	}
+}
+
+// Hole 10: when the record of a change cannot be written, nothing changes.
+func TestAChangeWhoseRecordFailsIsNotMade(t *testing.T) {
+	f := newFixture(t)
+	g := f.open(t)
+	req, privs := ceremonyRequest(t, "k1")
+	f.rec.fail = true
+	if _, _, err := g.InitCeremony(context.Background(), operator, req); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("ceremony with the log down: %v, want ErrUnavailable", err)
+	}
+	if _, err := f.keys.Get("k1"); err == nil {
+		t.Fatal("a key was created off the record")
+	}
+	f.rec.fail = false
+	if _, _, err := g.InitCeremony(context.Background(), operator, req); err != nil {
+		t.Fatal(err)
+	}
+	p, err := quorum.NewProposal(quorum.RotateKey{Name: "k1"}, operator.Identity, time.Now(), 2*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	canon, _ := p.CanonicalBytes()
+	if _, err := g.Propose(context.Background(), operator, canon); err != nil {
+		t.Fatal(err)
+	}
+	d, _ := p.Digest()
+	officer := Actor{Identity: "spiffe://test/officer", Role: policy.RoleOfficer}
+	sigA, _ := quorum.SignApproval(privs["alice"], d)
+	if _, err := g.Approve(context.Background(), officer, p.ID, "alice", sigA); err != nil {
+		t.Fatal(err)
+	}
+	f.rec.fail = true
+	sigB, _ := quorum.SignApproval(privs["bob"], d)
+	if _, err := g.Approve(context.Background(), officer, p.ID, "bob", sigB); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("approval with the log down: %v, want ErrUnavailable", err)
+	}
+	v, err := g.Proposal(p.ID)
+	if err != nil || len(v.Approvals) != 1 || v.Status.State != quorum.StatePending {
+		t.Fatalf("after a refused approval: %+v, %v", v, err)
+	}
+	if e, _ := f.keys.Get("k1"); len(e.Key.Versions) != 1 {
+		t.Fatal("the key was rotated off the record")
+	}
+	// Reopened from the store, the refused approval is not there either.
+	f.rec.fail = false
+	g2 := f.open(t)
+	if v, _ := g2.Proposal(p.ID); len(v.Approvals) != 1 {
+		t.Fatalf("the store holds %d approvals", len(v.Approvals))
+	}
+	if _, err := g2.Approve(context.Background(), officer, p.ID, "bob", sigB); err != nil {
+		t.Fatalf("the same approval once the log is back: %v", err)
+	}
+	if e, _ := f.keys.Get("k1"); len(e.Key.Versions) != 2 {
+		t.Fatal("the key was not rotated once the approval was on the record")
+	}
+}
+
+// Hole 4: only a definite "no marker" means "no ceremony"; an HSM error
+// stops start-up, even with no governance state in the store.
+func TestAnUnreadableCeremonyMarkerStopsStartUp(t *testing.T) {
+	f := newFixture(t)
+	f.tok.err = errors.New("CKR_DEVICE_ERROR")
+	if _, err := Open(context.Background(), f.o); !errors.Is(err, ErrMarker) {
+		t.Fatalf("open with an unreadable marker: %v, want ErrMarker", err)
+	}
+	f.tok.err = nil
+	g := f.open(t)
+	req, _ := ceremonyRequest(t, "k1")
+	if _, _, err := g.InitCeremony(context.Background(), operator, req); err != nil {
+		t.Fatal(err)
+	}
+	// The state deleted from the store: the marker remembers.
+	if err := store.Delete(context.Background(), f.st, stateKey); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(context.Background(), f.o); !errors.Is(err, ErrStateRolledBack) {
+		t.Fatalf("open after the state was deleted: %v, want ErrStateRolledBack", err)
+	}
+}
+
+// Hole 12: what officers read is escaped.
+func TestSummaryEscapesWhatATerminalWouldHide(t *testing.T) {
+	p := quorum.Proposal{Kind: quorum.KindUnfreeze, Payload: quorum.Unfreeze{Identity: "relay\x1b[8m hidden", Key: "k"}}
+	if s := Summary(p); strings.ContainsRune(s, 0x1b) {
+		t.Fatalf("summary carries a raw escape: %q", s)
+	}
+}

@@ -1,0 +1,212 @@
+package keys
+
+// The registry's own logic, against an in-memory token and a real bbolt
+// file: no cgo, no HSM (CGO_ENABLED=0 go test ./internal/keys runs these).
+// The HSM-backed token is tested in package hsmtoken and end to end.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/custodyhq/custody/internal/store"
+	"github.com/custodyhq/custody/internal/store/storetest"
+)
+
+// memToken is an in-memory Token: objects by label, with custody attributes.
+type memToken struct {
+	mu      sync.Mutex
+	objects map[string]Object
+	failNew error
+	n       int
+}
+
+func newMemToken() *memToken { return &memToken{objects: map[string]Object{}} }
+
+func (m *memToken) Create(_ context.Context, p Purpose, label string) ([]byte, Attrs, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.failNew != nil {
+		return nil, Attrs{}, m.failNew
+	}
+	if _, dup := m.objects[label]; dup {
+		return nil, Attrs{}, fmt.Errorf("label %q exists", label)
+	}
+	m.n++
+	id := []byte{0xab, byte(m.n)}
+	m.objects[label] = Object{ID: id, Label: label, Purpose: p}
+	return id, Attrs{NeverExtractable: true, AlwaysSensitive: true, Local: true, Sensitive: true}, nil
+}
+
+func (m *memToken) Find(_ context.Context, o Object) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if got, ok := m.objects[o.Label]; !ok || string(got.ID) != string(o.ID) {
+		return ErrObjectMissing
+	}
+	return nil
+}
+
+func (m *memToken) Destroy(_ context.Context, o Object) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.objects, o.Label)
+	return nil
+}
+
+func (m *memToken) Index(context.Context) error { return nil }
+
+func (m *memToken) count() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.objects)
+}
+
+type regFixture struct {
+	path   string
+	sealer *storetest.HMACSealer
+	tok    *memToken
+	now    time.Time
+}
+
+func newRegFixture(t *testing.T) *regFixture {
+	return &regFixture{path: filepath.Join(t.TempDir(), "store.db"), sealer: storetest.NewHMACSealer(t), tok: newMemToken(),
+		now: time.Date(2026, 5, 1, 0, 0, 0, 0, time.UTC)}
+}
+
+func (f *regFixture) open(t *testing.T) *Registry {
+	t.Helper()
+	raw, err := store.OpenBolt(f.path, store.BoltOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { raw.Close() })
+	st := storetest.Authenticated(t, raw, f.sealer)
+	r, err := OpenRegistry(context.Background(), st, f.tok, RegistryOptions{Now: func() time.Time { return f.now },
+		Destroy: DestroyWindow{Min: time.Hour, Max: 24 * time.Hour}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { raw.Close() })
+	return r
+}
+
+func (f *regFixture) reopen(t *testing.T, r *Registry) *Registry {
+	t.Helper()
+	r.st.Close()
+	return f.open(t)
+}
+
+func TestRegistryCreateRotateAndReloadFindEveryObject(t *testing.T) {
+	f := newRegFixture(t)
+	r := f.open(t)
+	ctx := context.Background()
+	if _, err := r.Create(ctx, "mail", PurposeEncryptAES256GCM, "d"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Create(ctx, "mail", PurposeEncryptAES256GCM, "d"); !errors.Is(err, ErrKeyExists) {
+		t.Fatalf("second create: %v", err)
+	}
+	if _, err := r.Rotate(ctx, "mail"); err != nil {
+		t.Fatal(err)
+	}
+	r = f.reopen(t, r)
+	e, err := r.Get("mail")
+	if err != nil || e.Key.Primary != 2 {
+		t.Fatalf("after reload: %+v %v", e, err)
+	}
+	for _, v := range []uint32{1, 2} {
+		if o, err := e.Object(v); err != nil || o.Purpose != PurposeEncryptAES256GCM {
+			t.Fatalf("version %d object: %+v %v", v, o, err)
+		}
+	}
+}
+
+func TestRegistryFailsClosedOnAMissingObjectAndLoadsTheRest(t *testing.T) {
+	f := newRegFixture(t)
+	r := f.open(t)
+	ctx := context.Background()
+	for _, n := range []string{"a", "b"} {
+		if _, err := r.Create(ctx, n, PurposeMACHMACSHA256, ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e, _ := r.Get("a")
+	o, _ := e.Object(1)
+	_ = f.tok.Destroy(ctx, o) // deleted behind the registry's back
+	r = f.reopen(t, r)
+	ea, err := r.Get("a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ea.Object(1); !errors.Is(err, ErrKeyMaterialMissing) {
+		t.Fatalf("missing object: %v, want ErrKeyMaterialMissing", err)
+	}
+	eb, _ := r.Get("b")
+	if _, err := eb.Object(1); err != nil {
+		t.Fatalf("the other key: %v", err)
+	}
+}
+
+func TestRegistryLeavesNothingOnTheTokenWhenCreateFails(t *testing.T) {
+	f := newRegFixture(t)
+	r := f.open(t)
+	f.tok.failNew = errors.New("CKR_DEVICE_MEMORY")
+	if _, err := r.Create(context.Background(), "x", PurposeEncryptAES256GCM, ""); err == nil {
+		t.Fatal("create succeeded with a failing token")
+	}
+	if _, err := r.Get("x"); !errors.Is(err, ErrKeyNotFound) {
+		t.Fatalf("half-made key: %v", err)
+	}
+	if _, err := r.Create(context.Background(), "bad name", PurposeEncryptAES256GCM, ""); !errors.Is(err, ErrInvalidName) {
+		t.Fatalf("bad name: %v", err)
+	}
+	if f.tok.count() != 0 {
+		t.Fatalf("%d objects left on the token", f.tok.count())
+	}
+}
+
+func TestRegistryDiscardAndScheduledDestructionRemoveObjects(t *testing.T) {
+	f := newRegFixture(t)
+	r := f.open(t)
+	ctx := context.Background()
+	for _, n := range []string{"gone", "kept"} {
+		if _, err := r.Create(ctx, n, PurposeEncryptAES256GCM, ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := r.Rotate(ctx, "kept"); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Discard(ctx, "gone"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Get("gone"); !errors.Is(err, ErrKeyNotFound) || f.tok.count() != 2 {
+		t.Fatalf("after discard: %v, %d objects", err, f.tok.count())
+	}
+	if _, err := r.ScheduleDestroy(ctx, "kept", 1, 2*time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := r.DestroyDue(ctx); n != 0 {
+		t.Fatalf("destroyed %d before the wait", n)
+	}
+	f.now = f.now.Add(3 * time.Hour)
+	if n, err := r.DestroyDue(ctx); n != 1 || err != nil {
+		t.Fatalf("DestroyDue = %d, %v", n, err)
+	}
+	e, _ := r.Get("kept")
+	if _, err := e.Object(1); !errors.Is(err, ErrKeyMaterialMissing) || f.tok.count() != 1 {
+		t.Fatalf("destroyed version: %v, %d objects", err, f.tok.count())
+	}
+	if v, _ := e.Key.Version(1); v.State != StateDestroyed {
+		t.Fatalf("version 1 is %v", v.State)
+	}
+	r = f.reopen(t, r)
+	if _, err := r.Get("gone"); !errors.Is(err, ErrKeyNotFound) {
+		t.Fatalf("discarded key back after reload: %v", err)
+	}
+}
