@@ -334,7 +334,9 @@ func TestGovernanceActionsAreOnTheRecordWhateverTheirIDs(t *testing.T) {
 // Hole 11: a proposal that narrowed when it was made but widens by the time
 // it reaches its threshold waits out the time-lock.
 func TestWideningIsDecidedAgainstTheStateInForceAtExecution(t *testing.T) {
-	g := startGov(t, func(e *testenv.Env, c *config.Config) { c.Governance.TimeLock, c.Governance.ProposalTTL = time.Hour, 3*time.Hour })
+	g := startGov(t, func(e *testenv.Env, c *config.Config) {
+		c.Governance.TimeLock, c.Governance.ProposalTTL = time.Hour, 3*time.Hour
+	})
 	g.ceremony(t, 100)
 	budget := func(vol int64) policy.Budget {
 		return policy.Budget{Rate: 10000, Burst: min(100, int(vol)), Volume: vol, Window: time.Hour}
