@@ -35,7 +35,7 @@ import (
 func (a *app) auditCommand() *cobra.Command {
 	c := groupCommand("audit", "Read and verify the tamper-evident audit log",
 		a.auditVerifyCommand(), a.auditTailCommand(), a.auditExportCommand(),
-		a.auditCheckpointCommand(), a.auditPubkeyCommand(), a.auditReportCommand())
+		a.auditCheckpointCommand(), a.auditPubkeyCommand(), a.auditReportCommand(), a.auditDigestCommand())
 	c.Long = `Every request custodyd serves is one hash-chained audit record; checkpoints
 of the chain are signed by a non-extractable HSM audit key. "audit verify" and
 "audit report verify" run offline with only the audit public key; the other
@@ -309,6 +309,7 @@ type tailOptions struct {
 	since, until          string
 	afterSeq, limit       uint64
 	follow                bool
+	context               []string
 }
 
 func (o *tailOptions) addFilterFlags(cmd *cobra.Command) {
@@ -319,6 +320,66 @@ func (o *tailOptions) addFilterFlags(cmd *cobra.Command) {
 	f.StringVar(&o.since, "since", "", "from this time: RFC 3339, YYYY-MM-DD, or a duration ago such as 24h")
 	f.StringVar(&o.until, "until", "", "before this time (same forms as --since)")
 	f.Uint64Var(&o.afterSeq, "after-seq", 0, "only records after this sequence number (resume an export)")
+	f.StringSliceVar(&o.context, "context", nil, "only records made under this encryption context k=v[,k=v...] (the vault computes its keyed digest; auditor role)")
+}
+
+// contextFilter returns a filter for records made under --context, asking
+// the vault for the context's keyed digest; nil when no context is given.
+func (a *app) contextFilter(ctx context.Context, o *tailOptions) (func(audit.Record) bool, error) {
+	if len(o.context) == 0 {
+		return nil, nil
+	}
+	d, err := a.digestContext(ctx, o.context)
+	if err != nil {
+		return nil, err
+	}
+	return func(r audit.Record) bool { return bytes.Equal(r.ContextDigest, d) }, nil
+}
+
+func (a *app) digestContext(ctx context.Context, items []string) ([]byte, error) {
+	c, err := parseContext(items)
+	if err != nil {
+		return nil, err
+	}
+	cl, err := a.auditClient()
+	if err != nil {
+		return nil, err
+	}
+	resp, err := cl.DigestContext(ctx, &custodyv1.DigestContextRequest{Context: c})
+	if err != nil {
+		return nil, err
+	}
+	return resp.GetDigest(), nil
+}
+
+func (a *app) auditDigestCommand() *cobra.Command {
+	var items []string
+	cmd := &cobra.Command{
+		Use:   "digest --context k=v[,k=v...]",
+		Short: "Ask the vault for an encryption context's digest, as audit records carry it",
+		Long: `Audit records carry a keyed digest of the encryption context, never the context:
+the key is held by the HSM, so a digest cannot be computed, or a guessed context
+confirmed, offline. This asks custodyd for one context's digest (auditor role;
+the call is itself audited), to find that context's records in a copy of the
+log. "audit tail" and "audit export" take --context directly.`,
+		Args: exactArgs(0, "no arguments"),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if len(items) == 0 {
+				return usageErrorf("--context is required")
+			}
+			ctx, cancel := a.callCtx(cmd.Context())
+			defer cancel()
+			d, err := a.digestContext(ctx, items)
+			if err != nil {
+				return err
+			}
+			return a.emitValue(map[string]string{"context_digest": hex.EncodeToString(d)}, func(w io.Writer) {
+				fmt.Fprintln(w, hex.EncodeToString(d))
+			})
+		},
+	}
+	cmd.Flags().StringSliceVar(&items, "context", nil, "encryption context k=v[,k=v...]; repeatable")
+	return cmd
 }
 
 func (o *tailOptions) request(now time.Time) (*custodyv1.TailRequest, error) {
@@ -375,7 +436,14 @@ durable until interrupted (no --timeout applies).`,
 				ctx, cancel = context.WithCancel(cmd.Context())
 			}
 			defer cancel()
+			keep, err := a.contextFilter(ctx, &o)
+			if err != nil {
+				return err
+			}
 			write := func(r audit.Record) error {
+				if keep != nil && !keep(r) {
+					return nil
+				}
 				if a.output == "json" {
 					return writeRecordJSON(a.stdout, r)
 				}
@@ -403,7 +471,7 @@ func (a *app) auditExportCommand() *cobra.Command {
 		Short: "Export audit records as JSON lines for a SIEM",
 		Long: `Writes matching records as JSON lines, one per record, exactly as stored in
 the log: seq, time (RFC 3339, UTC, nanoseconds), identity, role, method, key,
-key_version, context_digest (hex SHA-256, never the context), outcome, code,
+key_version, context_digest (the vault's keyed digest, never the context), outcome, code,
 case_ref, detail, prev_hash, hash. Resume a periodic export with --after-seq set
 to the last seq exported. No --timeout applies.`,
 		Args: exactArgs(0, "no arguments"),
@@ -416,8 +484,17 @@ to the last seq exported. No --timeout applies.`,
 			if err != nil {
 				return err
 			}
+			keep, err := a.contextFilter(cmd.Context(), &o)
+			if err != nil {
+				return finish(err)
+			}
 			bw := bufio.NewWriter(w)
-			err = a.streamRecords(cmd.Context(), req, func(r audit.Record) error { return writeRecordJSON(bw, r) })
+			err = a.streamRecords(cmd.Context(), req, func(r audit.Record) error {
+				if keep != nil && !keep(r) {
+					return nil
+				}
+				return writeRecordJSON(bw, r)
+			})
 			if ferr := bw.Flush(); err == nil && ferr != nil {
 				err = localError(codes.Unavailable, fmt.Errorf("write %s: %w", out, ferr))
 			}

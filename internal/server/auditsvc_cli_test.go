@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	custodyv1 "github.com/custodyhq/custody/api/custody/v1"
 	"github.com/custodyhq/custody/internal/audit"
 )
 
@@ -152,5 +153,29 @@ func copyLog(t *testing.T, from, to string) {
 		if err := os.WriteFile(filepath.Join(to, ent.Name()), b, 0o600); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// An auditor finds one context's records with the vault's keyed digest.
+func TestAuditorFindsAContextsRecordsWithCustodyctl(t *testing.T) {
+	bin := custodyctl(t)
+	e := startAuditEnv(t)
+	c := e.env.Crypto(t, "relay")
+	for _, tenant := range []string{"a", "a", "b"} {
+		if _, err := c.Encrypt(ctx(t), &custodyv1.EncryptRequest{KeyName: "demo", Plaintext: []byte("m"), Context: map[string]string{"tenant": tenant}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out, errs, code := e.cli(t, bin, "auditor", "audit", "digest", "--context", "tenant=a")
+	if code != 0 || len(strings.TrimSpace(out)) != 64 {
+		t.Fatalf("audit digest: exit %d %q %s", code, out, errs)
+	}
+	out, errs, code = e.cli(t, bin, "auditor", "--output", "json", "audit", "tail", "--method", "Encrypt", "--context", "tenant=a")
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if code != 0 || len(lines) != 2 {
+		t.Fatalf("audit tail --context: exit %d, %d lines\n%s%s", code, len(lines), out, errs)
+	}
+	if _, errs, code := e.cli(t, bin, "relay", "audit", "digest", "--context", "tenant=a"); code == 0 || !strings.Contains(errs, "PermissionDenied") {
+		t.Fatalf("a relay asked for a digest: exit %d %s", code, errs)
 	}
 }

@@ -1,7 +1,9 @@
 package server
 
 import (
+	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/custodyhq/custody/internal/policy"
@@ -183,4 +185,43 @@ func ReportClassOf(method string) ReportClass {
 		}
 	}
 	return ReportNone
+}
+
+// MethodsMarkdown renders Methods as the table docs/api.md carries (a test
+// keeps the two equal).
+func MethodsMarkdown() string {
+	var b strings.Builder
+	b.WriteString("| method | roles | policy op | order may authorise | budget cost | audited as | report counts | audit first |\n")
+	b.WriteString("|---|---|---|---|---|---|---|---|\n")
+	yes := func(v bool) string {
+		if v {
+			return "yes"
+		}
+		return ""
+	}
+	for _, m := range Methods {
+		roles := make([]string, len(m.Roles))
+		for i, r := range m.Roles {
+			roles[i] = string(r)
+		}
+		audited := m.Name
+		if m.Batch {
+			audited = m.Name + ", and each item as " + m.Name + "[i]"
+		}
+		cost := ""
+		if m.Cost > 0 {
+			cost = strconv.Itoa(m.Cost)
+			if m.Batch {
+				cost += " per item"
+			}
+		}
+		report := ""
+		if m.Report != ReportNone {
+			report = m.Report.String()
+		}
+		svc := strings.TrimPrefix(m.Service, "custody.v1.")
+		fmt.Fprintf(&b, "| `%s.%s` | %s | `%s` | %s | %s | %s | %s | %s |\n", svc, m.Name, strings.Join(roles, ", "), m.Op,
+			yes(m.Disclosure), cost, audited, report, yes(m.Mutates))
+	}
+	return b.String()
 }

@@ -1,7 +1,10 @@
 package server_test
 
 import (
+	"bytes"
 	"context"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -151,5 +154,31 @@ func TestReportClassOfBatchItemsIsTheirBatchs(t *testing.T) {
 	}
 	if got := strings.Join(server.ReportMethods(), ","); got != "Decrypt,Unwrap,Rewrap,BatchDecrypt,BatchUnwrap,FetchDataKey" {
 		t.Errorf("ReportMethods() = %s", got)
+	}
+}
+
+// docs/api.md's table of methods is Methods, rendered. Regenerate it with
+// CUSTODY_UPDATE_DOCS=1 go test -run TestAPIDocTableIsTheDeclaration ./internal/server/
+func TestAPIDocTableIsTheDeclaration(t *testing.T) {
+	const begin, end = "<!-- methods:begin (generated from internal/server Methods) -->\n", "<!-- methods:end -->"
+	path := filepath.Join("..", "..", "docs", "api.md")
+	doc, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	i, j := bytes.Index(doc, []byte(begin)), bytes.Index(doc, []byte(end))
+	if i < 0 || j < i {
+		t.Fatalf("%s has no generated methods section", path)
+	}
+	want := server.MethodsMarkdown()
+	if got := string(doc[i+len(begin) : j]); got != want {
+		if os.Getenv("CUSTODY_UPDATE_DOCS") == "1" {
+			out := append(append(append([]byte{}, doc[:i+len(begin)]...), want...), doc[j:]...)
+			if err := os.WriteFile(path, out, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			return
+		}
+		t.Fatalf("docs/api.md's methods table differs from server.Methods; regenerate with CUSTODY_UPDATE_DOCS=1. Want:\n%s", want)
 	}
 }
