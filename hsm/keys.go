@@ -10,6 +10,7 @@ import (
 	"crypto/rsa"
 	"encoding/asn1"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"math/big"
 	"strings"
@@ -30,14 +31,20 @@ func (k Key) String() string {
 
 // Attributes are the custody attributes read back from the token.
 type Attributes struct {
-	Token, Private, Sensitive, Extractable, Modifiable bool
-	NeverExtractable, AlwaysSensitive, Local           bool
+	Token            bool `json:"token"`
+	Private          bool `json:"private"`
+	Sensitive        bool `json:"sensitive"`
+	Extractable      bool `json:"extractable"`
+	Modifiable       bool `json:"modifiable"`
+	NeverExtractable bool `json:"never_extractable"`
+	AlwaysSensitive  bool `json:"always_sensitive"`
+	Local            bool `json:"local"`
 	// Unverified are the custody properties this token could not be shown
 	// to have: attributes the vendor profile says it cannot set (read back
 	// otherwise), and AttrExtractEnforced when the start-up probe saw the
 	// token wrap out a non-extractable key. Key records, `key get` and the
 	// ceremony transcript carry them; they never pass silently.
-	Unverified AttrSet
+	Unverified AttrSet `json:"unverified,omitempty"`
 }
 
 // requirements are the custody attributes and whether a read-back has them.
@@ -103,6 +110,11 @@ func (s AttrSet) List() []Attr {
 		}
 	}
 	return out
+}
+
+// MarshalJSON writes the set as a list of names.
+func (s AttrSet) MarshalJSON() ([]byte, error) {
+	return json.Marshal(s.Strings())
 }
 
 // Strings is List as strings.

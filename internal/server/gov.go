@@ -568,7 +568,8 @@ func (g *Governance) ceremonyKey(ctx context.Context, name string, p keys.Purpos
 	v, _ := k.Version(k.Primary)
 	return quorum.TranscriptKey{Name: name, Purpose: p.String(), Version: int(k.Primary), HSMID: hex.EncodeToString(v.HSMID),
 		Attributes: quorum.TranscriptAttr{Token: a.Token, Private: a.Private, Sensitive: a.Sensitive, AlwaysSensitive: a.AlwaysSensitive,
-			Extractable: a.Extractable, NeverExtractable: a.NeverExtractable, Local: a.Local, Modifiable: a.Modifiable}}, nil
+			Extractable: a.Extractable, NeverExtractable: a.NeverExtractable, Local: a.Local, Modifiable: a.Modifiable,
+			Unverified: a.Unverified.Strings()}}, nil
 }
 
 func transcriptProto(tr *storedTranscript) *custodyv1.CeremonyTranscript {

@@ -129,6 +129,7 @@ func (s *Server) Register(g *grpc.Server) {
 		custodyv1.RegisterGovernanceServiceServer(g, s.gov)
 	}
 	custodyv1.RegisterDataKeyServiceServer(g, s.DataKeyServiceServer())
+	custodyv1.RegisterStatusServiceServer(g, statusService{s: s})
 	healthpb.RegisterHealthServer(g, s.health)
 }
 
