@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	custodyv1 "github.com/custodyhq/custody/api/custody/v1"
 	"github.com/custodyhq/custody/hsm/hsmtest"
 )
 
@@ -113,5 +114,25 @@ func TestHSMCheckJSONAndPINFile(t *testing.T) {
 	inv = runCheck(t, tokenArgs(t, tok)...)
 	if inv.code == exitOK || !strings.Contains(inv.stderr, "exactly one of --pin-file") {
 		t.Fatalf("no pin: %+v", inv)
+	}
+}
+
+// TestKeyGetSaysWhatTheHSMCouldNotVerify: key get's attribute column never
+// shows "ok" alone for a version with unverified properties.
+func TestKeyGetSaysWhatTheHSMCouldNotVerify(t *testing.T) {
+	for _, c := range []struct {
+		at   *custodyv1.HsmAttributes
+		want string
+	}{
+		{&custodyv1.HsmAttributes{NeverExtractable: true, AlwaysSensitive: true, Local: true, Sensitive: true}, "ok (local, sensitive, never extractable)"},
+		{&custodyv1.HsmAttributes{NeverExtractable: true, AlwaysSensitive: true, Sensitive: true, Unverified: []string{"local"}},
+			"ok (sensitive, never extractable), UNVERIFIED local (see custodyctl status)"},
+		{&custodyv1.HsmAttributes{NeverExtractable: true, AlwaysSensitive: true, Sensitive: true, Unverified: []string{"local", "extractable_enforced"}},
+			"WARNING extraction-not-enforced-by-hsm UNVERIFIED local,extractable_enforced (see custodyctl status)"},
+		{&custodyv1.HsmAttributes{NeverExtractable: true, AlwaysSensitive: true, Sensitive: true}, "WARNING not-local"},
+	} {
+		if got := formatAttrs(c.at); got != c.want {
+			t.Errorf("formatAttrs(%v) = %q, want %q", c.at, got, c.want)
+		}
 	}
 }
