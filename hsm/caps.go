@@ -224,6 +224,38 @@ func (m *Module) probeCapsLocked() *Capabilities {
 	return c
 }
 
+// GCM IV forms the probe can find.
+type gcmMode int
+
+const (
+	gcmRefused      gcmMode = iota // unusable: the reason says why
+	gcmCallerIV                    // the token uses the 96-bit IV Custody draws
+	gcmTokenIV                     // the token draws a 96-bit IV and writes it back
+	gcmRetryTokenIV                // the token refused a caller IV: try a buffer it may fill
+)
+
+// decideGCM reads one probe encryption: the IV sent, the ciphertext and the
+// IV read back from the parameters afterwards, or the error. Custody's
+// envelope keeps a 12-byte IV field and the ciphertext with a 16-byte tag,
+// nothing else.
+func decideGCM(ptLen int, sent, ct, back []byte, err error) (gcmMode, []byte, string) {
+	switch {
+	case err != nil:
+		return gcmRetryTokenIV, nil, codeOf(err)
+	case len(ct) != ptLen+TagSize:
+		return gcmRefused, nil, fmt.Sprintf("the token returned %d bytes for %d of plaintext: it appends an IV of %d bytes of its own, and the envelope keeps a 12-byte IV",
+			len(ct), ptLen, len(ct)-ptLen-TagSize)
+	case bytes.Equal(back, sent):
+		return gcmCallerIV, sent, ""
+	case len(back) != IVSize:
+		return gcmRefused, nil, fmt.Sprintf("the token generates %d-byte IVs; the envelope keeps a 12-byte IV", len(back))
+	case bytes.Equal(back, make([]byte, IVSize)):
+		return gcmRefused, nil, "the token wrote an all-zero IV back"
+	}
+	// The token wrote its own IV over ours.
+	return gcmTokenIV, back, ""
+}
+
 // probeGCM decides between a caller-chosen IV and an IV the token
 // generates and writes back into the parameters.
 func (pr *prober) probeGCM(c *Capabilities, kek pkcs11.ObjectHandle, kekValue []byte, why string) {
@@ -246,35 +278,25 @@ func (pr *prober) probeGCM(c *Capabilities, kek pkcs11.ObjectHandle, kekValue []
 	callerIV := make([]byte, IVSize)
 	_, _ = rand.Read(callerIV)
 	ct, back, err := try(callerIV)
-	var iv []byte
-	switch {
-	case err == nil && len(ct) != len(pt)+TagSize:
-		c.GCM.Detail = fmt.Sprintf("the token returned %d bytes for %d of plaintext: it appends an IV of %d bytes of its own, and the envelope keeps a 12-byte IV",
-			len(ct), len(pt), len(ct)-len(pt)-TagSize)
-		return
-	case err == nil && bytes.Equal(back, callerIV):
-		iv = callerIV
-	case err == nil:
-		// The token wrote its own IV over ours.
-		c.gcmTokenIV, iv = true, back
-	default:
+	mode, iv, detail := decideGCM(len(pt), callerIV, ct, back, err)
+	if mode == gcmRetryTokenIV {
 		// Refused a caller IV: offer a zeroed buffer for the token to fill.
 		zero := make([]byte, IVSize)
 		ct, back, err = try(zero)
-		if err != nil {
-			c.GCM.Detail = "the token refused both a caller IV and a buffer for its own IV: " + codeOf(err)
-			return
+		mode, iv, detail = decideGCM(len(pt), zero, ct, back, err)
+		if mode == gcmRetryTokenIV || mode == gcmCallerIV {
+			// Refused again, or "accepted" an all-zero IV it did not replace.
+			mode, detail = gcmRefused, fmt.Sprintf("the token refused a caller IV and wrote no %d-byte IV of its own", IVSize)
+			if err != nil {
+				detail = "the token refused both a caller IV and a buffer for its own IV: " + codeOf(err)
+			}
 		}
-		if len(ct) != len(pt)+TagSize || bytes.Equal(back, zero) {
-			c.GCM.Detail = fmt.Sprintf("the token refused a caller IV and wrote no %d-byte IV of its own", IVSize)
-			return
-		}
-		c.gcmTokenIV, iv = true, back
 	}
-	if c.gcmTokenIV && len(iv) != IVSize {
-		c.GCM.Detail = fmt.Sprintf("the token generates %d-byte IVs; the envelope keeps a 12-byte IV", len(iv))
+	if mode == gcmRefused {
+		c.GCM.Detail = detail
 		return
 	}
+	c.gcmTokenIV = mode == gcmTokenIV
 	if kekValue != nil {
 		block, _ := aes.NewCipher(kekValue)
 		g, _ := cipher.NewGCM(block)

@@ -205,3 +205,37 @@ func TestFunctionListLayoutMatchesExportedSymbols(t *testing.T) {
 		t.Fatalf("function list entries differ from the exported symbols: %v", bad)
 	}
 }
+
+// TestGCMIVDecisionForVendorBehaviours: how the probe reads one encryption,
+// for behaviours documented by vendors that cannot run here (their sources
+// are in docs/hsm-compatibility.md). The token paths for SoftHSM and NSS run
+// in TestProbeDecidesEachCapabilityOnEachToken.
+func TestGCMIVDecisionForVendorBehaviours(t *testing.T) {
+	sent := []byte("0123456789ab")
+	zero := make([]byte, 12)
+	theirs := []byte("HSM-drawn-iv")
+	const pt = 32
+	for _, c := range []struct {
+		name     string
+		sent     []byte
+		ctLen    int
+		back     []byte
+		err      error
+		want     int
+		wantIV   []byte
+		wantSays string
+	}{
+		{"SoftHSM and NSS use the caller's IV", sent, pt + 16, sent, nil, hsm.GCMCallerIV, sent, ""},
+		{"CloudHSM overwrites the IV buffer with its own", sent, pt + 16, theirs, nil, hsm.GCMTokenIV, theirs, ""},
+		{"a token that refuses caller IVs: try a buffer it fills", sent, 0, nil, pkcs11.Error(pkcs11.CKR_MECHANISM_PARAM_INVALID), hsm.GCMRetryTokenIV, nil, "CKR_MECHANISM_PARAM_INVALID"},
+		{"then it fills the zeroed buffer", zero, pt + 16, theirs, nil, hsm.GCMTokenIV, theirs, ""},
+		{"then it leaves the buffer zero: a zero caller IV, which probeGCM refuses on the retry", zero, pt + 16, zero, nil, hsm.GCMCallerIV, zero, ""},
+		{"Luna in FIPS mode appends a 16-byte IV to the ciphertext", sent, pt + 16 + 16, sent, nil, hsm.GCMRefused, nil, "appends an IV of 16 bytes"},
+		{"a token that draws 16-byte IVs", sent, pt + 16, []byte("sixteen-byte-iv!"), nil, hsm.GCMRefused, nil, "16-byte IVs"},
+	} {
+		got, iv, why := hsm.DecideGCM(pt, c.sent, make([]byte, c.ctLen), c.back, c.err)
+		if got != c.want || !bytes.Equal(iv, c.wantIV) || !strings.Contains(why, c.wantSays) {
+			t.Errorf("%s: decision %d iv %q (%s), want %d iv %q mentioning %q", c.name, got, iv, why, c.want, c.wantIV, c.wantSays)
+		}
+	}
+}

@@ -65,3 +65,17 @@ func FunctionListMatchesSymbols(m *Module) []string {
 
 // RFC5649Wrap exposes the Go reference the probe compares tokens with.
 var RFC5649Wrap = rfc5649Wrap
+
+// GCM IV decisions, for the table test of vendor behaviours.
+const (
+	GCMRefused      = int(gcmRefused)
+	GCMCallerIV     = int(gcmCallerIV)
+	GCMTokenIV      = int(gcmTokenIV)
+	GCMRetryTokenIV = int(gcmRetryTokenIV)
+)
+
+// DecideGCM exposes decideGCM.
+func DecideGCM(ptLen int, sent, ct, back []byte, err error) (int, []byte, string) {
+	m, iv, why := decideGCM(ptLen, sent, ct, back, err)
+	return int(m), iv, why
+}
