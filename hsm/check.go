@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/miekg/pkcs11"
 )
@@ -109,7 +110,7 @@ func Check(ctx context.Context, cfg Config) (*CheckReport, error) {
 		ck.Refused, ck.Allowed = m.attack(ctx, k, wrapper, c.Wrap.Mechanism.Code)
 		if len(ck.Allowed) > 0 {
 			r.Fit = false
-			r.Problems = append(r.Problems, fmt.Sprintf("%s key: the token allowed: %v", kind, ck.Allowed))
+			r.Problems = append(r.Problems, fmt.Sprintf("%s key: the token let a caller %s", kind, strings.Join(ck.Allowed, " and ")))
 		}
 		if err := m.Destroy(context.WithoutCancel(ctx), k); err != nil {
 			r.Problems = append(r.Problems, fmt.Sprintf("%s scratch key %q could not be destroyed: %v", kind, k.Label, err))

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"strings"
 	"text/tabwriter"
@@ -50,7 +51,10 @@ environment variable, never from a flag.`,
 			}
 			ctx, cancel := a.callCtx(cmd.Context())
 			defer cancel()
-			r, err := hsm.Check(ctx, hsm.Config{URI: uri, PIN: pin, Profile: profile, InitArgs: initArgs, MaxSessions: 4})
+			// The report says everything the module's log would; keep stderr
+			// for the one error line.
+			quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+			r, err := hsm.Check(ctx, hsm.Config{URI: uri, PIN: pin, Profile: profile, InitArgs: initArgs, MaxSessions: 4, Logger: quiet})
 			clear(pin)
 			if err != nil {
 				return localError(codes.FailedPrecondition, err)
@@ -59,7 +63,11 @@ environment variable, never from a flag.`,
 				return err
 			}
 			if !r.Fit {
-				return localError(codes.FailedPrecondition, fmt.Errorf("token %s is not fit to hold keys in custody: %s", r.Token, strings.Join(r.Problems, "; ")))
+				more := ""
+				if n := len(r.Problems) - 1; n > 0 {
+					more = fmt.Sprintf(" (and %d more problems in the report)", n)
+				}
+				return localError(codes.FailedPrecondition, fmt.Errorf("token %s is not fit to hold keys in custody: %s%s", r.Token, r.Problems[0], more))
 			}
 			return nil
 		},
