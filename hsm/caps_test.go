@@ -239,3 +239,55 @@ func TestGCMIVDecisionForVendorBehaviours(t *testing.T) {
 		}
 	}
 }
+
+// TestProfileCapsSessionsAndOmissionNeverWeakensTheReadBack: a profile's
+// session cap bounds the pool below what the token reports, and attributes
+// a profile leaves out of templates are still checked on read-back. With
+// the yubihsm profile on SoftHSM (its test PIN happens to have the YubiHSM
+// form), CKA_SENSITIVE is left out of HMAC templates, SoftHSM's default is
+// not sensitive, and the key is refused and removed rather than recorded.
+func TestProfileCapsSessionsAndOmissionNeverWeakensTheReadBack(t *testing.T) {
+	tok := hsmtest.New(t)
+	cfg := tok.Config()
+	cfg.Profile, cfg.MaxSessions = "yubihsm", 64
+	m, err := hsm.Open(ctxT(t), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if st := m.Stats(); st.SessionsMax != 15 { // 16, one kept pinned
+		t.Fatalf("sessions max %d under the yubihsm profile, want 15", st.SessionsMax)
+	}
+	ctx := ctxT(t)
+	_, _, err = m.CreateKey(ctx, hsm.KindHMACSHA256, "mac")
+	if !errors.Is(err, hsm.ErrKeyPolicy) || !strings.Contains(err.Error(), "sensitive") {
+		t.Fatalf("HMAC key with CKA_SENSITIVE omitted on SoftHSM: %v, want ErrKeyPolicy naming sensitive", err)
+	}
+	if n, err := m.Index(ctx); err != nil || n != 0 {
+		t.Fatalf("%d objects left after the refused key: %v", n, err)
+	}
+	m.Close()
+
+	// The luna profile bounds one GCM input at 64 KiB; its vendor wrap
+	// number is not on SoftHSM, so the probe falls through to 0x210A.
+	cfg = tok.Config()
+	cfg.Profile = "luna"
+	l, err := hsm.Open(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if c := l.Capabilities(); c.Wrap.Mechanism.Code != 0x210A || !c.Wrap.Verified {
+		t.Errorf("wrap under the luna profile on SoftHSM: %+v", c.Wrap)
+	}
+	k, _, err := l.CreateKey(ctx, hsm.KindAES256, "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := l.Encrypt(ctx, k, make([]byte, 64<<10), nil); err != nil {
+		t.Fatalf("64 KiB: %v", err)
+	}
+	if _, _, err := l.Encrypt(ctx, k, make([]byte, 64<<10+1), nil); !errors.Is(err, hsm.ErrInvalidInput) {
+		t.Fatalf("64 KiB + 1 under the luna profile: %v, want ErrInvalidInput", err)
+	}
+}
