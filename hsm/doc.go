@@ -19,4 +19,15 @@
 //     CKR_PIN_INCORRECT and CKR_PIN_LOCKED are never retried.
 //   - The PIN is held only to log in again after recovery; it never appears in
 //     an error, a log line or a String method.
+//   - Nothing about one vendor's PKCS#11 habits is assumed. Every
+//     (re)initialisation probes the token with scratch keys of its own
+//     (caps.go): which mechanism is RFC 5649, whether GCM takes the caller's
+//     IV or writes its own back, which OAEP hash and HMAC key type work, which
+//     codes mean a bad tag, and whether non-extractable keys stay in. No
+//     caller's input ever changes these decisions. What cannot be probed
+//     safely comes from a vendor Profile; an attribute a profile cannot set is
+//     recorded on the key as unverified, never passed silently, and the
+//     attributes custody rests on (token, sensitive, never extractable) are
+//     never waived. A missing capability fails only the operations that need
+//     it, with ErrUnsupported naming the mechanism.
 package hsm

@@ -28,6 +28,10 @@ var (
 	ErrLogin = errors.New("hsm: login failed")
 	// ErrKeyPolicy: a created key did not have the attributes custody requires.
 	ErrKeyPolicy = errors.New("hsm: key attributes violate custody policy")
+	// ErrUnsupported: the token lacks a capability the operation needs (the
+	// start-up probe found no mechanism for it). The message names the
+	// mechanism; every other operation keeps working.
+	ErrUnsupported = errors.New("hsm: token lacks a capability")
 )
 
 // errTokenGone marks a failure that the liveness check traced to the token
@@ -91,6 +95,10 @@ func mapErr(what string, err error) error {
 		pkcs11.CKR_SIGNATURE_INVALID, pkcs11.CKR_SIGNATURE_LEN_RANGE:
 		s = ErrDecrypt
 	case pkcs11.CKR_MECHANISM_INVALID, pkcs11.CKR_MECHANISM_PARAM_INVALID:
+		s = ErrMechanism
+	case pkcs11.CKR_BUFFER_TOO_SMALL:
+		// The module's size query lied (NSS does for GCM and KWP through
+		// miekg/pkcs11): a module quirk, neither a refusal nor bad input.
 		s = ErrMechanism
 	case pkcs11.CKR_KEY_FUNCTION_NOT_PERMITTED, pkcs11.CKR_KEY_UNEXTRACTABLE,
 		pkcs11.CKR_ATTRIBUTE_READ_ONLY, pkcs11.CKR_ATTRIBUTE_SENSITIVE,

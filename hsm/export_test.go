@@ -40,3 +40,42 @@ func RawToken(ctx context.Context, m *Module, k Key, fn func(p *pkcs11.Ctx, sh p
 		return fn(p, sh, h)
 	})
 }
+
+// FinalizeBehindItsBack calls C_Finalize on the module's library as another
+// user of the library in the process could: every session and handle dies.
+func FinalizeBehindItsBack(m *Module) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.p.Finalize()
+}
+
+// FunctionListMatchesSymbols checks the pre-sized calls' view of the
+// module's function list against the symbols it exports, entry by entry.
+func FunctionListMatchesSymbols(m *Module) []string {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	var bad []string
+	for i, name := range functionListNames {
+		if !m.raw.fnMatchesSymbol(i, name) {
+			bad = append(bad, name)
+		}
+	}
+	return bad
+}
+
+// RFC5649Wrap exposes the Go reference the probe compares tokens with.
+var RFC5649Wrap = rfc5649Wrap
+
+// GCM IV decisions, for the table test of vendor behaviours.
+const (
+	GCMRefused      = int(gcmRefused)
+	GCMCallerIV     = int(gcmCallerIV)
+	GCMTokenIV      = int(gcmTokenIV)
+	GCMRetryTokenIV = int(gcmRetryTokenIV)
+)
+
+// DecideGCM exposes decideGCM.
+func DecideGCM(ptLen int, sent, ct, back []byte, err error) (int, []byte, string) {
+	m, iv, why := decideGCM(ptLen, sent, ct, back, err)
+	return int(m), iv, why
+}

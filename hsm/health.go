@@ -2,16 +2,15 @@ package hsm
 
 import (
 	"os"
-	"path/filepath"
 	"strings"
 )
 
 // tokenDirPresent is a SoftHSM-specific liveness check: SoftHSM's file
 // backend keeps serving cached objects after its token directory is removed,
 // so the only reliable sign that the token is gone is the directory itself.
-// For other modules it reports true and the PKCS#11 probes decide.
+// For other profiles it reports true and the PKCS#11 probes decide.
 func (m *Module) tokenDirPresent() bool {
-	if !strings.Contains(filepath.Base(m.uri.ModulePath), "softhsm") {
+	if !m.profile.FileTokenDir {
 		return true
 	}
 	dir := softhsmTokenDir()

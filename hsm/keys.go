@@ -10,8 +10,10 @@ import (
 	"crypto/rsa"
 	"encoding/asn1"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"math/big"
+	"strings"
 
 	"github.com/miekg/pkcs11"
 )
@@ -29,15 +31,135 @@ func (k Key) String() string {
 
 // Attributes are the custody attributes read back from the token.
 type Attributes struct {
-	Token, Private, Sensitive, Extractable, Modifiable bool
-	NeverExtractable, AlwaysSensitive, Local           bool
+	Token            bool `json:"token"`
+	Private          bool `json:"private"`
+	Sensitive        bool `json:"sensitive"`
+	Extractable      bool `json:"extractable"`
+	Modifiable       bool `json:"modifiable"`
+	NeverExtractable bool `json:"never_extractable"`
+	AlwaysSensitive  bool `json:"always_sensitive"`
+	Local            bool `json:"local"`
+	// Unverified are the custody properties this token could not be shown
+	// to have: attributes the vendor profile says it cannot set (read back
+	// otherwise), and AttrExtractEnforced when the start-up probe saw the
+	// token wrap out a non-extractable key. Key records, `key get` and the
+	// ceremony transcript carry them; they never pass silently.
+	Unverified AttrSet `json:"unverified,omitempty"`
+}
+
+// requirements are the custody attributes and whether a read-back has them.
+func (a Attributes) requirements() []struct {
+	attr Attr
+	ok   bool
+} {
+	return []struct {
+		attr Attr
+		ok   bool
+	}{
+		{AttrToken, a.Token}, {AttrPrivate, a.Private}, {AttrSensitive, a.Sensitive},
+		{AttrExtractable, !a.Extractable}, {AttrModifiable, !a.Modifiable},
+		{AttrNeverExtractable, a.NeverExtractable}, {AttrAlwaysSensitive, a.AlwaysSensitive}, {AttrLocal, a.Local},
+	}
 }
 
 // InCustody reports whether the attributes are those of a key that has never
-// left, and can never leave, the token.
+// left, and can never leave, the token, with nothing left unverified.
 func (a Attributes) InCustody() bool {
-	return a.Token && a.Private && a.Sensitive && !a.Extractable && !a.Modifiable &&
-		a.NeverExtractable && a.AlwaysSensitive && a.Local
+	return a.Accepted() && a.Unverified == 0
+}
+
+// Accepted reports whether every custody attribute holds or is recorded as
+// unverified (never one of the mandatory ones: token, sensitive, always
+// sensitive, not extractable, never extractable).
+func (a Attributes) Accepted() bool {
+	for _, r := range a.requirements() {
+		if !r.ok && (mandatory[r.attr] || !a.Unverified.Has(r.attr)) {
+			return false
+		}
+	}
+	return true
+}
+
+// AttrSet is a set of custody attributes.
+type AttrSet uint16
+
+var attrBits = []Attr{AttrToken, AttrPrivate, AttrSensitive, AttrExtractable, AttrModifiable,
+	AttrNeverExtractable, AttrAlwaysSensitive, AttrLocal, AttrExtractEnforced}
+
+func attrBit(a Attr) AttrSet {
+	for i, b := range attrBits {
+		if b == a {
+			return 1 << i
+		}
+	}
+	return 0
+}
+
+// Has reports whether a is in the set.
+func (s AttrSet) Has(a Attr) bool { return s&attrBit(a) != 0 }
+
+// With returns the set with a added.
+func (s AttrSet) With(a Attr) AttrSet { return s | attrBit(a) }
+
+// List returns the attributes in the set, in a fixed order.
+func (s AttrSet) List() []Attr {
+	var out []Attr
+	for i, b := range attrBits {
+		if s&(1<<i) != 0 {
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
+// MarshalJSON writes the set as a list of names.
+func (s AttrSet) MarshalJSON() ([]byte, error) {
+	return json.Marshal(s.Strings())
+}
+
+// Strings is List as strings.
+func (s AttrSet) Strings() []string {
+	var out []string
+	for _, a := range s.List() {
+		out = append(out, string(a))
+	}
+	return out
+}
+
+// judge applies the profile to attributes read back from the token: an
+// attribute the profile waives is recorded as unverified, anything else
+// that is not as custody requires refuses the key.
+func (m *Module) judge(a Attributes) (Attributes, error) {
+	var bad []string
+	for _, r := range a.requirements() {
+		if r.ok {
+			continue
+		}
+		if _, waived := m.profile.Waived(r.attr); waived && !mandatory[r.attr] {
+			a.Unverified = a.Unverified.With(r.attr)
+			continue
+		}
+		bad = append(bad, string(r.attr))
+	}
+	if !m.capsNow().Extract.OK {
+		a.Unverified = a.Unverified.With(AttrExtractEnforced)
+	}
+	if len(bad) > 0 {
+		return a, fmt.Errorf("%w: read back with %s not as custody requires (profile %s)", ErrKeyPolicy, strings.Join(bad, ", "), m.profile.Name)
+	}
+	return a, nil
+}
+
+// Why explains an unverified attribute on this token, for records and
+// transcripts.
+func (m *Module) Why(a Attr) string {
+	if a == AttrExtractEnforced {
+		return "the token wrapped out a non-extractable scratch key at start-up: " + m.capsNow().Extract.Detail
+	}
+	if w, ok := m.profile.Waived(a); ok {
+		return w.Why
+	}
+	return ""
 }
 
 type handleKey struct {
@@ -56,12 +178,15 @@ func (m *Module) CreateKey(ctx context.Context, kind Kind, label string) (Key, A
 	if _, err := rand.Read(id); err != nil {
 		return Key{}, Attributes{}, fmt.Errorf("%w: random: %v", ErrUnavailable, err)
 	}
-	spec, ok := templateFor(kind, id, label)
+	spec, ok := m.templateFor(kind, id, label)
 	if !ok {
 		return Key{}, Attributes{}, fmt.Errorf("%w: unknown key kind %d", ErrInvalidInput, kind)
 	}
 	if !m.has(kindMech(kind)) {
-		return Key{}, Attributes{}, fmt.Errorf("%w: token lacks the mechanism to create %s keys", ErrMechanism, kind)
+		return Key{}, Attributes{}, fmt.Errorf("%w: creating %s keys needs %s, which the token lacks", ErrUnsupported, kind, mechName(kindMech(kind)))
+	}
+	if c := m.capsNow(); kind == KindHMACSHA256 && !c.HMAC.OK {
+		return Key{}, Attributes{}, c.HMAC.unsupported("creating hmac-sha256 keys")
 	}
 	k := Key{ID: id, Label: label, Kind: kind}
 	var attrs Attributes
@@ -87,8 +212,8 @@ func (m *Module) CreateKey(ctx context.Context, kind Kind, label string) (Key, A
 			return err
 		}
 		attrs, err = readAttrs(p, sh, main)
-		if err == nil && !attrs.InCustody() {
-			err = fmt.Errorf("%w: %s read back as %+v", ErrKeyPolicy, k, attrs)
+		if err == nil {
+			attrs, err = m.judge(attrs)
 		}
 		if err != nil {
 			_ = p.DestroyObject(sh, main)
@@ -142,6 +267,9 @@ func (m *Module) Attributes(ctx context.Context, k Key) (Attributes, error) {
 			return err
 		}
 		a, err = readAttrs(p, sh, h)
+		if err == nil {
+			a, _ = m.judge(a) // a key already in custody is reported as it is
+		}
 		return err
 	})
 	return a, mapErr("read attributes", err)

@@ -31,6 +31,17 @@ type Config struct {
 	// Observe, if set, is told the duration and outcome of every operation
 	// on the token (op is a fixed name such as "decrypt"), for metrics.
 	Observe func(op string, d time.Duration, err error)
+	// InitArgs, if set, is passed to C_Initialize as pReserved: the
+	// configuration string some modules need (NSS softokn's configdir,
+	// the YubiHSM connector URL). It is not secret and may be logged.
+	InitArgs string
+	// Profile names the vendor profile (see Profiles); "" picks one from
+	// the module's own manufacturer ID, or "generic".
+	Profile string
+	// DenyMechanisms are mechanisms Custody must not use on this token even
+	// though it lists them (a firmware with a known defect, a site policy).
+	// The probe treats them as absent: only the features needing them stop.
+	DenyMechanisms []uint
 }
 
 // State is the module's health, for /readyz and metrics.
@@ -77,6 +88,8 @@ type Stats struct {
 type Module struct {
 	uri        URI
 	pin        []byte
+	initArgs   *initArgs
+	deny       []uint
 	log        *slog.Logger
 	max        int
 	backoffMax time.Duration
@@ -91,6 +104,9 @@ type Module struct {
 	gen     uint64               // bumped by every (re)initialisation
 	mechs   atomic.Pointer[map[uint]bool]
 	missing []string
+	profile *Profile                     // fixed at Open
+	raw     *rawLib                      // pre-sized calls into the same module
+	caps    atomic.Pointer[Capabilities] // re-probed by every (re)initialisation
 
 	sem    chan struct{} // one token per in-flight operation
 	idleMu sync.Mutex
@@ -126,9 +142,24 @@ func Open(ctx context.Context, cfg Config) (*Module, error) {
 	if _, err := os.Stat(u.ModulePath); err != nil {
 		return nil, fmt.Errorf("%w: pkcs11 module %q: %v", ErrUnavailable, u.ModulePath, errors.Unwrap(err))
 	}
+	var prof *Profile
+	if cfg.Profile != "" {
+		if prof, err = LookupProfile(cfg.Profile); err != nil {
+			return nil, err
+		}
+		if err := prof.validate(); err != nil {
+			return nil, err
+		}
+		if err := prof.checkPIN(cfg.PIN); err != nil {
+			return nil, err
+		}
+	}
 	m := &Module{
+		profile:    prof,
 		uri:        u,
 		pin:        append([]byte(nil), cfg.PIN...),
+		initArgs:   newInitArgs(cfg.InitArgs),
+		deny:       append([]uint(nil), cfg.DenyMechanisms...),
 		log:        cfg.Logger,
 		max:        cfg.MaxSessions,
 		backoffMax: cfg.RecoveryBackoffMax,
@@ -152,6 +183,7 @@ func Open(ctx context.Context, cfg Config) (*Module, error) {
 	err = m.initLocked()
 	m.mu.Unlock()
 	if err != nil {
+		m.release()
 		return nil, err
 	}
 	m.sem = make(chan struct{}, m.max)
@@ -159,7 +191,49 @@ func Open(ctx context.Context, cfg Config) (*Module, error) {
 	if len(m.missing) > 0 {
 		m.log.Warn("hsm: token lacks mechanisms", "token", u.Token, "missing", strings.Join(m.missing, ","))
 	}
+	m.logCaps()
 	return m, nil
+}
+
+// logCaps reports what the probe decided, and loudly what is missing.
+func (m *Module) logCaps() {
+	c := m.caps.Load()
+	args := []any{"token", m.tokenName(), "profile", c.Profile}
+	for _, cp := range c.List() {
+		v := "missing"
+		if cp.OK {
+			v = strings.TrimSpace(cp.Mechanism.Name + " " + cp.Mode)
+			if v == "" {
+				v = "ok"
+			}
+			if !cp.Verified {
+				v += " (unverified)"
+			}
+		}
+		args = append(args, cp.Name, v)
+	}
+	m.log.Info("hsm: capabilities", args...)
+	for _, cp := range c.List() {
+		switch {
+		case cp.OK:
+		case cp.Name == CapExtractGate:
+			m.log.Warn("hsm: the token does not enforce non-extractability; keys made on it are recorded as unverified", "detail", cp.Detail)
+		default:
+			m.log.Warn("hsm: capability missing; only the operations that need it are refused", "capability", cp.Name, "detail", cp.Detail)
+		}
+	}
+}
+
+// release frees what Open allocated outside the library (after a failed
+// Open, or by Close).
+func (m *Module) release() {
+	if m.p != nil {
+		m.p.Destroy()
+		m.p = nil
+	}
+	m.raw.close()
+	m.raw = nil
+	m.initArgs.free()
 }
 
 // initLocked loads and initialises the library, finds the slot, opens the
@@ -172,9 +246,29 @@ func (m *Module) initLocked() error {
 		}
 		m.p = p
 	}
-	if err := m.p.Initialize(); err != nil {
+	if err := m.p.Initialize(pkcs11.InitializeWithReserved(m.initArgs.ptr())); err != nil {
 		if code, _ := rv(err); code != pkcs11.CKR_CRYPTOKI_ALREADY_INITIALIZED {
 			return fmt.Errorf("%w: initialise pkcs11 module %q: %w", ErrUnavailable, m.uri.ModulePath, err)
+		}
+	}
+	if m.raw == nil {
+		raw, err := openRaw(m.uri.ModulePath)
+		if err != nil {
+			_ = m.p.Finalize()
+			return err
+		}
+		m.raw = raw
+	}
+	if m.profile == nil {
+		info, err := m.p.GetInfo()
+		if err != nil {
+			_ = m.p.Finalize()
+			return mapErr("module info", err)
+		}
+		m.profile = detectProfile(info.ManufacturerID)
+		if err := m.profile.checkPIN(m.pin); err != nil {
+			_ = m.p.Finalize()
+			return err
 		}
 	}
 	slot, maxSess, err := m.findSlot()
@@ -183,6 +277,9 @@ func (m *Module) initLocked() error {
 		return err
 	}
 	m.slot = slot
+	if cap := m.profile.MaxSessions; cap > 0 && (maxSess == 0 || uint(cap) < maxSess) {
+		maxSess = uint(cap)
+	}
 	if maxSess > 0 && maxSess < uint(m.max)+1 {
 		m.max = int(maxSess) - 1 // one stays pinned
 		if m.max < 1 {
@@ -208,6 +305,7 @@ func (m *Module) initLocked() error {
 	m.gen++
 	m.handles.Clear()
 	m.probeLocked()
+	m.caps.Store(m.probeCapsLocked())
 	return nil
 }
 
@@ -276,8 +374,7 @@ func (m *Module) Close() error {
 		if code, _ := rv(err); code == pkcs11.CKR_CRYPTOKI_NOT_INITIALIZED {
 			err = nil
 		}
-		m.p.Destroy()
-		m.p = nil
+		m.release()
 		for i := range m.pin {
 			m.pin[i] = 0
 		}
@@ -305,6 +402,14 @@ func (m *Module) Stats() Stats {
 	}
 	return s
 }
+
+// Capabilities returns what the last (re)initialisation's probe decided.
+func (m *Module) Capabilities() Capabilities {
+	return *m.caps.Load()
+}
+
+// Profile returns the vendor profile in use.
+func (m *Module) Profile() *Profile { return m.profile }
 
 // Missing lists the mechanisms custody uses that the token lacks.
 func (m *Module) Missing() []string {

@@ -1,6 +1,7 @@
 package hsm
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
@@ -14,7 +15,6 @@ import (
 	"fmt"
 	"io"
 	"math/big"
-	"sync/atomic"
 
 	"github.com/miekg/pkcs11"
 )
@@ -31,6 +31,10 @@ const (
 
 var errTagMismatch = errors.New("authentication tag mismatch")
 
+// wrapRoom is the output buffer for wrapping a data key: RFC 5649 makes 40
+// bytes of 32, other paddings (checked and refused) up to 56.
+const wrapRoom = DataKeySize + 24
+
 func requireKind(k Key, kinds ...Kind) error {
 	for _, want := range kinds {
 		if k.Kind == want {
@@ -40,37 +44,54 @@ func requireKind(k Key, kinds ...Kind) error {
 	return fmt.Errorf("%w: %s key cannot be used for this operation", ErrInvalidInput, k.Kind)
 }
 
-func gcmMech(iv, aad []byte) (*pkcs11.GCMParams, []*pkcs11.Mechanism) {
-	params := pkcs11.NewGCMParams(iv, aad, TagSize*8)
-	return params, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, params)}
+// caps returns the capabilities of the current generation.
+func (m *Module) capsNow() *Capabilities { return m.caps.Load() }
+
+// gcmInput bounds one AES-GCM input by Custody's own limit and the
+// profile's.
+func (m *Module) gcmInput() int {
+	if n := m.profile.MaxGCMInput; n > 0 && n < MaxDataSize {
+		return n
+	}
+	return MaxDataSize
 }
 
 // Encrypt seals plaintext with AES-256-GCM under k inside the token, with a
 // fresh random 96-bit IV and aad authenticated. It returns the IV and the
 // ciphertext with its 128-bit tag appended. An empty plaintext yields just a
-// tag over aad (a GMAC).
+// tag over aad (a GMAC). On a token that generates IVs itself (the probe
+// found it so), the IV is the token's, read back from the parameters.
 func (m *Module) Encrypt(ctx context.Context, k Key, plaintext, aad []byte) (iv, ciphertext []byte, err error) {
 	if err := requireKind(k, KindAES256); err != nil {
 		return nil, nil, err
 	}
-	if len(plaintext) > MaxDataSize || len(aad) > MaxDataSize {
-		return nil, nil, fmt.Errorf("%w: input larger than %d bytes", ErrInvalidInput, MaxDataSize)
+	if max := m.gcmInput(); len(plaintext) > max || len(aad) > MaxDataSize {
+		return nil, nil, fmt.Errorf("%w: input larger than %d bytes", ErrInvalidInput, max)
+	}
+	c := m.capsNow()
+	if !c.GCM.OK {
+		return nil, nil, c.GCM.unsupported("encrypt")
 	}
 	iv = make([]byte, IVSize)
-	if _, err := rand.Read(iv); err != nil {
-		return nil, nil, fmt.Errorf("%w: random: %v", ErrUnavailable, err)
+	if !c.gcmTokenIV {
+		if _, err := rand.Read(iv); err != nil {
+			return nil, nil, fmt.Errorf("%w: random: %v", ErrUnavailable, err)
+		}
 	}
 	err = m.withSession(ctx, "encrypt", func(p *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
 		h, err := m.handle(p, sh, k, pkcs11.CKO_SECRET_KEY)
 		if err != nil {
 			return err
 		}
-		params, mech := gcmMech(iv, aad)
+		params := pkcs11.NewGCMParams(iv, aad, TagSize*8)
 		defer params.Free()
-		if err := p.EncryptInit(sh, mech, h); err != nil {
+		if err := p.EncryptInit(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, params)}, h); err != nil {
 			return err
 		}
-		ciphertext, err = p.Encrypt(sh, plaintext)
+		ciphertext, err = m.raw.encrypt(sh, plaintext, len(plaintext)+TagSize)
+		if err == nil && c.gcmTokenIV {
+			iv = params.IV()
+		}
 		return err
 	})
 	if err != nil {
@@ -78,6 +99,11 @@ func (m *Module) Encrypt(ctx context.Context, k Key, plaintext, aad []byte) (iv,
 	}
 	if len(ciphertext) != len(plaintext)+TagSize {
 		return nil, nil, fmt.Errorf("%w: token returned %d bytes for %d", ErrMechanism, len(ciphertext), len(plaintext))
+	}
+	if len(iv) != IVSize || bytes.Equal(iv, make([]byte, IVSize)) {
+		// A token that stopped writing its IV back must not leave us with a
+		// fixed (all-zero) IV: refuse rather than reuse it.
+		return nil, nil, fmt.Errorf("%w: token wrote no %d-byte GCM IV back", ErrMechanism, IVSize)
 	}
 	return iv, ciphertext, nil
 }
@@ -91,8 +117,12 @@ func (m *Module) Decrypt(ctx context.Context, k Key, iv, ciphertext, aad []byte)
 	if len(iv) != IVSize {
 		return nil, fmt.Errorf("%w: iv must be %d bytes", ErrDecrypt, IVSize)
 	}
-	if len(ciphertext) < TagSize || len(ciphertext) > MaxDataSize+TagSize || len(aad) > MaxDataSize {
+	if len(ciphertext) < TagSize || len(ciphertext) > m.gcmInput()+TagSize || len(aad) > MaxDataSize {
 		return nil, fmt.Errorf("%w: ciphertext length %d out of range", ErrDecrypt, len(ciphertext))
+	}
+	c := m.capsNow()
+	if !c.GCM.OK {
+		return nil, c.GCM.unsupported("decrypt")
 	}
 	var pt []byte
 	err := m.withSession(ctx, "decrypt", func(p *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
@@ -100,12 +130,12 @@ func (m *Module) Decrypt(ctx context.Context, k Key, iv, ciphertext, aad []byte)
 		if err != nil {
 			return err
 		}
-		params, mech := gcmMech(iv, aad)
+		params := pkcs11.NewGCMParams(iv, aad, TagSize*8)
 		defer params.Free()
-		if err := p.DecryptInit(sh, mech, h); err != nil {
+		if err := p.DecryptInit(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, params)}, h); err != nil {
 			return err
 		}
-		pt, err = p.Decrypt(sh, ciphertext)
+		pt, err = m.raw.decrypt(sh, ciphertext, len(ciphertext))
 		if err != nil {
 			return m.disambiguate(p, sh, h, err)
 		}
@@ -117,22 +147,28 @@ func (m *Module) Decrypt(ctx context.Context, k Key, iv, ciphertext, aad []byte)
 	return pt, nil
 }
 
-// disambiguate turns a GCM failure into errTagMismatch when the session and
-// key are demonstrably fine. SoftHSM reports a bad tag as CKR_GENERAL_ERROR,
-// the code of a device fault; a fault would also break these probes.
+// disambiguate turns a GCM or unwrap failure into errTagMismatch when the
+// token uses its code for bad input (the probe saw it for a bad tag or a
+// tampered wrapped key, or the profile says so: SoftHSM reports a bad tag
+// as CKR_GENERAL_ERROR, the code of a device fault) and the session and key
+// are demonstrably fine; a fault would also break these probes.
 func (m *Module) disambiguate(p *pkcs11.Ctx, sh pkcs11.SessionHandle, h pkcs11.ObjectHandle, err error) error {
 	return m.callerFault(p, sh, h, err, ErrDecrypt, errTagMismatch.Error())
 }
 
-// callerFault turns a generic PKCS#11 failure (CKR_GENERAL_ERROR,
-// CKR_FUNCTION_FAILED, CKR_ENCRYPTED_DATA_INVALID) into the caller's fault
-// (sentinel) when the session, the object h and the token demonstrably
-// still work, so that bad input can neither close sessions nor start a
-// recovery. Otherwise err is returned unchanged and treated as a device fault.
+// callerFault turns a failure whose code this token also uses for a
+// caller's bad input (seen by the probe, or listed by the profile) into the
+// caller's fault (sentinel) when the session, the object h and the token
+// demonstrably still work, so that bad input can neither close sessions nor
+// start a recovery. Otherwise err is returned unchanged: codes that are
+// device faults on this token stay device faults.
 func (m *Module) callerFault(p *pkcs11.Ctx, sh pkcs11.SessionHandle, h pkcs11.ObjectHandle, err, sentinel error, why string) error {
 	code, ok := rv(err)
-	if !ok || (code != pkcs11.CKR_GENERAL_ERROR && code != pkcs11.CKR_ENCRYPTED_DATA_INVALID && code != pkcs11.CKR_FUNCTION_FAILED) {
+	if !ok || !(m.capsNow().badInputCode(code) || m.profile.ambiguous(code)) {
 		return err
+	}
+	if classify(err) == classCaller {
+		return err // already the caller's: mapErr names it
 	}
 	if _, perr := p.GetSessionInfo(sh); perr != nil {
 		return err
@@ -146,7 +182,15 @@ func (m *Module) callerFault(p *pkcs11.Ctx, sh pkcs11.SessionHandle, h pkcs11.Ob
 	return fmt.Errorf("%w: %s", sentinel, why)
 }
 
-var kwp = []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_WRAP_PAD, nil)}
+// wrapMaster wraps dk under the master key mh with the token's RFC 5649
+// mechanism.
+func (m *Module) wrapMaster(sh pkcs11.SessionHandle, c *Capabilities, mh, dk pkcs11.ObjectHandle) ([]byte, error) {
+	out, err := m.raw.wrap(sh, c.Wrap.Mechanism.Code, mh, dk, wrapRoom)
+	if err == nil && len(out) != DataKeySize+8 {
+		err = fmt.Errorf("%w: token wrapped a data key into %d bytes, want %d (RFC 5649)", ErrMechanism, len(out), DataKeySize+8)
+	}
+	return out, err
+}
 
 // GenerateDataKey makes a fresh AES-256 data key inside the token and returns
 // it wrapped under master with AES-KWP (RFC 5649). Only when withPlaintext is
@@ -156,17 +200,21 @@ func (m *Module) GenerateDataKey(ctx context.Context, master Key, withPlaintext 
 	if err := requireKind(master, KindAES256); err != nil {
 		return nil, nil, err
 	}
+	c := m.capsNow()
+	if !c.Wrap.OK {
+		return nil, nil, c.Wrap.unsupported("generating a data key")
+	}
 	err = m.withSession(ctx, "generate_data_key", func(p *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
 		mh, err := m.handle(p, sh, master, pkcs11.CKO_SECRET_KEY)
 		if err != nil {
 			return err
 		}
-		dk, err := p.GenerateKey(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)}, dataKeyTemplate(!withPlaintext))
+		dk, err := p.GenerateKey(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)}, m.dataKeyTemplate(!withPlaintext))
 		if err != nil {
 			return err
 		}
 		defer p.DestroyObject(sh, dk)
-		if wrapped, err = p.WrapKey(sh, kwp, mh, dk); err != nil {
+		if wrapped, err = m.wrapMaster(sh, c, mh, dk); err != nil {
 			return err
 		}
 		if withPlaintext {
@@ -200,12 +248,17 @@ func (m *Module) unwrapInto(ctx context.Context, master Key, wrapped []byte, sen
 	if len(wrapped) < 16 || len(wrapped) > 1024 || len(wrapped)%8 != 0 {
 		return fmt.Errorf("%w: wrapped key length %d invalid", ErrDecrypt, len(wrapped))
 	}
+	c := m.capsNow()
+	if !c.Wrap.OK {
+		return c.Wrap.unsupported("unwrapping a data key")
+	}
 	err := m.withSession(ctx, "unwrap", func(p *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
 		mh, err := m.handle(p, sh, master, pkcs11.CKO_SECRET_KEY)
 		if err != nil {
 			return err
 		}
-		dk, err := p.UnwrapKey(sh, kwp, mh, wrapped, unwrapTemplate(sensitive))
+		mech := []*pkcs11.Mechanism{pkcs11.NewMechanism(c.Wrap.Mechanism.Code, nil)}
+		dk, err := p.UnwrapKey(sh, mech, mh, wrapped, m.unwrapTemplate(sensitive))
 		if err != nil {
 			return m.disambiguate(p, sh, mh, err)
 		}
@@ -238,7 +291,7 @@ func (m *Module) RewrapDataKey(ctx context.Context, from, to Key, wrapped []byte
 		if err != nil {
 			return err
 		}
-		out, err = p.WrapKey(sh, kwp, th, dk)
+		out, err = m.wrapMaster(sh, m.capsNow(), th, dk)
 		return err
 	})
 	return out, err
@@ -246,63 +299,37 @@ func (m *Module) RewrapDataKey(ctx context.Context, from, to Key, wrapped []byte
 
 // OAEP is the RSA-OAEP variant used to wrap a key to a recipient.
 type OAEP struct {
-	Hash crypto.Hash // SHA256 where the token supports it, else SHA1
+	Hash crypto.Hash // what the module's probe chose: SHA256 where the token supports it, else SHA1
 }
 
-func (o OAEP) String() string {
-	if o.Hash == crypto.SHA256 {
-		return "RSA-OAEP-SHA256"
-	}
-	return "RSA-OAEP-SHA1"
-}
+func (o OAEP) String() string { return oaepName(o.Hash) }
 
 // MinRecipientBits is the smallest recipient RSA modulus accepted.
 const MinRecipientBits = 3072
 
-// oaepState remembers whether the token refused OAEP with SHA-256
-// (0 unknown, 1 SHA-256 works, 2 only SHA-1).
-var oaepProbe atomic.Int32
-
-func oaepMech(h crypto.Hash) []*pkcs11.Mechanism {
-	var params *pkcs11.OAEPParams
+// oaepParams are the PKCS#11 hash and MGF of an OAEP hash.
+func oaepParams(h crypto.Hash) (hash, mgf uint) {
 	if h == crypto.SHA256 {
-		params = pkcs11.NewOAEPParams(pkcs11.CKM_SHA256, pkcs11.CKG_MGF1_SHA256, pkcs11.CKZ_DATA_SPECIFIED, nil)
-	} else {
-		params = pkcs11.NewOAEPParams(pkcs11.CKM_SHA_1, pkcs11.CKG_MGF1_SHA1, pkcs11.CKZ_DATA_SPECIFIED, nil)
+		return pkcs11.CKM_SHA256, pkcs11.CKG_MGF1_SHA256
 	}
-	return []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_RSA_PKCS_OAEP, params)}
+	return pkcs11.CKM_SHA_1, pkcs11.CKG_MGF1_SHA1
 }
 
 // wrapToRecipient imports the recipient's public key as a wrap-only session
-// object, wraps dk to it with RSA-OAEP (SHA-256 if the token can, else
-// SHA-1) and destroys the imported object.
-func (m *Module) wrapToRecipient(p *pkcs11.Ctx, sh pkcs11.SessionHandle, dk pkcs11.ObjectHandle, pub *rsa.PublicKey) ([]byte, OAEP, error) {
-	out, how, err := wrapToRecipientRaw(p, sh, dk, pub)
+// object, wraps dk to it with RSA-OAEP under the hash this module's probe
+// chose (never decided by a caller's key), and destroys the imported object.
+func (m *Module) wrapToRecipient(p *pkcs11.Ctx, sh pkcs11.SessionHandle, c *Capabilities, dk pkcs11.ObjectHandle, pub *rsa.PublicKey) ([]byte, OAEP, error) {
+	rh, err := p.CreateObject(sh, m.profile.filter(pkcs11.CKO_PUBLIC_KEY, recipientTemplate(pub.N.Bytes(), big.NewInt(int64(pub.E)).Bytes())))
 	if err != nil {
-		err = m.callerFault(p, sh, dk, err, ErrInvalidInput, "the token refused to wrap to this recipient key")
-	}
-	return out, how, err
-}
-
-func wrapToRecipientRaw(p *pkcs11.Ctx, sh pkcs11.SessionHandle, dk pkcs11.ObjectHandle, pub *rsa.PublicKey) ([]byte, OAEP, error) {
-	rh, err := p.CreateObject(sh, recipientTemplate(pub.N.Bytes(), big.NewInt(int64(pub.E)).Bytes()))
-	if err != nil {
-		return nil, OAEP{}, err
+		return nil, OAEP{}, m.callerFault(p, sh, dk, err, ErrInvalidInput, "the token refused this recipient key")
 	}
 	defer p.DestroyObject(sh, rh)
-	if oaepProbe.Load() != 2 {
-		out, err := p.WrapKey(sh, oaepMech(crypto.SHA256), rh, dk)
-		if err == nil {
-			oaepProbe.Store(1)
-			return out, OAEP{Hash: crypto.SHA256}, nil
-		}
-		if code, _ := rv(err); code != pkcs11.CKR_MECHANISM_PARAM_INVALID && code != pkcs11.CKR_MECHANISM_INVALID && code != pkcs11.CKR_ARGUMENTS_BAD {
-			return nil, OAEP{}, err
-		}
-		oaepProbe.Store(2)
+	hash, mgf := oaepParams(c.oaepHash)
+	out, err := m.raw.wrapOAEP(sh, hash, mgf, rh, dk, (pub.N.BitLen()+7)/8)
+	if err != nil {
+		return nil, OAEP{}, m.callerFault(p, sh, dk, err, ErrInvalidInput, "the token refused to wrap to this recipient key")
 	}
-	out, err := p.WrapKey(sh, oaepMech(crypto.SHA1), rh, dk)
-	return out, OAEP{Hash: crypto.SHA1}, err
+	return out, OAEP{Hash: c.oaepHash}, nil
 }
 
 func checkRecipient(pub *rsa.PublicKey) error {
@@ -322,20 +349,27 @@ func (m *Module) GenerateDataKeyFor(ctx context.Context, master Key, recipient *
 	if err := checkRecipient(recipient); err != nil {
 		return nil, nil, OAEP{}, err
 	}
+	c := m.capsNow()
+	if !c.Wrap.OK {
+		return nil, nil, OAEP{}, c.Wrap.unsupported("generating a data key")
+	}
+	if !c.OAEP.OK {
+		return nil, nil, OAEP{}, c.OAEP.unsupported("wrapping a data key to a recipient")
+	}
 	err = m.withSession(ctx, "generate_data_key_for", func(p *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
 		mh, err := m.handle(p, sh, master, pkcs11.CKO_SECRET_KEY)
 		if err != nil {
 			return err
 		}
-		dk, err := p.GenerateKey(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)}, dataKeyTemplate(true))
+		dk, err := p.GenerateKey(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)}, m.dataKeyTemplate(true))
 		if err != nil {
 			return err
 		}
 		defer p.DestroyObject(sh, dk)
-		if wrapped, err = p.WrapKey(sh, kwp, mh, dk); err != nil {
+		if wrapped, err = m.wrapMaster(sh, c, mh, dk); err != nil {
 			return err
 		}
-		forRecipient, how, err = m.wrapToRecipient(p, sh, dk, recipient)
+		forRecipient, how, err = m.wrapToRecipient(p, sh, c, dk, recipient)
 		return err
 	})
 	if err != nil {
@@ -350,11 +384,15 @@ func (m *Module) UnwrapDataKeyFor(ctx context.Context, master Key, wrapped []byt
 	if err := checkRecipient(recipient); err != nil {
 		return nil, OAEP{}, err
 	}
+	c := m.capsNow()
+	if !c.OAEP.OK {
+		return nil, OAEP{}, c.OAEP.unsupported("wrapping a data key to a recipient")
+	}
 	var out []byte
 	var how OAEP
 	err := m.unwrapInto(ctx, master, wrapped, true, func(p *pkcs11.Ctx, sh pkcs11.SessionHandle, dk pkcs11.ObjectHandle) error {
 		var err error
-		out, how, err = m.wrapToRecipient(p, sh, dk, recipient)
+		out, how, err = m.wrapToRecipient(p, sh, c, dk, recipient)
 		return err
 	})
 	return out, how, err
@@ -385,6 +423,9 @@ func (m *Module) Sign(ctx context.Context, k Key, input []byte) ([]byte, error) 
 			pkcs11.NewPSSParams(pkcs11.CKM_SHA256, pkcs11.CKG_MGF1_SHA256, sha256.Size))}
 	default:
 		return nil, fmt.Errorf("%w: %s keys do not sign", ErrInvalidInput, k.Kind)
+	}
+	if !m.has(mech[0].Mechanism) {
+		return nil, fmt.Errorf("%w: signing with %s keys needs %s, which the token lacks", ErrUnsupported, k.Kind, mechName(mech[0].Mechanism))
 	}
 	var sig []byte
 	err := m.withSession(ctx, "sign", func(p *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
@@ -442,6 +483,9 @@ func (m *Module) MAC(ctx context.Context, k Key, data []byte) ([]byte, error) {
 	}
 	if len(data) > MaxDataSize {
 		return nil, fmt.Errorf("%w: input larger than %d bytes", ErrInvalidInput, MaxDataSize)
+	}
+	if c := m.capsNow(); !c.HMAC.OK {
+		return nil, c.HMAC.unsupported("mac")
 	}
 	var mac []byte
 	err := m.withSession(ctx, "mac", func(p *pkcs11.Ctx, sh pkcs11.SessionHandle) error {

@@ -1,6 +1,9 @@
 package hsm
 
 import (
+	"fmt"
+	"slices"
+
 	"github.com/miekg/pkcs11"
 )
 
@@ -11,7 +14,6 @@ var wantedMechs = []struct {
 }{
 	{pkcs11.CKM_AES_KEY_GEN, "CKM_AES_KEY_GEN"},
 	{pkcs11.CKM_AES_GCM, "CKM_AES_GCM"},
-	{pkcs11.CKM_AES_KEY_WRAP_PAD, "CKM_AES_KEY_WRAP_PAD"},
 	{pkcs11.CKM_GENERIC_SECRET_KEY_GEN, "CKM_GENERIC_SECRET_KEY_GEN"},
 	{pkcs11.CKM_SHA256_HMAC, "CKM_SHA256_HMAC"},
 	{pkcs11.CKM_EC_KEY_PAIR_GEN, "CKM_EC_KEY_PAIR_GEN"},
@@ -21,6 +23,16 @@ var wantedMechs = []struct {
 	{pkcs11.CKM_RSA_PKCS_KEY_PAIR_GEN, "CKM_RSA_PKCS_KEY_PAIR_GEN"},
 	{pkcs11.CKM_RSA_PKCS_PSS, "CKM_RSA_PKCS_PSS"},
 	{pkcs11.CKM_RSA_PKCS_OAEP, "CKM_RSA_PKCS_OAEP"},
+}
+
+// mechName names a mechanism custody uses.
+func mechName(mech uint) string {
+	for _, w := range wantedMechs {
+		if w.mech == mech {
+			return w.name
+		}
+	}
+	return fmt.Sprintf("mechanism 0x%X", mech)
 }
 
 // kindMech is the generation mechanism a kind needs.
@@ -50,7 +62,9 @@ func (m *Module) probeLocked() {
 		return
 	}
 	for _, mech := range list {
-		mechs[mech.Mechanism] = true
+		if !slices.Contains(m.deny, mech.Mechanism) {
+			mechs[mech.Mechanism] = true
+		}
 	}
 	for _, w := range wantedMechs {
 		if !mechs[w.mech] {

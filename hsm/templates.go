@@ -113,9 +113,25 @@ type genSpec struct {
 	priv   []*pkcs11.Attribute // private key template (pairs)
 }
 
+// templateFor builds the enforced creation template of a kind for this
+// token: the HMAC key type is the one the probe found, and attributes the
+// vendor profile says the token refuses are left out (the read-back still
+// checks every custody attribute).
+func (m *Module) templateFor(kind Kind, id []byte, label string) (genSpec, bool) {
+	spec, ok := templateFor(kind, id, label, m.capsNow().hmacKeyType)
+	if !ok {
+		return spec, false
+	}
+	spec.secret = m.profile.filter(pkcs11.CKO_SECRET_KEY, spec.secret)
+	spec.priv = m.profile.filter(pkcs11.CKO_PRIVATE_KEY, spec.priv)
+	spec.pub = m.profile.filter(pkcs11.CKO_PUBLIC_KEY, spec.pub)
+	return spec, true
+}
+
 // templateFor builds the enforced creation template of a kind. It is the only
-// place key templates are written.
-func templateFor(kind Kind, id []byte, label string) (genSpec, bool) {
+// place key templates are written. hmacKeyType is CKK_GENERIC_SECRET or
+// CKK_SHA256_HMAC, as the token needs.
+func templateFor(kind Kind, id []byte, label string, hmacKeyType uint) (genSpec, bool) {
 	u, ok := kindUsages[kind]
 	if !ok {
 		return genSpec{}, false
@@ -152,9 +168,12 @@ func templateFor(kind Kind, id []byte, label string) (genSpec, bool) {
 			pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, 32), // AES-256
 		}, common...)}, true
 	case KindHMACSHA256:
+		if hmacKeyType == 0 {
+			hmacKeyType = pkcs11.CKK_GENERIC_SECRET
+		}
 		return genSpec{mech: pkcs11.CKM_GENERIC_SECRET_KEY_GEN, secret: append([]*pkcs11.Attribute{
 			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
-			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_GENERIC_SECRET),
+			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, hmacKeyType),
 			pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, 32), // 256-bit HMAC key (RFC 2104: >= hash length)
 		}, common...)}, true
 	case KindECDSAP256, KindAuditP256:
@@ -177,6 +196,14 @@ func templateFor(kind Kind, id []byte, label string) (genSpec, bool) {
 			priv: privClass(pkcs11.CKK_RSA)}, true
 	}
 	return genSpec{}, false
+}
+
+func (m *Module) dataKeyTemplate(sensitive bool) []*pkcs11.Attribute {
+	return m.profile.filter(pkcs11.CKO_SECRET_KEY, dataKeyTemplate(sensitive))
+}
+
+func (m *Module) unwrapTemplate(sensitive bool) []*pkcs11.Attribute {
+	return m.profile.filter(pkcs11.CKO_SECRET_KEY, unwrapTemplate(sensitive))
 }
 
 // dataKeyTemplate is the template of a transient AES-256 data key: a session

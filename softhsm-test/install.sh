@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what Custody's build and tests need when it is missing:
-# SoftHSMv2 (the PKCS#11 token used by tests and `make run`), OpenSC's
-# pkcs11-tool (tests of officer keys on a token) and, with
+# SoftHSMv2 (the PKCS#11 token used by tests and `make run`), NSS softokn
+# and certutil (the second PKCS#11 implementation the hsm tests run on),
+# OpenSC's pkcs11-tool (tests of officer keys on a token) and, with
 # --proto, protoc (only `make proto` needs it).
 # Safe to run repeatedly; prints nothing when everything is present.
 set -euo pipefail
@@ -12,6 +13,14 @@ for cand in /usr/lib/softhsm/libsofthsm2.so /usr/lib/x86_64-linux-gnu/softhsm/li
   [ -f "$cand" ] && lib="$cand" && break
 done
 [ -n "$lib" ] && command -v softhsm2-util >/dev/null 2>&1 || need+=(softhsm2)
+# NSS softokn (libsoftokn3.so, in libnss3) and certutil (libnss3-tools): the
+# hsm tests make a per-test NSS database token beside the SoftHSM one.
+nss=""
+for cand in /usr/lib/x86_64-linux-gnu/libsoftokn3.so /usr/lib/aarch64-linux-gnu/libsoftokn3.so /usr/lib64/libsoftokn3.so; do
+  [ -f "$cand" ] && nss="$cand" && break
+done
+[ -n "$nss" ] || need+=(libnss3)
+command -v certutil >/dev/null 2>&1 || need+=(libnss3-tools)
 # pkcs11-tool: the officer-key-on-a-token tests make their key pair with it.
 command -v pkcs11-tool >/dev/null 2>&1 || need+=(opensc)
 if [ "${1:-}" = "--proto" ]; then

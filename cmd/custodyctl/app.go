@@ -61,7 +61,8 @@ func (a *app) rootCommand() *cobra.Command {
 		a.officerCommand(),
 		a.proposalCommand(),
 		a.ceremonyCommand(),
-		a.benchCommand())
+		a.benchCommand(),
+		a.hsmCommand())
 	root.Long = `custodyctl talks to custodyd over gRPC with mutual TLS 1.3.
 Every command needs a CA bundle, a client certificate and its private key
 (--ca/--cert/--key or CUSTODY_CA/CUSTODY_CERT/CUSTODY_KEY). Under "crypto",

@@ -499,8 +499,11 @@ func (a *app) reportTranscript(t *Transcript, auditDER []byte, dir string) error
 }
 
 func formatTranscriptAttrs(at TranscriptAttr) string {
-	if at.Safe() {
+	if at.Safe() && len(at.Unverified) == 0 {
 		return "ok (token, private, sensitive, never extractable, local, not modifiable)"
+	}
+	if at.Safe() {
+		return "ok, UNVERIFIED " + strings.Join(at.Unverified, ",") + " (the HSM's vendor profile cannot set them)"
 	}
 	var bad []string
 	for _, c := range []struct {
@@ -514,7 +517,11 @@ func formatTranscriptAttrs(at TranscriptAttr) string {
 			bad = append(bad, c.name)
 		}
 	}
-	return "WARNING " + strings.Join(bad, ",")
+	out := "WARNING " + strings.Join(bad, ",")
+	if len(at.Unverified) > 0 {
+		out += " UNVERIFIED " + strings.Join(at.Unverified, ",")
+	}
+	return out
 }
 
 // matchDeclared checks the transcript records what the config declared:

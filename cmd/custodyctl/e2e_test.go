@@ -78,3 +78,34 @@ func TestCLIKeyCommandsAndJSONOutput(t *testing.T) {
 	}
 	_ = custodyv1.KeyPurpose_SIGN_ECDSA_P256
 }
+
+// TestCLIStatusShowsTheHSMCapabilities: custodyctl status against a real
+// custodyd prints, under the health line, what the HSM probe chose; its
+// JSON carries the same.
+func TestCLIStatusShowsTheHSMCapabilities(t *testing.T) {
+	e := testenv.Start(t, testenv.Settings{})
+	inv := runCLI(t, nil, append(as(e, "auditor"), "status")...)
+	if inv.code != 0 {
+		t.Fatalf("status: %+v", inv)
+	}
+	for _, want := range []string{" SERVING\n", "hsm: ready, profile softhsm", "aes_key_wrap_pad", "CKM_AES_KEY_WRAP_PAD (0x210A)",
+		"rsa_oaep", "sha1", "extract_refused"} {
+		if !strings.Contains(inv.stdout, want) {
+			t.Errorf("status output lacks %q:\n%s", want, inv.stdout)
+		}
+	}
+	inv = runCLI(t, nil, append(as(e, "auditor"), "--output", "json", "status")...)
+	var got struct {
+		Status string `json:"status"`
+		HSM    struct {
+			Profile      string `json:"profile"`
+			Capabilities []struct {
+				Name string `json:"name"`
+				OK   bool   `json:"ok"`
+			} `json:"capabilities"`
+		} `json:"hsm"`
+	}
+	if err := json.Unmarshal([]byte(inv.stdout), &got); err != nil || got.Status != "SERVING" || got.HSM.Profile != "softhsm" || len(got.HSM.Capabilities) != 5 {
+		t.Fatalf("json status: %v %q", err, inv.stdout)
+	}
+}

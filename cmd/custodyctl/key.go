@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -240,11 +241,13 @@ func formatAttrs(at *custodyv1.HsmAttributes) string {
 	if at == nil {
 		return "-"
 	}
-	if at.GetNeverExtractable() && at.GetAlwaysSensitive() && at.GetLocal() && at.GetSensitive() && !at.GetExtractable() {
+	unverified := at.GetUnverified()
+	waived := func(name string) bool { return slices.Contains(unverified, name) }
+	if at.GetNeverExtractable() && at.GetAlwaysSensitive() && at.GetLocal() && at.GetSensitive() && !at.GetExtractable() && len(unverified) == 0 {
 		return "ok (local, sensitive, never extractable)"
 	}
 	var bad []string
-	if !at.GetLocal() {
+	if !at.GetLocal() && !waived("local") {
 		bad = append(bad, "not-local")
 	}
 	if !at.GetSensitive() || !at.GetAlwaysSensitive() {
@@ -253,5 +256,15 @@ func formatAttrs(at *custodyv1.HsmAttributes) string {
 	if at.GetExtractable() || !at.GetNeverExtractable() {
 		bad = append(bad, "extractable")
 	}
-	return "WARNING " + strings.Join(bad, ",")
+	if waived("extractable_enforced") {
+		bad = append(bad, "extraction-not-enforced-by-hsm")
+	}
+	note := ""
+	if len(unverified) > 0 {
+		note = "UNVERIFIED " + strings.Join(unverified, ",") + " (see custodyctl status)"
+	}
+	if len(bad) == 0 {
+		return "ok (sensitive, never extractable), " + note
+	}
+	return strings.TrimSpace("WARNING " + strings.Join(bad, ",") + " " + note)
 }

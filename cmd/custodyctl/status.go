@@ -1,21 +1,33 @@
 package main
 
 import (
+	"context"
+	"encoding/json"
 	"fmt"
 	"io"
+	"strings"
+	"text/tabwriter"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
+
+	custodyv1 "github.com/custodyhq/custody/api/custody/v1"
 )
 
 func (a *app) statusCommand() *cobra.Command {
 	var service string
 	cmd := &cobra.Command{
 		Use:   "status",
-		Short: "Ask custodyd's gRPC health service whether it is serving",
-		Long: `Calls the standard gRPC health service over mTLS. Exits 0 when custodyd
-reports SERVING, 1 otherwise.`,
+		Short: "Ask custodyd whether it is serving, and what its HSM can do",
+		Long: `Calls the standard gRPC health service over mTLS, then custodyd's
+StatusService: the HSM's state, its vendor profile and, per capability
+(AES-GCM, RFC 5649 key wrap, RSA-OAEP, HMAC, refusal to let non-extractable
+keys out), the mechanism and parameter form the start-up probe chose, or why
+it is missing. A missing capability makes only the calls that need it fail
+with FAILED_PRECONDITION. Exits 0 when custodyd reports SERVING, 1 otherwise.`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			conn, err := a.connect()
@@ -28,8 +40,12 @@ reports SERVING, 1 otherwise.`,
 			if err != nil {
 				return err
 			}
-			if err := a.emit(resp, func(w io.Writer) { fmt.Fprintf(w, "%s %s\n", a.addr, resp.GetStatus()) }); err != nil {
+			hsmStatus, why := vaultStatus(ctx, conn)
+			if err := a.emitStatus(resp, hsmStatus); err != nil {
 				return err
+			}
+			if why != "" {
+				fmt.Fprintf(a.stderr, "custodyctl: hsm status not shown: %s\n", why)
 			}
 			if resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
 				return localError(codes.Unavailable, fmt.Errorf("custodyd at %s is %s", a.addr, resp.GetStatus()))
@@ -39,4 +55,72 @@ reports SERVING, 1 otherwise.`,
 	}
 	cmd.Flags().StringVar(&service, "service", "", `health service name to check; "" for the whole server`)
 	return cmd
+}
+
+// vaultStatus asks StatusService for the HSM's status. A server without
+// it (older, or a bare health endpoint) gives nil and no reason; a refusal
+// gives nil and the reason.
+func vaultStatus(ctx context.Context, conn grpc.ClientConnInterface) (*custodyv1.HsmStatus, string) {
+	st, err := custodyv1.NewStatusServiceClient(conn).GetStatus(ctx, &custodyv1.GetStatusRequest{})
+	switch status.Code(err) {
+	case codes.OK:
+		return st.GetHsm(), ""
+	case codes.Unimplemented:
+		return nil, ""
+	}
+	return nil, status.Convert(err).Code().String() + ": " + status.Convert(err).Message()
+}
+
+func (a *app) emitStatus(health *healthpb.HealthCheckResponse, h *custodyv1.HsmStatus) error {
+	if a.output == "json" {
+		out := map[string]any{"status": health.GetStatus().String()}
+		if h != nil {
+			b, err := jsonMarshal.Marshal(h)
+			if err != nil {
+				return localError(codes.Internal, fmt.Errorf("encode json: %w", err))
+			}
+			out["hsm"] = json.RawMessage(b)
+		}
+		return a.emitValue(out, nil)
+	}
+	return a.emitValue(nil, func(w io.Writer) {
+		fmt.Fprintf(w, "%s %s\n", a.addr, health.GetStatus())
+		if h != nil {
+			writeHSMStatus(w, h)
+		}
+	})
+}
+
+// writeHSMStatus prints an HSM status as text (custodyctl status and
+// custodyctl hsm check share it).
+func writeHSMStatus(w io.Writer, h *custodyv1.HsmStatus) {
+	fmt.Fprintf(w, "hsm: %s, profile %s (%s), probed at initialisation %d\n", h.GetState(), h.GetProfile(), h.GetVendor(), h.GetGeneration())
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "CAPABILITY\tOK\tMECHANISM\tMODE\tVERIFIED\tDETAIL")
+	for _, c := range h.GetCapabilities() {
+		mech := "-"
+		if c.GetMechanism() != "" {
+			mech = fmt.Sprintf("%s (0x%X)", c.GetMechanism(), c.GetMechanismCode())
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", c.GetName(), yesNo(c.GetOk()), mech, dash(c.GetMode()),
+			yesNo(c.GetVerified()), dash(c.GetDetail()))
+	}
+	_ = tw.Flush()
+	if m := h.GetMissingMechanisms(); len(m) > 0 {
+		fmt.Fprintf(w, "mechanisms missing (key purposes needing them are refused): %s\n", strings.Join(m, ", "))
+	}
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "NO"
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }

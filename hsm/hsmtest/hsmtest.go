@@ -1,10 +1,13 @@
-// Package hsmtest gives each test its own SoftHSMv2 token in t.TempDir().
+// Package hsmtest gives each test its own PKCS#11 token in t.TempDir(): a
+// SoftHSMv2 token, or an NSS softokn database (a second, independent
+// PKCS#11 implementation), so the hsm suite runs against both.
 //
-// Every token has its own softhsm2.conf and token directory, selected with
-// t.Setenv("SOFTHSM2_CONF", …), so tests never share state and nothing is
-// committed to the repository. When SoftHSM is not installed the test fails
-// (it never skips) with the command that installs it: CI must not pass by
-// testing nothing.
+// Every SoftHSM token has its own softhsm2.conf and token directory,
+// selected with t.Setenv("SOFTHSM2_CONF", …); every NSS token is its own
+// database made with certutil and loaded with init arguments naming it. Tests
+// never share state and nothing is committed to the repository. When a
+// token's software is not installed the test fails (it never skips) with
+// the command that installs it: CI must not pass by testing nothing.
 package hsmtest
 
 import (
@@ -44,8 +47,23 @@ func Library() string {
 	return ""
 }
 
-// Token is a freshly initialised SoftHSM token.
+// Kind is a PKCS#11 implementation tests can run on.
+type Kind string
+
+// Token kinds.
+const (
+	SoftHSM Kind = "softhsm"
+	NSS     Kind = "nss"
+)
+
+// Kinds are the implementations every shared hsm test runs on.
+var Kinds = []Kind{SoftHSM, NSS}
+
+// Token is a freshly initialised token.
 type Token struct {
+	Kind     Kind
+	Profile  string // hsm profile name
+	InitArgs string // C_Initialize pReserved (NSS)
 	Dir      string // the temp dir holding conf and tokens
 	TokenDir string // directories.tokendir
 	Conf     string // path of softhsm2.conf (SOFTHSM2_CONF is set to it)
@@ -94,12 +112,36 @@ func New(t testing.TB) *Token {
 		t.Fatalf("softhsm2-util --init-token: %v\n%s", err, out)
 	}
 	tok.URI = fmt.Sprintf("pkcs11:token=%s?module-path=%s", tok.Label, lib)
+	tok.Kind, tok.Profile = SoftHSM, "softhsm"
 	return tok
+}
+
+// NewKind creates a token of the given kind.
+func NewKind(t testing.TB, kind Kind) *Token {
+	t.Helper()
+	switch kind {
+	case SoftHSM:
+		return New(t)
+	case NSS:
+		return NewNSS(t)
+	}
+	t.Fatalf("unknown token kind %q", kind)
+	return nil
+}
+
+// ForEach runs fn as a subtest on a fresh token of every kind. A test that
+// cannot run on some kind must not use it; see the list in the hsm tests.
+func ForEach(t *testing.T, fn func(t *testing.T, tok *Token)) {
+	t.Helper()
+	for _, kind := range Kinds {
+		t.Run(string(kind), func(t *testing.T) { fn(t, NewKind(t, kind)) })
+	}
 }
 
 // Config returns an hsm.Config for the token.
 func (tok *Token) Config() hsm.Config {
-	return hsm.Config{URI: tok.URI, PIN: []byte(tok.PIN), RecoveryBackoffMax: 200 * time.Millisecond}
+	return hsm.Config{URI: tok.URI, PIN: []byte(tok.PIN), RecoveryBackoffMax: 200 * time.Millisecond,
+		Profile: tok.Profile, InitArgs: tok.InitArgs}
 }
 
 // Open creates a token and opens it; the module is closed when the test ends.

@@ -26,6 +26,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"time"
 
 	"go.yaml.in/yaml/v3"
@@ -160,6 +161,36 @@ type HSMConfig struct {
 	PINEnv string `yaml:"pin_env"`
 	// MaxSessions bounds the PKCS#11 session pool.
 	MaxSessions int `yaml:"max_sessions"`
+	// Profile is the vendor profile (one of HSMProfiles): what custodyd
+	// cannot probe safely about the module, such as attributes the vendor
+	// refuses or misreports. Empty picks one from the module's manufacturer
+	// ID (SoftHSM, NSS), else "generic". See docs/hsm-compatibility.md.
+	Profile string `yaml:"profile"`
+	// InitArgs, if set, is passed to C_Initialize as pReserved: the
+	// configuration string some modules need (NSS softokn's configdir, a
+	// connector address). It is not secret; never put a PIN in it.
+	InitArgs string `yaml:"init_args"`
+	// DenyMechanisms are PKCS#11 mechanism numbers ("0x1087") custodyd must
+	// not use even though the token lists them (a firmware with a known
+	// defect). Only the features that need them stop.
+	DenyMechanisms []string `yaml:"deny_mechanisms"`
+}
+
+// HSMProfiles are the vendor profiles hsm.profile accepts (package hsm
+// defines them; a daemon test keeps the two lists equal).
+var HSMProfiles = []string{"cloudhsm", "generic", "luna", "nshield", "nss", "softhsm", "yubihsm"}
+
+// Mechanisms parses DenyMechanisms.
+func (h HSMConfig) Mechanisms() ([]uint, error) {
+	out := make([]uint, 0, len(h.DenyMechanisms))
+	for _, s := range h.DenyMechanisms {
+		n, err := strconv.ParseUint(s, 0, 32)
+		if err != nil {
+			return nil, fmt.Errorf("%q is not a mechanism number (write it as 0x1087)", s)
+		}
+		out = append(out, uint(n))
+	}
+	return out, nil
 }
 
 // StoreConfig configures the embedded bbolt store.
@@ -270,7 +301,11 @@ func (h HSMConfig) String() string {
 	case h.PINEnv != "":
 		src = "env"
 	}
-	return fmt.Sprintf("{uri:%s pin_source:%s max_sessions:%d}", redactURI(h.URI), src, h.MaxSessions)
+	profile := h.Profile
+	if profile == "" {
+		profile = "auto"
+	}
+	return fmt.Sprintf("{uri:%s pin_source:%s max_sessions:%d profile:%s}", redactURI(h.URI), src, h.MaxSessions, profile)
 }
 
 // GoString is String, so that %#v cannot bypass the redaction.

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"syscall"
 	"testing"
@@ -171,7 +172,7 @@ audit: {dir: %s}
 		Governance: GovernanceConfig{TimeLock: DefaultTimeLock, ProposalTTL: DefaultProposalTTL,
 			Freeze: FreezeConfig{Refusals: DefaultFreezeRefusals, Within: DefaultFreezeWithin}},
 	}
-	if fmt.Sprintf("%+v", *cfg) != fmt.Sprintf("%+v", want) || cfg.HSM != want.HSM {
+	if fmt.Sprintf("%+v", *cfg) != fmt.Sprintf("%+v", want) || !reflect.DeepEqual(cfg.HSM, want.HSM) {
 		t.Fatalf("got  %+v\nwant %+v", *cfg, want)
 	}
 }
@@ -255,6 +256,10 @@ func TestValidateNamesFieldPathOfEachProblem(t *testing.T) {
 		{"pin env unset", func(c *Config) { c.HSM.PINFile, c.HSM.PINEnv = "", "CUSTODY_TEST_UNSET_PIN" }, "hsm.pin_env", "not set or is empty"},
 		{"max sessions zero", func(c *Config) { c.HSM.MaxSessions = -1 }, "hsm.max_sessions", "out of range"},
 		{"max sessions big", func(c *Config) { c.HSM.MaxSessions = 5000 }, "hsm.max_sessions", "out of range"},
+		{"unknown hsm profile", func(c *Config) { c.HSM.Profile = "thales" }, "hsm.profile", `"thales" is not one of cloudhsm, generic`},
+		{"init args with a NUL", func(c *Config) { c.HSM.InitArgs = "configdir='x'\x00" }, "hsm.init_args", "NUL"},
+		{"init args too long", func(c *Config) { c.HSM.InitArgs = strings.Repeat("x", 5000) }, "hsm.init_args", "at most 4096"},
+		{"deny mechanism not a number", func(c *Config) { c.HSM.DenyMechanisms = []string{"CKM_AES_GCM"} }, "hsm.deny_mechanisms", "write it as 0x1087"},
 		{"store relative", func(c *Config) { c.Store.Path = "custody.db" }, "store.path", "absolute path"},
 		{"store dir missing", func(c *Config) { c.Store.Path = "/nonexistent/custody.db" }, "store.path", `parent directory "/nonexistent" does not exist`},
 		{"store is dir", func(c *Config) { c.Store.Path = dirAsFile }, "store.path", "not a regular file"},

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -228,7 +229,22 @@ func (h HSMConfig) validate(ps *problems) {
 	if h.MaxSessions < 1 || h.MaxSessions > maxSessionsLimit {
 		ps.add("hsm.max_sessions", "%d is out of range 1..%d", h.MaxSessions, maxSessionsLimit)
 	}
+	if h.Profile != "" && !slices.Contains(HSMProfiles, h.Profile) {
+		ps.add("hsm.profile", "%q is not one of %s", h.Profile, strings.Join(HSMProfiles, ", "))
+	}
+	switch {
+	case len(h.InitArgs) > maxInitArgs:
+		ps.add("hsm.init_args", "is %d bytes; at most %d", len(h.InitArgs), maxInitArgs)
+	case strings.ContainsRune(h.InitArgs, 0):
+		ps.add("hsm.init_args", "must not contain a NUL byte")
+	}
+	if _, err := h.Mechanisms(); err != nil {
+		ps.add("hsm.deny_mechanisms", "%v", err)
+	}
 }
+
+// maxInitArgs bounds hsm.init_args (a configuration string, not a file).
+const maxInitArgs = 4096
 
 // pinFileModeProblem returns why a PIN file with mode m is refused, or "".
 func pinFileModeProblem(m fs.FileMode) string {

@@ -127,14 +127,21 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 		return nil, err
 	}
 	reg := prometheus.NewRegistry()
+	deny, err := cfg.HSM.Mechanisms()
+	if err != nil {
+		return nil, fmt.Errorf("hsm.deny_mechanisms: %w", err)
+	}
 	d.HSM, err = hsm.Open(ctx, hsm.Config{URI: cfg.HSM.URI, PIN: pin, MaxSessions: cfg.HSM.MaxSessions, Logger: d.log,
-		Observe: server.HSMObserver(reg)})
+		Observe: server.HSMObserver(reg), Profile: cfg.HSM.Profile, InitArgs: cfg.HSM.InitArgs, DenyMechanisms: deny})
 	clear(pin)
 	if err != nil {
 		return nil, fmt.Errorf("hsm: %w", err)
 	}
 	if missing := d.HSM.Missing(); len(missing) > 0 {
 		d.log.Warn("token lacks mechanisms; some key purposes will be unavailable", "missing", missing)
+	}
+	if err := requireCustody(cfg, d.HSM.Capabilities()); err != nil {
+		return nil, err
 	}
 
 	raw, err := store.OpenBolt(cfg.Store.Path, store.BoltOptions{})
@@ -294,6 +301,15 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 func isLoopback(a net.Addr) bool {
 	ta, ok := a.(*net.TCPAddr)
 	return ok && ta.IP.IsLoopback()
+}
+
+// requireCustody refuses, outside dev mode, a token that the start-up probe
+// saw let a non-extractable key out: master keys on it could leave the HSM.
+func requireCustody(cfg *config.Config, c hsm.Capabilities) error {
+	if c.Extract.OK || cfg.Dev {
+		return nil
+	}
+	return fmt.Errorf("hsm: refusing to hold keys on this token outside dev mode: %s (profile %s); see docs/hsm-compatibility.md", c.Extract.Detail, c.Profile)
 }
 
 // ownKey finds one of custodyd's own keys by label, creating it on first

@@ -122,7 +122,7 @@ func PrepareDev(dir, listen, httpListen string) (*DevSetup, *config.Config, erro
 		Listen:     listen,
 		HTTPListen: httpListen,
 		TLS:        config.TLSConfig{CertFile: pk.ServerCertFile, KeyFile: pk.ServerKeyFile, ClientCAFile: pk.CAFile},
-		HSM:        config.HSMConfig{URI: "pkcs11:token=custody-dev?module-path=" + lib, PINFile: pinFile},
+		HSM:        config.HSMConfig{URI: "pkcs11:token=custody-dev?module-path=" + lib, PINFile: pinFile, Profile: "softhsm"},
 		Store:      config.StoreConfig{Path: filepath.Join(dir, "custody.db")},
 		Audit:      config.AuditConfig{Dir: filepath.Join(dir, "audit")},
 		Keys:       config.KeysConfig{DestroyWaitMin: time.Second},

@@ -57,5 +57,6 @@ func (t govToken) KeyAttributes(ctx context.Context, e *keys.Entry, version uint
 		return quorum.TranscriptAttr{}, err
 	}
 	return quorum.TranscriptAttr{Token: a.Token, Private: a.Private, Sensitive: a.Sensitive, AlwaysSensitive: a.AlwaysSensitive,
-		Extractable: a.Extractable, NeverExtractable: a.NeverExtractable, Local: a.Local, Modifiable: a.Modifiable}, nil
+		Extractable: a.Extractable, NeverExtractable: a.NeverExtractable, Local: a.Local, Modifiable: a.Modifiable,
+		Unverified: a.Unverified.Strings()}, nil
 }

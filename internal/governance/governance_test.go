@@ -98,7 +98,8 @@ func (t *markerToken) KeyAttributes(ctx context.Context, e *keys.Entry, v uint32
 	}
 	a, err := t.m.Attributes(ctx, hsmtoken.Key(o))
 	return quorum.TranscriptAttr{Token: a.Token, Private: a.Private, Sensitive: a.Sensitive, AlwaysSensitive: a.AlwaysSensitive,
-		Extractable: a.Extractable, NeverExtractable: a.NeverExtractable, Local: a.Local, Modifiable: a.Modifiable}, err
+		Extractable: a.Extractable, NeverExtractable: a.NeverExtractable, Local: a.Local, Modifiable: a.Modifiable,
+		Unverified: a.Unverified.Strings()}, err
 }
 
 func newFixture(t *testing.T) *fixture {

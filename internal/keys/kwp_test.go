@@ -11,7 +11,8 @@ import (
 
 // This file is a test-only implementation of AES Key Wrap with Padding
 // (RFC 5649), used to compute and check the FormatWrappedKey vectors in
-// docs/envelope.md. In production the HSM performs AES-KWP (CKM_AES_KEY_WRAP_KWP).
+// docs/envelope.md. In production the HSM performs RFC 5649, under whichever
+// mechanism number is RFC 5649 on that token (package hsm's probe finds it).
 
 var kwpAIV = [4]byte{0xa6, 0x59, 0x59, 0xa6}
 

@@ -179,11 +179,21 @@ type Attrs struct {
 	Local            bool `json:"local"`             // CKA_LOCAL: generated on the token
 	Extractable      bool `json:"extractable"`       // CKA_EXTRACTABLE
 	Sensitive        bool `json:"sensitive"`         // CKA_SENSITIVE
+	// Unverified are custody properties the token could not be shown to
+	// have when the key was made (hsm.AttrSet names): attributes its vendor
+	// profile says it cannot set, or "extractable_enforced" when the token
+	// let a non-extractable key out. Recorded, never passed silently.
+	Unverified []string `json:"unverified,omitempty"`
 }
 
+// unverified reports whether the record says attribute name could not be
+// verified on its token.
+func (a Attrs) unverified(name string) bool { return slices.Contains(a.Unverified, name) }
+
 // Validate refuses attributes that would let the key leave the HSM, now or
-// ever: it requires NeverExtractable, AlwaysSensitive, Local and Sensitive,
-// and refuses Extractable.
+// ever: it requires NeverExtractable, AlwaysSensitive and Sensitive, and
+// refuses Extractable, whatever the token. It requires Local unless the
+// record says the token's profile cannot report it ("local" unverified).
 func (a Attrs) Validate() error {
 	switch {
 	case a.Extractable:
@@ -194,7 +204,7 @@ func (a Attrs) Validate() error {
 		return fmt.Errorf("%w: hsm key was extractable at some time", ErrInvalidArgument)
 	case !a.AlwaysSensitive:
 		return fmt.Errorf("%w: hsm key was not always sensitive", ErrInvalidArgument)
-	case !a.Local:
+	case !a.Local && !a.unverified("local"):
 		return fmt.Errorf("%w: hsm key was not generated on the token", ErrInvalidArgument)
 	}
 	return nil
@@ -219,6 +229,7 @@ type Version struct {
 
 func (v Version) clone() Version {
 	v.HSMID = bytes.Clone(v.HSMID)
+	v.Attrs.Unverified = slices.Clone(v.Attrs.Unverified)
 	return v
 }
 

@@ -133,7 +133,7 @@ func TestAddVersion(t *testing.T) {
 	runTransitions(t, []transition{
 		{name: "becomes the enabled primary", op: add(hsmID(6), "v6", safe, t0), check: func(t *testing.T, k *Key) {
 			v, ok := k.Version(6)
-			if !ok || k.Primary != 6 || v.State != StateEnabled || !bytes.Equal(v.HSMID, hsmID(6)) || v.Attrs != safe {
+			if !ok || k.Primary != 6 || v.State != StateEnabled || !bytes.Equal(v.HSMID, hsmID(6)) || !reflect.DeepEqual(v.Attrs, safe) {
 				t.Fatalf("after AddVersion: primary %d, version %+v", k.Primary, v)
 			}
 			if got, err := k.ForEncrypt(); err != nil || got.Number != 6 {
@@ -145,6 +145,9 @@ func TestAddVersion(t *testing.T) {
 		{name: "refuses a key that was once extractable", op: add(hsmID(6), "v6", with(func(a *Attrs) { a.NeverExtractable = false }), t0), wantErr: ErrInvalidArgument},
 		{name: "refuses a key that was once not sensitive", op: add(hsmID(6), "v6", with(func(a *Attrs) { a.AlwaysSensitive = false }), t0), wantErr: ErrInvalidArgument},
 		{name: "refuses an imported key", op: add(hsmID(6), "v6", with(func(a *Attrs) { a.Local = false }), t0), wantErr: ErrInvalidArgument},
+		{name: "accepts CKA_LOCAL=false only where the record says the token cannot report it", op: add(hsmID(6), "v6", with(func(a *Attrs) { a.Local, a.Unverified = false, []string{"local"} }), t0)},
+		{name: "no record of being unverifiable excuses a non-sensitive key", op: add(hsmID(6), "v6", with(func(a *Attrs) { a.Sensitive, a.Unverified = false, []string{"sensitive", "local"} }), t0), wantErr: ErrInvalidArgument},
+		{name: "no record of being unverifiable excuses an extractable key", op: add(hsmID(6), "v6", with(func(a *Attrs) { a.Extractable, a.Unverified = true, []string{"extractable"} }), t0), wantErr: ErrInvalidArgument},
 		{name: "refuses an empty hsm id", op: add(nil, "v6", safe, t0), wantErr: ErrInvalidArgument},
 		{name: "refuses a 65-byte hsm id", op: add(make([]byte, 65), "v6", safe, t0), wantErr: ErrInvalidArgument},
 		{name: "refuses an empty label", op: add(hsmID(6), "", safe, t0), wantErr: ErrInvalidArgument},

@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -61,13 +62,24 @@ type TranscriptAttr struct {
 	NeverExtractable bool `json:"never_extractable"`
 	Local            bool `json:"local"`
 	Modifiable       bool `json:"modifiable"`
+	// Unverified are custody properties the HSM could not be shown to have
+	// (see docs/hsm-compatibility.md): attributes its vendor profile says it
+	// cannot set ("local", "private", "modifiable") and
+	// "extractable_enforced" when the token let a non-extractable key out.
+	// The transcript says so rather than passing them silently.
+	Unverified []string `json:"unverified,omitempty"`
 }
 
 // Safe reports the attributes every Custody key must have: token, private,
 // sensitive, always sensitive, never extractable and local all true;
-// extractable and modifiable false.
+// extractable and modifiable false. Private, local and modifiable may
+// instead be listed as unverified (the token cannot set or report them);
+// token, sensitivity and extractability never may, and a token that let a
+// non-extractable key out ("extractable_enforced") is never safe.
 func (a TranscriptAttr) Safe() bool {
-	return a.Token && a.Private && a.Sensitive && a.AlwaysSensitive && !a.Extractable && a.NeverExtractable && a.Local && !a.Modifiable
+	waived := func(name string) bool { return slices.Contains(a.Unverified, name) }
+	return a.Token && a.Sensitive && a.AlwaysSensitive && !a.Extractable && a.NeverExtractable && !waived("extractable_enforced") &&
+		(a.Private || waived("private")) && (a.Local || waived("local")) && (!a.Modifiable || waived("modifiable"))
 }
 
 // TranscriptBudget is one budget installed; Window is a Go duration string.
@@ -149,12 +161,20 @@ func (t *Transcript) Text() string {
 	b.WriteString("\n")
 	tw = tabwriter.NewWriter(&b, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "KEY\tPURPOSE\tVERSION\tHSM ID\tTOKEN\tPRIVATE\tSENSITIVE\tALWAYS_SENSITIVE\tEXTRACTABLE\tNEVER_EXTRACTABLE\tLOCAL\tMODIFIABLE")
+	var unverified []string
 	for _, k := range t.Keys {
 		a := k.Attributes
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%t\t%t\t%t\t%t\t%t\t%t\t%t\t%t\n", k.Name, k.Purpose, k.Version, k.HSMID,
 			a.Token, a.Private, a.Sensitive, a.AlwaysSensitive, a.Extractable, a.NeverExtractable, a.Local, a.Modifiable)
+		if len(a.Unverified) > 0 {
+			unverified = append(unverified, fmt.Sprintf("  %s v%d: %s", k.Name, k.Version, strings.Join(a.Unverified, ", ")))
+		}
 	}
 	_ = tw.Flush()
+	if len(unverified) > 0 {
+		b.WriteString("\nUNVERIFIED on this HSM (its vendor profile cannot set them, or it let a non-extractable key out):\n")
+		b.WriteString(strings.Join(unverified, "\n") + "\n")
+	}
 	b.WriteString("\ngrants:\n")
 	for _, g := range t.Grants {
 		ops := make([]string, len(g.Operations))

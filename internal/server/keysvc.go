@@ -53,6 +53,7 @@ func KeyToProto(k *keys.Key) *custodyv1.Key {
 			Attributes: &custodyv1.HsmAttributes{
 				NeverExtractable: v.Attrs.NeverExtractable, AlwaysSensitive: v.Attrs.AlwaysSensitive,
 				Local: v.Attrs.Local, Extractable: v.Attrs.Extractable, Sensitive: v.Attrs.Sensitive,
+				Unverified: v.Attrs.Unverified,
 			},
 		}
 		switch {

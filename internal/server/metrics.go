@@ -57,6 +57,13 @@ func NewMetrics(reg prometheus.Registerer, m *hsm.Module, r func() *keys.Registr
 				Help: "Successful HSM re-initialisations."}, stat(func(s hsm.Stats) float64 { return float64(s.Recoveries) })),
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "custody", Subsystem: "hsm", Name: "state",
 				Help: "HSM state: 0 ready, 1 degraded, 2 unavailable, 3 closed."}, stat(func(s hsm.Stats) float64 { return float64(s.State) })),
+			&capCollector{m: m,
+				capDesc: prometheus.NewDesc("custody_hsm_capability",
+					"1 when the token provides the capability (and the features that need it are served), 0 when it does not; "+
+						"mechanism and mode say what the start-up probe chose, verified whether it was compared with Go.",
+					[]string{"capability", "mechanism", "mode", "verified"}, nil),
+				profileDesc: prometheus.NewDesc("custody_hsm_profile_info", "The HSM vendor profile in use (always 1).", []string{"profile"}, nil),
+			},
 		)
 	}
 	if r != nil {
@@ -90,6 +97,36 @@ func (c *keyStateCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, st := range []keys.State{keys.StateEnabled, keys.StateDisabled, keys.StateDestroyScheduled, keys.StateDestroyed} {
 		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(counts[st]), st.String())
 	}
+}
+
+// capCollector reports the capability probe's decisions at scrape time:
+// they change when the module re-initialises after a recovery. Labels are
+// bounded: five capabilities, the mechanisms Custody knows, a few modes.
+type capCollector struct {
+	m                    *hsm.Module
+	capDesc, profileDesc *prometheus.Desc
+}
+
+func (c *capCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.capDesc; ch <- c.profileDesc }
+
+func (c *capCollector) Collect(ch chan<- prometheus.Metric) {
+	caps := c.m.Capabilities()
+	for _, cp := range caps.List() {
+		v := 0.0
+		if cp.OK {
+			v = 1
+		}
+		mech := cp.Mechanism.Name
+		if !cp.OK {
+			mech = ""
+		}
+		verified := "false"
+		if cp.Verified {
+			verified = "true"
+		}
+		ch <- prometheus.MustNewConstMetric(c.capDesc, prometheus.GaugeValue, v, cp.Name, mech, cp.Mode, verified)
+	}
+	ch <- prometheus.MustNewConstMetric(c.profileDesc, prometheus.GaugeValue, 1, caps.Profile)
 }
 
 // hsmBuckets: a SoftHSM AES-GCM op takes ~30-100 µs, ECDSA ~100 µs,

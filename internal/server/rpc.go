@@ -80,6 +80,7 @@ const (
 	svcDataKeys   = "custody.v1.DataKeyService"
 	svcGovernance = "custody.v1.GovernanceService"
 	svcAudit      = "custody.v1.AuditService"
+	svcStatus     = "custody.v1.StatusService"
 )
 
 // Who may call what.
@@ -91,6 +92,7 @@ var (
 	rolesOfficer  = []policy.Role{policy.RoleOfficer}
 	rolesAudit    = []policy.Role{policy.RoleOfficer, policy.RoleAuditor}
 	rolesAuditor  = []policy.Role{policy.RoleAuditor}
+	rolesAll      = []policy.Role{policy.RoleRelay, policy.RoleOperator, policy.RoleOfficer, policy.RoleAuditor}
 )
 
 // Methods is the table of every RPC custodyd serves (the standard health
@@ -151,6 +153,9 @@ var Methods = []*Method{
 	{Service: svcAudit, Name: "GetAuditPublicKey", Roles: rolesAudit, Op: policy.OpAuditRead},
 	{Service: svcAudit, Name: "Report", Roles: rolesAudit, Op: policy.OpAuditRead},
 	{Service: svcAudit, Name: "DigestContext", Roles: rolesAuditor, Op: policy.OpAuditRead},
+
+	// StatusService: the HSM's state and capabilities, for every role.
+	{Service: svcStatus, Name: "GetStatus", Roles: rolesAll, Op: policy.OpStatus},
 }
 
 var byFullName = func() map[string]*Method {

@@ -119,6 +119,7 @@ func (s *Server) Register(g *grpc.Server) {
 	custodyv1.RegisterCryptoServiceServer(g, s)
 	custodyv1.RegisterGovernanceServiceServer(g, governanceService{s: s})
 	custodyv1.RegisterDataKeyServiceServer(g, dataKeyService{s: s})
+	custodyv1.RegisterStatusServiceServer(g, statusService{s: s})
 	healthpb.RegisterHealthServer(g, s.health)
 }
 

@@ -85,6 +85,10 @@ func toStatus(err error, log *slog.Logger) *status.Status {
 		code = codes.InvalidArgument
 	case errors.Is(err, keys.ErrFailedPrecondition):
 		code = codes.FailedPrecondition
+	case errors.Is(err, hsm.ErrUnsupported):
+		// The token lacks a capability this call needs; the message names
+		// the mechanism. Everything else keeps serving.
+		code = codes.FailedPrecondition
 	case errors.Is(err, hsm.ErrUnavailable), errors.Is(err, store.ErrClosed):
 		code = codes.Unavailable
 	case errors.Is(err, store.ErrConflict):

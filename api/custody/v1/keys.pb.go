@@ -357,7 +357,8 @@ func (x *KeyVersion) GetAttributes() *HsmAttributes {
 
 // HsmAttributes are PKCS#11 attributes of a key version's HSM object, as read
 // back from the token. A healthy Custody key always has never_extractable,
-// always_sensitive, local and sensitive true and extractable false.
+// always_sensitive, local and sensitive true and extractable false, and an
+// empty unverified list.
 type HsmAttributes struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// CKA_NEVER_EXTRACTABLE: the key has never been extractable.
@@ -369,7 +370,13 @@ type HsmAttributes struct {
 	// CKA_EXTRACTABLE: the key can be wrapped out of the token.
 	Extractable bool `protobuf:"varint,4,opt,name=extractable,proto3" json:"extractable,omitempty"`
 	// CKA_SENSITIVE: the key value cannot be read in plaintext.
-	Sensitive     bool `protobuf:"varint,5,opt,name=sensitive,proto3" json:"sensitive,omitempty"`
+	Sensitive bool `protobuf:"varint,5,opt,name=sensitive,proto3" json:"sensitive,omitempty"`
+	// Custody properties this token could not be shown to have, recorded when
+	// the key was made instead of passing silently: attributes the vendor
+	// profile says the token cannot set ("local", "modifiable", "private"),
+	// and "extractable_enforced" when the token let a non-extractable scratch
+	// key out at start-up. See docs/hsm-compatibility.md.
+	Unverified    []string `protobuf:"bytes,6,rep,name=unverified,proto3" json:"unverified,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -437,6 +444,13 @@ func (x *HsmAttributes) GetSensitive() bool {
 		return x.Sensitive
 	}
 	return false
+}
+
+func (x *HsmAttributes) GetUnverified() []string {
+	if x != nil {
+		return x.Unverified
+	}
+	return nil
 }
 
 // CreateKeyRequest asks for a new key.
@@ -907,13 +921,16 @@ const file_custody_v1_keys_proto_rawDesc = "" +
 	"hsm_key_id\x18\x05 \x01(\tR\bhsmKeyId\x129\n" +
 	"\n" +
 	"attributes\x18\x06 \x01(\v2\x19.custody.v1.HsmAttributesR\n" +
-	"attributes\"\xbd\x01\n" +
+	"attributes\"\xdd\x01\n" +
 	"\rHsmAttributes\x12+\n" +
 	"\x11never_extractable\x18\x01 \x01(\bR\x10neverExtractable\x12)\n" +
 	"\x10always_sensitive\x18\x02 \x01(\bR\x0falwaysSensitive\x12\x14\n" +
 	"\x05local\x18\x03 \x01(\bR\x05local\x12 \n" +
 	"\vextractable\x18\x04 \x01(\bR\vextractable\x12\x1c\n" +
-	"\tsensitive\x18\x05 \x01(\bR\tsensitive\"z\n" +
+	"\tsensitive\x18\x05 \x01(\bR\tsensitive\x12\x1e\n" +
+	"\n" +
+	"unverified\x18\x06 \x03(\tR\n" +
+	"unverified\"z\n" +
 	"\x10CreateKeyRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x120\n" +
 	"\apurpose\x18\x02 \x01(\x0e2\x16.custody.v1.KeyPurposeR\apurpose\x12 \n" +

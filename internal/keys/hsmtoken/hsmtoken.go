@@ -54,7 +54,7 @@ func (t Token) Create(ctx context.Context, p keys.Purpose, label string) ([]byte
 		return nil, keys.Attrs{}, err
 	}
 	return hk.ID, keys.Attrs{NeverExtractable: a.NeverExtractable, AlwaysSensitive: a.AlwaysSensitive,
-		Local: a.Local, Extractable: a.Extractable, Sensitive: a.Sensitive}, nil
+		Local: a.Local, Extractable: a.Extractable, Sensitive: a.Sensitive, Unverified: a.Unverified.Strings()}, nil
 }
 
 // Find implements keys.Token.
