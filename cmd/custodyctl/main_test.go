@@ -382,9 +382,9 @@ func TestImportsOnlyTheAPI(t *testing.T) {
 // pureForCLI are the internal packages custodyctl may import: pure (no cgo,
 // no HSM, no I/O of their own). internal/audit is the offline verifier;
 // internal/quorum and internal/policy build proposals and recompute digests
-// where officers can see them; internal/names and internal/strictjson are the
-// shared name rule and JSON decoder.
+// where officers can see them; internal/names, internal/strictjson and internal/pkcs11uri are the
+// shared name rule, JSON decoder and PKCS#11 URI parser.
 var pureForCLI = map[string]bool{
 	"internal/audit": true, "internal/quorum": true, "internal/policy": true,
-	"internal/names": true, "internal/strictjson": true,
+	"internal/names": true, "internal/strictjson": true, "internal/pkcs11uri": true,
 }

@@ -4,15 +4,14 @@ import (
 	"crypto"
 	"errors"
 	"fmt"
-	"net/url"
 	"os"
-	"strconv"
 	"strings"
 
 	"github.com/ThalesGroup/crypto11"
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc/codes"
 
+	"github.com/custodyhq/custody/internal/pkcs11uri"
 	"github.com/custodyhq/custody/internal/quorum"
 )
 
@@ -73,87 +72,22 @@ func (s *signerFlags) load() (*officerSigner, error) {
 	return nil, usageErrorf("an officer key is required: --officer-key FILE or --officer-pkcs11 URI --officer-pin-env VAR")
 }
 
-// pkcs11Selector is what an officer's PKCS#11 URI selects (RFC 7512 subset).
-type pkcs11Selector struct {
-	modulePath            string
-	token, serial, object string
-	slot                  *int
-	id                    []byte
-}
-
-// parseOfficerURI parses the RFC 7512 subset custodyctl accepts. A PIN is
-// never taken from the URI: pin-value and pin-source are refused.
-func parseOfficerURI(s string) (pkcs11Selector, error) {
-	var sel pkcs11Selector
-	rest, ok := strings.CutPrefix(s, "pkcs11:")
-	if !ok {
-		return sel, fmt.Errorf("pkcs11 uri must start with \"pkcs11:\"")
+// parseOfficerURI parses an officer key's PKCS#11 URI with the one parser
+// custodyd uses for its own token (internal/pkcs11uri: no PIN in a URI,
+// exactly one token selector, nothing unknown or repeated), and requires an
+// object= or id= selecting the key pair and, if given, type=private.
+func parseOfficerURI(s string) (pkcs11uri.URI, error) {
+	u, err := pkcs11uri.Parse(s)
+	if err != nil {
+		return u, err
 	}
-	path, query, _ := strings.Cut(rest, "?")
-	attrs := map[string]string{}
-	for _, part := range append(strings.Split(path, ";"), strings.Split(query, "&")...) {
-		if part == "" {
-			continue
-		}
-		k, v, ok := strings.Cut(part, "=")
-		if !ok {
-			return sel, fmt.Errorf("pkcs11 uri: %q has no value", k)
-		}
-		val, err := url.PathUnescape(v)
-		if err != nil {
-			return sel, fmt.Errorf("pkcs11 uri: %s: %v", k, err)
-		}
-		if _, dup := attrs[k]; dup {
-			return sel, fmt.Errorf("pkcs11 uri: %s given twice", k)
-		}
-		attrs[k] = val
+	if u.Object == "" && u.ID == nil {
+		return u, fmt.Errorf("pkcs11 uri: object= or id= must select the key pair")
 	}
-	for k, v := range attrs {
-		switch k {
-		case "module-path":
-			sel.modulePath = v
-		case "token":
-			sel.token = v
-		case "serial":
-			sel.serial = v
-		case "slot-id":
-			n, err := strconv.Atoi(v)
-			if err != nil || n < 0 {
-				return sel, fmt.Errorf("pkcs11 uri: slot-id %q is not a number", v)
-			}
-			sel.slot = &n
-		case "object":
-			sel.object = v
-		case "id":
-			sel.id = []byte(v)
-		case "type":
-			if v != "private" {
-				return sel, fmt.Errorf("pkcs11 uri: type must be private")
-			}
-		case "pin-value", "pin-source":
-			return sel, fmt.Errorf("pkcs11 uri: %s is refused; give the PIN with --officer-pin-env", k)
-		case "manufacturer", "model", "library-manufacturer", "library-description", "library-version", "slot-description", "slot-manufacturer":
-			// Accepted and ignored: informational selectors.
-		default:
-			return sel, fmt.Errorf("pkcs11 uri: unknown attribute %q", k)
-		}
+	if u.Type != "" && u.Type != "private" {
+		return u, fmt.Errorf("pkcs11 uri: type must be private")
 	}
-	switch {
-	case sel.modulePath == "":
-		return sel, fmt.Errorf("pkcs11 uri: module-path is required")
-	case sel.object == "" && sel.id == nil:
-		return sel, fmt.Errorf("pkcs11 uri: object= or id= must select the key pair")
-	}
-	n := 0
-	for _, set := range []bool{sel.token != "", sel.serial != "", sel.slot != nil} {
-		if set {
-			n++
-		}
-	}
-	if n != 1 {
-		return sel, fmt.Errorf("pkcs11 uri: select the token with exactly one of token=, serial=, slot-id=")
-	}
-	return sel, nil
+	return u, nil
 }
 
 // loadPKCS11Signer logs in to the token and finds exactly one key pair.
@@ -169,19 +103,21 @@ func loadPKCS11Signer(uri, pinEnv string) (*officerSigner, error) {
 	if !ok || pin == "" {
 		return nil, usageErrorf("environment variable %s (the token PIN) is not set", pinEnv)
 	}
-	ctx, err := crypto11.Configure(&crypto11.Config{
-		Path: sel.modulePath, TokenLabel: sel.token, TokenSerial: sel.serial, SlotNumber: sel.slot,
-		Pin: pin, MaxSessions: 2,
-	})
+	cfg := &crypto11.Config{Path: sel.ModulePath, TokenLabel: sel.Token, TokenSerial: sel.Serial, Pin: pin, MaxSessions: 2}
+	if sel.SlotID != nil {
+		slot := int(*sel.SlotID)
+		cfg.SlotNumber = &slot
+	}
+	ctx, err := crypto11.Configure(cfg)
 	if err != nil {
 		// crypto11's messages name the module, token and PKCS#11 code, not the PIN.
 		return nil, localError(codes.Unavailable, fmt.Errorf("open officer token: %v", err))
 	}
 	var label []byte
-	if sel.object != "" {
-		label = []byte(sel.object)
+	if sel.Object != "" {
+		label = []byte(sel.Object)
 	}
-	pairs, err := ctx.FindKeyPairs(sel.id, label)
+	pairs, err := ctx.FindKeyPairs(sel.ID, label)
 	if err == nil && len(pairs) != 1 {
 		err = fmt.Errorf("%d key pairs match %s; the uri must select exactly one", len(pairs), selectorText(sel))
 	}
@@ -197,13 +133,13 @@ func loadPKCS11Signer(uri, pinEnv string) (*officerSigner, error) {
 	return &officerSigner{Signer: signer, close: ctx.Close}, nil
 }
 
-func selectorText(sel pkcs11Selector) string {
+func selectorText(sel pkcs11uri.URI) string {
 	var p []string
-	if sel.object != "" {
-		p = append(p, "object="+sel.object)
+	if sel.Object != "" {
+		p = append(p, "object="+sel.Object)
 	}
-	if sel.id != nil {
-		p = append(p, fmt.Sprintf("id=%x", sel.id))
+	if sel.ID != nil {
+		p = append(p, fmt.Sprintf("id=%x", sel.ID))
 	}
 	return strings.Join(p, ",")
 }

@@ -214,7 +214,7 @@ func TestOfficerURIRefusesPINsAndAmbiguity(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if sel.token != "officer card" || sel.object != "alice" || string(sel.id) != "\x01\x02" || sel.modulePath != "/usr/lib/x.so" {
+	if sel.Token != "officer card" || sel.Object != "alice" || string(sel.ID) != "\x01\x02" || sel.ModulePath != "/usr/lib/x.so" {
 		t.Errorf("parsed %+v", sel)
 	}
 }

@@ -153,7 +153,7 @@ func TestLoadAcceptsValidConfig(t *testing.T) {
 func TestLoadAppliesDefaultsToOmittedFields(t *testing.T) {
 	e := newEnv(t)
 	cfg, err := Load(e.write(t, fmt.Sprintf(`tls: {cert_file: %s, key_file: %s, client_ca_file: %s}
-hsm: {uri: "pkcs11:token=custody", pin_file: %s}
+hsm: {uri: "pkcs11:token=custody?module-path=/usr/lib/softhsm/libsofthsm2.so", pin_file: %s}
 store: {path: %s}
 audit: {dir: %s}
 `, e.cert, e.key, e.ca, e.pin, e.store, e.audit)))
@@ -163,7 +163,7 @@ audit: {dir: %s}
 	want := Config{
 		Listen: DefaultListen, HTTPListen: DefaultHTTPListen,
 		TLS:   TLSConfig{CertFile: e.cert, KeyFile: e.key, ClientCAFile: e.ca},
-		HSM:   HSMConfig{URI: "pkcs11:token=custody", PINFile: e.pin, MaxSessions: DefaultMaxSessions},
+		HSM:   HSMConfig{URI: "pkcs11:token=custody?module-path=/usr/lib/softhsm/libsofthsm2.so", PINFile: e.pin, MaxSessions: DefaultMaxSessions},
 		Store: StoreConfig{Path: e.store},
 		Audit: AuditConfig{Dir: e.audit, CheckpointEvery: DefaultCheckpointEvery,
 			CheckpointInterval: DefaultCheckpointInterval, SegmentBytes: DefaultSegmentBytes},
@@ -247,6 +247,8 @@ func TestValidateNamesFieldPathOfEachProblem(t *testing.T) {
 		{"uri empty", func(c *Config) { c.HSM.URI = "" }, "hsm.uri", "is required"},
 		{"uri scheme", func(c *Config) { c.HSM.URI = "token=custody" }, "hsm.uri", `must start with "pkcs11:"`},
 		{"uri pin-value", func(c *Config) { c.HSM.URI = "pkcs11:token=x?pin-value=1" }, "hsm.uri", "must not carry pin-value"},
+		{"uri typo", func(c *Config) { c.HSM.URI = "pkcs11:tokn=x?module-path=/l.so" }, "hsm.uri", `unknown attribute "tokn"`},
+		{"uri two token selectors", func(c *Config) { c.HSM.URI = "pkcs11:token=x;serial=1?module-path=/l.so" }, "hsm.uri", "exactly one of token="},
 		{"no pin source", func(c *Config) { c.HSM.PINFile = "" }, "hsm", "one of pin_file and pin_env is required"},
 		{"two pin sources", func(c *Config) { c.HSM.PINEnv = "X" }, "hsm", "mutually exclusive"},
 		{"pin file relative", func(c *Config) { c.HSM.PINFile = "pin" }, "hsm.pin_file", "absolute path"},
@@ -710,7 +712,7 @@ func TestValidateAcceptsPlaintextDataKeysOnlyWhenAllowed(t *testing.T) {
 func TestGovernanceSectionIsValidatedWithFieldPaths(t *testing.T) {
 	e := newEnv(t)
 	_, err := Load(e.write(t, fmt.Sprintf(`tls: {cert_file: %s, key_file: %s, client_ca_file: %s}
-hsm: {uri: "pkcs11:token=custody", pin_file: %s}
+hsm: {uri: "pkcs11:token=custody?module-path=/usr/lib/softhsm/libsofthsm2.so", pin_file: %s}
 store: {path: %s}
 audit: {dir: %s}
 governance: {time_lock: 1m, proposal_ttl: 30s, freeze: {refusals: 20000}}

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/custodyhq/custody/internal/names"
+	"github.com/custodyhq/custody/internal/pkcs11uri"
 )
 
 // Problem is one validation failure: the dotted field path it is about
@@ -200,6 +201,12 @@ func (h HSMConfig) validate(ps *problems) {
 		ps.add("hsm.uri", `must start with "pkcs11:" (RFC 7512)`)
 	case pinURIRE.MatchString(h.URI):
 		ps.add("hsm.uri", "must not carry pin-value or pin-source; use hsm.pin_file or hsm.pin_env")
+	default:
+		// The one parser custodyd and custodyctl use (never echoes a PIN:
+		// those were refused above).
+		if _, err := pkcs11uri.Parse(h.URI); err != nil {
+			ps.add("hsm.uri", "%v", err)
+		}
 	}
 	switch {
 	case h.PINFile == "" && h.PINEnv == "":
