@@ -15,6 +15,7 @@ import (
 	"math/big"
 	"strings"
 
+	"github.com/custodyhq/custody/internal/custody"
 	"github.com/miekg/pkcs11"
 )
 
@@ -68,16 +69,18 @@ func (a Attributes) InCustody() bool {
 	return a.Accepted() && a.Unverified == 0
 }
 
-// Accepted reports whether every custody attribute holds or is recorded as
-// unverified (never one of the mandatory ones: token, sensitive, always
-// sensitive, not extractable, never extractable).
-func (a Attributes) Accepted() bool {
-	for _, r := range a.requirements() {
-		if !r.ok && (mandatory[r.attr] || !a.Unverified.Has(r.attr)) {
-			return false
-		}
-	}
-	return true
+// Accepted reports whether a key with these attributes may be recorded, by
+// the one custody rule (custody.Attrs.Recordable): every custody attribute
+// holds, or is one a vendor profile may record as unverified and is
+// recorded so.
+func (a Attributes) Accepted() bool { return a.Custody().Recordable() == nil }
+
+// Custody returns the attributes in the form the custody rule, key records
+// and the ceremony transcript share.
+func (a Attributes) Custody() custody.Attrs {
+	return custody.Attrs{Token: a.Token, Private: a.Private, Sensitive: a.Sensitive, AlwaysSensitive: a.AlwaysSensitive,
+		Extractable: a.Extractable, NeverExtractable: a.NeverExtractable, Local: a.Local, Modifiable: a.Modifiable,
+		Unverified: a.Unverified.Strings()}
 }
 
 // AttrSet is a set of custody attributes.

@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/custodyhq/custody/internal/custody"
 	"github.com/miekg/pkcs11"
 )
 
@@ -42,12 +43,19 @@ const (
 	AttrExtractEnforced Attr = "extractable_enforced"
 )
 
-// mandatory are the attributes no profile may waive: a key that does not
-// read back with them is never recorded, whatever the vendor.
-var mandatory = map[Attr]bool{
-	AttrToken: true, AttrSensitive: true, AttrExtractable: true,
-	AttrNeverExtractable: true, AttrAlwaysSensitive: true,
-}
+// mandatory are the attributes no profile may waive (every one the custody
+// rule does not list as waivable): a key that does not read back with them
+// is never recorded, whatever the vendor.
+var mandatory = func() map[Attr]bool {
+	m := map[Attr]bool{}
+	for _, a := range []Attr{AttrToken, AttrPrivate, AttrSensitive, AttrExtractable, AttrModifiable,
+		AttrNeverExtractable, AttrAlwaysSensitive, AttrLocal} {
+		if !slices.Contains(custody.Waivable, string(a)) {
+			m[a] = true
+		}
+	}
+	return m
+}()
 
 // Waiver is a custody attribute a vendor cannot set or does not report as
 // asked, and why.

@@ -3,12 +3,14 @@ package keys
 import (
 	"bytes"
 	"crypto/rand"
+	"encoding/json"
 	"fmt"
 	"math"
 	"slices"
 	"time"
 	"unicode/utf8"
 
+	"github.com/custodyhq/custody/internal/custody"
 	"github.com/custodyhq/custody/internal/names"
 )
 
@@ -170,42 +172,42 @@ func (s *State) UnmarshalText(b []byte) error {
 	return nil
 }
 
-// Attrs are the PKCS#11 attributes read back from the HSM after a version's
-// key was generated. Only a key that was generated inside the HSM and can
-// never leave it is recorded (see Validate).
+// Attrs are the custody attributes read back from the HSM after a version's
+// key was generated (package custody: the one definition of a key in
+// custody). Only a key that was generated inside the HSM and can never leave
+// it is recorded (see Validate).
 type Attrs struct {
-	NeverExtractable bool `json:"never_extractable"` // CKA_NEVER_EXTRACTABLE
-	AlwaysSensitive  bool `json:"always_sensitive"`  // CKA_ALWAYS_SENSITIVE
-	Local            bool `json:"local"`             // CKA_LOCAL: generated on the token
-	Extractable      bool `json:"extractable"`       // CKA_EXTRACTABLE
-	Sensitive        bool `json:"sensitive"`         // CKA_SENSITIVE
-	// Unverified are custody properties the token could not be shown to
-	// have when the key was made (hsm.AttrSet names): attributes its vendor
-	// profile says it cannot set, or "extractable_enforced" when the token
-	// let a non-extractable key out. Recorded, never passed silently.
-	Unverified []string `json:"unverified,omitempty"`
+	custody.Attrs
 }
 
-// unverified reports whether the record says attribute name could not be
-// verified on its token.
-func (a Attrs) unverified(name string) bool { return slices.Contains(a.Unverified, name) }
+// UnmarshalJSON reads a record. Records written before all eight custody
+// attributes were kept carry five; the three missing (token, private, not
+// modifiable) are the ones hsm verified on every key it made then, before
+// the record was written, and are restored as such.
+func (a *Attrs) UnmarshalJSON(b []byte) error {
+	var seen map[string]json.RawMessage
+	if err := json.Unmarshal(b, &seen); err != nil {
+		return err
+	}
+	var c custody.Attrs
+	if err := json.Unmarshal(b, &c); err != nil {
+		return err
+	}
+	if _, ok := seen["token"]; !ok {
+		c.Token, c.Private, c.Modifiable = true, true, false
+	}
+	a.Attrs = c
+	return nil
+}
 
 // Validate refuses attributes that would let the key leave the HSM, now or
-// ever: it requires NeverExtractable, AlwaysSensitive and Sensitive, and
-// refuses Extractable, whatever the token. It requires Local unless the
-// record says the token's profile cannot report it ("local" unverified).
+// ever (custody.Attrs.Recordable): token, sensitive, always sensitive and
+// never extractable required, extractable refused, whatever the token;
+// private, local and not modifiable required unless the record says the
+// token's profile cannot set or report them.
 func (a Attrs) Validate() error {
-	switch {
-	case a.Extractable:
-		return fmt.Errorf("%w: hsm key is extractable", ErrInvalidArgument)
-	case !a.Sensitive:
-		return fmt.Errorf("%w: hsm key is not sensitive", ErrInvalidArgument)
-	case !a.NeverExtractable:
-		return fmt.Errorf("%w: hsm key was extractable at some time", ErrInvalidArgument)
-	case !a.AlwaysSensitive:
-		return fmt.Errorf("%w: hsm key was not always sensitive", ErrInvalidArgument)
-	case !a.Local && !a.unverified("local"):
-		return fmt.Errorf("%w: hsm key was not generated on the token", ErrInvalidArgument)
+	if err := a.Recordable(); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidArgument, err)
 	}
 	return nil
 }

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/custodyhq/custody/internal/custody"
 )
 
 var (
@@ -16,7 +18,7 @@ var (
 	t0     = time.Now().In(time.FixedZone("UTC+2", 2*3600))
 	day    = 24 * time.Hour
 	window = DestroyWindow{Min: day, Max: 30 * day}
-	safe   = Attrs{NeverExtractable: true, AlwaysSensitive: true, Local: true, Sensitive: true}
+	safe   = Attrs{custody.Attrs{Token: true, Private: true, NeverExtractable: true, AlwaysSensitive: true, Local: true, Sensitive: true}}
 )
 
 func hsmID(n int) []byte { return []byte{0xc0, byte(n)} }
@@ -530,5 +532,30 @@ func TestValidateRefusesInconsistentStoredKeys(t *testing.T) {
 				t.Fatalf("Validate = %v, want ErrInvalidArgument", err)
 			}
 		})
+	}
+}
+
+// A record written before all eight custody attributes were kept still
+// loads (the three missing ones were verified by hsm on every key it made);
+// a current record keeps all eight exactly, and an edited one is refused.
+func TestAttrsReadLegacyAndCurrentRecords(t *testing.T) {
+	var legacy Attrs
+	if err := json.Unmarshal([]byte(`{"never_extractable":true,"always_sensitive":true,"local":true,"extractable":false,"sensitive":true}`), &legacy); err != nil {
+		t.Fatal(err)
+	}
+	if !legacy.Token || !legacy.Private || legacy.Modifiable || legacy.Validate() != nil {
+		t.Fatalf("legacy record: %+v, %v", legacy, legacy.Validate())
+	}
+	var cur Attrs
+	if err := json.Unmarshal([]byte(`{"token":true,"private":false,"sensitive":true,"always_sensitive":true,"extractable":false,"never_extractable":true,"local":true,"modifiable":false,"unverified":["private"]}`), &cur); err != nil {
+		t.Fatal(err)
+	}
+	if cur.Private || cur.Validate() != nil || cur.Safe() != true || cur.Verified() {
+		t.Fatalf("current record with a waived attribute: %+v, %v", cur, cur.Validate())
+	}
+	var bad Attrs
+	_ = json.Unmarshal([]byte(`{"token":false,"private":true,"sensitive":true,"always_sensitive":true,"never_extractable":true,"local":true}`), &bad)
+	if bad.Validate() == nil {
+		t.Fatal("a session object was accepted")
 	}
 }

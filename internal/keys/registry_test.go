@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/custodyhq/custody/internal/custody"
 	"github.com/custodyhq/custody/internal/store"
 	"github.com/custodyhq/custody/internal/store/storetest"
 )
@@ -39,7 +40,7 @@ func (m *memToken) Create(_ context.Context, p Purpose, label string) ([]byte, A
 	m.n++
 	id := []byte{0xab, byte(m.n)}
 	m.objects[label] = Object{ID: id, Label: label, Purpose: p}
-	return id, Attrs{NeverExtractable: true, AlwaysSensitive: true, Local: true, Sensitive: true}, nil
+	return id, Attrs{custody.Attrs{Token: true, Private: true, NeverExtractable: true, AlwaysSensitive: true, Local: true, Sensitive: true}}, nil
 }
 
 func (m *memToken) Find(_ context.Context, o Object) error {

@@ -7,11 +7,11 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/custodyhq/custody/internal/custody"
 	"github.com/custodyhq/custody/internal/policy"
 	"github.com/custodyhq/custody/internal/strictjson"
 )
@@ -52,35 +52,12 @@ type TranscriptKey struct {
 	Attributes TranscriptAttr `json:"attributes"`
 }
 
-// TranscriptAttr are the PKCS#11 attributes read back for a key.
-type TranscriptAttr struct {
-	Token            bool `json:"token"`
-	Private          bool `json:"private"`
-	Sensitive        bool `json:"sensitive"`
-	AlwaysSensitive  bool `json:"always_sensitive"`
-	Extractable      bool `json:"extractable"`
-	NeverExtractable bool `json:"never_extractable"`
-	Local            bool `json:"local"`
-	Modifiable       bool `json:"modifiable"`
-	// Unverified are custody properties the HSM could not be shown to have
-	// (see docs/hsm-compatibility.md): attributes its vendor profile says it
-	// cannot set ("local", "private", "modifiable") and
-	// "extractable_enforced" when the token let a non-extractable key out.
-	// The transcript says so rather than passing them silently.
-	Unverified []string `json:"unverified,omitempty"`
-}
-
-// Safe reports the attributes every Custody key must have: token, private,
-// sensitive, always sensitive, never extractable and local all true;
-// extractable and modifiable false. Private, local and modifiable may
-// instead be listed as unverified (the token cannot set or report them);
-// token, sensitivity and extractability never may, and a token that let a
-// non-extractable key out ("extractable_enforced") is never safe.
-func (a TranscriptAttr) Safe() bool {
-	waived := func(name string) bool { return slices.Contains(a.Unverified, name) }
-	return a.Token && a.Sensitive && a.AlwaysSensitive && !a.Extractable && a.NeverExtractable && !waived("extractable_enforced") &&
-		(a.Private || waived("private")) && (a.Local || waived("local")) && (!a.Modifiable || waived("modifiable"))
-}
+// TranscriptAttr are the PKCS#11 attributes read back for a key, judged by
+// the one custody rule (package custody): Safe reports a key in custody;
+// Unverified lists what its token could not be shown to have (see
+// docs/hsm-compatibility.md), which the transcript says rather than passing
+// silently.
+type TranscriptAttr = custody.Attrs
 
 // TranscriptBudget is one budget installed; Window is a Go duration string.
 type TranscriptBudget struct {

@@ -376,7 +376,17 @@ type HsmAttributes struct {
 	// profile says the token cannot set ("local", "modifiable", "private"),
 	// and "extractable_enforced" when the token let a non-extractable scratch
 	// key out at start-up. See docs/hsm-compatibility.md.
-	Unverified    []string `protobuf:"bytes,6,rep,name=unverified,proto3" json:"unverified,omitempty"`
+	Unverified []string `protobuf:"bytes,6,rep,name=unverified,proto3" json:"unverified,omitempty"`
+	// CKA_TOKEN: a token object, not a session object.
+	Token bool `protobuf:"varint,7,opt,name=token,proto3" json:"token,omitempty"`
+	// CKA_PRIVATE: usable only after login.
+	Private bool `protobuf:"varint,8,opt,name=private,proto3" json:"private,omitempty"`
+	// CKA_MODIFIABLE: attributes can be changed (Custody keys are not).
+	Modifiable bool `protobuf:"varint,9,opt,name=modifiable,proto3" json:"modifiable,omitempty"`
+	// in_custody is the one custody rule applied to the attributes above (the
+	// same rule the ceremony transcript's "in custody" uses): true when the key
+	// was generated on the token and can never leave it.
+	InCustody     bool `protobuf:"varint,10,opt,name=in_custody,json=inCustody,proto3" json:"in_custody,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -451,6 +461,34 @@ func (x *HsmAttributes) GetUnverified() []string {
 		return x.Unverified
 	}
 	return nil
+}
+
+func (x *HsmAttributes) GetToken() bool {
+	if x != nil {
+		return x.Token
+	}
+	return false
+}
+
+func (x *HsmAttributes) GetPrivate() bool {
+	if x != nil {
+		return x.Private
+	}
+	return false
+}
+
+func (x *HsmAttributes) GetModifiable() bool {
+	if x != nil {
+		return x.Modifiable
+	}
+	return false
+}
+
+func (x *HsmAttributes) GetInCustody() bool {
+	if x != nil {
+		return x.InCustody
+	}
+	return false
 }
 
 // CreateKeyRequest asks for a new key.
@@ -921,7 +959,7 @@ const file_custody_v1_keys_proto_rawDesc = "" +
 	"hsm_key_id\x18\x05 \x01(\tR\bhsmKeyId\x129\n" +
 	"\n" +
 	"attributes\x18\x06 \x01(\v2\x19.custody.v1.HsmAttributesR\n" +
-	"attributes\"\xdd\x01\n" +
+	"attributes\"\xcc\x02\n" +
 	"\rHsmAttributes\x12+\n" +
 	"\x11never_extractable\x18\x01 \x01(\bR\x10neverExtractable\x12)\n" +
 	"\x10always_sensitive\x18\x02 \x01(\bR\x0falwaysSensitive\x12\x14\n" +
@@ -930,7 +968,15 @@ const file_custody_v1_keys_proto_rawDesc = "" +
 	"\tsensitive\x18\x05 \x01(\bR\tsensitive\x12\x1e\n" +
 	"\n" +
 	"unverified\x18\x06 \x03(\tR\n" +
-	"unverified\"z\n" +
+	"unverified\x12\x14\n" +
+	"\x05token\x18\a \x01(\bR\x05token\x12\x18\n" +
+	"\aprivate\x18\b \x01(\bR\aprivate\x12\x1e\n" +
+	"\n" +
+	"modifiable\x18\t \x01(\bR\n" +
+	"modifiable\x12\x1d\n" +
+	"\n" +
+	"in_custody\x18\n" +
+	" \x01(\bR\tinCustody\"z\n" +
 	"\x10CreateKeyRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x120\n" +
 	"\apurpose\x18\x02 \x01(\x0e2\x16.custody.v1.KeyPurposeR\apurpose\x12 \n" +

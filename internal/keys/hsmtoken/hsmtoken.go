@@ -53,8 +53,7 @@ func (t Token) Create(ctx context.Context, p keys.Purpose, label string) ([]byte
 	if err != nil {
 		return nil, keys.Attrs{}, err
 	}
-	return hk.ID, keys.Attrs{NeverExtractable: a.NeverExtractable, AlwaysSensitive: a.AlwaysSensitive,
-		Local: a.Local, Extractable: a.Extractable, Sensitive: a.Sensitive, Unverified: a.Unverified.Strings()}, nil
+	return hk.ID, keys.Attrs{Attrs: a.Custody()}, nil
 }
 
 // Find implements keys.Token.
