@@ -235,23 +235,24 @@ func printKey(w io.Writer, k *custodyv1.Key) {
 	_ = tw.Flush()
 }
 
-// formatAttrs summarises HSM attributes, flagging anything unsafe loudly.
+// formatAttrs summarises HSM attributes in the words the ceremony
+// transcript uses (formatTranscriptAttrs), flagging anything unsafe loudly.
+// Versions recorded before custodyd kept CKA_TOKEN, CKA_PRIVATE and
+// CKA_MODIFIABLE say so rather than claim them.
 func formatAttrs(at *custodyv1.HsmAttributes) string {
 	if at == nil {
 		return "-"
 	}
-	if at.GetNeverExtractable() && at.GetAlwaysSensitive() && at.GetLocal() && at.GetSensitive() && !at.GetExtractable() {
-		return "ok (local, sensitive, never extractable)"
+	if at.Token == nil || at.Private == nil || at.Modifiable == nil {
+		s := formatTranscriptAttrs(TranscriptAttr{Token: true, Private: true, Sensitive: at.GetSensitive(),
+			AlwaysSensitive: at.GetAlwaysSensitive(), Extractable: at.GetExtractable(), NeverExtractable: at.GetNeverExtractable(),
+			Local: at.GetLocal()})
+		if strings.HasPrefix(s, "ok ") {
+			return "ok (sensitive, never extractable, local; token, private, modifiable not recorded)"
+		}
+		return s
 	}
-	var bad []string
-	if !at.GetLocal() {
-		bad = append(bad, "not-local")
-	}
-	if !at.GetSensitive() || !at.GetAlwaysSensitive() {
-		bad = append(bad, "not-always-sensitive")
-	}
-	if at.GetExtractable() || !at.GetNeverExtractable() {
-		bad = append(bad, "extractable")
-	}
-	return "WARNING " + strings.Join(bad, ",")
+	return formatTranscriptAttrs(TranscriptAttr{Token: at.GetToken(), Private: at.GetPrivate(), Sensitive: at.GetSensitive(),
+		AlwaysSensitive: at.GetAlwaysSensitive(), Extractable: at.GetExtractable(), NeverExtractable: at.GetNeverExtractable(),
+		Local: at.GetLocal(), Modifiable: at.GetModifiable()})
 }

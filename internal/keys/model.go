@@ -177,13 +177,26 @@ type Attrs struct {
 	Local            bool `json:"local"`             // CKA_LOCAL: generated on the token
 	Extractable      bool `json:"extractable"`       // CKA_EXTRACTABLE
 	Sensitive        bool `json:"sensitive"`         // CKA_SENSITIVE
+	// Token, Private and Modifiable (CKA_TOKEN, CKA_PRIVATE, CKA_MODIFIABLE)
+	// are nil in versions recorded before they were kept; every version
+	// made now records them.
+	Token      *bool `json:"token,omitempty"`
+	Private    *bool `json:"private,omitempty"`
+	Modifiable *bool `json:"modifiable,omitempty"`
 }
 
 // Validate refuses attributes that would let the key leave the HSM, now or
 // ever: it requires NeverExtractable, AlwaysSensitive, Local and Sensitive,
-// and refuses Extractable.
+// and refuses Extractable; where recorded, it requires Token and Private and
+// refuses Modifiable.
 func (a Attrs) Validate() error {
 	switch {
+	case a.Token != nil && !*a.Token:
+		return fmt.Errorf("%w: hsm key is not a token object", ErrInvalidArgument)
+	case a.Private != nil && !*a.Private:
+		return fmt.Errorf("%w: hsm key is not private", ErrInvalidArgument)
+	case a.Modifiable != nil && *a.Modifiable:
+		return fmt.Errorf("%w: hsm key is modifiable", ErrInvalidArgument)
 	case a.Extractable:
 		return fmt.Errorf("%w: hsm key is extractable", ErrInvalidArgument)
 	case !a.Sensitive:

@@ -256,6 +256,7 @@ func (r *Registry) newVersion(ctx context.Context, k *Key, kind hsm.Kind) (hsm.K
 	_, err = k.AddVersion(hk.ID, hk.Label, Attrs{
 		NeverExtractable: attrs.NeverExtractable, AlwaysSensitive: attrs.AlwaysSensitive,
 		Local: attrs.Local, Extractable: attrs.Extractable, Sensitive: attrs.Sensitive,
+		Token: &attrs.Token, Private: &attrs.Private, Modifiable: &attrs.Modifiable,
 	}, r.opts.Now())
 	if err != nil {
 		_ = r.m.Destroy(context.WithoutCancel(ctx), hk)

@@ -54,6 +54,7 @@ func KeyToProto(k *keys.Key) *custodyv1.Key {
 			Attributes: &custodyv1.HsmAttributes{
 				NeverExtractable: v.Attrs.NeverExtractable, AlwaysSensitive: v.Attrs.AlwaysSensitive,
 				Local: v.Attrs.Local, Extractable: v.Attrs.Extractable, Sensitive: v.Attrs.Sensitive,
+				Token: v.Attrs.Token, Private: v.Attrs.Private, Modifiable: v.Attrs.Modifiable,
 			},
 		}
 		switch {

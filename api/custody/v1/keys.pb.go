@@ -356,8 +356,9 @@ func (x *KeyVersion) GetAttributes() *HsmAttributes {
 }
 
 // HsmAttributes are PKCS#11 attributes of a key version's HSM object, as read
-// back from the token. A healthy Custody key always has never_extractable,
-// always_sensitive, local and sensitive true and extractable false.
+// back from the token. A healthy Custody key always has token, private,
+// never_extractable, always_sensitive, local and sensitive true and
+// extractable and modifiable false.
 type HsmAttributes struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// CKA_NEVER_EXTRACTABLE: the key has never been extractable.
@@ -369,7 +370,16 @@ type HsmAttributes struct {
 	// CKA_EXTRACTABLE: the key can be wrapped out of the token.
 	Extractable bool `protobuf:"varint,4,opt,name=extractable,proto3" json:"extractable,omitempty"`
 	// CKA_SENSITIVE: the key value cannot be read in plaintext.
-	Sensitive     bool `protobuf:"varint,5,opt,name=sensitive,proto3" json:"sensitive,omitempty"`
+	Sensitive bool `protobuf:"varint,5,opt,name=sensitive,proto3" json:"sensitive,omitempty"`
+	// CKA_TOKEN: the key is a token object (persistent). Unset for versions
+	// recorded before custodyd reported it.
+	Token *bool `protobuf:"varint,6,opt,name=token,proto3,oneof" json:"token,omitempty"`
+	// CKA_PRIVATE: the key is usable only after login. Unset for versions
+	// recorded before custodyd reported it.
+	Private *bool `protobuf:"varint,7,opt,name=private,proto3,oneof" json:"private,omitempty"`
+	// CKA_MODIFIABLE: the key's attributes can be changed. Unset for versions
+	// recorded before custodyd reported it.
+	Modifiable    *bool `protobuf:"varint,8,opt,name=modifiable,proto3,oneof" json:"modifiable,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -435,6 +445,27 @@ func (x *HsmAttributes) GetExtractable() bool {
 func (x *HsmAttributes) GetSensitive() bool {
 	if x != nil {
 		return x.Sensitive
+	}
+	return false
+}
+
+func (x *HsmAttributes) GetToken() bool {
+	if x != nil && x.Token != nil {
+		return *x.Token
+	}
+	return false
+}
+
+func (x *HsmAttributes) GetPrivate() bool {
+	if x != nil && x.Private != nil {
+		return *x.Private
+	}
+	return false
+}
+
+func (x *HsmAttributes) GetModifiable() bool {
+	if x != nil && x.Modifiable != nil {
+		return *x.Modifiable
 	}
 	return false
 }
@@ -907,13 +938,22 @@ const file_custody_v1_keys_proto_rawDesc = "" +
 	"hsm_key_id\x18\x05 \x01(\tR\bhsmKeyId\x129\n" +
 	"\n" +
 	"attributes\x18\x06 \x01(\v2\x19.custody.v1.HsmAttributesR\n" +
-	"attributes\"\xbd\x01\n" +
+	"attributes\"\xc1\x02\n" +
 	"\rHsmAttributes\x12+\n" +
 	"\x11never_extractable\x18\x01 \x01(\bR\x10neverExtractable\x12)\n" +
 	"\x10always_sensitive\x18\x02 \x01(\bR\x0falwaysSensitive\x12\x14\n" +
 	"\x05local\x18\x03 \x01(\bR\x05local\x12 \n" +
 	"\vextractable\x18\x04 \x01(\bR\vextractable\x12\x1c\n" +
-	"\tsensitive\x18\x05 \x01(\bR\tsensitive\"z\n" +
+	"\tsensitive\x18\x05 \x01(\bR\tsensitive\x12\x19\n" +
+	"\x05token\x18\x06 \x01(\bH\x00R\x05token\x88\x01\x01\x12\x1d\n" +
+	"\aprivate\x18\a \x01(\bH\x01R\aprivate\x88\x01\x01\x12#\n" +
+	"\n" +
+	"modifiable\x18\b \x01(\bH\x02R\n" +
+	"modifiable\x88\x01\x01B\b\n" +
+	"\x06_tokenB\n" +
+	"\n" +
+	"\b_privateB\r\n" +
+	"\v_modifiable\"z\n" +
 	"\x10CreateKeyRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x120\n" +
 	"\apurpose\x18\x02 \x01(\x0e2\x16.custody.v1.KeyPurposeR\apurpose\x12 \n" +
@@ -1038,6 +1078,7 @@ func file_custody_v1_keys_proto_init() {
 	if File_custody_v1_keys_proto != nil {
 		return
 	}
+	file_custody_v1_keys_proto_msgTypes[2].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
