@@ -185,6 +185,9 @@ func (c ceremonyConfig) request(dir string, allowDev bool) (*custodyv1.InitCerem
 		if !keys[g.Key] {
 			return nil, fmt.Errorf("grants[%d].key: %q is not declared under keys", i, g.Key)
 		}
+		if err := pg.CheckUsable(); err != nil {
+			return nil, fmt.Errorf("grants[%d]: %s", i, strings.TrimPrefix(err.Error(), policy.ErrUnusableGrant.Error()+": "))
+		}
 		req.Grants = append(req.Grants, &custodyv1.Grant{Id: pg.ID, Identity: pg.Identity, Key: pg.Key, Operations: g.Operations,
 			ContextMatch: pg.ContextMatch, RecipientKeySha256: pg.RecipientKeys, AllowPlaintext: pg.AllowPlaintext})
 	}

@@ -52,6 +52,7 @@ grants:
     key: relay-messages
     operations: [datakey, unwrap]
     context_match: {tenant: acme}
+    allow_plaintext: true
 budgets:
   - identity: spiffe://acme/relay
     key: relay-messages
@@ -101,6 +102,8 @@ func TestCeremonyConfigErrorsNameTheFieldPath(t *testing.T) {
 		{"grant on undeclared key", strings.Replace(goodCeremony, "    key: relay-messages\n    operations", "    key: other\n    operations", 1), "grants[0].key:", false},
 		{"wildcard grant", strings.Replace(goodCeremony, "    key: relay-messages\n    operations", "    key: \"*\"\n    operations", 1), "grants[0].key: wildcards", false},
 		{"bad operation", strings.Replace(goodCeremony, "[datakey, unwrap]", "[datakey, approve]", 1), "grants[0].operations[1]", false},
+		{"grant that can never return a data key", strings.Replace(goodCeremony, "    allow_plaintext: true\n", "", 1),
+			"grants[0]: grant \"g-relay\" gives datakey and unwrap on key \"relay-messages\" but no way to receive a data key: add recipient_keys", false},
 		{"bad window", strings.Replace(goodCeremony, "window: 24h", "window: a day", 1), "budgets[0].window:", false},
 		{"zero volume", strings.Replace(goodCeremony, "volume: 10000", "volume: 0", 1), "budgets[0].volume:", false},
 		{"two documents", goodCeremony + "---\nthreshold: 3\n", "more than one YAML document", false},

@@ -189,6 +189,11 @@ func (a *app) proposalCreateCommand() *cobra.Command {
 					}
 					g.RecipientKeys = append(g.RecipientKeys, d)
 				}
+				if err := g.CheckUsable(); err != nil {
+					return nil, usageErrorf("%s", strings.Replace(strings.TrimPrefix(err.Error(), policy.ErrUnusableGrant.Error()+": "),
+						"add recipient_keys (the relay's RSA public key, for key transport) or allow_plaintext: true",
+						"add --recipient-key FILE (the relay's RSA public key, for key transport) or --allow-plaintext", 1))
+				}
 				return quorum.AddGrant{Grant: g}, nil
 			}),
 		kind("remove-grant GRANT_ID", "Remove a grant", exactArgs(1, "GRANT_ID"), nil,

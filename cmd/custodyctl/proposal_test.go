@@ -298,7 +298,7 @@ func TestApproveAsksForConfirmationAndSendsNothingWithoutIt(t *testing.T) {
 
 func TestVetoThroughTheCLIEndsTheProposal(t *testing.T) {
 	f := newGovernanceFixture(t)
-	prop := f.propose(t, "add-grant", "relay-messages", "--identity", "spiffe://acme/relay", "--ops", "unwrap")
+	prop := f.propose(t, "add-grant", "relay-messages", "--identity", "spiffe://acme/relay", "--ops", "unwrap", "--allow-plaintext")
 	if inv := f.cli(t, "proposal", "veto", prop.Id, "--officer-key", f.keys["carol"], "--yes"); inv.code != exitOK ||
 		!strings.Contains(inv.stdout, "PROPOSAL_VETOED") {
 		t.Fatalf("veto: %+v", inv)
@@ -311,7 +311,7 @@ func TestApproveAndVetoReportWhatWasDoneInText(t *testing.T) {
 	text := func(args ...string) invocation {
 		return runCLI(t, nil, append(append(f.p.flags(f.addr), "--output", "text"), args...)...)
 	}
-	prop := f.propose(t, "add-grant", "relay-messages", "--identity", "spiffe://acme/relay", "--ops", "unwrap")
+	prop := f.propose(t, "add-grant", "relay-messages", "--identity", "spiffe://acme/relay", "--ops", "unwrap", "--allow-plaintext")
 	if inv := text("proposal", "approve", prop.Id, "--officer-key", f.keys["alice"], "--yes"); inv.code != exitOK ||
 		!strings.HasPrefix(inv.stdout, "approved "+prop.Id+" as alice: ") {
 		t.Fatalf("approve: %+v", inv)
@@ -359,5 +359,21 @@ func TestDryRunSubmitsNothingAndRefusesWildcardOrder(t *testing.T) {
 	assertOneErrorLine(t, inv, exitError, "InvalidArgument")
 	if len(f.srv.props) != 0 {
 		t.Error("a wildcard disclosure order reached the server")
+	}
+}
+
+// TestAddGrantThatCouldNeverReturnADataKeyIsRefusedBeforeSending: officers
+// are never asked to sign a grant whose data keys no relay could get back.
+func TestAddGrantThatCouldNeverReturnADataKeyIsRefusedBeforeSending(t *testing.T) {
+	f := newGovernanceFixture(t)
+	inv := f.cli(t, "proposal", "create", "add-grant", "relay-messages", "--identity", "spiffe://acme/relay",
+		"--ops", "datakey,unwrap", "--context", "tenant=acme")
+	if inv.code != exitUsage || !strings.Contains(inv.stderr, "--recipient-key FILE") || !strings.Contains(inv.stderr, "--allow-plaintext") {
+		t.Fatalf("unusable add-grant: %+v", inv)
+	}
+	f.srv.mu.Lock()
+	defer f.srv.mu.Unlock()
+	if len(f.srv.props) != 0 {
+		t.Errorf("the unusable proposal reached the server")
 	}
 }

@@ -425,6 +425,9 @@ func (g *Governance) InitCeremony(ctx context.Context, req *custodyv1.InitCeremo
 		if err := gr.Validate(); err != nil {
 			return nil, fmt.Errorf("%w: grants[%d]: %v", ErrInvalidArgument, i, err)
 		}
+		if err := gr.CheckUsable(); err != nil { // a grant that stores data keys but never returns one
+			return nil, fmt.Errorf("%w: grants[%d]: %v", ErrInvalidArgument, i, err)
+		}
 		if _, ok := declared[gr.Key]; !ok {
 			return nil, fmt.Errorf("%w: grants[%d].key: %q is not declared", ErrInvalidArgument, i, gr.Key)
 		}

@@ -64,6 +64,9 @@ func (g *Governance) precheck(p quorum.Proposal) error {
 		if !g.isRelay(pl.Grant.Identity) {
 			return fmt.Errorf("%w: add-grant.grant.identity: %q is not a configured relay identity (configure it first, or the grant would never apply)", quorum.ErrInvalidProposal, pl.Grant.Identity)
 		}
+		if err := pl.Grant.CheckUsable(); err != nil { // stores data keys but never returns one
+			return fmt.Errorf("%w: add-grant: %v", quorum.ErrInvalidProposal, err)
+		}
 		if _, err := g.buildPolicy(append(slices.Clone(g.st.Grants), pl.Grant)); err != nil {
 			return fmt.Errorf("%w: add-grant: %v", quorum.ErrInvalidProposal, err)
 		}
@@ -606,9 +609,13 @@ func (g *Governance) ListBudgets(ctx context.Context, req *custodyv1.ListBudgets
 		if req.GetKey() != "" && req.GetKey() != b.Key {
 			continue
 		}
-		out.Budgets = append(out.Budgets, &custodyv1.Budget{Identity: b.Identity, Key: b.Key, Rate: b.Budget.Rate,
+		pb := &custodyv1.Budget{Identity: b.Identity, Key: b.Key, Rate: b.Budget.Rate,
 			Burst: uint32(b.Budget.Burst), Volume: b.Budget.Volume, Window: durationpb.New(b.Budget.Window),
-			Frozen: b.Identity != "" && lim != nil && lim.Frozen(b.Identity, b.Key)})
+			Frozen: b.Identity != "" && lim != nil && lim.Frozen(b.Identity, b.Key)}
+		if u, ok := lim.Usage(b.Identity, b.Key, g.s.now()); ok { // current spend, read without spending
+			pb.WindowUsed, pb.WindowEnd, pb.Available = u.WindowUsed, timestamppb.New(u.WindowEnd), u.Available
+		}
+		out.Budgets = append(out.Budgets, pb)
 	}
 	return out, nil
 }
