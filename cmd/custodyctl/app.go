@@ -60,6 +60,7 @@ func (a *app) rootCommand() *cobra.Command {
 		a.auditCommand(),
 		a.officerCommand(),
 		a.proposalCommand(),
+		a.grantCommand(), a.budgetCommand(), a.orderCommand(),
 		a.ceremonyCommand(),
 		a.benchCommand())
 	root.Long = `custodyctl talks to custodyd over gRPC with mutual TLS 1.3.

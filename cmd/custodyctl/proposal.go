@@ -399,11 +399,21 @@ func (a *app) proposalListCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			// What each proposal will do is derived here from its canonical
+			// bytes, as proposal show does, not taken from the server.
+			for _, info := range resp.GetProposals() {
+				info.Summary = localSummary(info)
+			}
 			return a.emit(resp, func(w io.Writer) {
+				if len(resp.GetProposals()) == 0 {
+					fmt.Fprintln(w, "no proposals")
+				}
 				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-				fmt.Fprintln(tw, "ID\tKIND\tSTATE\tAPPROVALS\tEXPIRES\tSUMMARY")
+				if len(resp.GetProposals()) > 0 {
+					fmt.Fprintln(tw, "ID\tSTATE\tAPPROVALS\tEXPIRES\tWILL")
+				}
 				for _, p := range resp.GetProposals() {
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%d/%d\t%s\t%s\n", p.GetId(), p.GetKind(), stateName(p.GetState()),
+					fmt.Fprintf(tw, "%s\t%s\t%d/%d\t%s\t%s\n", p.GetId(), stateName(p.GetState()),
 						len(p.GetApprovals()), p.GetThreshold(), formatTime(p.GetExpires()), oneLine(p.GetSummary()))
 				}
 				_ = tw.Flush()
@@ -676,6 +686,20 @@ func printProposal(w io.Writer, p quorum.Proposal, info *custodyv1.ProposalInfo,
 	}
 }
 
+// localSummary is what a listed proposal will do, from its canonical bytes
+// (checked against the digest the server reports); a proposal whose bytes
+// do not parse or match says so instead of repeating the server's words.
+func localSummary(info *custodyv1.ProposalInfo) string {
+	p, d, err := verifyCanonical(info.GetCanonicalProposal())
+	switch {
+	case err != nil:
+		return "UNREADABLE: " + err.Error()
+	case p.ID != info.GetId() || d.String() != info.GetDigest():
+		return fmt.Sprintf("MISMATCH: the server's id or digest does not match the proposal bytes (%s)", summarize(p))
+	}
+	return summarize(p)
+}
+
 // summarize says in one line exactly what executing p will do.
 func summarize(p quorum.Proposal) string {
 	switch v := p.Payload.(type) {
@@ -723,7 +747,7 @@ func summarize(p quorum.Proposal) string {
 			who = "all identities together"
 		}
 		b := v.Budget
-		return fmt.Sprintf("set budget of %s on key %q: rate %g/s, burst %d, at most %d per %s", who, v.Key, b.Rate, b.Burst, b.Volume, b.Window)
+		return fmt.Sprintf("set budget of %s on key %q: rate %g/s, burst %d, at most %d per %s", who, v.Key, b.Rate, b.Burst, b.Volume, formatWindow(b.Window))
 	case quorum.Unfreeze:
 		return fmt.Sprintf("unfreeze identity %s on key %q", v.Identity, v.Key)
 	case quorum.AddOfficer:
