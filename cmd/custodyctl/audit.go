@@ -103,7 +103,7 @@ Nothing is modified.`,
 			if err != nil {
 				return err
 			}
-			var anchors []audit.Checkpoint
+			var anchors []anchorEntry
 			if anchorFile != "" {
 				if anchors, err = readAnchors(anchorFile); err != nil {
 					return err
@@ -112,7 +112,7 @@ Nothing is modified.`,
 			if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
 				return localError(codes.NotFound, fmt.Errorf("--dir %s is not a directory", dir))
 			}
-			res, verr := verifyWithAnchors(dir, pub, anchors)
+			res, verr := verifyWithAnchors(dir, pub, anchorFile, anchors)
 			if err := a.emitValue(res, func(w io.Writer) { printVerify(w, res) }); err != nil {
 				return err
 			}
@@ -125,19 +125,29 @@ Nothing is modified.`,
 	return cmd
 }
 
+// anchorEntry is one checkpoint of an --anchor file and its 1-based line.
+type anchorEntry struct {
+	cp   audit.Checkpoint
+	line int
+}
+
 // verifyWithAnchors runs Verify against the newest anchor, then against
 // every other anchor that checkpoints.log does not hold identically (those
 // were already matched against the records by the first pass). The error is
-// a localError naming the first problem.
-func verifyWithAnchors(dir string, pub crypto.PublicKey, anchors []audit.Checkpoint) (*verifyResult, error) {
-	sort.Slice(anchors, func(i, j int) bool { return anchors[i].Seq > anchors[j].Seq })
+// a localError naming the first problem; a problem found through an anchor
+// names the anchor file and line.
+func verifyWithAnchors(dir string, pub crypto.PublicKey, anchorFile string, anchors []anchorEntry) (*verifyResult, error) {
+	sort.SliceStable(anchors, func(i, j int) bool { return anchors[i].cp.Seq > anchors[j].cp.Seq })
 	var first *audit.Checkpoint
 	if len(anchors) > 0 {
-		first = &anchors[0]
+		first = &anchors[0].cp
 	}
 	rep, err := audit.Verify(dir, pub, first)
 	res := resultOf(dir, rep, len(anchors))
 	if err != nil {
+		if first != nil {
+			err = atAnchor(err, anchorFile, anchors[0].line)
+		}
 		return res, failed(res, err)
 	}
 	if first != nil && rep.AnchorChecked {
@@ -153,7 +163,7 @@ func verifyWithAnchors(dir string, pub crypto.PublicKey, anchors []audit.Checkpo
 			inLog[fmt.Sprintf("%d/%x", cp.Seq, []byte(cp.Head))] = true
 		}
 		for i := 1; i < len(anchors); i++ {
-			an := anchors[i]
+			an := anchors[i].cp
 			if inLog[fmt.Sprintf("%d/%x", an.Seq, []byte(an.Head))] {
 				if an.Seq+1 >= rep.FirstSeq || rep.Pruned == nil {
 					res.AnchorsChecked++
@@ -162,7 +172,7 @@ func verifyWithAnchors(dir string, pub crypto.PublicKey, anchors []audit.Checkpo
 			}
 			r2, err := audit.Verify(dir, pub, &an)
 			if err != nil {
-				return res, failed(res, err)
+				return res, failed(res, atAnchor(err, anchorFile, anchors[i].line))
 			}
 			if r2.AnchorChecked {
 				res.AnchorsChecked++
@@ -170,6 +180,27 @@ func verifyWithAnchors(dir string, pub crypto.PublicKey, anchors []audit.Checkpo
 		}
 	}
 	return res, nil
+}
+
+// atAnchor makes a verification failure that Verify attributes to "the
+// anchor" name the anchor file and line it came from; a record that
+// contradicts an anchor keeps its own place and names the anchor's in the
+// reason.
+func atAnchor(err error, file string, line int) error {
+	ve, ok := errors.AsType[*audit.VerifyError](err)
+	if !ok {
+		return err
+	}
+	out := *ve
+	switch {
+	case out.Segment == "anchor":
+		out.Segment, out.Line = file, line
+	case out.Kind == audit.KindTruncated:
+		out.Reason = fmt.Sprintf("%s (anchor at %s line %d)", out.Reason, file, line)
+	default:
+		return err
+	}
+	return &out
 }
 
 func resultOf(dir string, rep *audit.Report, anchors int) *verifyResult {
@@ -272,13 +303,13 @@ func readPublicKey(file string) (crypto.PublicKey, error) {
 
 // readAnchors reads checkpoints, one JSON object per line; blank lines are
 // skipped, anything else that does not parse is an error naming the line.
-func readAnchors(file string) ([]audit.Checkpoint, error) {
+func readAnchors(file string) ([]anchorEntry, error) {
 	f, err := os.Open(file)
 	if err != nil {
 		return nil, localError(codes.NotFound, fmt.Errorf("read anchors: %w", err))
 	}
 	defer f.Close()
-	var out []audit.Checkpoint
+	var out []anchorEntry
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for n := 1; sc.Scan(); n++ {
@@ -292,7 +323,7 @@ func readAnchors(file string) ([]audit.Checkpoint, error) {
 		if err := dec.Decode(&cp); err != nil || cp.Seq == 0 || len(cp.Head) == 0 {
 			return nil, usageErrorf("%s line %d is not a checkpoint", file, n)
 		}
-		out = append(out, cp)
+		out = append(out, anchorEntry{cp: cp, line: n})
 	}
 	if err := sc.Err(); err != nil {
 		return nil, localError(codes.Unavailable, fmt.Errorf("read anchors: %w", err))

@@ -202,6 +202,11 @@ func TestAuditVerifyWithAnchorDetectsTruncationThatDeletedTheCheckpoints(t *test
 	}
 	inv := runCLI(t, nil, "audit", "verify", "--dir", f.dir, "--pubkey", f.pubFile, "--anchor", anchors)
 	assertVerifyFails(t, inv, audit.KindTruncated, 7)
+	// The report names the anchor that proves it: the newest, on the last line.
+	newest := fmt.Sprintf("(%s line %d)", anchors, bytes.Count(cp, []byte("\n")))
+	if !strings.Contains(inv.stderr, newest) || strings.Contains(inv.stderr, "line 0") {
+		t.Errorf("stderr %q does not name the anchor as %q", inv.stderr, newest)
+	}
 }
 
 func TestAuditVerifyChecksOlderAnchorsAgainstARewrittenLog(t *testing.T) {
@@ -230,6 +235,9 @@ func TestAuditVerifyChecksOlderAnchorsAgainstARewrittenLog(t *testing.T) {
 	}
 	inv := runCLI(t, nil, "audit", "verify", "--dir", forged.dir, "--pubkey", forged.pubFile, "--anchor", anchors)
 	assertVerifyFails(t, inv, audit.KindTruncated, 5)
+	if want := fmt.Sprintf("anchor at %s line 1", anchors); !strings.Contains(inv.stderr, want) {
+		t.Errorf("stderr %q does not name the contradicted anchor (%q)", inv.stderr, want)
+	}
 }
 
 func TestAuditVerifyRejectsAnotherKeysSignatures(t *testing.T) {
