@@ -116,7 +116,7 @@ func (f *auditFixture) write(t *testing.T, lines []string) {
 // name the kind and the record.
 func assertVerifyFails(t *testing.T, inv invocation, kind audit.Kind, seq uint64) {
 	t.Helper()
-	assertOneErrorLine(t, inv, exitError, "DataLoss")
+	assertOneErrorLine(t, inv, exitError, local)
 	want := fmt.Sprintf("%s at seq %d", kind, seq)
 	if !strings.Contains(inv.stderr, want) {
 		t.Errorf("stderr %q does not name %q", inv.stderr, want)
@@ -244,7 +244,7 @@ func TestAuditVerifyRejectsAnotherKeysSignatures(t *testing.T) {
 	f := newAuditFixture(t, 3, 3)
 	other := newAuditFixture(t, 1)
 	inv := runCLI(t, nil, "audit", "verify", "--dir", f.dir, "--pubkey", other.pubFile)
-	assertOneErrorLine(t, inv, exitError, "DataLoss")
+	assertOneErrorLine(t, inv, exitError, local)
 	if !strings.Contains(inv.stderr, "bad-signature") || !strings.Contains(inv.stderr, "checkpoints.log line 1") {
 		t.Errorf("stderr %q does not name the bad checkpoint", inv.stderr)
 	}
@@ -292,7 +292,7 @@ func TestAuditVerifyUsageErrors(t *testing.T) {
 		{"audit"},
 	} {
 		t.Run(strings.Join(args, "_"), func(t *testing.T) {
-			assertOneErrorLine(t, runCLI(t, nil, args...), exitUsage, "InvalidArgument")
+			assertOneErrorLine(t, runCLI(t, nil, args...), exitUsage, local)
 		})
 	}
 }
@@ -328,7 +328,7 @@ func TestAuditReportVerifyAcceptsSignedReportAndRejectsAnEditedCount(t *testing.
 		t.Fatal(err)
 	}
 	inv = runCLI(t, nil, "audit", "report", "verify", "--file", file, "--pubkey", f.pubFile)
-	assertOneErrorLine(t, inv, exitError, "DataLoss")
+	assertOneErrorLine(t, inv, exitError, local)
 }
 
 func TestAnchorFileInMissingDirectoryNamesThePathOnce(t *testing.T) {

@@ -271,7 +271,7 @@ func (a *app) runBench(ctx context.Context, o benchOptions) error {
 		return err
 	}
 	if res.Ops == 0 {
-		return localError(res.firstCode, fmt.Errorf("no %s operation succeeded (%s; first: %s)", o.op, errorSummary(res.Errors), res.FirstError))
+		return remoteError(res.firstCode, fmt.Errorf("no %s operation succeeded (%s; first: %s)", o.op, errorSummary(res.Errors), res.FirstError))
 	}
 	return nil
 }

@@ -198,7 +198,7 @@ func TestCeremonyVerifyRejectsOneByteEdit(t *testing.T) {
 		t.Fatal(err)
 	}
 	inv := runCLI(t, nil, "ceremony", "verify", "--dir", dir)
-	assertOneErrorLine(t, inv, exitError, "DataLoss")
+	assertOneErrorLine(t, inv, exitError, local)
 	if !strings.Contains(inv.stderr, "signature does not verify") || inv.stdout != "" {
 		t.Errorf("edited transcript: stdout %q stderr %q", inv.stdout, inv.stderr)
 	}
@@ -208,7 +208,7 @@ func TestCeremonyVerifyRejectsTranscriptUnderAnotherAuditKey(t *testing.T) {
 	dir, _ := signedTranscript(t, sampleTranscript(t))
 	otherDir, _ := signedTranscript(t, sampleTranscript(t))
 	inv := runCLI(t, nil, "ceremony", "verify", "--dir", dir, "--pubkey", filepath.Join(otherDir, fileAuditPubKey))
-	assertOneErrorLine(t, inv, exitError, "DataLoss")
+	assertOneErrorLine(t, inv, exitError, local)
 }
 
 func TestCeremonyVerifyFailsOnExtractableKey(t *testing.T) {

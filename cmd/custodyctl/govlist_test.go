@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/custodyhq/custody/internal/config"
-	"github.com/custodyhq/custody/internal/daemon"
 	"github.com/custodyhq/custody/internal/testenv"
 )
 
@@ -26,14 +25,15 @@ type governedVault struct {
 
 func startGovernedVault(t *testing.T) *governedVault {
 	t.Helper()
-	e := testenv.Start(t, testenv.Settings{
+	s := testenv.Settings{
 		Mutate: func(_ *testenv.Env, c *config.Config) {
 			c.Governance.TimeLock = time.Second
 			c.Governance.ProposalTTL = 100 * time.Hour
 			c.Governance.Freeze.Refusals, c.Governance.Freeze.Within = 3, time.Minute
 		},
-		Daemon: daemon.Options{GovernanceInterval: 50 * time.Millisecond},
-	})
+	}
+	s.Daemon.GovernanceInterval = 50 * time.Millisecond
+	e := testenv.Start(t, s)
 	v := &governedVault{e: e, dir: t.TempDir()}
 	v.alice, v.bob = filepath.Join(v.dir, "alice.key"), filepath.Join(v.dir, "bob.key")
 	for _, k := range []string{v.alice, v.bob} {

@@ -5,8 +5,10 @@
 // It is a client only: it imports the generated API and nothing of the
 // server or the HSM layer, so no key material beyond a per-file data key
 // (zeroed after use) ever exists in this process. Every failure is one line
-// on stderr, "custodyctl: <grpc code>: <message>", with exit status 1, or 2
-// for usage errors.
+// on stderr with exit status 1, or 2 for usage errors: "custodyctl: <grpc
+// code>: <message>" when custodyd (or the connection to it) refused the
+// call, and "custodyctl: <message>" for a mistake found here, such as a
+// missing file or a bad flag.
 package main
 
 import (
@@ -54,6 +56,13 @@ func usageErrorf(format string, args ...any) error {
 	return &cliError{code: codes.InvalidArgument, usage: true, err: fmt.Errorf(format, args...)}
 }
 
+// remoteError reports what custodyd answered, found only after looking at
+// its answers (a health status, every call of a benchmark refused): it is
+// reported with its gRPC code like any refusal.
+func remoteError(code codes.Code, err error) error {
+	return status.Error(code, err.Error())
+}
+
 // localError reports a failure outside any RPC under the given code.
 func localError(code codes.Code, err error) error {
 	return &cliError{code: code, err: err}
@@ -74,31 +83,44 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	if err == nil {
 		return exitOK
 	}
-	code, msg, usage := describe(err)
-	fmt.Fprintf(stderr, "custodyctl: %s: %s\n", code, oneLine(msg))
-	if usage {
+	d := describe(err)
+	if d.local {
+		fmt.Fprintf(stderr, "custodyctl: %s\n", oneLine(d.msg))
+	} else {
+		fmt.Fprintf(stderr, "custodyctl: %s: %s\n", d.code, oneLine(d.msg))
+	}
+	if d.usage {
 		return exitUsage
 	}
 	return exitError
 }
 
-// describe turns any error into the code, message and usage flag reported.
-func describe(err error) (codes.Code, string, bool) {
+// failure is how an error is reported: local failures (found by custodyctl
+// itself) are not given a gRPC code name, which would suggest custodyd
+// said so.
+type failure struct {
+	code         codes.Code
+	msg          string
+	usage, local bool
+}
+
+// describe turns any error into what is reported.
+func describe(err error) failure {
 	var ce *cliError
 	if errors.As(err, &ce) {
-		return ce.code, ce.err.Error(), ce.usage
+		return failure{code: ce.code, msg: ce.err.Error(), usage: ce.usage, local: true}
 	}
 	if s, ok := status.FromError(err); ok {
-		return s.Code(), s.Message(), false
+		return failure{code: s.Code(), msg: s.Message()}
 	}
 	if errors.Is(err, context.DeadlineExceeded) {
-		return codes.DeadlineExceeded, err.Error(), false
+		return failure{code: codes.DeadlineExceeded, msg: err.Error()}
 	}
 	if errors.Is(err, context.Canceled) {
-		return codes.Canceled, err.Error(), false
+		return failure{code: codes.Canceled, msg: err.Error()}
 	}
 	// Anything else that escapes cobra is a flag or argument parse failure.
-	return codes.InvalidArgument, err.Error(), true
+	return failure{code: codes.InvalidArgument, msg: err.Error(), usage: true, local: true}
 }
 
 // oneLine keeps the error report on a single line whatever the server sent.

@@ -32,7 +32,7 @@ reports SERVING, 1 otherwise.`,
 				return err
 			}
 			if resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
-				return localError(codes.Unavailable, fmt.Errorf("custodyd at %s is %s", a.addr, resp.GetStatus()))
+				return remoteError(codes.Unavailable, fmt.Errorf("custodyd at %s is %s", a.addr, resp.GetStatus()))
 			}
 			return nil
 		},
