@@ -20,6 +20,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	custodyv1 "github.com/custodyhq/custody/api/custody/v1"
+	"github.com/custodyhq/custody/internal/version"
 )
 
 // Environment variables that give global flags their defaults.
@@ -45,6 +46,9 @@ type app struct {
 	output                          string
 
 	conn *grpc.ClientConn
+
+	// noProgress (--no-progress) never draws progress.
+	noProgress bool
 }
 
 func envOr(name, def string) string {
@@ -70,8 +74,17 @@ Every command needs a CA bundle, a client certificate and its private key
 CUSTODY_KEY.`
 	root.SilenceErrors = true
 	root.SilenceUsage = true
-	root.CompletionOptions.DisableDefaultCmd = true
-	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageErrorf("%v", err) })
+	// "custodyctl completion bash|zsh|fish|powershell" prints a completion
+	// script (see its --help for where to put it).
+	root.CompletionOptions.HiddenDefaultCmd = false
+	root.Version = version.Read().String("custodyctl")
+	root.SetVersionTemplate("{{.Version}}\n")
+	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
+		if s := suggestFlag(cmd, err); s != "" {
+			return usageErrorf("%v; did you mean %s?", err, s)
+		}
+		return usageErrorf("%v", err)
+	})
 	root.PersistentPreRunE = func(*cobra.Command, []string) error {
 		switch a.output {
 		case "text", "json":
@@ -88,6 +101,7 @@ CUSTODY_KEY.`
 	pf.StringVar(&a.keyFile, "tls-key", envOr(envKey, ""), "same as --key (the client certificate's private key)")
 	pf.DurationVar(&a.timeout, "timeout", defaultTimeout, "deadline for each call to custodyd; 0 for none")
 	pf.StringVarP(&a.output, "output", "o", envOr(envOutput, "text"), "output format: text or json ($"+envOutput+")")
+	pf.BoolVar(&a.noProgress, "no-progress", false, "never draw a progress line on stderr (drawn for files over 16 MiB when stderr is a terminal)")
 	return root
 }
 

@@ -430,8 +430,9 @@ durable until interrupted (no --timeout applies).`,
 func (a *app) auditExportCommand() *cobra.Command {
 	var o tailOptions
 	var out string
+	var force bool
 	cmd := &cobra.Command{
-		Use:   "export [--since T] [--until T] [--after-seq N] [--out FILE]",
+		Use:   "export [--since T] [--until T] [--after-seq N] [--out FILE] [--force]",
 		Short: "Export audit records as JSON lines for a SIEM",
 		Long: `Writes matching records as JSON lines, one per record, exactly as stored in
 the log: seq, time (RFC 3339, UTC, nanoseconds), identity, role, method, key,
@@ -444,7 +445,7 @@ to the last seq exported. No --timeout applies.`,
 			if err != nil {
 				return err
 			}
-			w, finish, err := openOut(out, a.stdout)
+			w, finish, err := openOut(out, a.stdout, force)
 			if err != nil {
 				return err
 			}
@@ -458,6 +459,7 @@ to the last seq exported. No --timeout applies.`,
 	}
 	o.addFilterFlags(cmd)
 	cmd.Flags().StringVar(&out, "out", "-", "file to write, - for stdout")
+	cmd.Flags().BoolVar(&force, "force", false, "replace --out if it exists")
 	return cmd
 }
 
@@ -531,13 +533,21 @@ func formatRecord(r audit.Record) string {
 	return b.String()
 }
 
-// openOut opens "-" as w itself or creates file; finish closes it and, when
-// err is set, removes a partly written file.
-func openOut(file string, stdout io.Writer) (io.Writer, func(error) error, error) {
+// openOut opens "-" as w itself or creates file (replacing an existing one
+// only with force); finish closes it and, when err is set, removes a partly
+// written file.
+func openOut(file string, stdout io.Writer, force bool) (io.Writer, func(error) error, error) {
 	if file == "-" || file == "" {
 		return stdout, func(err error) error { return err }, nil
 	}
-	f, err := os.OpenFile(file, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	flags := os.O_WRONLY | os.O_CREATE | os.O_EXCL
+	if force {
+		flags = os.O_WRONLY | os.O_CREATE | os.O_TRUNC
+	}
+	f, err := os.OpenFile(file, flags, 0o600)
+	if errors.Is(err, os.ErrExist) {
+		return nil, nil, errExists(file)
+	}
 	if err != nil {
 		return nil, nil, localError(codes.FailedPrecondition, fmt.Errorf("create %s: %w", file, err))
 	}
@@ -680,6 +690,7 @@ key ceremony before trusting the key.`,
 
 func (a *app) auditReportCommand() *cobra.Command {
 	var since, until, out, pubFile string
+	var force bool
 	var methods []string
 	cmd := &cobra.Command{
 		Use:   "report [--since T] [--until T] [--out FILE] [--pubkey FILE]",
@@ -692,6 +703,9 @@ signed JSON to --out (or stdout) and prints a summary. Check a report with
 "audit report verify". Verifying a large log takes time: raise --timeout.`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if _, err := os.Lstat(out); out != "" && out != "-" && err == nil && !force {
+				return errExists(out) // before asking custodyd to sign anything
+			}
 			now := time.Now()
 			s, err := auditWhen("--since", since, now)
 			if err != nil {
@@ -733,8 +747,16 @@ signed JSON to --out (or stdout) and prints a summary. Check a report with
 				_, err := a.stdout.Write(append(bytes.TrimSpace(resp.GetJson()), '\n'))
 				return err
 			}
-			if err := os.WriteFile(out, append(bytes.TrimSpace(resp.GetJson()), '\n'), 0o644); err != nil {
-				return localError(codes.FailedPrecondition, fmt.Errorf("write %s: %w", out, err))
+			if _, err := os.Lstat(out); err == nil {
+				if !force {
+					return errExists(out)
+				}
+				if err := os.Remove(out); err != nil {
+					return localError(codes.FailedPrecondition, err)
+				}
+			}
+			if err := createFile(out, append(bytes.TrimSpace(resp.GetJson()), '\n'), 0o644); err != nil {
+				return err
 			}
 			return a.emitValue(rep, func(w io.Writer) {
 				fmt.Fprintf(w, "wrote %s\n", out)
@@ -745,6 +767,7 @@ signed JSON to --out (or stdout) and prints a summary. Check a report with
 	cmd.Flags().StringVar(&since, "since", "", "window start: RFC 3339, YYYY-MM-DD, or a duration ago such as 720h")
 	cmd.Flags().StringVar(&until, "until", "", "window end, exclusive (same forms); default: the head")
 	cmd.Flags().StringVar(&out, "out", "", "write the signed report (JSON) to this file instead of stdout")
+	cmd.Flags().BoolVar(&force, "force", false, "replace --out if it exists")
 	cmd.Flags().StringVar(&pubFile, "pubkey", "", "audit public key to check the signature with before saving")
 	cmd.Flags().StringSliceVar(&methods, "method", nil, "methods counted as decrypt/unwrap (default: the server's set)")
 	cmd.AddCommand(a.auditReportVerifyCommand())

@@ -385,6 +385,7 @@ func TestImportsOnlyTheAPI(t *testing.T) {
 		}
 		for _, imp := range af.Imports {
 			path, _ := strconv.Unquote(imp.Path.Value)
+			// internal/version is pure: build information for --version.
 			// internal/audit is pure (no cgo, no HSM): the offline verifier.
 			// internal/quorum and internal/policy are pure: proposals are
 			// built and digests recomputed here, where officers can see them.
@@ -392,8 +393,8 @@ func TestImportsOnlyTheAPI(t *testing.T) {
 			testOnly := strings.HasSuffix(f, "_test.go") && (rest(path) == "hsm/hsmtest" || rest(path) == "internal/testenv" || rest(path) == "internal/config")
 			if r, ok := strings.CutPrefix(path, module); ok && !testOnly &&
 				!strings.HasPrefix(r, "api/") && !strings.HasPrefix(r, "client") &&
-				r != "internal/audit" && r != "internal/quorum" && r != "internal/policy" {
-				t.Errorf("%s imports %s; custodyctl may import only api/, client/, internal/audit, internal/quorum and internal/policy", f, path)
+				r != "internal/audit" && r != "internal/quorum" && r != "internal/policy" && r != "internal/version" {
+				t.Errorf("%s imports %s; custodyctl may import only api/, client/, internal/audit, internal/quorum, internal/policy and internal/version", f, path)
 			}
 			if path == "github.com/miekg/pkcs11" {
 				t.Errorf("%s imports %s", f, path)

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -633,15 +632,37 @@ your officer key, without contacting custodyd. Send the signature with
 }
 
 // confirm asks on stderr and reads one line from stdin; only "y" or "yes"
-// proceeds.
+// proceeds. It reads byte by byte and stops at the newline, so that the
+// next command reading the same stdin (a script answering several
+// questions) gets the rest.
 func (a *app) confirm(question string) error {
 	fmt.Fprintf(a.stderr, "%s [y/N] ", question)
-	line, _ := bufio.NewReader(a.stdin).ReadString('\n')
+	line := readLine(a.stdin, 64)
 	switch strings.ToLower(strings.TrimSpace(line)) {
 	case "y", "yes":
 		return nil
 	}
 	return localError(codes.Canceled, fmt.Errorf("not confirmed; nothing was signed or sent"))
+}
+
+// readLine reads up to the first newline (consumed) or max bytes, without
+// reading ahead.
+func readLine(r io.Reader, max int) string {
+	var b []byte
+	var c [1]byte
+	for tries := 0; len(b) < max && tries < max+100; tries++ { // bounded even if Read returns 0, nil
+		n, err := r.Read(c[:])
+		if n == 1 {
+			if c[0] == '\n' {
+				break
+			}
+			b = append(b, c[0])
+		}
+		if err != nil {
+			break
+		}
+	}
+	return string(b)
 }
 
 // printProposal writes what a proposal does, derived from its parsed bytes.
