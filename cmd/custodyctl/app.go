@@ -20,6 +20,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	custodyv1 "github.com/custodyhq/custody/api/custody/v1"
+	"github.com/custodyhq/custody/client"
 	"github.com/custodyhq/custody/internal/version"
 )
 
@@ -149,12 +150,31 @@ func (a *app) connect() (*grpc.ClientConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	conn, err := grpc.NewClient(a.addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
+	conn, err := grpc.NewClient(a.addr, explainedTLS(cfg)...)
 	if err != nil {
 		return nil, usageErrorf("address %q: %v", a.addr, err)
 	}
 	a.conn = conn
 	return conn, nil
+}
+
+// explainedTLS are the dial options for mTLS to custodyd with a client
+// certificate refusal reported as UNAUTHENTICATED with its cause ("issued
+// by X, custodyd trusts Y"), not as UNAVAILABLE: broken pipe.
+func explainedTLS(cfg *tls.Config) []grpc.DialOption {
+	cfg, diag := client.NewDiagnostics(cfg)
+	return []grpc.DialOption{
+		grpc.WithTransportCredentials(credentials.NewTLS(cfg)),
+		grpc.WithChainUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn,
+			invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+			return diag.Explain(invoker(ctx, method, req, reply, cc, opts...))
+		}),
+		grpc.WithChainStreamInterceptor(func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string,
+			streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+			s, err := streamer(ctx, desc, cc, method, opts...)
+			return s, diag.Explain(err)
+		}),
+	}
 }
 
 func (a *app) close() {

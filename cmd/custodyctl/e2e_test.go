@@ -78,3 +78,21 @@ func TestCLIKeyCommandsAndJSONOutput(t *testing.T) {
 	}
 	_ = custodyv1.KeyPurpose_SIGN_ECDSA_P256
 }
+
+// TestClientCertificateFromAnotherCAIsReportedAsSuch: a relay certificate
+// from a CA the vault does not trust is no outage; every command says
+// UNAUTHENTICATED and which CA issued it and which custodyd trusts.
+func TestClientCertificateFromAnotherCAIsReportedAsSuch(t *testing.T) {
+	e := testenv.Start(t, testenv.Settings{})
+	p := newPKI(t) // "test ca", unknown to the vault
+	flags := []string{"--addr", e.Addr, "--ca", e.CAFile, "--cert", p.certFile, "--tls-key", p.keyFile}
+	for _, args := range [][]string{{"status"}, {"crypto", "encrypt", "--key", "demo"}, {"--timeout", "0", "status"}} {
+		inv := runCLI(t, []byte("x"), append(append([]string{}, flags...), args...)...)
+		assertOneErrorLine(t, inv, exitError, "Unauthenticated")
+		for _, want := range []string{"custodyd did not accept this client certificate", `issued by "CN=test ca"`, `custodyd trusts "CN=Custody dev CA,O=Custody dev"`} {
+			if !strings.Contains(inv.stderr, want) {
+				t.Errorf("%v: stderr %q lacks %q", args, inv.stderr, want)
+			}
+		}
+	}
+}
