@@ -145,11 +145,12 @@ func (c Config) tlsConfig() (*tls.Config, error) {
 // data keys, a cache of unwrapped data keys, and the raw gRPC services. It
 // is safe for concurrent use. Close it to zero every cached key.
 type Client struct {
-	cfg    Config
-	conn   *grpc.ClientConn
-	crypto custodyv1.CryptoServiceClient
-	keys   custodyv1.KeyServiceClient
-	cache  *keyCache
+	cfg      Config
+	conn     *grpc.ClientConn
+	crypto   custodyv1.CryptoServiceClient
+	keys     custodyv1.KeyServiceClient
+	dataKeys custodyv1.DataKeyServiceClient
+	cache    *keyCache
 
 	closeOnce sync.Once
 	closeErr  error
@@ -188,11 +189,12 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 		}
 	}
 	return &Client{
-		cfg:    cfg,
-		conn:   conn,
-		crypto: custodyv1.NewCryptoServiceClient(conn),
-		keys:   custodyv1.NewKeyServiceClient(conn),
-		cache:  newKeyCache(cfg.CacheSize, cfg.CacheTTL, time.Now),
+		cfg:      cfg,
+		conn:     conn,
+		crypto:   custodyv1.NewCryptoServiceClient(conn),
+		keys:     custodyv1.NewKeyServiceClient(conn),
+		dataKeys: custodyv1.NewDataKeyServiceClient(conn),
+		cache:    newKeyCache(cfg.CacheSize, cfg.CacheTTL, time.Now),
 	}, nil
 }
 
@@ -215,6 +217,14 @@ func (c *Client) Crypto() custodyv1.CryptoServiceClient { return c.crypto }
 
 // Keys returns the raw KeyService client (with the retry policy).
 func (c *Client) Keys() custodyv1.KeyServiceClient { return c.keys }
+
+// DataKeys returns the raw DataKeyService client (with the retry policy):
+// data keys custodyd keeps for a stateless relay under an id (StoreDataKey,
+// FetchDataKey, ListDataKeyIds, DeleteDataKey; docs/relay.md). A fetch
+// returns the plaintext data key only under a grant with allow_plaintext;
+// otherwise pass recipient_public_key (RelayPublicKeyDER) and open the
+// answer with DecryptTransported.
+func (c *Client) DataKeys() custodyv1.DataKeyServiceClient { return c.dataKeys }
 
 // retryPolicy is the unary interceptor that bounds each call by a deadline
 // and retries UNAVAILABLE with jittered exponential backoff.
