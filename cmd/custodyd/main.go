@@ -127,7 +127,7 @@ Custody dev vault is running (SoftHSM token + bbolt in %s; NOT for production).
   gRPC (mTLS): %s    REST/JSON gateway (mTLS): %s
   metrics/health: http://%s/metrics /healthz /readyz
 
-As the dev relay (granted key %q), in another shell:
+As the dev relay (granted keys %q: encrypt and data keys; %q: sign; %q: MAC), in another shell:
   export CUSTODY_ADDR=%s CUSTODY_CA=%s
   export CUSTODY_CERT=%s CUSTODY_KEY=%s
   echo 'hello, custody' | bin/custodyctl crypto encrypt --key %s | bin/custodyctl crypto decrypt --key %s
@@ -136,7 +136,7 @@ As the dev operator (manages keys):
   CUSTODY_CERT=%s CUSTODY_KEY=%s bin/custodyctl key list
 
 Stop with Ctrl-C (in-flight requests finish first).
-`, rel(s.Dir), d.GRPCAddr(), gatewayAddr(d), d.HTTPAddr(), daemon.DevKey,
+`, rel(s.Dir), d.GRPCAddr(), gatewayAddr(d), d.HTTPAddr(), daemon.DevKey, daemon.DevSignKey, daemon.DevMACKey,
 		d.GRPCAddr(), rel(s.PKI.CAFile), rel(relay.CertFile), rel(relay.KeyFile), daemon.DevKey, daemon.DevKey,
 		rel(op.CertFile), rel(op.KeyFile))
 }

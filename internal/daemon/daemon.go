@@ -265,7 +265,7 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 	d.http = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 
 	if cfg.Dev {
-		if err := d.EnsureDevKey(ctx); err != nil {
+		if err := d.EnsureDevKey(ctx, cfg); err != nil {
 			return nil, fmt.Errorf("dev key: %w", err)
 		}
 	}
