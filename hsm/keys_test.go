@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -64,6 +65,9 @@ func TestOpenErrorsNameTheCauseAndNeverThePIN(t *testing.T) {
 	}{
 		{"wrong pin", hsm.Config{URI: tok.URI, PIN: []byte("wrong-pin-9876")}, hsm.ErrLogin, "refused the PIN"},
 		{"missing token", hsm.Config{URI: "pkcs11:token=nope?module-path=" + tok.Library, PIN: []byte(tok.PIN)}, hsm.ErrNotFound, `token nope not found`},
+		// SoftHSM looks for tokens where SOFTHSM2_CONF says: the error names it.
+		{"missing token names SOFTHSM2_CONF", hsm.Config{URI: "pkcs11:token=nope?module-path=" + tok.Library, PIN: []byte(tok.PIN)}, hsm.ErrNotFound,
+			"SOFTHSM2_CONF=" + os.Getenv("SOFTHSM2_CONF")},
 		{"missing module", hsm.Config{URI: "pkcs11:token=x?module-path=/nonexistent/libp11.so", PIN: []byte(tok.PIN)}, hsm.ErrUnavailable, "/nonexistent/libp11.so"},
 		{"pin in uri", hsm.Config{URI: tok.URI + "&pin-value=" + tok.PIN, PIN: []byte(tok.PIN)}, hsm.ErrInvalidInput, "pin-value is refused"},
 	}

@@ -18,6 +18,7 @@ import (
 	"net/http/pprof"
 	"os"
 	"runtime"
+	"strings"
 	"sync"
 	"time"
 
@@ -129,7 +130,7 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 		Observe: server.HSMObserver(reg)})
 	clear(pin)
 	if err != nil {
-		return nil, fmt.Errorf("hsm: %w", err)
+		return nil, prefixed("hsm", err)
 	}
 	if missing := d.HSM.Missing(); len(missing) > 0 {
 		d.log.Warn("token lacks mechanisms; some key purposes will be unavailable", "missing", missing)
@@ -137,7 +138,7 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 
 	raw, err := store.OpenBolt(cfg.Store.Path, store.BoltOptions{})
 	if err != nil {
-		return nil, fmt.Errorf("store: %w", err)
+		return nil, prefixed("store", err)
 	}
 	d.Store = raw
 	macKey, err := d.ownKey(ctx, hsm.KindHMACSHA256, StoreMACKeyLabel, raw)
@@ -171,7 +172,7 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 		DisableGroupCommit: opts.AuditNoGroupCommit,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("audit: %w", err)
+		return nil, prefixed("audit", err)
 	}
 
 	d.Keys, err = keys.OpenRegistry(ctx, d.Store, d.HSM, keys.RegistryOptions{
@@ -287,6 +288,15 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 	d.log.Info("custodyd serving", "grpc", d.grpcLis.Addr().String(), "http", d.httpLis.Addr().String(), "gateway", d.GatewayAddr(),
 		"keys", d.Keys.Len(), "token", cfg.HSM.String())
 	return d, nil
+}
+
+// prefixed names the part of start-up that failed, once: the errors of
+// hsm, store and audit already start with their package's name.
+func prefixed(part string, err error) error {
+	if strings.HasPrefix(err.Error(), part+": ") {
+		return err
+	}
+	return fmt.Errorf("%s: %w", part, err)
 }
 
 func isLoopback(a net.Addr) bool {
