@@ -10,6 +10,10 @@
 //	<!-- doctest: output=TEXT -->              the block's output contains TEXT
 //	<!-- doctest: fails; output=TEXT -->       both
 //	<!-- doctest: skip=REASON -->              not run (REASON is required)
+//	<!-- doctest: compile-only -->             (```go) built, not run
+//
+// ```go blocks are whole programs: each is built in a module of its own that
+// requires this one, as a relay developer's program would be, and run.
 //
 // Each test says which few strings it rewrites before running (the ports
 // of a vault started on free ports instead of 8443/8444/9090, a directory
@@ -32,14 +36,15 @@ import (
 	"time"
 )
 
-// block is one fenced shell block of a Markdown page.
+// block is one fenced code block of a Markdown page.
 type block struct {
-	file  string
-	line  int // line of the opening fence
-	code  string
-	fails bool
-	skip  string
-	want  []string // output=... directives
+	file        string
+	line        int // line of the opening fence
+	code        string
+	fails       bool
+	skip        string
+	want        []string // output=... directives
+	compileOnly bool
 }
 
 func (b block) where() string { return fmt.Sprintf("%s:%d", b.file, b.line) }
@@ -47,7 +52,10 @@ func (b block) where() string { return fmt.Sprintf("%s:%d", b.file, b.line) }
 var directiveRE = regexp.MustCompile(`^<!--\s*doctest:\s*(.*?)\s*-->$`)
 
 // shellBlocks returns the ```sh blocks of a Markdown file, in order.
-func shellBlocks(t *testing.T, path string) []block {
+func shellBlocks(t *testing.T, path string) []block { return fenced(t, path, "sh") }
+
+// fenced returns the blocks of language lang of a Markdown file, in order.
+func fenced(t *testing.T, path, lang string) []block {
 	t.Helper()
 	f, err := os.Open(path)
 	if err != nil {
@@ -69,7 +77,7 @@ func shellBlocks(t *testing.T, path string) []block {
 		case cur != nil:
 			code.WriteString(line + "\n")
 		case strings.HasPrefix(line, "```"):
-			if strings.TrimSpace(strings.TrimPrefix(line, "```")) != "sh" {
+			if strings.TrimSpace(strings.TrimPrefix(line, "```")) != lang {
 				// Another language: skip to its closing fence.
 				for sc.Scan() {
 					n++
@@ -82,7 +90,7 @@ func shellBlocks(t *testing.T, path string) []block {
 			}
 			cur = &block{file: filepath.Base(path), line: n}
 			if pending != nil {
-				cur.fails, cur.skip, cur.want = pending.fails, pending.skip, pending.want
+				cur.fails, cur.skip, cur.want, cur.compileOnly = pending.fails, pending.skip, pending.want, pending.compileOnly
 			}
 			code.Reset()
 		default:
@@ -100,6 +108,8 @@ func shellBlocks(t *testing.T, path string) []block {
 						pending.skip = val
 					case "output":
 						pending.want = append(pending.want, val)
+					case "compile-only":
+						pending.compileOnly = true
 					default:
 						t.Fatalf("%s:%d: unknown doctest directive %q", path, n, d)
 					}
@@ -113,7 +123,7 @@ func shellBlocks(t *testing.T, path string) []block {
 		t.Fatalf("%s: unclosed block at line %d", path, cur.line)
 	}
 	if len(out) == 0 {
-		t.Fatalf("%s: no ```sh blocks", path)
+		t.Fatalf("%s: no ```%s blocks", path, lang)
 	}
 	return out
 }
