@@ -32,6 +32,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -195,6 +196,10 @@ func (s *session) run(t *testing.T, blocks []block, timeout time.Duration) []str
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "bash", script)
+	// Its own process group: whatever the page starts in the background
+	// (custodyd ... &) is stopped with it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	cmd.Dir = s.dir
 	cmd.Env = append(os.Environ(), s.env...)
 	cmd.Env = append(cmd.Env, "PATH="+binDir+":"+os.Getenv("PATH"))
@@ -202,7 +207,11 @@ func (s *session) run(t *testing.T, blocks []block, timeout time.Duration) []str
 	var out syncBuffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	cmd.WaitDelay = 10 * time.Second
-	err := cmd.Run()
+	err := cmd.Start()
+	if err == nil {
+		t.Cleanup(func() { _ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) })
+		err = cmd.Wait()
+	}
 	perBlock := splitOutput(out.String(), len(blocks))
 	if err != nil {
 		last := 0
