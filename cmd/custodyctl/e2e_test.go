@@ -96,3 +96,23 @@ func TestClientCertificateFromAnotherCAIsReportedAsSuch(t *testing.T) {
 		}
 	}
 }
+
+// TestKeyGetAndTranscriptSayTheSameForASafeKey: both list the same
+// attributes, read back from the HSM, for the same "ok".
+func TestKeyGetAndTranscriptSayTheSameForASafeKey(t *testing.T) {
+	e := testenv.Start(t, testenv.Settings{})
+	inv := runCLI(t, nil, append(as(e, "operator"), "key", "get", "demo")...)
+	want := formatTranscriptAttrs(TranscriptAttr{Token: true, Private: true, Sensitive: true, AlwaysSensitive: true, NeverExtractable: true, Local: true})
+	if want != "ok (token, private, sensitive, never extractable, local, not modifiable)" {
+		t.Fatalf("transcript wording changed: %q", want)
+	}
+	if inv.code != exitOK || !strings.Contains(inv.stdout, want) {
+		t.Fatalf("key get does not say %q:\n%s%s", want, inv.stdout, inv.stderr)
+	}
+	inv = runCLI(t, nil, append(as(e, "operator"), "--output", "json", "key", "get", "demo")...)
+	for _, f := range []string{`"token":true`, `"private":true`, `"modifiable":false`} {
+		if !strings.Contains(inv.stdout, f) {
+			t.Errorf("key get --output json lacks %s: %s", f, inv.stdout)
+		}
+	}
+}
