@@ -146,9 +146,13 @@ func TestCheckpointIntervalSignsIdleHead(t *testing.T) {
 	}
 	appendN(t, l, 3)
 	eventually(t, "timed checkpoint", func() bool { cp, ok := l.LatestCheckpoint(); return ok && cp.Seq == 3 })
+	// On a busy machine the timer may also have fired between the appends
+	// (a checkpoint of seq 1 or 2); what matters is that the idle head is
+	// not signed again.
+	n := l.Stats().Checkpoints
 	time.Sleep(100 * time.Millisecond)
-	if st := l.Stats(); st.Checkpoints != 1 {
-		t.Fatalf("idle log signed %d checkpoints, want 1", st.Checkpoints)
+	if st := l.Stats(); st.Checkpoints != n {
+		t.Fatalf("idle log signed %d more checkpoints of the same head", st.Checkpoints-n)
 	}
 }
 
