@@ -13,9 +13,14 @@ all: build
 deps:
 	@softhsm-test/install.sh
 
+# The commit both binaries report with --version (the Go toolchain's own VCS
+# stamp is missing in git worktrees and with -buildvcs=false).
+COMMIT ?= $(shell git describe --always --dirty --abbrev=40 2>/dev/null)
+LDFLAGS := -X github.com/custodyhq/custody/internal/version.Commit=$(COMMIT)
+
 ## build: compile custodyd and custodyctl into bin/
 build: deps
-	$(GO) build -o $(BIN)/ ./cmd/...
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/ ./cmd/...
 
 ## test: go vet, then the whole suite under the race detector, against real SoftHSM tokens
 test: deps

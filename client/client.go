@@ -13,7 +13,6 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -146,11 +145,12 @@ func (c Config) tlsConfig() (*tls.Config, error) {
 // data keys, a cache of unwrapped data keys, and the raw gRPC services. It
 // is safe for concurrent use. Close it to zero every cached key.
 type Client struct {
-	cfg    Config
-	conn   *grpc.ClientConn
-	crypto custodyv1.CryptoServiceClient
-	keys   custodyv1.KeyServiceClient
-	cache  *keyCache
+	cfg      Config
+	conn     *grpc.ClientConn
+	crypto   custodyv1.CryptoServiceClient
+	keys     custodyv1.KeyServiceClient
+	dataKeys custodyv1.DataKeyServiceClient
+	cache    *keyCache
 
 	closeOnce sync.Once
 	closeErr  error
@@ -158,18 +158,22 @@ type Client struct {
 
 // Dial opens a connection to custodyd with mutual TLS 1.3 from the files
 // in cfg. The connection is made lazily (on the first call) unless
-// cfg.Block is set; ctx bounds only that wait.
+// cfg.Block is set; ctx bounds only that wait, and a Dial that gives up
+// says why the connection failed (for example "connection refused", or a
+// client certificate custodyd did not accept).
 func Dial(ctx context.Context, cfg Config) (*Client, error) {
 	cfg = cfg.withDefaults()
 	tc, err := cfg.tlsConfig()
 	if err != nil {
 		return nil, err
 	}
+	tc, diag := NewDiagnostics(tc) // tells a refused certificate from an outage
 	p := retryPolicy{
 		timeout:     cfg.Timeout,
 		maxAttempts: cfg.MaxAttempts,
 		initial:     cfg.InitialBackoff,
 		max:         cfg.MaxBackoff,
+		diag:        diag,
 	}
 	conn, err := grpc.NewClient(cfg.Addr,
 		grpc.WithTransportCredentials(credentials.NewTLS(tc)),
@@ -179,32 +183,19 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 		return nil, fmt.Errorf("%w: address %q: %w", ErrConfig, cfg.Addr, err)
 	}
 	if cfg.Block {
-		if err := waitReady(ctx, conn); err != nil {
+		if err := diag.WaitReady(ctx, conn); err != nil {
 			_ = conn.Close()
 			return nil, err
 		}
 	}
 	return &Client{
-		cfg:    cfg,
-		conn:   conn,
-		crypto: custodyv1.NewCryptoServiceClient(conn),
-		keys:   custodyv1.NewKeyServiceClient(conn),
-		cache:  newKeyCache(cfg.CacheSize, cfg.CacheTTL, time.Now),
+		cfg:      cfg,
+		conn:     conn,
+		crypto:   custodyv1.NewCryptoServiceClient(conn),
+		keys:     custodyv1.NewKeyServiceClient(conn),
+		dataKeys: custodyv1.NewDataKeyServiceClient(conn),
+		cache:    newKeyCache(cfg.CacheSize, cfg.CacheTTL, time.Now),
 	}, nil
-}
-
-// waitReady waits until conn is ready or ctx is done.
-func waitReady(ctx context.Context, conn *grpc.ClientConn) error {
-	conn.Connect()
-	for {
-		s := conn.GetState()
-		if s == connectivity.Ready {
-			return nil
-		}
-		if !conn.WaitForStateChange(ctx, s) {
-			return fmt.Errorf("connect to custodyd (last state %s): %w", s, ctx.Err())
-		}
-	}
 }
 
 // Close closes the connection and zeroes every cached data key. Sealers
@@ -227,6 +218,14 @@ func (c *Client) Crypto() custodyv1.CryptoServiceClient { return c.crypto }
 // Keys returns the raw KeyService client (with the retry policy).
 func (c *Client) Keys() custodyv1.KeyServiceClient { return c.keys }
 
+// DataKeys returns the raw DataKeyService client (with the retry policy):
+// data keys custodyd keeps for a stateless relay under an id (StoreDataKey,
+// FetchDataKey, ListDataKeyIds, DeleteDataKey; docs/relay.md). A fetch
+// returns the plaintext data key only under a grant with allow_plaintext;
+// otherwise pass recipient_public_key (RelayPublicKeyDER) and open the
+// answer with DecryptTransported.
+func (c *Client) DataKeys() custodyv1.DataKeyServiceClient { return c.dataKeys }
+
 // retryPolicy is the unary interceptor that bounds each call by a deadline
 // and retries UNAVAILABLE with jittered exponential backoff.
 //
@@ -242,6 +241,7 @@ type retryPolicy struct {
 	maxAttempts int
 	initial     time.Duration
 	max         time.Duration
+	diag        *Diagnostics // reports a refused client certificate as such
 }
 
 func (p retryPolicy) unary(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
@@ -251,7 +251,7 @@ func (p retryPolicy) unary(ctx context.Context, method string, req, reply any, c
 		defer cancel()
 	}
 	attempts := p.maxAttempts
-	if nonIdempotent[method] {
+	if nonIdempotent[method] || retriesDisabled(ctx) {
 		attempts = 1
 	}
 	for attempt := 1; ; attempt++ {
@@ -262,6 +262,10 @@ func (p retryPolicy) unary(ctx context.Context, method string, req, reply any, c
 		if err == nil {
 			return nil
 		}
+		// A refused client certificate comes back UNAUTHENTICATED, with
+		// its cause, and is never retried: the next attempt would be
+		// refused the same way.
+		err = p.diag.Explain(err)
 		if st, ok := status.FromError(err); ok && st.Code() == codes.ResourceExhausted {
 			return budgetError(st, header, trailer)
 		}

@@ -15,7 +15,11 @@
 // state a repeat sets again; CreateKey repeated fails with ALREADY_EXISTS)
 // except KeyService.RotateKey, which is never retried. A refused budget
 // (RESOURCE_EXHAUSTED) comes back as a *BudgetError carrying the server's
-// retry hint; it is never retried automatically.
+// retry hint; it is never retried automatically. A client certificate
+// custodyd does not accept (another CA, expired) would look like an outage
+// (UNAVAILABLE: "remote error: tls: …" or "broken pipe"); it comes back as
+// UNAUTHENTICATED, matching ErrCertificateRefused, with the issuer of the
+// certificate and the CAs custodyd trusts, and is never retried.
 //
 // # Envelope encryption
 //

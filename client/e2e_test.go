@@ -185,3 +185,22 @@ func TestEndToEndKeyTransportToRelayKey(t *testing.T) {
 		t.Fatal("transported data key differs from the one custodyd wrapped")
 	}
 }
+
+func TestDataKeysStoresAndFetchesByIdWithTheRetryPolicy(t *testing.T) {
+	e := testenv.Start(t, testenv.Settings{})
+	c := dialAs(t, e, "relay")
+	ctx := context.Background()
+	encCtx := map[string]string{"tenant": "acme"}
+	if _, err := c.DataKeys().StoreDataKey(ctx, &custodyv1.StoreDataKeyRequest{KeyName: devKey, Id: "conv-42", Context: encCtx,
+		Source: &custodyv1.StoreDataKeyRequest_Generate{Generate: true}}); err != nil {
+		t.Fatalf("store: %v", err)
+	}
+	got, err := c.DataKeys().FetchDataKey(ctx, &custodyv1.FetchDataKeyRequest{KeyName: devKey, Id: "conv-42", Context: encCtx})
+	if err != nil || len(got.GetPlaintext()) != client.DataKeySize {
+		t.Fatalf("fetch: %v (%d bytes)", err, len(got.GetPlaintext()))
+	}
+	_, err = c.DataKeys().FetchDataKey(ctx, &custodyv1.FetchDataKeyRequest{KeyName: devKey, Id: "conv-42", Context: map[string]string{"tenant": "other"}})
+	if status.Code(err) != codes.NotFound {
+		t.Fatalf("fetch with another context: %v, want NOT_FOUND (ids are scoped by context)", err)
+	}
+}

@@ -13,10 +13,12 @@ import (
 	custodyv1 "github.com/custodyhq/custody/api/custody/v1"
 )
 
-// Sealed message layout (all integers big-endian). The AAD of the
-// AES-256-GCM ciphertext is every byte before it (header, wrapped key,
-// nonce) followed by SHA-256 of the canonical encryption context, so
-// neither the header nor the context can be changed undetected.
+// Sealed message layout (all integers big-endian; docs/sealed-message.md is
+// the specification, with test vectors checked by
+// TestSealedMessageVectorsInDocs). The AAD of the AES-256-GCM ciphertext is
+// every byte before it (header, wrapped key, nonce) followed by SHA-256 of
+// the canonical encryption context, so neither the header nor the context
+// can be changed undetected.
 //
 //	per message (version 1):
 //	  0      1  version = 1
@@ -107,8 +109,16 @@ func (c *Client) dataKey(ctx context.Context, keyName string, wrapped []byte, en
 
 // Seal encrypts plaintext under a new data key from custodyd, bound to
 // keyName and encCtx, and returns a self-contained sealed message: the
-// wrapped data key, a nonce and the AES-256-GCM ciphertext. The data key is
-// zeroed before Seal returns. Open with the same key name and context.
+// wrapped data key, a nonce and the AES-256-GCM ciphertext
+// (docs/sealed-message.md). The data key is zeroed before Seal returns.
+// Open with the same key name and context.
+//
+// Seal needs a plaintext data key from custodyd: the relay's grant on
+// keyName must allow datakey with allow_plaintext (otherwise custodyd
+// answers PERMISSION_DENIED). Opening needs unwrap with allow_plaintext.
+// A relay whose grant only pins recipient keys (key transport) uses
+// GenerateDataKey/Unwrap with recipient_public_key (RelayPublicKeyDER)
+// and DecryptTransported instead.
 func (c *Client) Seal(ctx context.Context, keyName string, plaintext []byte, encCtx map[string]string) ([]byte, error) {
 	if err := c.checkRequest(keyName, encCtx); err != nil {
 		return nil, err
@@ -228,7 +238,8 @@ func (m *sealedMessage) open(key []byte, encCtx map[string]string) ([]byte, erro
 // Open decrypts a message made by Seal or by a conversation Sealer, with
 // the key name and encryption context it was sealed with. The data key
 // comes from the cache or from custodyd's Unwrap (authorised, budgeted and
-// audited there) and is cached for the next message that carries it.
+// audited there; the grant needs unwrap with allow_plaintext) and is cached
+// for the next message that carries it.
 func (c *Client) Open(ctx context.Context, keyName string, sealed []byte, encCtx map[string]string) ([]byte, error) {
 	if err := c.checkRequest(keyName, encCtx); err != nil {
 		return nil, err
@@ -264,7 +275,8 @@ type Sealer struct {
 // SealerFor returns a Sealer for conversationID (1..255 bytes) with a new
 // data key from custodyd bound to keyName and encCtx plus the conversation
 // ID. Messages it seals are opened with Open and the same key name and
-// encCtx (the conversation ID travels in each message).
+// encCtx (the conversation ID travels in each message). Like Seal, it needs
+// a grant with datakey and allow_plaintext.
 func (c *Client) SealerFor(ctx context.Context, keyName, conversationID string, encCtx map[string]string) (*Sealer, error) {
 	if err := c.checkRequest(keyName, encCtx); err != nil {
 		return nil, err
@@ -342,7 +354,8 @@ func (s *Sealer) Close() {
 // SealStream encrypts everything read from r to w in the CSTY chunked
 // format (docs/file-format.md), under a new data key bound to keyName and
 // encCtx. It returns the number of plaintext bytes read. The data key is
-// zeroed before it returns.
+// zeroed before it returns. Like Seal, it needs datakey with
+// allow_plaintext; OpenStream needs unwrap with allow_plaintext.
 func (c *Client) SealStream(ctx context.Context, keyName string, encCtx map[string]string, r io.Reader, w io.Writer) (int64, error) {
 	if err := c.checkRequest(keyName, encCtx); err != nil {
 		return 0, err

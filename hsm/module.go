@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -353,7 +354,22 @@ func (m *Module) findSlot() (uint, uint, error) {
 		}
 		return s, maxSess, nil
 	}
-	return 0, 0, fmt.Errorf("%w: token %s not found in module %q", ErrNotFound, m.tokenName(), m.uri.ModulePath)
+	return 0, 0, fmt.Errorf("%w: token %s not found in module %q%s", ErrNotFound, m.tokenName(), m.uri.ModulePath,
+		softHSMHint(m.uri.ModulePath, os.Getenv("SOFTHSM2_CONF")))
+}
+
+// softHSMHint says where SoftHSM looked for tokens: it reads its token
+// directory from the file SOFTHSM2_CONF names, and a process started
+// without it (a systemd unit, another shell) sees another directory.
+func softHSMHint(modulePath, conf string) string {
+	if !strings.Contains(strings.ToLower(filepath.Base(modulePath)), "softhsm") {
+		return ""
+	}
+	if conf == "" {
+		return "; SoftHSM finds its tokens through the config file named by SOFTHSM2_CONF, which is not set " +
+			"(so it read /etc/softhsm/softhsm2.conf): set SOFTHSM2_CONF to the file whose directories.tokendir holds the token"
+	}
+	return fmt.Sprintf("; SoftHSM finds its tokens through SOFTHSM2_CONF=%s: check that its directories.tokendir holds the token", conf)
 }
 
 // Close closes every session and finalises the library. Calls after Close

@@ -2,7 +2,8 @@
 # Installs what Custody's build and tests need when it is missing:
 # SoftHSMv2 (the PKCS#11 token used by tests and `make run`), NSS softokn
 # and certutil (the second PKCS#11 implementation the hsm tests run on),
-# OpenSC's pkcs11-tool (tests of officer keys on a token) and, with
+# OpenSC's pkcs11-tool (tests of officer keys on a token), the tools the
+# documentation tests run (openssl, curl, jq, systemd-analyze) and, with
 # --proto, protoc (only `make proto` needs it).
 # Safe to run repeatedly; prints nothing when everything is present.
 set -euo pipefail
@@ -23,6 +24,12 @@ done
 command -v certutil >/dev/null 2>&1 || need+=(libnss3-tools)
 # pkcs11-tool: the officer-key-on-a-token tests make their key pair with it.
 command -v pkcs11-tool >/dev/null 2>&1 || need+=(opensc)
+# The documentation tests run the docs' commands: openssl, curl, jq; and
+# systemd-analyze checks the systemd unit.
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v jq >/dev/null 2>&1 || need+=(jq)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 if [ "${1:-}" = "--proto" ]; then
   command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 fi

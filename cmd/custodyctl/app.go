@@ -20,6 +20,8 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	custodyv1 "github.com/custodyhq/custody/api/custody/v1"
+	"github.com/custodyhq/custody/client"
+	"github.com/custodyhq/custody/internal/version"
 )
 
 // Environment variables that give global flags their defaults.
@@ -45,6 +47,9 @@ type app struct {
 	output                          string
 
 	conn *grpc.ClientConn
+
+	// noProgress (--no-progress) never draws progress.
+	noProgress bool
 }
 
 func envOr(name, def string) string {
@@ -60,6 +65,7 @@ func (a *app) rootCommand() *cobra.Command {
 		a.auditCommand(),
 		a.officerCommand(),
 		a.proposalCommand(),
+		a.grantCommand(), a.budgetCommand(), a.orderCommand(),
 		a.ceremonyCommand(),
 		a.benchCommand(),
 		a.hsmCommand())
@@ -70,8 +76,17 @@ Every command needs a CA bundle, a client certificate and its private key
 CUSTODY_KEY.`
 	root.SilenceErrors = true
 	root.SilenceUsage = true
-	root.CompletionOptions.DisableDefaultCmd = true
-	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageErrorf("%v", err) })
+	// "custodyctl completion bash|zsh|fish|powershell" prints a completion
+	// script (see its --help for where to put it).
+	root.CompletionOptions.HiddenDefaultCmd = false
+	root.Version = version.Read().String("custodyctl")
+	root.SetVersionTemplate("{{.Version}}\n")
+	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
+		if s := suggestFlag(cmd, err); s != "" {
+			return usageErrorf("%v; did you mean %s?", err, s)
+		}
+		return usageErrorf("%v", err)
+	})
 	root.PersistentPreRunE = func(*cobra.Command, []string) error {
 		switch a.output {
 		case "text", "json":
@@ -88,6 +103,7 @@ CUSTODY_KEY.`
 	pf.StringVar(&a.keyFile, "tls-key", envOr(envKey, ""), "same as --key (the client certificate's private key)")
 	pf.DurationVar(&a.timeout, "timeout", defaultTimeout, "deadline for each call to custodyd; 0 for none")
 	pf.StringVarP(&a.output, "output", "o", envOr(envOutput, "text"), "output format: text or json ($"+envOutput+")")
+	pf.BoolVar(&a.noProgress, "no-progress", false, "never draw a progress line on stderr (drawn for files over 16 MiB when stderr is a terminal)")
 	return root
 }
 
@@ -135,12 +151,31 @@ func (a *app) connect() (*grpc.ClientConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	conn, err := grpc.NewClient(a.addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
+	conn, err := grpc.NewClient(a.addr, explainedTLS(cfg)...)
 	if err != nil {
 		return nil, usageErrorf("address %q: %v", a.addr, err)
 	}
 	a.conn = conn
 	return conn, nil
+}
+
+// explainedTLS are the dial options for mTLS to custodyd with a client
+// certificate refusal reported as UNAUTHENTICATED with its cause ("issued
+// by X, custodyd trusts Y"), not as UNAVAILABLE: broken pipe.
+func explainedTLS(cfg *tls.Config) []grpc.DialOption {
+	cfg, diag := client.NewDiagnostics(cfg)
+	return []grpc.DialOption{
+		grpc.WithTransportCredentials(credentials.NewTLS(cfg)),
+		grpc.WithChainUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn,
+			invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+			return diag.Explain(invoker(ctx, method, req, reply, cc, opts...))
+		}),
+		grpc.WithChainStreamInterceptor(func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string,
+			streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+			s, err := streamer(ctx, desc, cc, method, opts...)
+			return s, diag.Explain(err)
+		}),
+	}
 }
 
 func (a *app) close() {

@@ -104,7 +104,7 @@ Nothing is modified.`,
 			if err != nil {
 				return err
 			}
-			var anchors []audit.Checkpoint
+			var anchors []anchorEntry
 			if anchorFile != "" {
 				if anchors, err = readAnchors(anchorFile); err != nil {
 					return err
@@ -113,7 +113,7 @@ Nothing is modified.`,
 			if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
 				return localError(codes.NotFound, fmt.Errorf("--dir %s is not a directory", dir))
 			}
-			res, verr := verifyWithAnchors(dir, pub, anchors)
+			res, verr := verifyWithAnchors(dir, pub, anchorFile, anchors)
 			if err := a.emitValue(res, func(w io.Writer) { printVerify(w, res) }); err != nil {
 				return err
 			}
@@ -126,19 +126,29 @@ Nothing is modified.`,
 	return cmd
 }
 
+// anchorEntry is one checkpoint of an --anchor file and its 1-based line.
+type anchorEntry struct {
+	cp   audit.Checkpoint
+	line int
+}
+
 // verifyWithAnchors runs Verify against the newest anchor, then against
 // every other anchor that checkpoints.log does not hold identically (those
 // were already matched against the records by the first pass). The error is
-// a localError naming the first problem.
-func verifyWithAnchors(dir string, pub crypto.PublicKey, anchors []audit.Checkpoint) (*verifyResult, error) {
-	sort.Slice(anchors, func(i, j int) bool { return anchors[i].Seq > anchors[j].Seq })
+// a localError naming the first problem; a problem found through an anchor
+// names the anchor file and line.
+func verifyWithAnchors(dir string, pub crypto.PublicKey, anchorFile string, anchors []anchorEntry) (*verifyResult, error) {
+	sort.SliceStable(anchors, func(i, j int) bool { return anchors[i].cp.Seq > anchors[j].cp.Seq })
 	var first *audit.Checkpoint
 	if len(anchors) > 0 {
-		first = &anchors[0]
+		first = &anchors[0].cp
 	}
 	rep, err := audit.Verify(dir, pub, first)
 	res := resultOf(dir, rep, len(anchors))
 	if err != nil {
+		if first != nil {
+			err = atAnchor(err, anchorFile, anchors[0].line)
+		}
 		return res, failed(res, err)
 	}
 	if first != nil && rep.AnchorChecked {
@@ -154,7 +164,7 @@ func verifyWithAnchors(dir string, pub crypto.PublicKey, anchors []audit.Checkpo
 			inLog[fmt.Sprintf("%d/%x", cp.Seq, []byte(cp.Head))] = true
 		}
 		for i := 1; i < len(anchors); i++ {
-			an := anchors[i]
+			an := anchors[i].cp
 			if inLog[fmt.Sprintf("%d/%x", an.Seq, []byte(an.Head))] {
 				if an.Seq+1 >= rep.FirstSeq || rep.Pruned == nil {
 					res.AnchorsChecked++
@@ -163,7 +173,7 @@ func verifyWithAnchors(dir string, pub crypto.PublicKey, anchors []audit.Checkpo
 			}
 			r2, err := audit.Verify(dir, pub, &an)
 			if err != nil {
-				return res, failed(res, err)
+				return res, failed(res, atAnchor(err, anchorFile, anchors[i].line))
 			}
 			if r2.AnchorChecked {
 				res.AnchorsChecked++
@@ -171,6 +181,27 @@ func verifyWithAnchors(dir string, pub crypto.PublicKey, anchors []audit.Checkpo
 		}
 	}
 	return res, nil
+}
+
+// atAnchor makes a verification failure that Verify attributes to "the
+// anchor" name the anchor file and line it came from; a record that
+// contradicts an anchor keeps its own place and names the anchor's in the
+// reason.
+func atAnchor(err error, file string, line int) error {
+	ve, ok := errors.AsType[*audit.VerifyError](err)
+	if !ok {
+		return err
+	}
+	out := *ve
+	switch {
+	case out.Segment == "anchor":
+		out.Segment, out.Line = file, line
+	case out.Kind == audit.KindTruncated:
+		out.Reason = fmt.Sprintf("%s (anchor at %s line %d)", out.Reason, file, line)
+	default:
+		return err
+	}
+	return &out
 }
 
 func resultOf(dir string, rep *audit.Report, anchors int) *verifyResult {
@@ -273,13 +304,13 @@ func readPublicKey(file string) (crypto.PublicKey, error) {
 
 // readAnchors reads checkpoints, one JSON object per line; blank lines are
 // skipped, anything else that does not parse is an error naming the line.
-func readAnchors(file string) ([]audit.Checkpoint, error) {
+func readAnchors(file string) ([]anchorEntry, error) {
 	f, err := os.Open(file)
 	if err != nil {
 		return nil, localError(codes.NotFound, fmt.Errorf("read anchors: %w", err))
 	}
 	defer f.Close()
-	var out []audit.Checkpoint
+	var out []anchorEntry
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for n := 1; sc.Scan(); n++ {
@@ -291,7 +322,7 @@ func readAnchors(file string) ([]audit.Checkpoint, error) {
 		if err := strictjson.Unmarshal(line, &cp); err != nil || cp.Seq == 0 || len(cp.Head) == 0 {
 			return nil, usageErrorf("%s line %d is not a checkpoint", file, n)
 		}
-		out = append(out, cp)
+		out = append(out, anchorEntry{cp: cp, line: n})
 	}
 	if err := sc.Err(); err != nil {
 		return nil, localError(codes.Unavailable, fmt.Errorf("read anchors: %w", err))
@@ -466,8 +497,9 @@ durable until interrupted (no --timeout applies).`,
 func (a *app) auditExportCommand() *cobra.Command {
 	var o tailOptions
 	var out string
+	var force bool
 	cmd := &cobra.Command{
-		Use:   "export [--since T] [--until T] [--after-seq N] [--out FILE]",
+		Use:   "export [--since T] [--until T] [--after-seq N] [--out FILE] [--force]",
 		Short: "Export audit records as JSON lines for a SIEM",
 		Long: `Writes matching records as JSON lines, one per record, exactly as stored in
 the log: seq, time (RFC 3339, UTC, nanoseconds), identity, role, method, key,
@@ -480,7 +512,7 @@ to the last seq exported. No --timeout applies.`,
 			if err != nil {
 				return err
 			}
-			w, finish, err := openOut(out, a.stdout)
+			w, finish, err := openOut(out, a.stdout, force)
 			if err != nil {
 				return err
 			}
@@ -503,6 +535,7 @@ to the last seq exported. No --timeout applies.`,
 	}
 	o.addFilterFlags(cmd)
 	cmd.Flags().StringVar(&out, "out", "-", "file to write, - for stdout")
+	cmd.Flags().BoolVar(&force, "force", false, "replace --out if it exists")
 	return cmd
 }
 
@@ -576,13 +609,21 @@ func formatRecord(r audit.Record) string {
 	return b.String()
 }
 
-// openOut opens "-" as w itself or creates file; finish closes it and, when
-// err is set, removes a partly written file.
-func openOut(file string, stdout io.Writer) (io.Writer, func(error) error, error) {
+// openOut opens "-" as w itself or creates file (replacing an existing one
+// only with force); finish closes it and, when err is set, removes a partly
+// written file.
+func openOut(file string, stdout io.Writer, force bool) (io.Writer, func(error) error, error) {
 	if file == "-" || file == "" {
 		return stdout, func(err error) error { return err }, nil
 	}
-	f, err := os.OpenFile(file, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	flags := os.O_WRONLY | os.O_CREATE | os.O_EXCL
+	if force {
+		flags = os.O_WRONLY | os.O_CREATE | os.O_TRUNC
+	}
+	f, err := os.OpenFile(file, flags, 0o600)
+	if errors.Is(err, os.ErrExist) {
+		return nil, nil, errExists(file)
+	}
 	if err != nil {
 		return nil, nil, localError(codes.FailedPrecondition, fmt.Errorf("create %s: %w", file, err))
 	}
@@ -725,6 +766,7 @@ key ceremony before trusting the key.`,
 
 func (a *app) auditReportCommand() *cobra.Command {
 	var since, until, out, pubFile string
+	var force bool
 	var methods []string
 	cmd := &cobra.Command{
 		Use:   "report [--since T] [--until T] [--out FILE] [--pubkey FILE]",
@@ -737,6 +779,9 @@ signed JSON to --out (or stdout) and prints a summary. Check a report with
 "audit report verify". Verifying a large log takes time: raise --timeout.`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if _, err := os.Lstat(out); out != "" && out != "-" && err == nil && !force {
+				return errExists(out) // before asking custodyd to sign anything
+			}
 			now := time.Now()
 			s, err := auditWhen("--since", since, now)
 			if err != nil {
@@ -778,8 +823,16 @@ signed JSON to --out (or stdout) and prints a summary. Check a report with
 				_, err := a.stdout.Write(append(bytes.TrimSpace(resp.GetJson()), '\n'))
 				return err
 			}
-			if err := os.WriteFile(out, append(bytes.TrimSpace(resp.GetJson()), '\n'), 0o644); err != nil {
-				return localError(codes.FailedPrecondition, fmt.Errorf("write %s: %w", out, err))
+			if _, err := os.Lstat(out); err == nil {
+				if !force {
+					return errExists(out)
+				}
+				if err := os.Remove(out); err != nil {
+					return localError(codes.FailedPrecondition, err)
+				}
+			}
+			if err := createFile(out, append(bytes.TrimSpace(resp.GetJson()), '\n'), 0o644); err != nil {
+				return err
 			}
 			return a.emitValue(rep, func(w io.Writer) {
 				fmt.Fprintf(w, "wrote %s\n", out)
@@ -790,6 +843,7 @@ signed JSON to --out (or stdout) and prints a summary. Check a report with
 	cmd.Flags().StringVar(&since, "since", "", "window start: RFC 3339, YYYY-MM-DD, or a duration ago such as 720h")
 	cmd.Flags().StringVar(&until, "until", "", "window end, exclusive (same forms); default: the head")
 	cmd.Flags().StringVar(&out, "out", "", "write the signed report (JSON) to this file instead of stdout")
+	cmd.Flags().BoolVar(&force, "force", false, "replace --out if it exists")
 	cmd.Flags().StringVar(&pubFile, "pubkey", "", "audit public key to check the signature with before saving")
 	cmd.Flags().StringSliceVar(&methods, "method", nil, "methods counted as decrypt/unwrap (default: the server's set)")
 	cmd.AddCommand(a.auditReportVerifyCommand())

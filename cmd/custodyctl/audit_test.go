@@ -117,7 +117,7 @@ func (f *auditFixture) write(t *testing.T, lines []string) {
 // name the kind and the record.
 func assertVerifyFails(t *testing.T, inv invocation, kind audit.Kind, seq uint64) {
 	t.Helper()
-	assertOneErrorLine(t, inv, exitError, "DataLoss")
+	assertOneErrorLine(t, inv, exitError, local)
 	want := fmt.Sprintf("%s at seq %d", kind, seq)
 	if !strings.Contains(inv.stderr, want) {
 		t.Errorf("stderr %q does not name %q", inv.stderr, want)
@@ -203,6 +203,11 @@ func TestAuditVerifyWithAnchorDetectsTruncationThatDeletedTheCheckpoints(t *test
 	}
 	inv := runCLI(t, nil, "audit", "verify", "--dir", f.dir, "--pubkey", f.pubFile, "--anchor", anchors)
 	assertVerifyFails(t, inv, audit.KindTruncated, 7)
+	// The report names the anchor that proves it: the newest, on the last line.
+	newest := fmt.Sprintf("(%s line %d)", anchors, bytes.Count(cp, []byte("\n")))
+	if !strings.Contains(inv.stderr, newest) || strings.Contains(inv.stderr, "line 0") {
+		t.Errorf("stderr %q does not name the anchor as %q", inv.stderr, newest)
+	}
 }
 
 func TestAuditVerifyChecksOlderAnchorsAgainstARewrittenLog(t *testing.T) {
@@ -231,13 +236,16 @@ func TestAuditVerifyChecksOlderAnchorsAgainstARewrittenLog(t *testing.T) {
 	}
 	inv := runCLI(t, nil, "audit", "verify", "--dir", forged.dir, "--pubkey", forged.pubFile, "--anchor", anchors)
 	assertVerifyFails(t, inv, audit.KindTruncated, 5)
+	if want := fmt.Sprintf("anchor at %s line 1", anchors); !strings.Contains(inv.stderr, want) {
+		t.Errorf("stderr %q does not name the contradicted anchor (%q)", inv.stderr, want)
+	}
 }
 
 func TestAuditVerifyRejectsAnotherKeysSignatures(t *testing.T) {
 	f := newAuditFixture(t, 3, 3)
 	other := newAuditFixture(t, 1)
 	inv := runCLI(t, nil, "audit", "verify", "--dir", f.dir, "--pubkey", other.pubFile)
-	assertOneErrorLine(t, inv, exitError, "DataLoss")
+	assertOneErrorLine(t, inv, exitError, local)
 	if !strings.Contains(inv.stderr, "bad-signature") || !strings.Contains(inv.stderr, "checkpoints.log line 1") {
 		t.Errorf("stderr %q does not name the bad checkpoint", inv.stderr)
 	}
@@ -285,7 +293,7 @@ func TestAuditVerifyUsageErrors(t *testing.T) {
 		{"audit"},
 	} {
 		t.Run(strings.Join(args, "_"), func(t *testing.T) {
-			assertOneErrorLine(t, runCLI(t, nil, args...), exitUsage, "InvalidArgument")
+			assertOneErrorLine(t, runCLI(t, nil, args...), exitUsage, local)
 		})
 	}
 }
@@ -321,7 +329,7 @@ func TestAuditReportVerifyAcceptsSignedReportAndRejectsAnEditedCount(t *testing.
 		t.Fatal(err)
 	}
 	inv = runCLI(t, nil, "audit", "report", "verify", "--file", file, "--pubkey", f.pubFile)
-	assertOneErrorLine(t, inv, exitError, "DataLoss")
+	assertOneErrorLine(t, inv, exitError, local)
 }
 
 func TestAnchorFileInMissingDirectoryNamesThePathOnce(t *testing.T) {

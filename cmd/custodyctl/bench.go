@@ -14,7 +14,6 @@ import (
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
 	custodyv1 "github.com/custodyhq/custody/api/custody/v1"
@@ -33,6 +32,7 @@ type benchOptions struct {
 	key         string
 	batch       int
 	quiet       bool
+	context     []string
 
 	setup               bool
 	setupCert, setupKey string
@@ -108,16 +108,24 @@ datakey, unwrap, batch-decrypt), p256 (sign) or hmac (mac): with the defaults,
 exist and be granted to the calling identity; --setup creates any missing ones
 as the operator whose certificate is --setup-cert/--setup-key.
 
+--context sets the encryption context every request carries (default
+tenant=bench): a grant with a context_match (a ceremony's, say) allows only
+requests whose context matches it.
+
 --baseline also runs custody-hsmbench (next to this executable, or on PATH) on
 the same token for the same time and prints the ratio vault/raw. It reads the
-token PIN from --hsm-pin-file itself; custodyctl never sees it.
+token PIN from --hsm-pin-file itself; custodyctl never sees it. For SoftHSM,
+custody-hsmbench finds the token through SOFTHSM2_CONF, as custodyd does: the
+dev vault's is .custody-dev/softhsm2.conf.
 
 --cpuprofile/--mutexprofile fetch profiles of custodyd covering the run from
 its --pprof endpoint (--pprof-addr, the loopback metrics listener).`,
 		Example: `  custodyctl bench --op decrypt --key demo --duration 5s      # against make run, as the dev relay
   custodyctl bench --op decrypt --concurrency 8 --duration 10s --keys 10
   custodyctl bench --op sign --keys 1 --setup --setup-cert operator.pem --setup-key operator-key.pem
-  custodyctl bench --op decrypt --baseline --hsm-uri "pkcs11:token=custody-dev?module-path=/usr/lib/softhsm/libsofthsm2.so" --hsm-pin-file .custody-dev/pin`,
+  custodyctl bench --op datakey --key relay-messages --context tenant=acme   # a ceremony's context-bound grant
+  SOFTHSM2_CONF=.custody-dev/softhsm2.conf custodyctl bench --op decrypt --key demo --baseline \
+    --hsm-uri "pkcs11:token=custody-dev?module-path=/usr/lib/softhsm/libsofthsm2.so" --hsm-pin-file .custody-dev/pin`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return a.runBench(cmd.Context(), o)
@@ -134,6 +142,7 @@ its --pprof endpoint (--pprof-addr, the loopback metrics listener).`,
 	f.StringVar(&o.keyPrefix, "key-prefix", "bench-", "prefix of the bench key names")
 	f.StringVar(&o.key, "key", "", "use this one existing key instead of PREFIX+CLASS-INDEX names (e.g. demo on a dev vault)")
 	f.IntVar(&o.batch, "batch", 100, "items per call for batch-decrypt")
+	f.StringSliceVar(&o.context, "context", defaultBenchContext, "encryption context k=v[,k=v...] of every request (to match a grant's context_match)")
 	f.BoolVarP(&o.quiet, "quiet", "q", false, "no live progress line on stderr")
 	f.BoolVar(&o.setup, "setup", false, "create missing bench keys first (needs --setup-cert and --setup-key)")
 	f.StringVar(&o.setupCert, "setup-cert", "", "operator client certificate used by --setup")
@@ -195,7 +204,7 @@ func (a *app) dialPool(n int) ([]*grpc.ClientConn, error) {
 	}
 	conns := make([]*grpc.ClientConn, 0, n)
 	for range n {
-		c, err := grpc.NewClient(a.addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
+		c, err := grpc.NewClient(a.addr, explainedTLS(cfg)...)
 		if err != nil {
 			closeAll(conns)
 			return nil, usageErrorf("address %q: %v", a.addr, err)
@@ -245,7 +254,11 @@ func (a *app) runBench(ctx context.Context, o benchOptions) error {
 	for i, c := range conns {
 		clients[i] = custodyv1.NewCryptoServiceClient(c)
 	}
-	wl, err := prepareBench(ctx, o.op, keys, o.payload, o.batch, o.concurrency, clients)
+	encCtx, err := parseContext(o.context)
+	if err != nil {
+		return err
+	}
+	wl, err := prepareBench(ctx, o.op, keys, o.payload, o.batch, o.concurrency, clients, encCtx)
 	if err != nil {
 		return err
 	}
@@ -271,7 +284,7 @@ func (a *app) runBench(ctx context.Context, o benchOptions) error {
 		return err
 	}
 	if res.Ops == 0 {
-		return localError(res.firstCode, fmt.Errorf("no %s operation succeeded (%s; first: %s)", o.op, errorSummary(res.Errors), res.FirstError))
+		return remoteError(res.firstCode, fmt.Errorf("no %s operation succeeded (%s; first: %s)", o.op, errorSummary(res.Errors), res.FirstError))
 	}
 	return nil
 }

@@ -48,9 +48,10 @@ func benchKeyNames(prefix string, class benchKeyClass, n int) []string {
 	return names
 }
 
-// benchContext is the encryption context every bench request carries, so
-// that the server does the AAD work a relay's request would cost.
-var benchContext = map[string]string{"tenant": "bench"}
+// defaultBenchContext is the encryption context every bench request
+// carries unless --context says otherwise, so that the server does the AAD
+// work a relay's request would cost.
+var defaultBenchContext = []string{"tenant=bench"}
 
 // benchCall is one closed-loop request. n is the worker's iteration, used to
 // spread requests over the keys. It returns how many operations succeeded
@@ -67,7 +68,8 @@ type benchWorkload struct {
 // prepareBench builds the workload for op over keys, using clients for any
 // preparatory requests (spread over every connection so that each is warm
 // before the measured run).
-func prepareBench(ctx context.Context, op string, keys []string, payloadSize, batch, workers int, clients []custodyv1.CryptoServiceClient) (*benchWorkload, error) {
+func prepareBench(ctx context.Context, op string, keys []string, payloadSize, batch, workers int, clients []custodyv1.CryptoServiceClient,
+	benchContext map[string]string) (*benchWorkload, error) {
 	payload := make([]byte, payloadSize)
 	if _, err := rand.Read(payload); err != nil {
 		return nil, localError(codes.Internal, fmt.Errorf("random payload: %w", err))

@@ -142,7 +142,7 @@ func TestBenchRejectsBadFlags(t *testing.T) {
 		{"bench", "extra"},
 	} {
 		inv := runCLI(t, nil, append([]string{"--addr", "127.0.0.1:1", "--ca", "x", "--cert", "x", "--tls-key", "x"}, args...)...)
-		assertOneErrorLine(t, inv, 2, "InvalidArgument")
+		assertOneErrorLine(t, inv, 2, local)
 	}
 }
 
@@ -260,4 +260,27 @@ func TestBenchReportComparesTargets(t *testing.T) {
 			t.Errorf("report lacks %q:\n%s", want, inv.stdout)
 		}
 	}
+}
+
+// TestBenchContextMatchesAContextBoundGrant: a ceremony's grants are bound
+// to a context (tenant=acme); bench --context can run against them.
+func TestBenchContextMatchesAContextBoundGrant(t *testing.T) {
+	e := testenv.Start(t, testenv.Settings{Mutate: func(_ *testenv.Env, c *config.Config) {
+		c.Grants = []config.GrantConfig{{Identity: "dev-relay", Keys: []string{"demo"}, AllowPlaintext: true,
+			Operations: []config.Operation{config.OpEncrypt, config.OpDecrypt, config.OpDataKey}, ContextMatch: map[string]string{"tenant": "acme"}}}
+	}})
+	base := append(as(e, "relay"), "bench", "--op", "datakey", "--key", "demo", "--count", "10", "-c", "2", "-q", "-o", "json")
+	inv := runCLI(t, nil, append(base, "--context", "tenant=acme,region=eu")...)
+	if inv.code != exitOK {
+		t.Fatalf("bench --context tenant=acme: %+v", inv)
+	}
+	if r := parseBench(t, inv); r.Ops != 10 {
+		t.Fatalf("ops %d, want 10", r.Ops)
+	}
+	// The default context (tenant=bench) does not match the grant.
+	inv = runCLI(t, nil, base...)
+	if inv.code != exitError || !strings.Contains(inv.stderr, "PermissionDenied") {
+		t.Fatalf("bench with the default context against a tenant=acme grant: %+v", inv)
+	}
+	assertOneErrorLine(t, runCLI(t, nil, append(base, "--context", "novalue")...), exitUsage, local)
 }

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -184,6 +185,9 @@ func (c ceremonyConfig) request(dir string, allowDev bool) (*custodyv1.InitCerem
 		grantIDs[g.ID] = true
 		if !keys[g.Key] {
 			return nil, fmt.Errorf("grants[%d].key: %q is not declared under keys", i, g.Key)
+		}
+		if err := pg.CheckUsable(); err != nil {
+			return nil, fmt.Errorf("grants[%d]: %s", i, strings.TrimPrefix(err.Error(), policy.ErrUnusableGrant.Error()+": "))
 		}
 		req.Grants = append(req.Grants, &custodyv1.Grant{Id: pg.ID, Identity: pg.Identity, Key: pg.Key, Operations: g.Operations,
 			ContextMatch: pg.ContextMatch, RecipientKeySha256: pg.RecipientKeys, AllowPlaintext: pg.AllowPlaintext})
@@ -512,6 +516,7 @@ func formatTranscriptAttrs(at TranscriptAttr) string {
 	}{
 		{!at.Token, "not-token"}, {!at.Private, "not-private"}, {!at.Sensitive || !at.AlwaysSensitive, "not-always-sensitive"},
 		{at.Extractable || !at.NeverExtractable, "extractable"}, {!at.Local, "not-local"}, {at.Modifiable, "modifiable"},
+		{slices.Contains(at.Unverified, "extractable_enforced"), "extraction-not-enforced-by-hsm"},
 	} {
 		if c.bad {
 			bad = append(bad, c.name)

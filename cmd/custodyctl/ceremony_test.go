@@ -52,6 +52,7 @@ grants:
     key: relay-messages
     operations: [datakey, unwrap]
     context_match: {tenant: acme}
+    allow_plaintext: true
 budgets:
   - identity: spiffe://acme/relay
     key: relay-messages
@@ -101,6 +102,8 @@ func TestCeremonyConfigErrorsNameTheFieldPath(t *testing.T) {
 		{"grant on undeclared key", strings.Replace(goodCeremony, "    key: relay-messages\n    operations", "    key: other\n    operations", 1), "grants[0].key:", false},
 		{"wildcard grant", strings.Replace(goodCeremony, "    key: relay-messages\n    operations", "    key: \"*\"\n    operations", 1), "grants[0].key: invalid name: wildcards", false},
 		{"bad operation", strings.Replace(goodCeremony, "[datakey, unwrap]", "[datakey, approve]", 1), "grants[0].operations[1]", false},
+		{"grant that can never return a data key", strings.Replace(goodCeremony, "    allow_plaintext: true\n", "", 1),
+			"grants[0]: grant \"g-relay\" gives datakey and unwrap on key \"relay-messages\" but no way to receive a data key: add recipient_keys", false},
 		{"bad window", strings.Replace(goodCeremony, "window: 24h", "window: a day", 1), "budgets[0].window:", false},
 		{"zero volume", strings.Replace(goodCeremony, "volume: 10000", "volume: 0", 1), "budgets[0].volume:", false},
 		{"two documents", goodCeremony + "---\nthreshold: 3\n", "more than one YAML document", false},
@@ -195,7 +198,7 @@ func TestCeremonyVerifyRejectsOneByteEdit(t *testing.T) {
 		t.Fatal(err)
 	}
 	inv := runCLI(t, nil, "ceremony", "verify", "--dir", dir)
-	assertOneErrorLine(t, inv, exitError, "DataLoss")
+	assertOneErrorLine(t, inv, exitError, local)
 	if !strings.Contains(inv.stderr, "signature does not verify") || inv.stdout != "" {
 		t.Errorf("edited transcript: stdout %q stderr %q", inv.stdout, inv.stderr)
 	}
@@ -205,7 +208,7 @@ func TestCeremonyVerifyRejectsTranscriptUnderAnotherAuditKey(t *testing.T) {
 	dir, _ := signedTranscript(t, sampleTranscript(t))
 	otherDir, _ := signedTranscript(t, sampleTranscript(t))
 	inv := runCLI(t, nil, "ceremony", "verify", "--dir", dir, "--pubkey", filepath.Join(otherDir, fileAuditPubKey))
-	assertOneErrorLine(t, inv, exitError, "DataLoss")
+	assertOneErrorLine(t, inv, exitError, local)
 }
 
 func TestCeremonyVerifyFailsOnExtractableKey(t *testing.T) {

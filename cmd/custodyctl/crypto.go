@@ -115,23 +115,33 @@ func (a *app) readAll(path string) ([]byte, error) {
 
 // output is a destination that becomes visible only on commit: a file is
 // written beside its final name and renamed, so a failed decrypt leaves no
-// partial plaintext behind. Stdout cannot be taken back.
+// partial plaintext behind. Stdout cannot be taken back. An existing file
+// is replaced only with --force.
 type output struct {
-	w       io.Writer
-	f       *os.File
-	path    string
-	written bool
+	w         io.Writer
+	f         *os.File
+	path      string
+	written   bool
+	noClobber bool
 }
 
-func (a *app) openOutput(path string) (*output, error) {
+// errExists reports an --out file that exists without --force.
+func errExists(path string) error {
+	return localError(codes.AlreadyExists, fmt.Errorf("%s exists; refusing to overwrite it (add --force to replace it)", path))
+}
+
+func (a *app) openOutput(path string, force bool) (*output, error) {
 	if path == "-" {
 		return &output{w: a.stdout}, nil
+	}
+	if _, err := os.Lstat(path); err == nil && !force {
+		return nil, errExists(path)
 	}
 	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
 		return nil, localError(codes.FailedPrecondition, err)
 	}
-	return &output{w: f, f: f, path: path}, nil
+	return &output{w: f, f: f, path: path, noClobber: !force}, nil
 }
 
 func (o *output) isFile() bool { return o.f != nil }
@@ -145,6 +155,24 @@ func (o *output) commit() error {
 	}
 	if err := o.f.Close(); err != nil {
 		return localError(codes.Unknown, err)
+	}
+	if o.noClobber {
+		// A hard link never replaces a file that appeared meanwhile.
+		err := os.Link(o.f.Name(), o.path)
+		switch {
+		case errors.Is(err, os.ErrExist):
+			_ = os.Remove(o.f.Name())
+			return errExists(o.path)
+		case err == nil:
+			_ = os.Remove(o.f.Name())
+			o.written = true
+			return nil
+		}
+		// No hard links here: check, then rename.
+		if _, err := os.Lstat(o.path); err == nil {
+			_ = os.Remove(o.f.Name())
+			return errExists(o.path)
+		}
 	}
 	if err := os.Rename(o.f.Name(), o.path); err != nil {
 		return localError(codes.Unknown, err)
@@ -197,8 +225,9 @@ func (a *app) cryptoCall(ctx context.Context) (custodyv1.CryptoServiceClient, co
 func (a *app) encryptCommand() *cobra.Command {
 	var o keyOpts
 	var in, out string
+	var force bool
 	cmd := &cobra.Command{
-		Use:   "encrypt --key NAME [--context k=v,...] [--in FILE|-] [--out FILE|-]",
+		Use:   "encrypt --key NAME [--context k=v,...] [--in FILE|-] [--out FILE|-] [--force]",
 		Short: "Envelope-encrypt a file or stdin of any size",
 		Long: `Asks custodyd for a fresh data key bound to the encryption context, encrypts
 the input locally with AES-256-GCM in 64 KiB chunks, and writes the wrapped
@@ -222,7 +251,7 @@ name and context.`,
 			if err != nil {
 				return err
 			}
-			dst, err := a.openOutput(out)
+			dst, err := a.openOutput(out, force)
 			if err != nil {
 				return err
 			}
@@ -243,7 +272,9 @@ name and context.`,
 			if err != nil {
 				return localError(codes.Internal, err)
 			}
-			n, err := encryptFile(dst.w, src, h, key)
+			pr, done := a.progressFor(src, in, "encrypting")
+			n, err := encryptFile(dst.w, pr, h, key)
+			done()
 			clear(key)
 			if err != nil {
 				return localError(codes.Unknown, err)
@@ -254,14 +285,16 @@ name and context.`,
 	o.register(cmd, true)
 	cmd.Flags().StringVar(&in, "in", "-", "plaintext file, - for stdin")
 	cmd.Flags().StringVar(&out, "out", "-", "encrypted file to write, - for stdout")
+	cmd.Flags().BoolVar(&force, "force", false, "replace --out if it exists")
 	return cmd
 }
 
 func (a *app) decryptCommand() *cobra.Command {
 	var o keyOpts
 	var in, out string
+	var force bool
 	cmd := &cobra.Command{
-		Use:   "decrypt --key NAME [--context k=v,...] [--in FILE|-] [--out FILE|-]",
+		Use:   "decrypt --key NAME [--context k=v,...] [--in FILE|-] [--out FILE|-] [--force]",
 		Short: "Decrypt a file written by crypto encrypt",
 		Long: `Unwraps the file's data key through custodyd (same key name and context as
 at encryption) and decrypts and authenticates every chunk. With --out FILE
@@ -289,7 +322,7 @@ already written before a failure must be discarded.`,
 			if err != nil {
 				return err
 			}
-			dst, err := a.openOutput(out)
+			dst, err := a.openOutput(out, force)
 			if err != nil {
 				return err
 			}
@@ -303,7 +336,9 @@ already written before a failure must be discarded.`,
 			}
 			key := uw.GetPlaintext()
 			defer clear(key)
-			n, err := decryptFile(dst.w, src, h, key)
+			pr, done := a.progressFor(src, in, "decrypting")
+			n, err := decryptFile(dst.w, pr, h, key)
+			done()
 			clear(key)
 			if err != nil {
 				if errors.Is(err, errFileAuth) || errors.Is(err, errFileTruncated) {
@@ -317,6 +352,7 @@ already written before a failure must be discarded.`,
 	o.register(cmd, true)
 	cmd.Flags().StringVar(&in, "in", "-", "encrypted file, - for stdin")
 	cmd.Flags().StringVar(&out, "out", "-", "plaintext file to write, - for stdout")
+	cmd.Flags().BoolVar(&force, "force", false, "replace --out if it exists")
 	return cmd
 }
 

@@ -109,3 +109,41 @@ func TestCLIStatusShowsTheHSMCapabilities(t *testing.T) {
 		t.Fatalf("json status: %v %q", err, inv.stdout)
 	}
 }
+
+// TestClientCertificateFromAnotherCAIsReportedAsSuch: a relay certificate
+// from a CA the vault does not trust is no outage; every command says
+// UNAUTHENTICATED and which CA issued it and which custodyd trusts.
+func TestClientCertificateFromAnotherCAIsReportedAsSuch(t *testing.T) {
+	e := testenv.Start(t, testenv.Settings{})
+	p := newPKI(t) // "test ca", unknown to the vault
+	flags := []string{"--addr", e.Addr, "--ca", e.CAFile, "--cert", p.certFile, "--tls-key", p.keyFile}
+	for _, args := range [][]string{{"status"}, {"crypto", "encrypt", "--key", "demo"}, {"--timeout", "0", "status"}} {
+		inv := runCLI(t, []byte("x"), append(append([]string{}, flags...), args...)...)
+		assertOneErrorLine(t, inv, exitError, "Unauthenticated")
+		for _, want := range []string{"custodyd did not accept this client certificate", `issued by "CN=test ca"`, `custodyd trusts "CN=Custody dev CA,O=Custody dev"`} {
+			if !strings.Contains(inv.stderr, want) {
+				t.Errorf("%v: stderr %q lacks %q", args, inv.stderr, want)
+			}
+		}
+	}
+}
+
+// TestKeyGetAndTranscriptSayTheSameForASafeKey: both list the same
+// attributes, read back from the HSM, for the same "ok".
+func TestKeyGetAndTranscriptSayTheSameForASafeKey(t *testing.T) {
+	e := testenv.Start(t, testenv.Settings{})
+	inv := runCLI(t, nil, append(as(e, "operator"), "key", "get", "demo")...)
+	want := formatTranscriptAttrs(TranscriptAttr{Token: true, Private: true, Sensitive: true, AlwaysSensitive: true, NeverExtractable: true, Local: true})
+	if want != "ok (token, private, sensitive, never extractable, local, not modifiable)" {
+		t.Fatalf("transcript wording changed: %q", want)
+	}
+	if inv.code != exitOK || !strings.Contains(inv.stdout, want) {
+		t.Fatalf("key get does not say %q:\n%s%s", want, inv.stdout, inv.stderr)
+	}
+	inv = runCLI(t, nil, append(as(e, "operator"), "--output", "json", "key", "get", "demo")...)
+	for _, f := range []string{`"token":true`, `"private":true`, `"modifiable":false`} {
+		if !strings.Contains(inv.stdout, f) {
+			t.Errorf("key get --output json lacks %s: %s", f, inv.stdout)
+		}
+	}
+}

@@ -124,12 +124,13 @@ func TestKeyGetSaysWhatTheHSMCouldNotVerify(t *testing.T) {
 		at   *custodyv1.HsmAttributes
 		want string
 	}{
-		{&custodyv1.HsmAttributes{NeverExtractable: true, AlwaysSensitive: true, Local: true, Sensitive: true}, "ok (local, sensitive, never extractable)"},
-		{&custodyv1.HsmAttributes{NeverExtractable: true, AlwaysSensitive: true, Sensitive: true, Unverified: []string{"local"}},
-			"ok (sensitive, never extractable), UNVERIFIED local (see custodyctl status)"},
-		{&custodyv1.HsmAttributes{NeverExtractable: true, AlwaysSensitive: true, Sensitive: true, Unverified: []string{"local", "extractable_enforced"}},
-			"WARNING extraction-not-enforced-by-hsm UNVERIFIED local,extractable_enforced (see custodyctl status)"},
-		{&custodyv1.HsmAttributes{NeverExtractable: true, AlwaysSensitive: true, Sensitive: true}, "WARNING not-local"},
+		{&custodyv1.HsmAttributes{Token: true, Private: true, NeverExtractable: true, AlwaysSensitive: true, Local: true, Sensitive: true},
+			"ok (token, private, sensitive, never extractable, local, not modifiable)"},
+		{&custodyv1.HsmAttributes{Token: true, Private: true, NeverExtractable: true, AlwaysSensitive: true, Sensitive: true, Unverified: []string{"local"}},
+			"ok, UNVERIFIED local (the HSM's vendor profile cannot set them)"},
+		{&custodyv1.HsmAttributes{Token: true, Private: true, NeverExtractable: true, AlwaysSensitive: true, Local: true, Sensitive: true, Unverified: []string{"local", "extractable_enforced"}},
+			"WARNING extraction-not-enforced-by-hsm UNVERIFIED local,extractable_enforced"},
+		{&custodyv1.HsmAttributes{Token: true, Private: true, NeverExtractable: true, AlwaysSensitive: true, Sensitive: true}, "WARNING not-local"},
 	} {
 		if got := formatAttrs(c.at); got != c.want {
 			t.Errorf("formatAttrs(%v) = %q, want %q", c.at, got, c.want)

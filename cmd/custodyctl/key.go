@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -236,35 +235,15 @@ func printKey(w io.Writer, k *custodyv1.Key) {
 	_ = tw.Flush()
 }
 
-// formatAttrs summarises HSM attributes, flagging anything unsafe loudly.
+// formatAttrs summarises HSM attributes in the words the ceremony
+// transcript uses (formatTranscriptAttrs), flagging anything unsafe loudly.
+// Versions recorded before custodyd kept CKA_TOKEN, CKA_PRIVATE and
+// CKA_MODIFIABLE say so rather than claim them.
 func formatAttrs(at *custodyv1.HsmAttributes) string {
 	if at == nil {
 		return "-"
 	}
-	unverified := at.GetUnverified()
-	waived := func(name string) bool { return slices.Contains(unverified, name) }
-	if at.GetNeverExtractable() && at.GetAlwaysSensitive() && at.GetLocal() && at.GetSensitive() && !at.GetExtractable() && len(unverified) == 0 {
-		return "ok (local, sensitive, never extractable)"
-	}
-	var bad []string
-	if !at.GetLocal() && !waived("local") {
-		bad = append(bad, "not-local")
-	}
-	if !at.GetSensitive() || !at.GetAlwaysSensitive() {
-		bad = append(bad, "not-always-sensitive")
-	}
-	if at.GetExtractable() || !at.GetNeverExtractable() {
-		bad = append(bad, "extractable")
-	}
-	if waived("extractable_enforced") {
-		bad = append(bad, "extraction-not-enforced-by-hsm")
-	}
-	note := ""
-	if len(unverified) > 0 {
-		note = "UNVERIFIED " + strings.Join(unverified, ",") + " (see custodyctl status)"
-	}
-	if len(bad) == 0 {
-		return "ok (sensitive, never extractable), " + note
-	}
-	return strings.TrimSpace("WARNING " + strings.Join(bad, ",") + " " + note)
+	return formatTranscriptAttrs(TranscriptAttr{Token: at.GetToken(), Private: at.GetPrivate(), Sensitive: at.GetSensitive(),
+		AlwaysSensitive: at.GetAlwaysSensitive(), Extractable: at.GetExtractable(), NeverExtractable: at.GetNeverExtractable(),
+		Local: at.GetLocal(), Modifiable: at.GetModifiable(), Unverified: at.GetUnverified()})
 }

@@ -74,7 +74,7 @@ func TestKeygenRefusesToOverwriteEitherFile(t *testing.T) {
 	if err := os.WriteFile(out+".pub", []byte("precious"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	assertOneErrorLine(t, keygen(t, "--out", out), exitError, "AlreadyExists")
+	assertOneErrorLine(t, keygen(t, "--out", out), exitError, local)
 	if _, err := os.Stat(out); !os.IsNotExist(err) {
 		t.Errorf("keygen left a private key behind after refusing: %v", err)
 	}
@@ -87,7 +87,7 @@ func TestKeygenRefusesToOverwriteEitherFile(t *testing.T) {
 		t.Fatal(inv)
 	}
 	before, _ := os.ReadFile(out2)
-	assertOneErrorLine(t, keygen(t, "--out", out2), exitError, "AlreadyExists")
+	assertOneErrorLine(t, keygen(t, "--out", out2), exitError, local)
 	if after, _ := os.ReadFile(out2); string(after) != string(before) {
 		t.Error("second keygen replaced the private key")
 	}
@@ -151,7 +151,7 @@ func TestKeygenRefusesShortPassphraseFromFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	inv := keygen(t, "--out", filepath.Join(dir, "k"), "--passphrase-file", pf)
-	assertOneErrorLine(t, inv, exitUsage, "InvalidArgument")
+	assertOneErrorLine(t, inv, exitUsage, local)
 	if strings.Contains(inv.stderr, "short") {
 		t.Errorf("error echoes the passphrase: %q", inv.stderr)
 	}

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -187,6 +186,11 @@ func (a *app) proposalCreateCommand() *cobra.Command {
 						return nil, err
 					}
 					g.RecipientKeys = append(g.RecipientKeys, d)
+				}
+				if err := g.CheckUsable(); err != nil {
+					return nil, usageErrorf("%s", strings.Replace(strings.TrimPrefix(err.Error(), policy.ErrUnusableGrant.Error()+": "),
+						"add recipient_keys (the relay's RSA public key, for key transport) or allow_plaintext: true",
+						"add --recipient-key FILE (the relay's RSA public key, for key transport) or --allow-plaintext", 1))
 				}
 				return quorum.AddGrant{Grant: g}, nil
 			}),
@@ -389,11 +393,21 @@ func (a *app) proposalListCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			// What each proposal will do is derived here from its canonical
+			// bytes, as proposal show does, not taken from the server.
+			for _, info := range resp.GetProposals() {
+				info.Summary = localSummary(info)
+			}
 			return a.emit(resp, func(w io.Writer) {
+				if len(resp.GetProposals()) == 0 {
+					fmt.Fprintln(w, "no proposals")
+				}
 				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-				fmt.Fprintln(tw, "ID\tKIND\tSTATE\tAPPROVALS\tEXPIRES\tSUMMARY")
+				if len(resp.GetProposals()) > 0 {
+					fmt.Fprintln(tw, "ID\tSTATE\tAPPROVALS\tEXPIRES\tWILL")
+				}
 				for _, p := range resp.GetProposals() {
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%d/%d\t%s\t%s\n", p.GetId(), p.GetKind(), stateName(p.GetState()),
+					fmt.Fprintf(tw, "%s\t%s\t%d/%d\t%s\t%s\n", p.GetId(), stateName(p.GetState()),
 						len(p.GetApprovals()), p.GetThreshold(), formatTime(p.GetExpires()), oneLine(p.GetSummary()))
 				}
 				_ = tw.Flush()
@@ -613,15 +627,37 @@ your officer key, without contacting custodyd. Send the signature with
 }
 
 // confirm asks on stderr and reads one line from stdin; only "y" or "yes"
-// proceeds.
+// proceeds. It reads byte by byte and stops at the newline, so that the
+// next command reading the same stdin (a script answering several
+// questions) gets the rest.
 func (a *app) confirm(question string) error {
 	fmt.Fprintf(a.stderr, "%s [y/N] ", question)
-	line, _ := bufio.NewReader(a.stdin).ReadString('\n')
+	line := readLine(a.stdin, 64)
 	switch strings.ToLower(strings.TrimSpace(line)) {
 	case "y", "yes":
 		return nil
 	}
 	return localError(codes.Canceled, fmt.Errorf("not confirmed; nothing was signed or sent"))
+}
+
+// readLine reads up to the first newline (consumed) or max bytes, without
+// reading ahead.
+func readLine(r io.Reader, max int) string {
+	var b []byte
+	var c [1]byte
+	for tries := 0; len(b) < max && tries < max+100; tries++ { // bounded even if Read returns 0, nil
+		n, err := r.Read(c[:])
+		if n == 1 {
+			if c[0] == '\n' {
+				break
+			}
+			b = append(b, c[0])
+		}
+		if err != nil {
+			break
+		}
+	}
+	return string(b)
 }
 
 // printProposal writes what a proposal does, derived from its parsed bytes.
@@ -664,6 +700,20 @@ func printProposal(w io.Writer, p quorum.Proposal, info *custodyv1.ProposalInfo,
 	if r := info.GetResult(); r != "" {
 		fmt.Fprintf(w, "result:     %s\n", oneLine(r))
 	}
+}
+
+// localSummary is what a listed proposal will do, from its canonical bytes
+// (checked against the digest the server reports); a proposal whose bytes
+// do not parse or match says so instead of repeating the server's words.
+func localSummary(info *custodyv1.ProposalInfo) string {
+	p, d, err := verifyCanonical(info.GetCanonicalProposal())
+	switch {
+	case err != nil:
+		return "UNREADABLE: " + err.Error()
+	case p.ID != info.GetId() || d.String() != info.GetDigest():
+		return fmt.Sprintf("MISMATCH: the server's id or digest does not match the proposal bytes (%s)", summarize(p))
+	}
+	return summarize(p)
 }
 
 // summarize says in one line exactly what executing p will do.
@@ -713,7 +763,7 @@ func summarize(p quorum.Proposal) string {
 			who = "all identities together"
 		}
 		b := v.Budget
-		return fmt.Sprintf("set budget of %s on key %q: rate %g/s, burst %d, at most %d per %s", who, v.Key, b.Rate, b.Burst, b.Volume, b.Window)
+		return fmt.Sprintf("set budget of %s on key %q: rate %g/s, burst %d, at most %d per %s", who, v.Key, b.Rate, b.Burst, b.Volume, formatWindow(b.Window))
 	case quorum.Unfreeze:
 		return fmt.Sprintf("unfreeze identity %s on key %q", v.Identity, v.Key)
 	case quorum.AddOfficer:

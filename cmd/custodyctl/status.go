@@ -48,7 +48,7 @@ with FAILED_PRECONDITION. Exits 0 when custodyd reports SERVING, 1 otherwise.`,
 				fmt.Fprintf(a.stderr, "custodyctl: hsm status not shown: %s\n", why)
 			}
 			if resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
-				return localError(codes.Unavailable, fmt.Errorf("custodyd at %s is %s", a.addr, resp.GetStatus()))
+				return remoteError(codes.Unavailable, fmt.Errorf("custodyd at %s is %s", a.addr, resp.GetStatus()))
 			}
 			return nil
 		},

@@ -3,6 +3,7 @@
 //
 //	custodyd --config /etc/custody/custodyd.yaml
 //	custodyd --dev [--dev-dir .custody-dev]
+//	custodyd --version
 //
 // The HSM PIN is read from the file or environment variable the config
 // names; there is deliberately no flag for it.
@@ -22,6 +23,7 @@ import (
 
 	"github.com/custodyhq/custody/internal/config"
 	"github.com/custodyhq/custody/internal/daemon"
+	"github.com/custodyhq/custody/internal/version"
 )
 
 func main() {
@@ -39,8 +41,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 	devGateway := fs.String("dev-gateway", "", "REST/JSON gateway address (with --dev; default: the port after --dev-listen, \"off\" to disable)")
 	pprof := fs.Bool("pprof", false, "serve /debug/pprof on the (loopback-only) HTTP listener")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	showVersion := fs.Bool("version", false, "print the version and the commit custodyd was built from, and exit")
 	if err := fs.Parse(args); err != nil {
 		return 2
+	}
+	if *showVersion {
+		fmt.Fprintln(stdout, version.Read().String("custodyd"))
+		return 0
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "custodyd: unexpected argument %q\n", fs.Arg(0))
@@ -120,7 +127,7 @@ Custody dev vault is running (SoftHSM token + bbolt in %s; NOT for production).
   gRPC (mTLS): %s    REST/JSON gateway (mTLS): %s
   metrics/health: http://%s/metrics /healthz /readyz
 
-As the dev relay (granted key %q), in another shell:
+As the dev relay (granted keys %q: encrypt and data keys; %q: sign; %q: MAC), in another shell:
   export CUSTODY_ADDR=%s CUSTODY_CA=%s
   export CUSTODY_CERT=%s CUSTODY_KEY=%s
   echo 'hello, custody' | bin/custodyctl crypto encrypt --key %s | bin/custodyctl crypto decrypt --key %s
@@ -129,7 +136,7 @@ As the dev operator (manages keys):
   CUSTODY_CERT=%s CUSTODY_KEY=%s bin/custodyctl key list
 
 Stop with Ctrl-C (in-flight requests finish first).
-`, rel(s.Dir), d.GRPCAddr(), gatewayAddr(d), d.HTTPAddr(), daemon.DevKey,
+`, rel(s.Dir), d.GRPCAddr(), gatewayAddr(d), d.HTTPAddr(), daemon.DevKey, daemon.DevSignKey, daemon.DevMACKey,
 		d.GRPCAddr(), rel(s.PKI.CAFile), rel(relay.CertFile), rel(relay.KeyFile), daemon.DevKey, daemon.DevKey,
 		rel(op.CertFile), rel(op.KeyFile))
 }

@@ -593,6 +593,12 @@ func TestExampleConfigLoads(t *testing.T) {
 	if len(cfg.Identities) != 5 || len(cfg.Grants) != 0 || cfg.HSM.PINFile != e.pin {
 		t.Fatalf("example decoded to %+v", cfg)
 	}
+	// The sections the docs point operators to are there, with the values
+	// they describe.
+	if cfg.GatewayListen != "127.0.0.1:8444" || cfg.Governance.TimeLock != 24*time.Hour || cfg.Governance.ProposalTTL != 720*time.Hour ||
+		cfg.Governance.Freeze.Refusals != 100 || cfg.Governance.Freeze.Within != time.Minute {
+		t.Fatalf("example's gateway_listen and governance sections decoded to %q, %+v", cfg.GatewayListen, cfg.Governance)
+	}
 	// The commented grants and budgets (they apply to dev vaults only) must
 	// stay valid: uncommented, they load too.
 	var dev strings.Builder

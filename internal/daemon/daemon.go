@@ -18,6 +18,7 @@ import (
 	"net/http/pprof"
 	"os"
 	"runtime"
+	"strings"
 	"sync"
 	"time"
 
@@ -135,7 +136,7 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 		Observe: server.HSMObserver(reg), Profile: cfg.HSM.Profile, InitArgs: cfg.HSM.InitArgs, DenyMechanisms: deny})
 	clear(pin)
 	if err != nil {
-		return nil, fmt.Errorf("hsm: %w", err)
+		return nil, prefixed("hsm", err)
 	}
 	if missing := d.HSM.Missing(); len(missing) > 0 {
 		d.log.Warn("token lacks mechanisms; some key purposes will be unavailable", "missing", missing)
@@ -146,7 +147,7 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 
 	raw, err := store.OpenBolt(cfg.Store.Path, store.BoltOptions{})
 	if err != nil {
-		return nil, fmt.Errorf("store: %w", err)
+		return nil, prefixed("store", err)
 	}
 	d.raw = raw
 	macKey, err := d.ownKey(ctx, hsm.KindHMACSHA256, StoreMACKeyLabel, raw)
@@ -188,7 +189,7 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 		StoreRevision:      func() uint64 { return d.Store.Anchor().Revision },
 	})
 	if err != nil {
-		return nil, fmt.Errorf("audit: %w", err)
+		return nil, prefixed("audit", err)
 	}
 	if cp, ok := d.Audit.LatestCheckpoint(); ok && cp.StoreRevision > d.Store.Anchor().Revision {
 		return nil, fmt.Errorf("store %s is older than the audit log: its revision is %d but audit checkpoint %d (%s) recorded revision %d; "+
@@ -274,7 +275,7 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 	d.http = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 
 	if cfg.Dev {
-		if err := d.EnsureDevKey(ctx); err != nil {
+		if err := d.EnsureDevKey(ctx, cfg); err != nil {
 			return nil, fmt.Errorf("dev key: %w", err)
 		}
 	}
@@ -296,6 +297,15 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 	d.log.Info("custodyd serving", "grpc", d.grpcLis.Addr().String(), "http", d.httpLis.Addr().String(), "gateway", d.GatewayAddr(),
 		"keys", d.Keys.Len(), "token", cfg.HSM.String())
 	return d, nil
+}
+
+// prefixed names the part of start-up that failed, once: the errors of
+// hsm, store and audit already start with their package's name.
+func prefixed(part string, err error) error {
+	if strings.HasPrefix(err.Error(), part+": ") {
+		return err
+	}
+	return fmt.Errorf("%s: %w", part, err)
 }
 
 func isLoopback(a net.Addr) bool {

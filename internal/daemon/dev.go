@@ -25,6 +25,36 @@ var DevRoles = []string{"relay", "operator", "officer", "auditor"}
 // DevKey is the key `custodyd --dev` creates and grants to the dev relay.
 const DevKey = "demo"
 
+// The dev vault's signing and MAC keys, granted to the dev relay, so that
+// every example of docs/gateway.md runs against `make run`.
+const (
+	DevSignKey = "demo-sign"
+	DevMACKey  = "demo-mac"
+)
+
+// devKeys are the keys of a dev vault. demo always exists; the others are
+// created at start if the config grants them (internal/testenv's trimmed
+// config does not).
+var devKeys = []struct {
+	name        string
+	purpose     keys.Purpose
+	description string
+	grant       config.GrantConfig
+}{
+	{DevKey, keys.PurposeEncryptAES256GCM, "dev demo key, granted to the dev relay", config.GrantConfig{
+		Identity: "dev-relay", Keys: []string{DevKey}, AllowPlaintext: true,
+		Operations: []config.Operation{config.OpEncrypt, config.OpDecrypt, config.OpDataKey, config.OpUnwrap, config.OpRewrap},
+	}},
+	{DevSignKey, keys.PurposeSignECDSAP256, "dev signing key (ECDSA P-256), granted to the dev relay", config.GrantConfig{
+		Identity: "dev-relay", Keys: []string{DevSignKey},
+		Operations: []config.Operation{config.OpSign, config.OpVerify, config.OpPublicKey},
+	}},
+	{DevMACKey, keys.PurposeMACHMACSHA256, "dev MAC key (HMAC-SHA256), granted to the dev relay", config.GrantConfig{
+		Identity: "dev-relay", Keys: []string{DevMACKey},
+		Operations: []config.Operation{config.OpMAC, config.OpVerifyMAC},
+	}},
+}
+
 // DevGatewayListen is where `custodyd --dev` serves the REST/JSON gateway
 // by default: the port after the gRPC port (8443).
 const DevGatewayListen = "127.0.0.1:8444"
@@ -74,8 +104,9 @@ type DevSetup struct {
 
 // PrepareDev makes (or reuses) a development vault in dir: a SoftHSM token
 // with random PINs kept in 0600 files, a dev CA with server and per-role
-// client certificates, a config with the dev identities and a grant of the
-// demo key to the relay. It sets SOFTHSM2_CONF for this process, so call it
+// client certificates, a config with the dev identities and grants to the
+// relay of the demo key (encrypt, data keys), demo-sign (ECDSA P-256) and
+// demo-mac (HMAC). It sets SOFTHSM2_CONF for this process, so call it
 // before the HSM library is loaded. listen and httpListen may use port 0.
 func PrepareDev(dir, listen, httpListen string) (*DevSetup, *config.Config, error) {
 	abs, err := filepath.Abs(dir)
@@ -134,10 +165,9 @@ func PrepareDev(dir, listen, httpListen string) (*DevSetup, *config.Config, erro
 			Name: "dev-" + role, Role: config.Role(role), URI: pk.Clients[role].Identity,
 		})
 	}
-	cfg.Grants = []config.GrantConfig{{
-		Identity: "dev-relay", Keys: []string{DevKey}, AllowPlaintext: true,
-		Operations: []config.Operation{config.OpEncrypt, config.OpDecrypt, config.OpDataKey, config.OpUnwrap, config.OpRewrap},
-	}}
+	for _, k := range devKeys {
+		cfg.Grants = append(cfg.Grants, k.grant)
+	}
 	cfg.ApplyDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, nil, fmt.Errorf("dev config: %w", err)
@@ -151,11 +181,25 @@ func randomPIN() string {
 	return hex.EncodeToString(b)
 }
 
-// EnsureDevKey creates the dev demo key (AES-256-GCM) if it is missing.
-func (d *Daemon) EnsureDevKey(ctx context.Context) error {
-	if _, err := d.Keys.Get(DevKey); err == nil {
-		return nil
+// EnsureDevKey creates the demo key, and demo-sign and demo-mac if the
+// config grants them, when they are missing.
+func (d *Daemon) EnsureDevKey(ctx context.Context, cfg *config.Config) error {
+	granted := map[string]bool{}
+	for _, g := range cfg.Grants {
+		for _, k := range g.Keys {
+			granted[k] = true
+		}
 	}
-	_, err := d.Keys.Create(ctx, DevKey, keys.PurposeEncryptAES256GCM, "dev demo key, granted to the dev relay")
-	return err
+	for _, k := range devKeys {
+		if !granted[k.name] && k.name != DevKey { // demo always exists in a dev vault, as it always has
+			continue
+		}
+		if _, err := d.Keys.Get(k.name); err == nil {
+			continue
+		}
+		if _, err := d.Keys.Create(ctx, k.name, k.purpose, k.description); err != nil {
+			return fmt.Errorf("%s: %w", k.name, err)
+		}
+	}
+	return nil
 }

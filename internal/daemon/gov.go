@@ -37,6 +37,9 @@ func (d *Daemon) openGovernance(ctx context.Context, reg prometheus.Registerer, 
 		// grants and budgets come only from the key ceremony and proposals.
 		QuorumRequired: gov.QuorumRequired || !cfg.Dev, AllowDev: cfg.Dev, Instance: "custodyd@" + instance,
 		DestroyWait: cfg.Keys.DestroyWaitDefault, Now: d.opts.Now, Logger: d.log,
+		// Grants are refused where they are made if they could never
+		// return a data key (datakey/unwrap with no way to receive one).
+		Check: func(g policy.Grant) error { return g.CheckUsable() },
 	}
 	if cfg.Dev {
 		o.DevGrants = DevGrantsFromConfig(cfg)

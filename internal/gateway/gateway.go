@@ -18,7 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 
-	custodyv1 "github.com/custodyhq/custody/api/custody/v1"
+	custodyv1gw "github.com/custodyhq/custody/api/custody/v1/gw"
 	"github.com/custodyhq/custody/internal/pki"
 )
 
@@ -86,9 +86,9 @@ func New(ctx context.Context, internal *Listener, tlsCfg *tls.Config, o Options)
 	)
 	g := &Gateway{conn: conn, mux: mux, marshaler: marshaler, tlsCfg: tlsCfg.Clone()}
 	for _, register := range []func(context.Context, *runtime.ServeMux, *grpc.ClientConn) error{
-		custodyv1.RegisterCryptoServiceHandler,
-		custodyv1.RegisterKeyServiceHandler,
-		custodyv1.RegisterDataKeyServiceHandler,
+		custodyv1gw.RegisterCryptoServiceHandler,
+		custodyv1gw.RegisterKeyServiceHandler,
+		custodyv1gw.RegisterDataKeyServiceHandler,
 	} {
 		if err := register(ctx, mux, conn); err != nil {
 			conn.Close()

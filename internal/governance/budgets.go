@@ -188,6 +188,23 @@ func (b *budgetLedger) subjectOps(s policy.Subject) []store.Op {
 	return ops
 }
 
+// dedupe keeps the last write of each store key: a key's shared budget
+// rides along with each of its identities' records, and a transaction may
+// write a key once.
+func dedupe(ops []store.Op) []store.Op {
+	last := map[string]int{}
+	for i, op := range ops {
+		last[op.Key] = i
+	}
+	out := ops[:0:0]
+	for i, op := range ops {
+		if last[op.Key] == i {
+			out = append(out, op)
+		}
+	}
+	return out
+}
+
 // sharedOps is the store write of a key's shared budget alone.
 func (b *budgetLedger) sharedOps(key string) []store.Op {
 	st := b.lim.Snapshot()
@@ -328,31 +345,12 @@ func (b *budgetLedger) frozen(identity, key string) bool {
 	return b.lim.Frozen(identity, key)
 }
 
-// spent reports a budget's state for listings: units used in the current
-// window (reserved units count as used) and whether the identity is frozen.
-func (b *budgetLedger) spent(identity, key string) (used int64, frozen bool) {
+// usage reports a budget's spend for listings, without spending or
+// refilling anything. Units reserved but not yet used count as used.
+func (b *budgetLedger) usage(identity, key string) (policy.Usage, bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	now := b.now()
-	if identity == "" {
-		for _, ks := range b.lim.Snapshot().Keys {
-			if ks.Key == key {
-				if now.Truncate(ks.Bucket.Budget.Window).After(ks.Bucket.WindowStart) {
-					return 0, false
-				}
-				return ks.Bucket.WindowUsed, false
-			}
-		}
-		return 0, false
-	}
-	ss, _, ok := b.lim.SubjectState(identity, key)
-	if !ok {
-		return 0, false
-	}
-	if now.Truncate(ss.Bucket.Budget.Window).After(ss.Bucket.WindowStart) {
-		return 0, ss.Frozen
-	}
-	return ss.Bucket.WindowUsed, ss.Frozen
+	return b.lim.Usage(identity, key, b.now())
 }
 
 // isBudgetPath reports whether a store key is a budget record.

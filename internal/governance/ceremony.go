@@ -293,7 +293,7 @@ func (g *Governance) InitCeremony(ctx context.Context, actor Actor, req Ceremony
 		}
 	}
 	g.ledger = ledger
-	if err := g.commit(ctx, quorum.LedgerState{}, next, ops...); err != nil {
+	if err := g.commit(ctx, quorum.LedgerState{}, next, dedupe(ops)...); err != nil {
 		g.ledger = nil
 		b.lim, b.res = oldLim, oldRes
 		return nil, "", err

@@ -311,19 +311,20 @@ func (g *Governance) Close(ctx context.Context) error { return g.budgets.close(c
 // Frozen reports whether identity is frozen on key.
 func (g *Governance) Frozen(identity, key string) bool { return g.budgets.frozen(identity, key) }
 
-// BudgetUse is a budget in force with its spend now.
+// BudgetUse is a budget in force with its spend now (units reserved for a
+// relay but not yet used count as used).
 type BudgetUse struct {
 	BudgetEntry
-	Used   int64 // units used (or reserved) in the current window
-	Frozen bool
+	Usage policy.Usage
+	Known bool // false when no spend is recorded yet
 }
 
 // BudgetUses returns the budgets in force with their spend.
 func (g *Governance) BudgetUses() []BudgetUse {
 	var out []BudgetUse
 	for _, e := range g.Snapshot().Budgets() {
-		used, frozen := g.budgets.spent(e.Identity, e.Key)
-		out = append(out, BudgetUse{BudgetEntry: e, Used: used, Frozen: frozen})
+		u, ok := g.budgets.usage(e.Identity, e.Key)
+		out = append(out, BudgetUse{BudgetEntry: e, Usage: u, Known: ok})
 	}
 	return out
 }

@@ -424,6 +424,46 @@ func (l *Limiter) Frozen(identity, key string) bool {
 	return ps != nil && ps.frozen
 }
 
+// Usage is what a budget has spent, as of a given time.
+type Usage struct {
+	// WindowUsed is the volume spent in the current window.
+	WindowUsed int64
+	// WindowEnd is when the current window ends and WindowUsed returns to 0.
+	WindowEnd time.Time
+	// Available is what the token bucket holds, 0..Burst.
+	Available float64
+	// Frozen is set for an identity×key frozen after a sustained breach.
+	Frozen bool
+}
+
+// Usage reports the spend of identity's budget on key (identity "" for the
+// key's shared budget) as of now, without spending or changing anything.
+// ok is false when no such budget is set, or l is nil.
+func (l *Limiter) Usage(identity, key string, now time.Time) (u Usage, ok bool) {
+	if l == nil {
+		return Usage{}, false
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var b bucket
+	if identity == "" {
+		kb := l.keys[key]
+		if kb == nil {
+			return Usage{}, false
+		}
+		b = *kb
+	} else {
+		ps := l.pairs[Subject{identity, key}]
+		if ps == nil {
+			return Usage{}, false
+		}
+		b, u.Frozen = ps.bucket, ps.frozen
+	}
+	b.advance(now) // on a copy: reading never refills the real bucket
+	u.WindowUsed, u.WindowEnd, u.Available = b.used, b.windowStart.Add(b.budget.Window), b.tokens
+	return u, true
+}
+
 // FrozenSubjects lists every frozen identity×key, sorted, for building a
 // Policy Spec or reporting.
 func (l *Limiter) FrozenSubjects() []Subject {

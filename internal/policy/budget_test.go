@@ -373,3 +373,42 @@ func BenchmarkTake(b *testing.B) {
 		l.Take(relayA, keyMsgs, 1, t0)
 	}
 }
+
+func TestUsageReportsSpendWithoutSpendingOrRefilling(t *testing.T) {
+	l := newLimiter(t, FreezeRule{Refusals: 3, Within: time.Minute})
+	b := Budget{Rate: 1, Burst: 10, Volume: 100, Window: time.Hour}
+	mustSet(t, l, "relay", "k", b, t0)
+	if err := l.SetKeyBudget("k", Budget{Rate: 5, Burst: 50, Volume: 1000, Window: 24 * time.Hour}, t0); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := l.Usage("stranger", "k", t0); ok {
+		t.Fatal("usage reported for an identity without a budget")
+	}
+	if ok, _, err := l.Take("relay", "k", 7, t0); !ok {
+		t.Fatal(err)
+	}
+	u, ok := l.Usage("relay", "k", t0.Add(2*time.Second))
+	if !ok || u.WindowUsed != 7 || u.Available != 5 || u.Frozen || !u.WindowEnd.Equal(t0.Truncate(time.Hour).Add(time.Hour)) {
+		t.Fatalf("usage = %+v, %v; want 7 used, 3+2 tokens, window end at the next hour", u, ok)
+	}
+	// Reading twice at the same time gives the same answer: nothing refilled.
+	if again, _ := l.Usage("relay", "k", t0.Add(2*time.Second)); again != u {
+		t.Fatalf("second read %+v differs from %+v", again, u)
+	}
+	shared, ok := l.Usage("", "k", t0)
+	if !ok || shared.WindowUsed != 7 || shared.Available != 43 {
+		t.Fatalf("shared usage = %+v, %v", shared, ok)
+	}
+	// After the window the volume is 0 again.
+	if later, _ := l.Usage("relay", "k", t0.Add(time.Hour)); later.WindowUsed != 0 {
+		t.Fatalf("next window still shows %d used", later.WindowUsed)
+	}
+	// A freeze shows.
+	for range 3 {
+		l.Take("relay", "k", 11, t0.Add(3*time.Second)) // batch too large: not counted
+		l.Take("relay", "k", 10, t0.Add(3*time.Second))
+	}
+	if u, _ := l.Usage("relay", "k", t0.Add(3*time.Second)); !u.Frozen {
+		t.Fatalf("usage after a sustained breach = %+v, want frozen", u)
+	}
+}

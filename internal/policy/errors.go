@@ -54,3 +54,7 @@ var (
 // ErrInvalidSpec reports identities, grants or budgets that cannot be built
 // into a Policy or Limiter. The message names the field path.
 var ErrInvalidSpec = errors.New("policy: invalid specification")
+
+// ErrUnusableGrant reports a grant refused by Grant.CheckUsable: valid on
+// its own, but it could never return what it is for.
+var ErrUnusableGrant = errors.New("policy: grant can never return a data key")

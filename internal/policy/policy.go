@@ -222,6 +222,31 @@ const (
 	// MaxIdentityLen bounds identities (a URI SAN or "spki:" + hex).
 	MaxIdentityLen = 1024
 )
+// CheckUsable refuses a grant that could be stored but never used as
+// meant: datakey or unwrap with neither AllowPlaintext nor RecipientKeys
+// can make and store wrapped data keys, but no data key ever comes back
+// (every GenerateDataKey with plaintext, Unwrap, FetchDataKey and client
+// Seal is refused). It is checked where grants are made (ceremony,
+// add-grant proposals), not on grants already in force, so stored state
+// always loads. The error wraps ErrUnusableGrant and names both fixes.
+func (g Grant) CheckUsable() error {
+	if g.AllowPlaintext || len(g.RecipientKeys) > 0 {
+		return nil
+	}
+	var ops []string
+	for _, op := range g.Operations {
+		if op == OpDataKey || op == OpUnwrap {
+			ops = append(ops, string(op))
+		}
+	}
+	if len(ops) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%w: grant %q gives %s on key %q but no way to receive a data key: "+
+		"add recipient_keys (the relay's RSA public key, for key transport) or allow_plaintext: true",
+		ErrUnusableGrant, g.ID, strings.Join(ops, " and "), g.Key)
+}
+
 
 // Spec is the serialisable form of a Policy.
 type Spec struct {

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 )
 
@@ -247,4 +248,34 @@ func bitsSet(s opSet) int {
 		n++
 	}
 	return n
+}
+func TestCheckUsableRefusesADataKeyGrantThatCanNeverReturnAKey(t *testing.T) {
+	base := Grant{ID: "g-relay-1", Identity: "relay", Key: "relay-messages", Operations: []Op{OpDataKey, OpUnwrap},
+		ContextMatch: map[string]string{"tenant": "acme"}}
+	err := base.CheckUsable()
+	if !errors.Is(err, ErrUnusableGrant) {
+		t.Fatalf("CheckUsable = %v, want ErrUnusableGrant", err)
+	}
+	for _, want := range []string{"recipient_keys", "allow_plaintext", "g-relay-1", "datakey and unwrap", "relay-messages"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not mention %q", err, want)
+		}
+	}
+	if base.Validate() != nil {
+		t.Fatalf("the unusable grant must still be valid on its own (stored grants keep loading): %v", base.Validate())
+	}
+	unwrapOnly := base
+	unwrapOnly.Operations = []Op{OpUnwrap}
+	if !errors.Is(unwrapOnly.CheckUsable(), ErrUnusableGrant) {
+		t.Errorf("unwrap alone without a way out was accepted")
+	}
+	for name, g := range map[string]Grant{
+		"allow_plaintext": func() Grant { g := base; g.AllowPlaintext = true; return g }(),
+		"recipient_keys":  func() Grant { g := base; g.RecipientKeys = [][]byte{make([]byte, 32)}; return g }(),
+		"no data-key ops": func() Grant { g := base; g.Operations = []Op{OpEncrypt, OpDecrypt, OpRewrap}; return g }(),
+	} {
+		if err := g.CheckUsable(); err != nil {
+			t.Errorf("%s: CheckUsable = %v, want nil", name, err)
+		}
+	}
 }

@@ -474,3 +474,45 @@ func TestProductionVaultIsGovernedFromFirstStart(t *testing.T) {
 		t.Fatalf("relay after the ceremony: %v", err)
 	}
 }
+
+// TestGrantsThatCanNeverReturnADataKeyAreRefusedWhenMade: a grant of
+// datakey or unwrap with neither allow_plaintext nor recipient keys would
+// store data keys that no fetch, unwrap or Seal could ever get back. The
+// ceremony and an add-grant proposal refuse it, naming both fixes.
+func TestGrantsThatCanNeverReturnADataKeyAreRefusedWhenMade(t *testing.T) {
+	g := startGov(t, nil)
+	req := g.ceremonyRequest(100)
+	req.Grants[0] = &custodyv1.Grant{Id: "relay-msgs", Identity: g.relay, Key: "msgs", Operations: []string{"datakey", "unwrap"},
+		ContextMatch: map[string]string{"tenant": "acme"}}
+	_, err := g.gov(t, "operator").InitCeremony(ctx(t), req)
+	wantCode(t, err, codes.InvalidArgument, "ceremony with a grant that can never return a data key")
+	for _, want := range []string{"grants[0]", "recipient_keys", "allow_plaintext"} {
+		if !strings.Contains(status.Convert(err).Message(), want) {
+			t.Errorf("ceremony refusal %q does not mention %q", status.Convert(err).Message(), want)
+		}
+	}
+	// Nothing happened: the same vault still takes a usable ceremony.
+	g.ceremony(t, 100)
+
+	p, err := quorum.NewProposal(quorum.AddGrant{Grant: policy.Grant{ID: "g-unwrap", Identity: g.relay, Key: "spare",
+		Operations: []policy.Op{policy.OpUnwrap}, ContextMatch: map[string]string{"tenant": "acme"}}}, g.Cert["operator"].Identity, time.Now(), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	canon, err := p.CanonicalBytes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = g.gov(t, "operator").Propose(ctx(t), &custodyv1.ProposeRequest{CanonicalProposal: canon})
+	wantCode(t, err, codes.InvalidArgument, "add-grant of unwrap without a way to receive the key")
+	if msg := status.Convert(err).Message(); !strings.Contains(msg, "recipient_keys") || !strings.Contains(msg, "allow_plaintext") {
+		t.Errorf("proposal refusal %q does not name both fixes", msg)
+	}
+	list, err := g.gov(t, "operator").ListProposals(ctx(t), &custodyv1.ListProposalsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list.GetProposals()) != 0 {
+		t.Errorf("the refused proposal was recorded: %v", list.GetProposals())
+	}
+}

@@ -248,8 +248,12 @@ func (g governanceService) ListBudgets(ctx context.Context, req *custodyv1.ListB
 		if req.GetKey() != "" && req.GetKey() != b.Key {
 			continue
 		}
-		out.Budgets = append(out.Budgets, &custodyv1.Budget{Identity: b.Identity, Key: b.Key, Rate: b.Budget.Rate,
-			Burst: uint32(b.Budget.Burst), Volume: b.Budget.Volume, Window: durationpb.New(b.Budget.Window), Frozen: b.Frozen})
+		pb := &custodyv1.Budget{Identity: b.Identity, Key: b.Key, Rate: b.Budget.Rate,
+			Burst: uint32(b.Budget.Burst), Volume: b.Budget.Volume, Window: durationpb.New(b.Budget.Window), Frozen: b.Usage.Frozen}
+		if b.Known {
+			pb.WindowUsed, pb.WindowEnd, pb.Available = b.Usage.WindowUsed, timestamppb.New(b.Usage.WindowEnd), b.Usage.Available
+		}
+		out.Budgets = append(out.Budgets, pb)
 	}
 	return out, nil
 }

@@ -296,7 +296,14 @@ type Budget struct {
 	Window *durationpb.Duration `protobuf:"bytes,6,opt,name=window,proto3" json:"window,omitempty"`
 	// Output only: the identity is frozen on this key after a sustained breach
 	// and stays frozen until an unfreeze proposal executes.
-	Frozen        bool `protobuf:"varint,7,opt,name=frozen,proto3" json:"frozen,omitempty"`
+	Frozen bool `protobuf:"varint,7,opt,name=frozen,proto3" json:"frozen,omitempty"`
+	// Output only (ListBudgets): units spent in the current volume window.
+	WindowUsed int64 `protobuf:"varint,8,opt,name=window_used,json=windowUsed,proto3" json:"window_used,omitempty"`
+	// Output only (ListBudgets): when the current volume window ends and
+	// window_used returns to 0.
+	WindowEnd *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=window_end,json=windowEnd,proto3" json:"window_end,omitempty"`
+	// Output only (ListBudgets): units the token bucket holds now, 0..burst.
+	Available     float64 `protobuf:"fixed64,10,opt,name=available,proto3" json:"available,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -378,6 +385,27 @@ func (x *Budget) GetFrozen() bool {
 		return x.Frozen
 	}
 	return false
+}
+
+func (x *Budget) GetWindowUsed() int64 {
+	if x != nil {
+		return x.WindowUsed
+	}
+	return 0
+}
+
+func (x *Budget) GetWindowEnd() *timestamppb.Timestamp {
+	if x != nil {
+		return x.WindowEnd
+	}
+	return nil
+}
+
+func (x *Budget) GetAvailable() float64 {
+	if x != nil {
+		return x.Available
+	}
+	return 0
 }
 
 // DisclosureOrder lets one recipient use one key on requests whose
@@ -1670,7 +1698,7 @@ const file_custody_v1_governance_proto_rawDesc = "" +
 	"\x0fallow_plaintext\x18\a \x01(\bR\x0eallowPlaintext\x1a?\n" +
 	"\x11ContextMatchEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc3\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xbd\x02\n" +
 	"\x06Budget\x12\x1a\n" +
 	"\bidentity\x18\x01 \x01(\tR\bidentity\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\tR\x03key\x12\x12\n" +
@@ -1678,7 +1706,13 @@ const file_custody_v1_governance_proto_rawDesc = "" +
 	"\x05burst\x18\x04 \x01(\rR\x05burst\x12\x16\n" +
 	"\x06volume\x18\x05 \x01(\x03R\x06volume\x121\n" +
 	"\x06window\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\x06window\x12\x16\n" +
-	"\x06frozen\x18\a \x01(\bR\x06frozen\"\xd9\x02\n" +
+	"\x06frozen\x18\a \x01(\bR\x06frozen\x12\x1f\n" +
+	"\vwindow_used\x18\b \x01(\x03R\n" +
+	"windowUsed\x129\n" +
+	"\n" +
+	"window_end\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\twindowEnd\x12\x1c\n" +
+	"\tavailable\x18\n" +
+	" \x01(\x01R\tavailable\"\xd9\x02\n" +
 	"\x0fDisclosureOrder\x12\x19\n" +
 	"\bcase_ref\x18\x01 \x01(\tR\acaseRef\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\tR\x03key\x12R\n" +
@@ -1834,51 +1868,52 @@ var file_custody_v1_governance_proto_goTypes = []any{
 var file_custody_v1_governance_proto_depIdxs = []int32{
 	24, // 0: custody.v1.Grant.context_match:type_name -> custody.v1.Grant.ContextMatchEntry
 	26, // 1: custody.v1.Budget.window:type_name -> google.protobuf.Duration
-	25, // 2: custody.v1.DisclosureOrder.context_match:type_name -> custody.v1.DisclosureOrder.ContextMatchEntry
-	27, // 3: custody.v1.DisclosureOrder.not_after:type_name -> google.protobuf.Timestamp
-	28, // 4: custody.v1.CeremonyKey.purpose:type_name -> custody.v1.KeyPurpose
-	1,  // 5: custody.v1.InitCeremonyRequest.officers:type_name -> custody.v1.Officer
-	5,  // 6: custody.v1.InitCeremonyRequest.keys:type_name -> custody.v1.CeremonyKey
-	2,  // 7: custody.v1.InitCeremonyRequest.grants:type_name -> custody.v1.Grant
-	3,  // 8: custody.v1.InitCeremonyRequest.budgets:type_name -> custody.v1.Budget
-	0,  // 9: custody.v1.ListProposalsRequest.state:type_name -> custody.v1.ProposalState
-	15, // 10: custody.v1.ListProposalsResponse.proposals:type_name -> custody.v1.ProposalInfo
-	0,  // 11: custody.v1.ProposalInfo.state:type_name -> custody.v1.ProposalState
-	27, // 12: custody.v1.ProposalInfo.time_lock_until:type_name -> google.protobuf.Timestamp
-	27, // 13: custody.v1.ProposalInfo.expires:type_name -> google.protobuf.Timestamp
-	27, // 14: custody.v1.ProposalInfo.executed_time:type_name -> google.protobuf.Timestamp
-	27, // 15: custody.v1.ProposalInfo.create_time:type_name -> google.protobuf.Timestamp
-	1,  // 16: custody.v1.ListOfficersResponse.officers:type_name -> custody.v1.Officer
-	2,  // 17: custody.v1.ListGrantsResponse.grants:type_name -> custody.v1.Grant
-	3,  // 18: custody.v1.ListBudgetsResponse.budgets:type_name -> custody.v1.Budget
-	4,  // 19: custody.v1.ListDisclosureOrdersResponse.orders:type_name -> custody.v1.DisclosureOrder
-	6,  // 20: custody.v1.GovernanceService.InitCeremony:input_type -> custody.v1.InitCeremonyRequest
-	8,  // 21: custody.v1.GovernanceService.GetCeremonyTranscript:input_type -> custody.v1.GetCeremonyTranscriptRequest
-	9,  // 22: custody.v1.GovernanceService.Propose:input_type -> custody.v1.ProposeRequest
-	10, // 23: custody.v1.GovernanceService.GetProposal:input_type -> custody.v1.GetProposalRequest
-	11, // 24: custody.v1.GovernanceService.ListProposals:input_type -> custody.v1.ListProposalsRequest
-	13, // 25: custody.v1.GovernanceService.Approve:input_type -> custody.v1.ApproveRequest
-	14, // 26: custody.v1.GovernanceService.Veto:input_type -> custody.v1.VetoRequest
-	16, // 27: custody.v1.GovernanceService.ListOfficers:input_type -> custody.v1.ListOfficersRequest
-	18, // 28: custody.v1.GovernanceService.ListGrants:input_type -> custody.v1.ListGrantsRequest
-	20, // 29: custody.v1.GovernanceService.ListBudgets:input_type -> custody.v1.ListBudgetsRequest
-	22, // 30: custody.v1.GovernanceService.ListDisclosureOrders:input_type -> custody.v1.ListDisclosureOrdersRequest
-	7,  // 31: custody.v1.GovernanceService.InitCeremony:output_type -> custody.v1.CeremonyTranscript
-	7,  // 32: custody.v1.GovernanceService.GetCeremonyTranscript:output_type -> custody.v1.CeremonyTranscript
-	15, // 33: custody.v1.GovernanceService.Propose:output_type -> custody.v1.ProposalInfo
-	15, // 34: custody.v1.GovernanceService.GetProposal:output_type -> custody.v1.ProposalInfo
-	12, // 35: custody.v1.GovernanceService.ListProposals:output_type -> custody.v1.ListProposalsResponse
-	15, // 36: custody.v1.GovernanceService.Approve:output_type -> custody.v1.ProposalInfo
-	15, // 37: custody.v1.GovernanceService.Veto:output_type -> custody.v1.ProposalInfo
-	17, // 38: custody.v1.GovernanceService.ListOfficers:output_type -> custody.v1.ListOfficersResponse
-	19, // 39: custody.v1.GovernanceService.ListGrants:output_type -> custody.v1.ListGrantsResponse
-	21, // 40: custody.v1.GovernanceService.ListBudgets:output_type -> custody.v1.ListBudgetsResponse
-	23, // 41: custody.v1.GovernanceService.ListDisclosureOrders:output_type -> custody.v1.ListDisclosureOrdersResponse
-	31, // [31:42] is the sub-list for method output_type
-	20, // [20:31] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	27, // 2: custody.v1.Budget.window_end:type_name -> google.protobuf.Timestamp
+	25, // 3: custody.v1.DisclosureOrder.context_match:type_name -> custody.v1.DisclosureOrder.ContextMatchEntry
+	27, // 4: custody.v1.DisclosureOrder.not_after:type_name -> google.protobuf.Timestamp
+	28, // 5: custody.v1.CeremonyKey.purpose:type_name -> custody.v1.KeyPurpose
+	1,  // 6: custody.v1.InitCeremonyRequest.officers:type_name -> custody.v1.Officer
+	5,  // 7: custody.v1.InitCeremonyRequest.keys:type_name -> custody.v1.CeremonyKey
+	2,  // 8: custody.v1.InitCeremonyRequest.grants:type_name -> custody.v1.Grant
+	3,  // 9: custody.v1.InitCeremonyRequest.budgets:type_name -> custody.v1.Budget
+	0,  // 10: custody.v1.ListProposalsRequest.state:type_name -> custody.v1.ProposalState
+	15, // 11: custody.v1.ListProposalsResponse.proposals:type_name -> custody.v1.ProposalInfo
+	0,  // 12: custody.v1.ProposalInfo.state:type_name -> custody.v1.ProposalState
+	27, // 13: custody.v1.ProposalInfo.time_lock_until:type_name -> google.protobuf.Timestamp
+	27, // 14: custody.v1.ProposalInfo.expires:type_name -> google.protobuf.Timestamp
+	27, // 15: custody.v1.ProposalInfo.executed_time:type_name -> google.protobuf.Timestamp
+	27, // 16: custody.v1.ProposalInfo.create_time:type_name -> google.protobuf.Timestamp
+	1,  // 17: custody.v1.ListOfficersResponse.officers:type_name -> custody.v1.Officer
+	2,  // 18: custody.v1.ListGrantsResponse.grants:type_name -> custody.v1.Grant
+	3,  // 19: custody.v1.ListBudgetsResponse.budgets:type_name -> custody.v1.Budget
+	4,  // 20: custody.v1.ListDisclosureOrdersResponse.orders:type_name -> custody.v1.DisclosureOrder
+	6,  // 21: custody.v1.GovernanceService.InitCeremony:input_type -> custody.v1.InitCeremonyRequest
+	8,  // 22: custody.v1.GovernanceService.GetCeremonyTranscript:input_type -> custody.v1.GetCeremonyTranscriptRequest
+	9,  // 23: custody.v1.GovernanceService.Propose:input_type -> custody.v1.ProposeRequest
+	10, // 24: custody.v1.GovernanceService.GetProposal:input_type -> custody.v1.GetProposalRequest
+	11, // 25: custody.v1.GovernanceService.ListProposals:input_type -> custody.v1.ListProposalsRequest
+	13, // 26: custody.v1.GovernanceService.Approve:input_type -> custody.v1.ApproveRequest
+	14, // 27: custody.v1.GovernanceService.Veto:input_type -> custody.v1.VetoRequest
+	16, // 28: custody.v1.GovernanceService.ListOfficers:input_type -> custody.v1.ListOfficersRequest
+	18, // 29: custody.v1.GovernanceService.ListGrants:input_type -> custody.v1.ListGrantsRequest
+	20, // 30: custody.v1.GovernanceService.ListBudgets:input_type -> custody.v1.ListBudgetsRequest
+	22, // 31: custody.v1.GovernanceService.ListDisclosureOrders:input_type -> custody.v1.ListDisclosureOrdersRequest
+	7,  // 32: custody.v1.GovernanceService.InitCeremony:output_type -> custody.v1.CeremonyTranscript
+	7,  // 33: custody.v1.GovernanceService.GetCeremonyTranscript:output_type -> custody.v1.CeremonyTranscript
+	15, // 34: custody.v1.GovernanceService.Propose:output_type -> custody.v1.ProposalInfo
+	15, // 35: custody.v1.GovernanceService.GetProposal:output_type -> custody.v1.ProposalInfo
+	12, // 36: custody.v1.GovernanceService.ListProposals:output_type -> custody.v1.ListProposalsResponse
+	15, // 37: custody.v1.GovernanceService.Approve:output_type -> custody.v1.ProposalInfo
+	15, // 38: custody.v1.GovernanceService.Veto:output_type -> custody.v1.ProposalInfo
+	17, // 39: custody.v1.GovernanceService.ListOfficers:output_type -> custody.v1.ListOfficersResponse
+	19, // 40: custody.v1.GovernanceService.ListGrants:output_type -> custody.v1.ListGrantsResponse
+	21, // 41: custody.v1.GovernanceService.ListBudgets:output_type -> custody.v1.ListBudgetsResponse
+	23, // 42: custody.v1.GovernanceService.ListDisclosureOrders:output_type -> custody.v1.ListDisclosureOrdersResponse
+	32, // [32:43] is the sub-list for method output_type
+	21, // [21:32] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_custody_v1_governance_proto_init() }

@@ -2,11 +2,11 @@
 // source: custody/v1/crypto.proto
 
 /*
-Package custodyv1 is a reverse proxy.
+Package custodyv1gw is a reverse proxy.
 
 It translates gRPC into RESTful JSON APIs.
 */
-package custodyv1
+package custodyv1gw
 
 import (
 	"context"
@@ -14,6 +14,7 @@ import (
 	"io"
 	"net/http"
 
+	extCustodyv1 "github.com/custodyhq/custody/api/custody/v1"
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"github.com/grpc-ecosystem/grpc-gateway/v2/utilities"
 	"google.golang.org/grpc"
@@ -35,9 +36,9 @@ var (
 	_ = metadata.Join
 )
 
-func request_CryptoService_Encrypt_0(ctx context.Context, marshaler runtime.Marshaler, client CryptoServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func request_CryptoService_Encrypt_0(ctx context.Context, marshaler runtime.Marshaler, client extCustodyv1.CryptoServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq EncryptRequest
+		protoReq extCustodyv1.EncryptRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -50,9 +51,9 @@ func request_CryptoService_Encrypt_0(ctx context.Context, marshaler runtime.Mars
 	return msg, metadata, err
 }
 
-func local_request_CryptoService_Encrypt_0(ctx context.Context, marshaler runtime.Marshaler, server CryptoServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func local_request_CryptoService_Encrypt_0(ctx context.Context, marshaler runtime.Marshaler, server extCustodyv1.CryptoServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq EncryptRequest
+		protoReq extCustodyv1.EncryptRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -62,9 +63,9 @@ func local_request_CryptoService_Encrypt_0(ctx context.Context, marshaler runtim
 	return msg, metadata, err
 }
 
-func request_CryptoService_Decrypt_0(ctx context.Context, marshaler runtime.Marshaler, client CryptoServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func request_CryptoService_Decrypt_0(ctx context.Context, marshaler runtime.Marshaler, client extCustodyv1.CryptoServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq DecryptRequest
+		protoReq extCustodyv1.DecryptRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -77,9 +78,9 @@ func request_CryptoService_Decrypt_0(ctx context.Context, marshaler runtime.Mars
 	return msg, metadata, err
 }
 
-func local_request_CryptoService_Decrypt_0(ctx context.Context, marshaler runtime.Marshaler, server CryptoServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func local_request_CryptoService_Decrypt_0(ctx context.Context, marshaler runtime.Marshaler, server extCustodyv1.CryptoServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq DecryptRequest
+		protoReq extCustodyv1.DecryptRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -89,9 +90,9 @@ func local_request_CryptoService_Decrypt_0(ctx context.Context, marshaler runtim
 	return msg, metadata, err
 }
 
-func request_CryptoService_GenerateDataKey_0(ctx context.Context, marshaler runtime.Marshaler, client CryptoServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func request_CryptoService_GenerateDataKey_0(ctx context.Context, marshaler runtime.Marshaler, client extCustodyv1.CryptoServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq GenerateDataKeyRequest
+		protoReq extCustodyv1.GenerateDataKeyRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -104,9 +105,9 @@ func request_CryptoService_GenerateDataKey_0(ctx context.Context, marshaler runt
 	return msg, metadata, err
 }
 
-func local_request_CryptoService_GenerateDataKey_0(ctx context.Context, marshaler runtime.Marshaler, server CryptoServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func local_request_CryptoService_GenerateDataKey_0(ctx context.Context, marshaler runtime.Marshaler, server extCustodyv1.CryptoServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq GenerateDataKeyRequest
+		protoReq extCustodyv1.GenerateDataKeyRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -116,9 +117,9 @@ func local_request_CryptoService_GenerateDataKey_0(ctx context.Context, marshale
 	return msg, metadata, err
 }
 
-func request_CryptoService_Unwrap_0(ctx context.Context, marshaler runtime.Marshaler, client CryptoServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func request_CryptoService_Unwrap_0(ctx context.Context, marshaler runtime.Marshaler, client extCustodyv1.CryptoServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq UnwrapRequest
+		protoReq extCustodyv1.UnwrapRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -131,9 +132,9 @@ func request_CryptoService_Unwrap_0(ctx context.Context, marshaler runtime.Marsh
 	return msg, metadata, err
 }
 
-func local_request_CryptoService_Unwrap_0(ctx context.Context, marshaler runtime.Marshaler, server CryptoServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func local_request_CryptoService_Unwrap_0(ctx context.Context, marshaler runtime.Marshaler, server extCustodyv1.CryptoServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq UnwrapRequest
+		protoReq extCustodyv1.UnwrapRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -143,9 +144,9 @@ func local_request_CryptoService_Unwrap_0(ctx context.Context, marshaler runtime
 	return msg, metadata, err
 }
 
-func request_CryptoService_Rewrap_0(ctx context.Context, marshaler runtime.Marshaler, client CryptoServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func request_CryptoService_Rewrap_0(ctx context.Context, marshaler runtime.Marshaler, client extCustodyv1.CryptoServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq RewrapRequest
+		protoReq extCustodyv1.RewrapRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -158,9 +159,9 @@ func request_CryptoService_Rewrap_0(ctx context.Context, marshaler runtime.Marsh
 	return msg, metadata, err
 }
 
-func local_request_CryptoService_Rewrap_0(ctx context.Context, marshaler runtime.Marshaler, server CryptoServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func local_request_CryptoService_Rewrap_0(ctx context.Context, marshaler runtime.Marshaler, server extCustodyv1.CryptoServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq RewrapRequest
+		protoReq extCustodyv1.RewrapRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -170,9 +171,9 @@ func local_request_CryptoService_Rewrap_0(ctx context.Context, marshaler runtime
 	return msg, metadata, err
 }
 
-func request_CryptoService_Sign_0(ctx context.Context, marshaler runtime.Marshaler, client CryptoServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func request_CryptoService_Sign_0(ctx context.Context, marshaler runtime.Marshaler, client extCustodyv1.CryptoServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq SignRequest
+		protoReq extCustodyv1.SignRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -185,9 +186,9 @@ func request_CryptoService_Sign_0(ctx context.Context, marshaler runtime.Marshal
 	return msg, metadata, err
 }
 
-func local_request_CryptoService_Sign_0(ctx context.Context, marshaler runtime.Marshaler, server CryptoServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func local_request_CryptoService_Sign_0(ctx context.Context, marshaler runtime.Marshaler, server extCustodyv1.CryptoServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq SignRequest
+		protoReq extCustodyv1.SignRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -197,9 +198,9 @@ func local_request_CryptoService_Sign_0(ctx context.Context, marshaler runtime.M
 	return msg, metadata, err
 }
 
-func request_CryptoService_Verify_0(ctx context.Context, marshaler runtime.Marshaler, client CryptoServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func request_CryptoService_Verify_0(ctx context.Context, marshaler runtime.Marshaler, client extCustodyv1.CryptoServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq VerifyRequest
+		protoReq extCustodyv1.VerifyRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -212,9 +213,9 @@ func request_CryptoService_Verify_0(ctx context.Context, marshaler runtime.Marsh
 	return msg, metadata, err
 }
 
-func local_request_CryptoService_Verify_0(ctx context.Context, marshaler runtime.Marshaler, server CryptoServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func local_request_CryptoService_Verify_0(ctx context.Context, marshaler runtime.Marshaler, server extCustodyv1.CryptoServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq VerifyRequest
+		protoReq extCustodyv1.VerifyRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -224,9 +225,9 @@ func local_request_CryptoService_Verify_0(ctx context.Context, marshaler runtime
 	return msg, metadata, err
 }
 
-func request_CryptoService_GetPublicKey_0(ctx context.Context, marshaler runtime.Marshaler, client CryptoServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func request_CryptoService_GetPublicKey_0(ctx context.Context, marshaler runtime.Marshaler, client extCustodyv1.CryptoServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq GetPublicKeyRequest
+		protoReq extCustodyv1.GetPublicKeyRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -239,9 +240,9 @@ func request_CryptoService_GetPublicKey_0(ctx context.Context, marshaler runtime
 	return msg, metadata, err
 }
 
-func local_request_CryptoService_GetPublicKey_0(ctx context.Context, marshaler runtime.Marshaler, server CryptoServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func local_request_CryptoService_GetPublicKey_0(ctx context.Context, marshaler runtime.Marshaler, server extCustodyv1.CryptoServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq GetPublicKeyRequest
+		protoReq extCustodyv1.GetPublicKeyRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -251,9 +252,9 @@ func local_request_CryptoService_GetPublicKey_0(ctx context.Context, marshaler r
 	return msg, metadata, err
 }
 
-func request_CryptoService_Mac_0(ctx context.Context, marshaler runtime.Marshaler, client CryptoServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func request_CryptoService_Mac_0(ctx context.Context, marshaler runtime.Marshaler, client extCustodyv1.CryptoServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq MacRequest
+		protoReq extCustodyv1.MacRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -266,9 +267,9 @@ func request_CryptoService_Mac_0(ctx context.Context, marshaler runtime.Marshale
 	return msg, metadata, err
 }
 
-func local_request_CryptoService_Mac_0(ctx context.Context, marshaler runtime.Marshaler, server CryptoServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func local_request_CryptoService_Mac_0(ctx context.Context, marshaler runtime.Marshaler, server extCustodyv1.CryptoServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq MacRequest
+		protoReq extCustodyv1.MacRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -278,9 +279,9 @@ func local_request_CryptoService_Mac_0(ctx context.Context, marshaler runtime.Ma
 	return msg, metadata, err
 }
 
-func request_CryptoService_VerifyMac_0(ctx context.Context, marshaler runtime.Marshaler, client CryptoServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func request_CryptoService_VerifyMac_0(ctx context.Context, marshaler runtime.Marshaler, client extCustodyv1.CryptoServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq VerifyMacRequest
+		protoReq extCustodyv1.VerifyMacRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -293,9 +294,9 @@ func request_CryptoService_VerifyMac_0(ctx context.Context, marshaler runtime.Ma
 	return msg, metadata, err
 }
 
-func local_request_CryptoService_VerifyMac_0(ctx context.Context, marshaler runtime.Marshaler, server CryptoServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func local_request_CryptoService_VerifyMac_0(ctx context.Context, marshaler runtime.Marshaler, server extCustodyv1.CryptoServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq VerifyMacRequest
+		protoReq extCustodyv1.VerifyMacRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -305,9 +306,9 @@ func local_request_CryptoService_VerifyMac_0(ctx context.Context, marshaler runt
 	return msg, metadata, err
 }
 
-func request_CryptoService_BatchEncrypt_0(ctx context.Context, marshaler runtime.Marshaler, client CryptoServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func request_CryptoService_BatchEncrypt_0(ctx context.Context, marshaler runtime.Marshaler, client extCustodyv1.CryptoServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq BatchEncryptRequest
+		protoReq extCustodyv1.BatchEncryptRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -320,9 +321,9 @@ func request_CryptoService_BatchEncrypt_0(ctx context.Context, marshaler runtime
 	return msg, metadata, err
 }
 
-func local_request_CryptoService_BatchEncrypt_0(ctx context.Context, marshaler runtime.Marshaler, server CryptoServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func local_request_CryptoService_BatchEncrypt_0(ctx context.Context, marshaler runtime.Marshaler, server extCustodyv1.CryptoServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq BatchEncryptRequest
+		protoReq extCustodyv1.BatchEncryptRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -332,9 +333,9 @@ func local_request_CryptoService_BatchEncrypt_0(ctx context.Context, marshaler r
 	return msg, metadata, err
 }
 
-func request_CryptoService_BatchDecrypt_0(ctx context.Context, marshaler runtime.Marshaler, client CryptoServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func request_CryptoService_BatchDecrypt_0(ctx context.Context, marshaler runtime.Marshaler, client extCustodyv1.CryptoServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq BatchDecryptRequest
+		protoReq extCustodyv1.BatchDecryptRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -347,9 +348,9 @@ func request_CryptoService_BatchDecrypt_0(ctx context.Context, marshaler runtime
 	return msg, metadata, err
 }
 
-func local_request_CryptoService_BatchDecrypt_0(ctx context.Context, marshaler runtime.Marshaler, server CryptoServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func local_request_CryptoService_BatchDecrypt_0(ctx context.Context, marshaler runtime.Marshaler, server extCustodyv1.CryptoServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq BatchDecryptRequest
+		protoReq extCustodyv1.BatchDecryptRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -359,9 +360,9 @@ func local_request_CryptoService_BatchDecrypt_0(ctx context.Context, marshaler r
 	return msg, metadata, err
 }
 
-func request_CryptoService_BatchUnwrap_0(ctx context.Context, marshaler runtime.Marshaler, client CryptoServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func request_CryptoService_BatchUnwrap_0(ctx context.Context, marshaler runtime.Marshaler, client extCustodyv1.CryptoServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq BatchUnwrapRequest
+		protoReq extCustodyv1.BatchUnwrapRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -374,9 +375,9 @@ func request_CryptoService_BatchUnwrap_0(ctx context.Context, marshaler runtime.
 	return msg, metadata, err
 }
 
-func local_request_CryptoService_BatchUnwrap_0(ctx context.Context, marshaler runtime.Marshaler, server CryptoServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func local_request_CryptoService_BatchUnwrap_0(ctx context.Context, marshaler runtime.Marshaler, server extCustodyv1.CryptoServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq BatchUnwrapRequest
+		protoReq extCustodyv1.BatchUnwrapRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -391,7 +392,7 @@ func local_request_CryptoService_BatchUnwrap_0(ctx context.Context, marshaler ru
 // StreamingRPC :currently unsupported pending https://github.com/grpc/grpc-go/issues/906.
 // Note that using this registration option will cause many gRPC library features to stop working. Consider using RegisterCryptoServiceHandlerFromEndpoint instead.
 // GRPC interceptors will not work for this type of registration. To use interceptors, you must use the "runtime.WithMiddlewares" option in the "runtime.NewServeMux" call.
-func RegisterCryptoServiceHandlerServer(ctx context.Context, mux *runtime.ServeMux, server CryptoServiceServer) error {
+func RegisterCryptoServiceHandlerServer(ctx context.Context, mux *runtime.ServeMux, server extCustodyv1.CryptoServiceServer) error {
 	mux.Handle(http.MethodPost, pattern_CryptoService_Encrypt_0, func(w http.ResponseWriter, req *http.Request, pathParams map[string]string) {
 		ctx, cancel := context.WithCancel(req.Context())
 		defer cancel()
@@ -683,15 +684,15 @@ func RegisterCryptoServiceHandlerFromEndpoint(ctx context.Context, mux *runtime.
 // RegisterCryptoServiceHandler registers the http handlers for service CryptoService to "mux".
 // The handlers forward requests to the grpc endpoint over "conn".
 func RegisterCryptoServiceHandler(ctx context.Context, mux *runtime.ServeMux, conn *grpc.ClientConn) error {
-	return RegisterCryptoServiceHandlerClient(ctx, mux, NewCryptoServiceClient(conn))
+	return RegisterCryptoServiceHandlerClient(ctx, mux, extCustodyv1.NewCryptoServiceClient(conn))
 }
 
 // RegisterCryptoServiceHandlerClient registers the http handlers for service CryptoService
-// to "mux". The handlers forward requests to the grpc endpoint over the given implementation of "CryptoServiceClient".
-// Note: the gRPC framework executes interceptors within the gRPC handler. If the passed in "CryptoServiceClient"
+// to "mux". The handlers forward requests to the grpc endpoint over the given implementation of "extCustodyv1.CryptoServiceClient".
+// Note: the gRPC framework executes interceptors within the gRPC handler. If the passed in "extCustodyv1.CryptoServiceClient"
 // doesn't go through the normal gRPC flow (creating a gRPC client etc.) then it will be up to the passed in
-// "CryptoServiceClient" to call the correct interceptors. This client ignores the HTTP middlewares.
-func RegisterCryptoServiceHandlerClient(ctx context.Context, mux *runtime.ServeMux, client CryptoServiceClient) error {
+// "extCustodyv1.CryptoServiceClient" to call the correct interceptors. This client ignores the HTTP middlewares.
+func RegisterCryptoServiceHandlerClient(ctx context.Context, mux *runtime.ServeMux, client extCustodyv1.CryptoServiceClient) error {
 	mux.Handle(http.MethodPost, pattern_CryptoService_Encrypt_0, func(w http.ResponseWriter, req *http.Request, pathParams map[string]string) {
 		ctx, cancel := context.WithCancel(req.Context())
 		defer cancel()

@@ -2,11 +2,11 @@
 // source: custody/v1/keys.proto
 
 /*
-Package custodyv1 is a reverse proxy.
+Package custodyv1gw is a reverse proxy.
 
 It translates gRPC into RESTful JSON APIs.
 */
-package custodyv1
+package custodyv1gw
 
 import (
 	"context"
@@ -14,6 +14,7 @@ import (
 	"io"
 	"net/http"
 
+	extCustodyv1 "github.com/custodyhq/custody/api/custody/v1"
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"github.com/grpc-ecosystem/grpc-gateway/v2/utilities"
 	"google.golang.org/grpc"
@@ -35,9 +36,9 @@ var (
 	_ = metadata.Join
 )
 
-func request_KeyService_GetKey_0(ctx context.Context, marshaler runtime.Marshaler, client KeyServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func request_KeyService_GetKey_0(ctx context.Context, marshaler runtime.Marshaler, client extCustodyv1.KeyServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq GetKeyRequest
+		protoReq extCustodyv1.GetKeyRequest
 		metadata runtime.ServerMetadata
 		err      error
 	)
@@ -56,9 +57,9 @@ func request_KeyService_GetKey_0(ctx context.Context, marshaler runtime.Marshale
 	return msg, metadata, err
 }
 
-func local_request_KeyService_GetKey_0(ctx context.Context, marshaler runtime.Marshaler, server KeyServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func local_request_KeyService_GetKey_0(ctx context.Context, marshaler runtime.Marshaler, server extCustodyv1.KeyServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq GetKeyRequest
+		protoReq extCustodyv1.GetKeyRequest
 		metadata runtime.ServerMetadata
 		err      error
 	)
@@ -76,9 +77,9 @@ func local_request_KeyService_GetKey_0(ctx context.Context, marshaler runtime.Ma
 
 var filter_KeyService_ListKeys_0 = &utilities.DoubleArray{Encoding: map[string]int{}, Base: []int(nil), Check: []int(nil)}
 
-func request_KeyService_ListKeys_0(ctx context.Context, marshaler runtime.Marshaler, client KeyServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func request_KeyService_ListKeys_0(ctx context.Context, marshaler runtime.Marshaler, client extCustodyv1.KeyServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq ListKeysRequest
+		protoReq extCustodyv1.ListKeysRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := req.ParseForm(); err != nil {
@@ -94,9 +95,9 @@ func request_KeyService_ListKeys_0(ctx context.Context, marshaler runtime.Marsha
 	return msg, metadata, err
 }
 
-func local_request_KeyService_ListKeys_0(ctx context.Context, marshaler runtime.Marshaler, server KeyServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func local_request_KeyService_ListKeys_0(ctx context.Context, marshaler runtime.Marshaler, server extCustodyv1.KeyServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq ListKeysRequest
+		protoReq extCustodyv1.ListKeysRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := req.ParseForm(); err != nil {
@@ -114,7 +115,7 @@ func local_request_KeyService_ListKeys_0(ctx context.Context, marshaler runtime.
 // StreamingRPC :currently unsupported pending https://github.com/grpc/grpc-go/issues/906.
 // Note that using this registration option will cause many gRPC library features to stop working. Consider using RegisterKeyServiceHandlerFromEndpoint instead.
 // GRPC interceptors will not work for this type of registration. To use interceptors, you must use the "runtime.WithMiddlewares" option in the "runtime.NewServeMux" call.
-func RegisterKeyServiceHandlerServer(ctx context.Context, mux *runtime.ServeMux, server KeyServiceServer) error {
+func RegisterKeyServiceHandlerServer(ctx context.Context, mux *runtime.ServeMux, server extCustodyv1.KeyServiceServer) error {
 	mux.Handle(http.MethodGet, pattern_KeyService_GetKey_0, func(w http.ResponseWriter, req *http.Request, pathParams map[string]string) {
 		ctx, cancel := context.WithCancel(req.Context())
 		defer cancel()
@@ -186,15 +187,15 @@ func RegisterKeyServiceHandlerFromEndpoint(ctx context.Context, mux *runtime.Ser
 // RegisterKeyServiceHandler registers the http handlers for service KeyService to "mux".
 // The handlers forward requests to the grpc endpoint over "conn".
 func RegisterKeyServiceHandler(ctx context.Context, mux *runtime.ServeMux, conn *grpc.ClientConn) error {
-	return RegisterKeyServiceHandlerClient(ctx, mux, NewKeyServiceClient(conn))
+	return RegisterKeyServiceHandlerClient(ctx, mux, extCustodyv1.NewKeyServiceClient(conn))
 }
 
 // RegisterKeyServiceHandlerClient registers the http handlers for service KeyService
-// to "mux". The handlers forward requests to the grpc endpoint over the given implementation of "KeyServiceClient".
-// Note: the gRPC framework executes interceptors within the gRPC handler. If the passed in "KeyServiceClient"
+// to "mux". The handlers forward requests to the grpc endpoint over the given implementation of "extCustodyv1.KeyServiceClient".
+// Note: the gRPC framework executes interceptors within the gRPC handler. If the passed in "extCustodyv1.KeyServiceClient"
 // doesn't go through the normal gRPC flow (creating a gRPC client etc.) then it will be up to the passed in
-// "KeyServiceClient" to call the correct interceptors. This client ignores the HTTP middlewares.
-func RegisterKeyServiceHandlerClient(ctx context.Context, mux *runtime.ServeMux, client KeyServiceClient) error {
+// "extCustodyv1.KeyServiceClient" to call the correct interceptors. This client ignores the HTTP middlewares.
+func RegisterKeyServiceHandlerClient(ctx context.Context, mux *runtime.ServeMux, client extCustodyv1.KeyServiceClient) error {
 	mux.Handle(http.MethodGet, pattern_KeyService_GetKey_0, func(w http.ResponseWriter, req *http.Request, pathParams map[string]string) {
 		ctx, cancel := context.WithCancel(req.Context())
 		defer cancel()

@@ -2,11 +2,11 @@
 // source: custody/v1/datakeys.proto
 
 /*
-Package custodyv1 is a reverse proxy.
+Package custodyv1gw is a reverse proxy.
 
 It translates gRPC into RESTful JSON APIs.
 */
-package custodyv1
+package custodyv1gw
 
 import (
 	"context"
@@ -14,6 +14,7 @@ import (
 	"io"
 	"net/http"
 
+	extCustodyv1 "github.com/custodyhq/custody/api/custody/v1"
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"github.com/grpc-ecosystem/grpc-gateway/v2/utilities"
 	"google.golang.org/grpc"
@@ -35,9 +36,9 @@ var (
 	_ = metadata.Join
 )
 
-func request_DataKeyService_StoreDataKey_0(ctx context.Context, marshaler runtime.Marshaler, client DataKeyServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func request_DataKeyService_StoreDataKey_0(ctx context.Context, marshaler runtime.Marshaler, client extCustodyv1.DataKeyServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq StoreDataKeyRequest
+		protoReq extCustodyv1.StoreDataKeyRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -50,9 +51,9 @@ func request_DataKeyService_StoreDataKey_0(ctx context.Context, marshaler runtim
 	return msg, metadata, err
 }
 
-func local_request_DataKeyService_StoreDataKey_0(ctx context.Context, marshaler runtime.Marshaler, server DataKeyServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func local_request_DataKeyService_StoreDataKey_0(ctx context.Context, marshaler runtime.Marshaler, server extCustodyv1.DataKeyServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq StoreDataKeyRequest
+		protoReq extCustodyv1.StoreDataKeyRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -62,9 +63,9 @@ func local_request_DataKeyService_StoreDataKey_0(ctx context.Context, marshaler 
 	return msg, metadata, err
 }
 
-func request_DataKeyService_FetchDataKey_0(ctx context.Context, marshaler runtime.Marshaler, client DataKeyServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func request_DataKeyService_FetchDataKey_0(ctx context.Context, marshaler runtime.Marshaler, client extCustodyv1.DataKeyServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq FetchDataKeyRequest
+		protoReq extCustodyv1.FetchDataKeyRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -77,9 +78,9 @@ func request_DataKeyService_FetchDataKey_0(ctx context.Context, marshaler runtim
 	return msg, metadata, err
 }
 
-func local_request_DataKeyService_FetchDataKey_0(ctx context.Context, marshaler runtime.Marshaler, server DataKeyServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func local_request_DataKeyService_FetchDataKey_0(ctx context.Context, marshaler runtime.Marshaler, server extCustodyv1.DataKeyServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq FetchDataKeyRequest
+		protoReq extCustodyv1.FetchDataKeyRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -89,9 +90,9 @@ func local_request_DataKeyService_FetchDataKey_0(ctx context.Context, marshaler 
 	return msg, metadata, err
 }
 
-func request_DataKeyService_ListDataKeyIds_0(ctx context.Context, marshaler runtime.Marshaler, client DataKeyServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func request_DataKeyService_ListDataKeyIds_0(ctx context.Context, marshaler runtime.Marshaler, client extCustodyv1.DataKeyServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq ListDataKeyIdsRequest
+		protoReq extCustodyv1.ListDataKeyIdsRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -104,9 +105,9 @@ func request_DataKeyService_ListDataKeyIds_0(ctx context.Context, marshaler runt
 	return msg, metadata, err
 }
 
-func local_request_DataKeyService_ListDataKeyIds_0(ctx context.Context, marshaler runtime.Marshaler, server DataKeyServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func local_request_DataKeyService_ListDataKeyIds_0(ctx context.Context, marshaler runtime.Marshaler, server extCustodyv1.DataKeyServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq ListDataKeyIdsRequest
+		protoReq extCustodyv1.ListDataKeyIdsRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -116,9 +117,9 @@ func local_request_DataKeyService_ListDataKeyIds_0(ctx context.Context, marshale
 	return msg, metadata, err
 }
 
-func request_DataKeyService_DeleteDataKey_0(ctx context.Context, marshaler runtime.Marshaler, client DataKeyServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func request_DataKeyService_DeleteDataKey_0(ctx context.Context, marshaler runtime.Marshaler, client extCustodyv1.DataKeyServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq DeleteDataKeyRequest
+		protoReq extCustodyv1.DeleteDataKeyRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -131,9 +132,9 @@ func request_DataKeyService_DeleteDataKey_0(ctx context.Context, marshaler runti
 	return msg, metadata, err
 }
 
-func local_request_DataKeyService_DeleteDataKey_0(ctx context.Context, marshaler runtime.Marshaler, server DataKeyServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func local_request_DataKeyService_DeleteDataKey_0(ctx context.Context, marshaler runtime.Marshaler, server extCustodyv1.DataKeyServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq DeleteDataKeyRequest
+		protoReq extCustodyv1.DeleteDataKeyRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -148,7 +149,7 @@ func local_request_DataKeyService_DeleteDataKey_0(ctx context.Context, marshaler
 // StreamingRPC :currently unsupported pending https://github.com/grpc/grpc-go/issues/906.
 // Note that using this registration option will cause many gRPC library features to stop working. Consider using RegisterDataKeyServiceHandlerFromEndpoint instead.
 // GRPC interceptors will not work for this type of registration. To use interceptors, you must use the "runtime.WithMiddlewares" option in the "runtime.NewServeMux" call.
-func RegisterDataKeyServiceHandlerServer(ctx context.Context, mux *runtime.ServeMux, server DataKeyServiceServer) error {
+func RegisterDataKeyServiceHandlerServer(ctx context.Context, mux *runtime.ServeMux, server extCustodyv1.DataKeyServiceServer) error {
 	mux.Handle(http.MethodPost, pattern_DataKeyService_StoreDataKey_0, func(w http.ResponseWriter, req *http.Request, pathParams map[string]string) {
 		ctx, cancel := context.WithCancel(req.Context())
 		defer cancel()
@@ -260,15 +261,15 @@ func RegisterDataKeyServiceHandlerFromEndpoint(ctx context.Context, mux *runtime
 // RegisterDataKeyServiceHandler registers the http handlers for service DataKeyService to "mux".
 // The handlers forward requests to the grpc endpoint over "conn".
 func RegisterDataKeyServiceHandler(ctx context.Context, mux *runtime.ServeMux, conn *grpc.ClientConn) error {
-	return RegisterDataKeyServiceHandlerClient(ctx, mux, NewDataKeyServiceClient(conn))
+	return RegisterDataKeyServiceHandlerClient(ctx, mux, extCustodyv1.NewDataKeyServiceClient(conn))
 }
 
 // RegisterDataKeyServiceHandlerClient registers the http handlers for service DataKeyService
-// to "mux". The handlers forward requests to the grpc endpoint over the given implementation of "DataKeyServiceClient".
-// Note: the gRPC framework executes interceptors within the gRPC handler. If the passed in "DataKeyServiceClient"
+// to "mux". The handlers forward requests to the grpc endpoint over the given implementation of "extCustodyv1.DataKeyServiceClient".
+// Note: the gRPC framework executes interceptors within the gRPC handler. If the passed in "extCustodyv1.DataKeyServiceClient"
 // doesn't go through the normal gRPC flow (creating a gRPC client etc.) then it will be up to the passed in
-// "DataKeyServiceClient" to call the correct interceptors. This client ignores the HTTP middlewares.
-func RegisterDataKeyServiceHandlerClient(ctx context.Context, mux *runtime.ServeMux, client DataKeyServiceClient) error {
+// "extCustodyv1.DataKeyServiceClient" to call the correct interceptors. This client ignores the HTTP middlewares.
+func RegisterDataKeyServiceHandlerClient(ctx context.Context, mux *runtime.ServeMux, client extCustodyv1.DataKeyServiceClient) error {
 	mux.Handle(http.MethodPost, pattern_DataKeyService_StoreDataKey_0, func(w http.ResponseWriter, req *http.Request, pathParams map[string]string) {
 		ctx, cancel := context.WithCancel(req.Context())
 		defer cancel()
