@@ -222,6 +222,7 @@ const (
 	// MaxIdentityLen bounds identities (a URI SAN or "spki:" + hex).
 	MaxIdentityLen = 1024
 )
+
 // CheckUsable refuses a grant that could be stored but never used as
 // meant: datakey or unwrap with neither AllowPlaintext nor RecipientKeys
 // can make and store wrapped data keys, but no data key ever comes back
@@ -246,7 +247,6 @@ func (g Grant) CheckUsable() error {
 		"add recipient_keys (the relay's RSA public key, for key transport) or allow_plaintext: true",
 		ErrUnusableGrant, g.ID, strings.Join(ops, " and "), g.Key)
 }
-
 
 // Spec is the serialisable form of a Policy.
 type Spec struct {
