@@ -18,8 +18,9 @@ import (
 type Config struct {
 	// URI is an RFC 7512 PKCS#11 URI naming the module and the token.
 	URI string
-	// PIN is the user PIN. The module keeps a copy to log in again after
-	// recovery and never prints it.
+	// PIN is the user PIN. The module keeps a masked copy in locked memory
+	// to log in again after recovery (login.go) and never prints it; the
+	// caller clears its own copy.
 	PIN []byte
 	// MaxSessions bounds the sessions open at once (one per in-flight
 	// operation). 0 means 32, capped by the token's own limit.
@@ -76,7 +77,7 @@ type Stats struct {
 // process at a time: C_Finalize (Close, recovery) ends every user of it.
 type Module struct {
 	uri        URI
-	pin        []byte
+	pin        *pinVault
 	log        *slog.Logger
 	max        int
 	backoffMax time.Duration
@@ -126,9 +127,13 @@ func Open(ctx context.Context, cfg Config) (*Module, error) {
 	if _, err := os.Stat(u.ModulePath); err != nil {
 		return nil, fmt.Errorf("%w: pkcs11 module %q: %v", ErrUnavailable, u.ModulePath, errors.Unwrap(err))
 	}
+	pin, err := newPINVault(cfg.PIN)
+	if err != nil {
+		return nil, err
+	}
 	m := &Module{
 		uri:        u,
-		pin:        append([]byte(nil), cfg.PIN...),
+		pin:        pin,
 		log:        cfg.Logger,
 		max:        cfg.MaxSessions,
 		backoffMax: cfg.RecoveryBackoffMax,
@@ -146,12 +151,14 @@ func Open(ctx context.Context, cfg Config) (*Module, error) {
 		m.backoffMax = 2 * time.Second
 	}
 	if err := ctx.Err(); err != nil {
+		pin.destroy()
 		return nil, err
 	}
 	m.mu.Lock()
 	err = m.initLocked()
 	m.mu.Unlock()
 	if err != nil {
+		pin.destroy()
 		return nil, err
 	}
 	m.sem = make(chan struct{}, m.max)
@@ -194,15 +201,13 @@ func (m *Module) initLocked() error {
 		_ = m.p.Finalize()
 		return mapErr("open session", err)
 	}
-	if err := m.p.Login(sh, pkcs11.CKU_USER, string(m.pin)); err != nil {
-		if code, _ := rv(err); code != pkcs11.CKR_USER_ALREADY_LOGGED_IN {
-			_ = m.p.CloseSession(sh)
-			_ = m.p.Finalize()
-			if errors.Is(mapErr("", err), ErrLogin) {
-				return fmt.Errorf("%w: token %q refused the PIN (%v); not retried", ErrLogin, m.tokenName(), err)
-			}
-			return mapErr("login", err)
+	if err := m.loginLocked(sh); err != nil {
+		_ = m.p.CloseSession(sh)
+		_ = m.p.Finalize()
+		if errors.Is(mapErr("", err), ErrLogin) {
+			return fmt.Errorf("%w: token %q refused the PIN (%v); not retried", ErrLogin, m.tokenName(), err)
 		}
+		return mapErr("login", err)
 	}
 	m.pinned = sh
 	m.gen++
@@ -267,6 +272,7 @@ func (m *Module) Close() error {
 		m.state.Store(int32(StateClosed))
 		m.mu.Lock()
 		defer m.mu.Unlock()
+		defer m.pin.destroy()
 		if m.p == nil {
 			return
 		}
@@ -278,9 +284,6 @@ func (m *Module) Close() error {
 		}
 		m.p.Destroy()
 		m.p = nil
-		for i := range m.pin {
-			m.pin[i] = 0
-		}
 	})
 	return err
 }

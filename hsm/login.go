@@ -1,0 +1,159 @@
+package hsm
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	"sync"
+	"unsafe"
+
+	"github.com/miekg/pkcs11"
+
+	"github.com/custodyhq/custody/internal/secmem"
+)
+
+// Re-login design. A module must log in again after every re-initialisation
+// (token loss and recovery, module recycling) without asking the officers
+// each time, so it keeps the PIN — but never in plain form on the Go heap:
+// pinVault holds it masked (XOR with a random pad of its own length) in one
+// locked mapping outside the Go heap, excluded from core dumps, and unmasks
+// it into a scratch area of that mapping only for the duration of one
+// C_Login or C_SetPIN call. The mask is not a defence against root reading
+// the memory of the running process (pad and mask sit side by side, as they
+// must for an unattended re-login); it keeps the PIN out of heap dumps,
+// swap, core files and any accidental copy, and it is wiped by Close.
+// docs/threat-model.md ("Sealed start") records the choice and the
+// alternative (going back to sealed after every recovery).
+type pinVault struct {
+	mu  sync.Mutex
+	buf *secmem.Buffer // pad | masked | scratch, n bytes each
+	n   int
+}
+
+func newPINVault(pin []byte) (*pinVault, error) {
+	v := &pinVault{}
+	return v, v.replace(pin)
+}
+
+// replace keeps pin (copied; the caller still clears its own copy).
+func (v *pinVault) replace(pin []byte) error {
+	if len(pin) == 0 {
+		return fmt.Errorf("%w: empty PIN", ErrLogin)
+	}
+	buf, err := secmem.New(3 * len(pin))
+	if err != nil {
+		return fmt.Errorf("%w: keep PIN: %w", ErrUnavailable, err)
+	}
+	b := buf.Bytes()
+	n := len(pin)
+	if _, err := rand.Read(b[:n]); err != nil {
+		buf.Destroy()
+		return fmt.Errorf("%w: keep PIN: %w", ErrUnavailable, err)
+	}
+	for i := range n {
+		b[n+i] = pin[i] ^ b[i]
+	}
+	v.mu.Lock()
+	old := v.buf
+	v.buf, v.n = buf, n
+	v.mu.Unlock()
+	old.Destroy()
+	return nil
+}
+
+// use unmasks the PIN into the scratch area, runs fn with a string that
+// aliases it (no copy on the Go heap), and zeroes the scratch area.
+func (v *pinVault) use(fn func(pin string) error) error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.buf == nil || v.n == 0 {
+		return fmt.Errorf("%w: no PIN kept", ErrLogin)
+	}
+	b := v.buf.Bytes()
+	n := v.n
+	scratch := b[2*n : 3*n]
+	for i := range n {
+		scratch[i] = b[i] ^ b[n+i]
+	}
+	defer clear(scratch)
+	return fn(unsafe.String(&scratch[0], n))
+}
+
+// locked reports whether the PIN's pages are locked out of swap.
+func (v *pinVault) locked() bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.buf.Locked()
+}
+
+func (v *pinVault) destroy() {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.buf.Destroy()
+	v.buf, v.n = nil, 0
+}
+
+// loginLocked logs the user in on session sh with the kept PIN. It is the
+// only place this package calls C_Login: Open, recovery after the token
+// went away and any re-initialisation (module recycling) all come here
+// through initLocked. CKR_USER_ALREADY_LOGGED_IN is success (one login
+// serves the process); a refused PIN is reported as ErrLogin by the caller
+// and never retried. Caller holds mu for writing.
+func (m *Module) loginLocked(sh pkcs11.SessionHandle) error {
+	err := m.pin.use(func(pin string) error { return m.p.Login(sh, pkcs11.CKU_USER, pin) })
+	if code, _ := rv(err); code == pkcs11.CKR_USER_ALREADY_LOGGED_IN {
+		return nil
+	}
+	return err
+}
+
+// ChangePIN replaces the token's user PIN with newPIN (C_SetPIN from the
+// PIN this module logged in with) and keeps newPIN for later re-logins.
+// newPIN is copied; the caller clears its own copy. On failure the token and
+// the kept PIN are unchanged, unless the token itself reports otherwise.
+func (m *Module) ChangePIN(ctx context.Context, newPIN []byte) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if len(newPIN) == 0 {
+		return fmt.Errorf("%w: empty new PIN", ErrInvalidInput)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if st := m.State(); st == StateUnavailable || st == StateClosed || m.p == nil {
+		return m.unavailable()
+	}
+	err := m.pin.use(func(old string) error {
+		return m.p.SetPIN(m.pinned, old, unsafe.String(&newPIN[0], len(newPIN)))
+	})
+	if err != nil {
+		return mapErr("set pin", err)
+	}
+	if err := m.pin.replace(newPIN); err != nil {
+		// The token has the new PIN but this process could not keep it:
+		// recovery would not be able to log in again.
+		return fmt.Errorf("pin changed on the token but not kept for re-login: %w", err)
+	}
+	return nil
+}
+
+// PINLengths reports the shortest and longest user PIN the token accepts
+// (CK_TOKEN_INFO ulMinPinLen/ulMaxPinLen).
+func (m *Module) PINLengths(ctx context.Context) (minLen, maxLen int, err error) {
+	if err := ctx.Err(); err != nil {
+		return 0, 0, err
+	}
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	if m.p == nil {
+		return 0, 0, m.unavailable()
+	}
+	ti, err := m.p.GetTokenInfo(m.slot)
+	if err != nil {
+		return 0, 0, mapErr("token info", err)
+	}
+	return int(ti.MinPinLen), int(ti.MaxPinLen), nil
+}
+
+// PINLocked reports whether the kept PIN's pages are locked out of swap.
+func (m *Module) PINLocked() bool { return m.pin.locked() }
