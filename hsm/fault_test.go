@@ -31,9 +31,11 @@ func TestTokenRemovedFailsFastAndRecovers(t *testing.T) {
 func TestSealedTokenRemovedRecoversWithTheKeptPIN(t *testing.T) {
 	m, tok := hsmtest.Open(t)
 	fresh := []byte("sealed-pin-" + time.Now().Format("150405.000000000"))
-	if err := m.ChangePIN(ctxT(t), fresh); err != nil {
+	ch, err := m.ChangePIN(ctxT(t), fresh)
+	if err != nil {
 		t.Fatal(err)
 	}
+	ch.Done()
 	clear(fresh) // nobody but the module has it now
 	tokenRemovedAndRestored(t, m, tok)
 	// The installer's PIN is retired for good.

@@ -107,33 +107,85 @@ func (m *Module) loginLocked(sh pkcs11.SessionHandle) error {
 	return err
 }
 
+// PINChange is a C_SetPIN that can still be undone: until Done or Revert,
+// the module keeps the previous PIN too (masked, locked), so a caller whose
+// next step fails (persisting the shares of the new PIN) can put the token
+// back as it was.
+type PINChange struct {
+	m    *Module
+	prev *pinVault
+}
+
 // ChangePIN replaces the token's user PIN with newPIN (C_SetPIN from the
 // PIN this module logged in with) and keeps newPIN for later re-logins.
 // newPIN is copied; the caller clears its own copy. On failure the token and
-// the kept PIN are unchanged, unless the token itself reports otherwise.
-func (m *Module) ChangePIN(ctx context.Context, newPIN []byte) error {
+// the kept PIN are unchanged. The caller must call Done (keep the new PIN)
+// or Revert (restore the old one) on the result.
+func (m *Module) ChangePIN(ctx context.Context, newPIN []byte) (*PINChange, error) {
 	if err := ctx.Err(); err != nil {
-		return err
+		return nil, err
 	}
 	if len(newPIN) == 0 {
-		return fmt.Errorf("%w: empty new PIN", ErrInvalidInput)
+		return nil, fmt.Errorf("%w: empty new PIN", ErrInvalidInput)
+	}
+	next, err := newPINVault(newPIN)
+	if err != nil {
+		return nil, err
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if st := m.State(); st == StateUnavailable || st == StateClosed || m.p == nil {
+		next.destroy()
+		return nil, m.unavailable()
+	}
+	if err := m.setPINLocked(m.pin, next); err != nil {
+		next.destroy()
+		return nil, err
+	}
+	prev := m.pin
+	m.pin = next
+	return &PINChange{m: m, prev: prev}, nil
+}
+
+// setPINLocked runs C_SetPIN from the PIN in from to the PIN in to, on the
+// pinned session. Caller holds mu for writing.
+func (m *Module) setPINLocked(from, to *pinVault) error {
+	err := from.use(func(old string) error {
+		return to.use(func(nw string) error { return m.p.SetPIN(m.pinned, old, nw) })
+	})
+	return mapErr("set pin", err)
+}
+
+// Done forgets the previous PIN: the change is final.
+func (c *PINChange) Done() {
+	if c == nil || c.prev == nil {
+		return
+	}
+	c.prev.destroy()
+	c.prev = nil
+}
+
+// Revert sets the token's PIN back to the previous one and keeps that for
+// re-login. After Revert (successful or not) the change is settled.
+func (c *PINChange) Revert(ctx context.Context) error {
+	if c == nil || c.prev == nil {
+		return nil
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	m := c.m
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.p == nil {
 		return m.unavailable()
 	}
-	err := m.pin.use(func(old string) error {
-		return m.p.SetPIN(m.pinned, old, unsafe.String(&newPIN[0], len(newPIN)))
-	})
-	if err != nil {
-		return mapErr("set pin", err)
+	if err := m.setPINLocked(m.pin, c.prev); err != nil {
+		return fmt.Errorf("revert pin change: %w", err)
 	}
-	if err := m.pin.replace(newPIN); err != nil {
-		// The token has the new PIN but this process could not keep it:
-		// recovery would not be able to log in again.
-		return fmt.Errorf("pin changed on the token but not kept for re-login: %w", err)
-	}
+	cur := m.pin
+	m.pin, c.prev = c.prev, nil
+	cur.destroy()
 	return nil
 }
 
@@ -156,4 +208,8 @@ func (m *Module) PINLengths(ctx context.Context) (minLen, maxLen int, err error)
 }
 
 // PINLocked reports whether the kept PIN's pages are locked out of swap.
-func (m *Module) PINLocked() bool { return m.pin.locked() }
+func (m *Module) PINLocked() bool {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.pin.locked()
+}

@@ -50,9 +50,11 @@ func TestChangePINRetiresTheOldPINAndTheNewOneLogsIn(t *testing.T) {
 		t.Fatalf("PIN lengths %d..%d: %v", minLen, maxLen, err)
 	}
 	fresh := []byte("a-much-longer-fresh-pin-0123456789")
-	if err := m.ChangePIN(ctx, fresh); err != nil {
+	ch, err := m.ChangePIN(ctx, fresh)
+	if err != nil {
 		t.Fatal(err)
 	}
+	ch.Done()
 	// The module keeps working on its existing login.
 	if _, _, err := m.Encrypt(ctx, k, []byte("x"), nil); err != nil {
 		t.Fatalf("encrypt after ChangePIN: %v", err)
@@ -66,14 +68,36 @@ func TestChangePINRetiresTheOldPINAndTheNewOneLogsIn(t *testing.T) {
 	if err := probeLogin(t, nw); err != nil {
 		t.Fatalf("new PIN refused: %v", err)
 	}
-	if err := m.ChangePIN(ctx, nil); !errors.Is(err, hsm.ErrInvalidInput) {
+	if _, err := m.ChangePIN(ctx, nil); !errors.Is(err, hsm.ErrInvalidInput) {
 		t.Fatalf("empty PIN: %v", err)
 	}
 	ctxDone, cancel := context.WithCancel(ctx)
 	cancel()
-	if err := m.ChangePIN(ctxDone, fresh); err == nil {
+	if _, err := m.ChangePIN(ctxDone, fresh); err == nil {
 		t.Fatal("ChangePIN with a cancelled context succeeded")
 	}
+}
+
+// TestPINChangeRevertRestoresTheOldPIN: a caller whose next step fails
+// (persisting the new PIN's shares) puts the token back as it was.
+func TestPINChangeRevertRestoresTheOldPIN(t *testing.T) {
+	m, tok := hsmtest.Open(t)
+	ctx := ctxT(t)
+	ch, err := m.ChangePIN(ctx, []byte("never-persisted-pin-9876543210"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ch.Revert(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := ch.Revert(ctx); err != nil { // settled: harmless
+		t.Fatal(err)
+	}
+	if err := probeLogin(t, tok.Config()); err != nil {
+		t.Fatalf("installer PIN after revert: %v", err)
+	}
+	// The module re-logs in with the restored PIN after a token loss.
+	tokenRemovedAndRestored(t, m, tok)
 }
 
 func TestDataObjectsCreateReadReplaceDestroy(t *testing.T) {
