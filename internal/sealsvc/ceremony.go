@@ -106,7 +106,10 @@ func (r *Rotation) Ops() []store.Op {
 
 // Step describes the rotation for the transcript's steps.
 func (r *Rotation) Step() string {
-	if r == nil || r.rec == nil {
+	if r == nil {
+		return ""
+	}
+	if r.rec == nil {
 		return "hsm pin: from " + r.seal.PINSource + " on the host (not split)"
 	}
 	return fmt.Sprintf("hsm pin: installer's PIN replaced (C_SetPIN) by a random PIN split %d of %d among the officers, vault %x epoch %d",

@@ -68,6 +68,8 @@ type GovernanceOptions struct {
 	AllowDev bool
 	// Instance names this custodyd in the transcript.
 	Instance string
+	// Seal replaces the PIN at the ceremony and on rekey (govseal.go).
+	Seal SealHooks
 }
 
 // budgetEntry is one budget installed by the ceremony or a proposal.
@@ -457,6 +459,13 @@ func (g *Governance) InitCeremony(ctx context.Context, req *custodyv1.InitCeremo
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalidArgument, err)
 	}
+	// Sealed start: the installer's PIN is replaced now by a random one split
+	// among the officers, and restored unless the ceremony's write succeeds.
+	rot, err := g.sealCeremony(ctx, set, req)
+	if err != nil {
+		return nil, err
+	}
+	defer rot.Abort(ctx)
 
 	t := &quorum.Transcript{Format: quorum.TranscriptFormat, Instance: g.o.Instance, Created: now, Dev: req.GetAllowDev(), Threshold: set.Threshold,
 		Keys: []quorum.TranscriptKey{}, Grants: grants, Budgets: []quorum.TranscriptBudget{}}
@@ -471,6 +480,9 @@ func (g *Governance) InitCeremony(ctx context.Context, req *custodyv1.InitCeremo
 		step("declare-officer", fmt.Sprintf("%s %s", o.Name, o.Fingerprint()))
 	}
 	step("set-threshold", fmt.Sprintf("%d of %d (dev %t)", set.Threshold, len(set.Officers), req.GetAllowDev()))
+	if t.Seal = rot.Transcript(); t.Seal != nil {
+		step("seal-pin", rot.Step())
+	}
 	for _, k := range req.GetKeys() {
 		tk, err := g.ceremonyKey(ctx, k.GetName(), declared[k.GetName()], k.GetDescription())
 		if err != nil {
@@ -510,10 +522,11 @@ func (g *Governance) InitCeremony(ctx context.Context, req *custodyv1.InitCeremo
 	next := govState{Ceremony: true, Ledger: &ls, Grants: grants, Budgets: budgets, Orders: []policy.Order{}, Results: map[string]execResult{}}
 	prevLim := g.s.limiter.Load()
 	g.s.limiter.Store(lim)
-	if err := g.persist(ctx, next, store.PutOp(govTranscriptKey, trb)); err != nil {
+	if err := g.persist(ctx, next, append([]store.Op{store.PutOp(govTranscriptKey, trb)}, rot.Ops()...)...); err != nil {
 		g.s.limiter.Store(prevLim)
 		return nil, err
 	}
+	rot.Commit()
 	g.st, g.ledger, g.transcript = next, ledger, tr
 	if err := g.install(lim); err != nil {
 		return nil, err

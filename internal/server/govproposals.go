@@ -420,6 +420,8 @@ func (g *Governance) execute(ctx context.Context, p quorum.Proposal) error {
 		newSet = &set
 	case quorum.DisclosureOrder:
 		next.Orders = append(next.Orders, pl.Order)
+	case quorum.RekeySeal:
+		external = func(ctx context.Context) error { return g.rekeySeal(ctx, p.ID, pl) }
 	default:
 		refuse = fmt.Errorf("unsupported proposal kind %q", p.Kind)
 	}
