@@ -2,14 +2,25 @@
 // authenticated store, the key registry, the audit log, the gRPC server over
 // mTLS and the HTTP endpoints for metrics and health.
 //
-// Invariants: nothing is served until the HSM is logged in, the store has
-// been authenticated end to end and the audit log is open; shutdown stops
-// accepting, lets in-flight requests finish, then closes the audit log
-// (final checkpoint), the store and the HSM, in that order.
+// A start has two phases. open binds every listener and serves at once,
+// sealed: health, /readyz (503 "sealed"), /metrics and the seal service
+// answer, and every other call is UNAVAILABLE "sealed". complete runs once
+// the HSM PIN is known — from pin_file/pin_env at once, or from M officers'
+// shares (internal/sealsvc), or from the installer at the key ceremony — and
+// logs in, takes the token's instance lease, opens the authenticated store,
+// the audit log, the key registry and governance, and binds the services.
+//
+// Invariants: nothing but health, readiness, metrics and the seal service is
+// served until the HSM is logged in, this process holds the token's lease,
+// the store has been authenticated end to end and the audit log is open;
+// shutdown stops accepting, lets in-flight requests finish, then closes the
+// audit log (final checkpoint), releases the lease, and closes the store and
+// the HSM, in that order.
 package daemon
 
 import (
 	"context"
+	"crypto"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -19,14 +30,18 @@ import (
 	"os"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	dto "github.com/prometheus/client_model/go"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
 
 	"github.com/custodyhq/custody/hsm"
 	"github.com/custodyhq/custody/internal/audit"
@@ -35,8 +50,10 @@ import (
 	"github.com/custodyhq/custody/internal/keys"
 	"github.com/custodyhq/custody/internal/pki"
 	"github.com/custodyhq/custody/internal/policy"
+	"github.com/custodyhq/custody/internal/sealsvc"
 	"github.com/custodyhq/custody/internal/server"
 	"github.com/custodyhq/custody/internal/store"
+	"github.com/custodyhq/custody/internal/tokenlock"
 )
 
 // Labels of custodyd's own keys on the token.
@@ -63,7 +80,8 @@ type Options struct {
 	AuditNoGroupCommit bool
 }
 
-// Daemon is a running custodyd.
+// Daemon is a running custodyd. HSM, Store, Keys, Server and Gov are nil
+// while it is sealed; Audit is nil while sealed before the key ceremony.
 type Daemon struct {
 	cfg     *config.Config
 	opts    Options
@@ -75,15 +93,34 @@ type Daemon struct {
 	Server  *server.Server
 	Gov     *server.Governance
 	AuditPK any // the audit key's public key
+	// Seal is the seal state and SealService (sealed start).
+	Seal *sealsvc.Service
 
 	grpc     *grpc.Server
 	http     *http.Server
 	grpcLis  net.Listener
 	httpLis  net.Listener
 	stop     context.CancelFunc
+	runCtx   context.Context
 	wg       sync.WaitGroup
 	closeErr error
 	once     sync.Once
+
+	// Sealed start (seal.go): the raw store opened at start, the health
+	// service, the late binding of services, the chained interceptors of
+	// the unsealed server, the audit key before login, the token lease.
+	raw       store.Store
+	health    *health.Server
+	binder    *binder
+	inner     atomic.Pointer[interceptors]
+	lateAudit *lateSigner
+	lease     *tokenlock.Lock
+	reg       *prometheus.Registry
+	unsealReg atomic.Pointer[prometheus.Registry]
+	tlsCfg    credentials.TransportCredentials
+	// completeMu serialises complete; completed is set once it succeeds.
+	completeMu sync.Mutex
+	completed  atomic.Bool
 
 	// The REST/JSON gateway (nil unless gateway_listen is set): its HTTPS
 	// listener, and the in-process listener on which the same grpc.Server
@@ -94,7 +131,8 @@ type Daemon struct {
 }
 
 // Start opens everything the config names and starts serving. It returns
-// once both listeners accept connections.
+// once the listeners accept connections: unsealed when the config names a
+// PIN source, sealed otherwise (officers unseal it through SealService).
 func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, err error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
@@ -111,50 +149,243 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 	d := &Daemon{cfg: cfg, opts: opts, log: opts.Logger}
 	defer func() {
 		if err != nil {
-			for _, l := range []net.Listener{d.grpcLis, d.httpLis, d.gwLis} {
-				if l != nil {
-					l.Close()
-				}
-			}
-			d.closeAll()
+			d.abort()
 		}
 	}()
-
+	if err := d.open(ctx); err != nil {
+		return nil, err
+	}
+	if cfg.HSM.Sealed() {
+		if rec := d.Seal.Record(); rec != nil {
+			d.log.Warn("custodyd is SEALED: it serves nothing until officers unseal it (custodyctl unseal)",
+				"shares_needed", rec.Threshold, "of", len(rec.Shares), "unseal_key_fingerprint", d.Seal.UnsealKeyFingerprint())
+		} else {
+			d.log.Warn("custodyd is sealed, AWAITING ITS KEY CEREMONY: run custodyctl ceremony init (it asks for the installer's HSM PIN)",
+				"unseal_key_fingerprint", d.Seal.UnsealKeyFingerprint())
+		}
+		return d, nil
+	}
 	pin, err := cfg.HSM.ReadPIN(ctx)
 	if err != nil {
 		return nil, err
 	}
-	reg := prometheus.NewRegistry()
-	d.HSM, err = hsm.Open(ctx, hsm.Config{URI: cfg.HSM.URI, PIN: pin, MaxSessions: cfg.HSM.MaxSessions, Logger: d.log,
-		Observe: server.HSMObserver(reg)})
+	err = d.complete(ctx, pin)
 	clear(pin)
 	if err != nil {
-		return nil, fmt.Errorf("hsm: %w", err)
+		return nil, err
+	}
+	if !cfg.Dev {
+		d.log.Warn("the HSM PIN is read from "+cfg.HSM.PINSourceName()+" on this host: root here can use the HSM without custodyd; a sealed start (no pin_file/pin_env) splits it among the officers instead",
+			"pin_source", cfg.HSM.PINSourceName())
+	}
+	return d, nil
+}
+
+// open is the first phase of a start: the metrics registry, the raw store,
+// the seal state, the audit log when its key is known, and every listener,
+// serving sealed.
+func (d *Daemon) open(ctx context.Context) (err error) {
+	cfg := d.cfg
+	d.reg = prometheus.NewRegistry()
+	d.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	raw, err := store.OpenBolt(cfg.Store.Path, store.BoltOptions{})
+	if err != nil {
+		return fmt.Errorf("store: %w", err)
+	}
+	d.raw = raw
+	if err := d.openSeal(ctx); err != nil {
+		return err
+	}
+
+	tlsCfg, err := pki.ServerTLSConfig(cfg.TLS.CertFile, cfg.TLS.KeyFile, cfg.TLS.ClientCAFile)
+	if err != nil {
+		return fmt.Errorf("tls: %w", err)
+	}
+	creds := credentials.NewTLS(tlsCfg)
+	if cfg.GatewayListen != "" {
+		// The gateway's forwarded requests go through this same server and
+		// its interceptors; only its in-process connections may carry a
+		// forwarded identity.
+		d.gwInternal = gateway.NewListener()
+		creds = gateway.ServerCredentials(creds)
+	}
+	d.grpc = grpc.NewServer(
+		grpc.ChainUnaryInterceptor(d.gateUnary),
+		grpc.ChainStreamInterceptor(d.gateStream),
+		grpc.Creds(creds),
+		// A batch of 100 items of 64 KiB with contexts fits in 16 MiB; nothing
+		// larger is accepted.
+		grpc.MaxRecvMsgSize(16<<20),
+		// Bound what one connection can hold in flight, so a hostile client
+		// cannot queue unbounded work or memory on one connection.
+		grpc.MaxConcurrentStreams(128),
+	)
+	d.declareServices()
+
+	if d.grpcLis, err = net.Listen("tcp", cfg.Listen); err != nil {
+		return fmt.Errorf("listen %s: %w", cfg.Listen, err)
+	}
+	if d.httpLis, err = net.Listen("tcp", cfg.HTTPListen); err != nil {
+		return fmt.Errorf("listen %s: %w", cfg.HTTPListen, err)
+	}
+	if cfg.GatewayListen != "" {
+		if d.gwLis, err = net.Listen("tcp", cfg.GatewayListen); err != nil {
+			return fmt.Errorf("listen %s: %w", cfg.GatewayListen, err)
+		}
+		if d.gw, err = gateway.New(ctx, d.gwInternal, tlsCfg, gateway.Options{Logger: d.log}); err != nil {
+			return err
+		}
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(prometheus.GathererFunc(d.gather), promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("/readyz", d.readyz)
+	if d.opts.Pprof {
+		if !isLoopback(d.httpLis.Addr()) {
+			return fmt.Errorf("--pprof needs http_listen on a loopback address, not %s", d.httpLis.Addr())
+		}
+		runtime.SetMutexProfileFraction(100) // sample 1% of contention events for /debug/pprof/mutex
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
+	d.http = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+
+	d.runCtx, d.stop = context.WithCancel(context.Background())
+	d.wg.Add(3)
+	go func() { defer d.wg.Done(); _ = d.grpc.Serve(d.grpcLis) }()
+	go func() { defer d.wg.Done(); _ = d.http.Serve(d.httpLis) }()
+	go func() { defer d.wg.Done(); d.Seal.ExpireLoop(d.runCtx, sealExpireInterval) }()
+	if d.gw != nil {
+		d.wg.Add(2)
+		go func() { defer d.wg.Done(); _ = d.grpc.Serve(d.gwInternal) }()
+		go func() { defer d.wg.Done(); _ = d.gw.Serve(d.gwLis) }()
+	}
+	return nil
+}
+
+// complete is the second phase of a start, run once the PIN is known: it
+// logs in, takes the token's lease, authenticates the store, opens the
+// audit log (or arms its signer), the registry and governance, and binds
+// the services. pin is not kept (the HSM module keeps its own masked copy
+// for re-login). On failure the daemon stays sealed and a later attempt
+// starts over.
+func (d *Daemon) complete(ctx context.Context, pin []byte) (err error) {
+	d.completeMu.Lock()
+	defer d.completeMu.Unlock()
+	if d.completed.Load() {
+		return errors.New("already unsealed")
+	}
+	cfg := d.cfg
+	reg := prometheus.NewRegistry()
+	var auditOpened bool
+	defer func() {
+		if err != nil {
+			d.undoComplete(auditOpened)
+		}
+	}()
+
+	d.HSM, err = hsm.Open(ctx, hsm.Config{URI: cfg.HSM.URI, PIN: pin, MaxSessions: cfg.HSM.MaxSessions, Logger: d.log,
+		Observe: server.HSMObserver(reg)})
+	if err != nil {
+		return fmt.Errorf("hsm: %w", err)
 	}
 	if missing := d.HSM.Missing(); len(missing) > 0 {
 		d.log.Warn("token lacks mechanisms; some key purposes will be unavailable", "missing", missing)
 	}
-
-	raw, err := store.OpenBolt(cfg.Store.Path, store.BoltOptions{})
-	if err != nil {
-		return nil, fmt.Errorf("store: %w", err)
+	if err := d.takeLease(ctx); err != nil {
+		return err
 	}
-	d.Store = raw
-	macKey, err := d.ownKey(ctx, hsm.KindHMACSHA256, StoreMACKeyLabel, raw)
-	if err != nil {
-		return nil, fmt.Errorf("store authentication key: %w", err)
-	}
-	d.Store = store.Authenticated(raw, &hsmSealer{m: d.HSM, k: macKey})
 
-	auditKey, err := d.ownKey(ctx, hsm.KindAuditP256, AuditKeyLabel, raw)
+	macKey, err := d.ownKey(ctx, hsm.KindHMACSHA256, StoreMACKeyLabel, d.raw)
 	if err != nil {
-		return nil, fmt.Errorf("audit key: %w", err)
+		return fmt.Errorf("store authentication key: %w", err)
+	}
+	d.Store = store.Authenticated(d.raw, &hsmSealer{m: d.HSM, k: macKey})
+
+	auditKey, err := d.ownKey(ctx, hsm.KindAuditP256, AuditKeyLabel, d.raw)
+	if err != nil {
+		return fmt.Errorf("audit key: %w", err)
 	}
 	signer, err := d.HSM.Signer(ctx, auditKey)
 	if err != nil {
-		return nil, fmt.Errorf("audit key: %w", err)
+		return fmt.Errorf("audit key: %w", err)
 	}
 	d.AuditPK = signer.Public()
+	if d.Audit == nil {
+		if d.Audit, err = d.openAudit(ctx, signer); err != nil {
+			return err
+		}
+		auditOpened = true
+	} else if err := d.lateAudit.arm(signer); err != nil {
+		return err
+	}
+	if err := d.Seal.SetAuditor(ctx, d.Audit); err != nil {
+		return err
+	}
+
+	d.Keys, err = keys.OpenRegistry(ctx, d.Store, d.HSM, keys.RegistryOptions{
+		Now: d.opts.Now, Logger: d.log,
+		Destroy: keys.DestroyWindow{Min: cfg.Keys.DestroyWaitMin, Max: 365 * 24 * time.Hour},
+	})
+	if err != nil {
+		if errors.Is(err, store.ErrTampered) {
+			return fmt.Errorf("store %s failed authentication (edited outside custodyd?); refusing to serve: %w", cfg.Store.Path, err)
+		}
+		return fmt.Errorf("keys: %w", err)
+	}
+
+	pol, roles, err := PolicyFromConfig(cfg)
+	if err != nil {
+		return err
+	}
+	lim, err := LimiterFromConfig(cfg, d.opts.Now())
+	if err != nil {
+		return err
+	}
+	if !cfg.Dev && (len(cfg.Grants) > 0 || len(cfg.Budgets) > 0) {
+		d.log.Warn("config grants and budgets are ignored outside dev mode: they come from the key ceremony and quorum proposals",
+			"grants", len(cfg.Grants), "budgets", len(cfg.Budgets))
+	}
+	metrics := server.NewMetrics(reg, d.HSM, func() *keys.Registry { return d.Keys })
+	d.Server = server.New(server.Options{
+		HSM: d.HSM, Keys: d.Keys, Policy: pol, Roles: roles, Limiter: lim, Audit: d.Audit, Metrics: metrics,
+		Logger: d.log, Now: d.opts.Now,
+		Limits: server.Limits{MaxPayload: cfg.Keys.MaxPayloadBytes, MaxBatch: cfg.Keys.MaxBatch, DestroyWaitDefault: cfg.Keys.DestroyWaitDefault},
+	})
+
+	if err := d.openGovernance(ctx, reg, pol, signer); err != nil {
+		return fmt.Errorf("governance: %w", err)
+	}
+	if err := d.Seal.LoggedIn(ctx, d.Store, d.HSM, signer.Public()); err != nil {
+		return fmt.Errorf("seal: %w", err)
+	}
+	if cfg.Dev {
+		if err := d.EnsureDevKey(ctx); err != nil {
+			return fmt.Errorf("dev key: %w", err)
+		}
+	}
+	d.Server.SetDataKeyStore(d.Store)
+	reg.MustRegister(d.Audit.Collector())
+	if err := d.bind(signer); err != nil {
+		return err
+	}
+	d.unsealReg.Store(reg)
+
+	d.wg.Add(3)
+	go func() { defer d.wg.Done(); d.destroyLoop(d.runCtx) }()
+	go func() { defer d.wg.Done(); d.governanceLoop(d.runCtx) }()
+	go func() { defer d.wg.Done(); d.lease.Run(d.runCtx, d.fence) }()
+	d.completed.Store(true)
+	d.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	d.log.Info("custodyd serving", "grpc", d.grpcLis.Addr().String(), "http", d.httpLis.Addr().String(), "gateway", d.GatewayAddr(),
+		"keys", d.Keys.Len(), "token", cfg.HSM.String(), "pin_source", d.Seal.PINSource())
+	return nil
+}
+
+// openAudit opens the audit log with signer.
+func (d *Daemon) openAudit(ctx context.Context, signer crypto.Signer) (*audit.Log, error) {
+	cfg := d.cfg
 	if err := os.MkdirAll(cfg.Audit.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("audit: %w", err)
 	}
@@ -165,128 +396,24 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 	case cfg.Audit.AnchorURL != "":
 		sink = &audit.HTTPSink{URL: cfg.Audit.AnchorURL}
 	}
-	d.Audit, err = audit.Open(ctx, cfg.Audit.Dir, signer, audit.Options{
+	l, err := audit.Open(ctx, cfg.Audit.Dir, signer, audit.Options{
 		SegmentSize: cfg.Audit.SegmentBytes, CheckpointEvery: uint64(cfg.Audit.CheckpointEvery),
 		CheckpointInterval: cfg.Audit.CheckpointInterval, Logger: d.log, Sink: sink,
-		DisableGroupCommit: opts.AuditNoGroupCommit,
+		DisableGroupCommit: d.opts.AuditNoGroupCommit,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("audit: %w", err)
 	}
+	return l, nil
+}
 
-	d.Keys, err = keys.OpenRegistry(ctx, d.Store, d.HSM, keys.RegistryOptions{
-		Now: opts.Now, Logger: d.log,
-		Destroy: keys.DestroyWindow{Min: cfg.Keys.DestroyWaitMin, Max: 365 * 24 * time.Hour},
-	})
-	if err != nil {
-		if errors.Is(err, store.ErrTampered) {
-			return nil, fmt.Errorf("store %s failed authentication (edited outside custodyd?); refusing to serve: %w", cfg.Store.Path, err)
-		}
-		return nil, fmt.Errorf("keys: %w", err)
+// gather is the metrics of both phases.
+func (d *Daemon) gather() ([]*dto.MetricFamily, error) {
+	g := prometheus.Gatherers{d.reg}
+	if r := d.unsealReg.Load(); r != nil {
+		g = append(g, r)
 	}
-
-	pol, roles, err := PolicyFromConfig(cfg)
-	if err != nil {
-		return nil, err
-	}
-	lim, err := LimiterFromConfig(cfg, opts.Now())
-	if err != nil {
-		return nil, err
-	}
-	if !cfg.Dev && (len(cfg.Grants) > 0 || len(cfg.Budgets) > 0) {
-		d.log.Warn("config grants and budgets are ignored outside dev mode: they come from the key ceremony and quorum proposals",
-			"grants", len(cfg.Grants), "budgets", len(cfg.Budgets))
-	}
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	metrics := server.NewMetrics(reg, d.HSM, func() *keys.Registry { return d.Keys })
-	d.Server = server.New(server.Options{
-		HSM: d.HSM, Keys: d.Keys, Policy: pol, Roles: roles, Limiter: lim, Audit: d.Audit, Metrics: metrics,
-		Logger: d.log, Now: opts.Now,
-		Limits: server.Limits{MaxPayload: cfg.Keys.MaxPayloadBytes, MaxBatch: cfg.Keys.MaxBatch, DestroyWaitDefault: cfg.Keys.DestroyWaitDefault},
-	})
-
-	if err := d.openGovernance(ctx, reg, pol, signer); err != nil {
-		return nil, fmt.Errorf("governance: %w", err)
-	}
-
-	tlsCfg, err := pki.ServerTLSConfig(cfg.TLS.CertFile, cfg.TLS.KeyFile, cfg.TLS.ClientCAFile)
-	if err != nil {
-		return nil, fmt.Errorf("tls: %w", err)
-	}
-	creds := credentials.NewTLS(tlsCfg)
-	if cfg.GatewayListen != "" {
-		// The gateway's forwarded requests go through this same server and
-		// its interceptors; only its in-process connections may carry a
-		// forwarded identity.
-		d.gwInternal = gateway.NewListener()
-		creds = gateway.ServerCredentials(creds)
-	}
-	d.grpc = grpc.NewServer(append(d.Server.ServerOptions(),
-		grpc.Creds(creds),
-		// A batch of 100 items of 64 KiB with contexts fits in 16 MiB; nothing
-		// larger is accepted.
-		grpc.MaxRecvMsgSize(16<<20),
-		// Bound what one connection can hold in flight, so a hostile client
-		// cannot queue unbounded work or memory on one connection.
-		grpc.MaxConcurrentStreams(128),
-	)...)
-	d.Server.Register(d.grpc)
-	d.Server.SetDataKeyStore(d.Store)
-	d.Server.RegisterAuditService(d.grpc, server.NewAuditService(d.Audit, signer))
-	reg.MustRegister(d.Audit.Collector())
-
-	if d.grpcLis, err = net.Listen("tcp", cfg.Listen); err != nil {
-		return nil, fmt.Errorf("listen %s: %w", cfg.Listen, err)
-	}
-	if d.httpLis, err = net.Listen("tcp", cfg.HTTPListen); err != nil {
-		return nil, fmt.Errorf("listen %s: %w", cfg.HTTPListen, err)
-	}
-	if cfg.GatewayListen != "" {
-		if d.gwLis, err = net.Listen("tcp", cfg.GatewayListen); err != nil {
-			return nil, fmt.Errorf("listen %s: %w", cfg.GatewayListen, err)
-		}
-		if d.gw, err = gateway.New(ctx, d.gwInternal, tlsCfg, gateway.Options{Logger: d.log}); err != nil {
-			return nil, err
-		}
-	}
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
-	mux.HandleFunc("/readyz", d.readyz)
-	if opts.Pprof {
-		if !isLoopback(d.httpLis.Addr()) {
-			return nil, fmt.Errorf("--pprof needs http_listen on a loopback address, not %s", d.httpLis.Addr())
-		}
-		runtime.SetMutexProfileFraction(100) // sample 1% of contention events for /debug/pprof/mutex
-		mux.HandleFunc("/debug/pprof/", pprof.Index)
-		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	}
-	d.http = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-
-	if cfg.Dev {
-		if err := d.EnsureDevKey(ctx); err != nil {
-			return nil, fmt.Errorf("dev key: %w", err)
-		}
-	}
-
-	runCtx, stop := context.WithCancel(context.Background())
-	d.stop = stop
-	d.wg.Add(3)
-	go func() { defer d.wg.Done(); _ = d.grpc.Serve(d.grpcLis) }()
-	go func() { defer d.wg.Done(); _ = d.http.Serve(d.httpLis) }()
-	go func() { defer d.wg.Done(); d.destroyLoop(runCtx) }()
-	d.wg.Add(1)
-	go func() { defer d.wg.Done(); d.governanceLoop(runCtx) }()
-	if d.gw != nil {
-		d.wg.Add(2)
-		go func() { defer d.wg.Done(); _ = d.grpc.Serve(d.gwInternal) }()
-		go func() { defer d.wg.Done(); _ = d.gw.Serve(d.gwLis) }()
-	}
-	d.Server.Health().SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
-	d.log.Info("custodyd serving", "grpc", d.grpcLis.Addr().String(), "http", d.httpLis.Addr().String(), "gateway", d.GatewayAddr(),
-		"keys", d.Keys.Len(), "token", cfg.HSM.String())
-	return d, nil
+	return g.Gather()
 }
 
 func isLoopback(a net.Addr) bool {
@@ -374,14 +501,22 @@ func LimiterFromConfig(cfg *config.Config, now time.Time) (*policy.Limiter, erro
 
 func (d *Daemon) readyz(w http.ResponseWriter, r *http.Request) {
 	var problems []string
-	if st := d.HSM.State(); st != hsm.StateReady {
-		problems = append(problems, "hsm "+st.String())
+	switch st := d.Seal.State(); {
+	case st == sealsvc.StateSealed && !d.cfg.HSM.Sealed():
+		problems = append(problems, "starting")
+	case st == sealsvc.StateSealed, st == sealsvc.StateAwaitingCeremony, st == sealsvc.StateFenced:
+		problems = append(problems, d.sealedError().(interface{ GRPCStatus() *status.Status }).GRPCStatus().Message())
 	}
-	if _, err := d.Store.Revision(r.Context()); err != nil {
-		problems = append(problems, "store: "+err.Error())
-	}
-	if err := d.Audit.Healthy(); err != nil {
-		problems = append(problems, "audit: "+err.Error())
+	if d.completed.Load() && len(problems) == 0 {
+		if st := d.HSM.State(); st != hsm.StateReady {
+			problems = append(problems, "hsm "+st.String())
+		}
+		if _, err := d.Store.Revision(r.Context()); err != nil {
+			problems = append(problems, "store: "+err.Error())
+		}
+		if err := d.Audit.Healthy(); err != nil {
+			problems = append(problems, "audit: "+err.Error())
+		}
 	}
 	if len(problems) > 0 {
 		w.WriteHeader(http.StatusServiceUnavailable)
@@ -426,10 +561,11 @@ func (d *Daemon) GatewayAddr() string {
 }
 
 // Shutdown stops accepting requests, waits (up to the grace period) for
-// in-flight ones, then closes the audit log, store and HSM.
+// in-flight ones, then closes the audit log, releases the token lease and
+// closes the store and HSM.
 func (d *Daemon) Shutdown(ctx context.Context) error {
 	d.once.Do(func() {
-		d.Server.Health().Shutdown()
+		d.health.Shutdown()
 		if d.gw != nil {
 			// Let in-flight REST requests finish through the gRPC server
 			// before it stops.
@@ -458,13 +594,16 @@ func (d *Daemon) Shutdown(ctx context.Context) error {
 
 func (d *Daemon) closeAll() {
 	var errs []error
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
 	if d.Audit != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		errs = append(errs, d.Audit.Close(ctx))
-		cancel()
 	}
-	if d.Store != nil {
-		errs = append(errs, d.Store.Close())
+	if d.lease != nil {
+		errs = append(errs, d.lease.Release(ctx))
+	}
+	if d.raw != nil {
+		errs = append(errs, d.raw.Close())
 	}
 	if d.HSM != nil {
 		errs = append(errs, d.HSM.Close())

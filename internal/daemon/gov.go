@@ -29,6 +29,7 @@ func (d *Daemon) openGovernance(ctx context.Context, reg prometheus.Registerer, 
 		// Outside dev mode the vault is governed from its first start: keys,
 		// grants and budgets come only from the key ceremony and proposals.
 		QuorumRequired: gov.QuorumRequired || !d.cfg.Dev, AllowDev: d.cfg.Dev, Instance: "custodyd@" + instance,
+		Seal: d.Seal, // the ceremony's PIN rotation and rekey by quorum (internal/sealsvc)
 	})
 	if err != nil {
 		return err

@@ -225,9 +225,15 @@ func (s *Service) Progress() seal.Progress {
 }
 
 // SetAuditor sets where records go and writes any held in memory first.
+// nil goes back to holding records in memory (a start that failed before
+// the ceremony closes the audit log it opened).
 func (s *Service) SetAuditor(ctx context.Context, a Auditor) error {
 	s.auditMu.Lock()
 	defer s.auditMu.Unlock()
+	if a == nil {
+		s.auditor = nil
+		return nil
+	}
 	for len(s.pending) > 0 {
 		if _, err := a.Append(ctx, s.pending[0]); err != nil {
 			return fmt.Errorf("audit records made before the audit log opened: %w", err)
@@ -310,6 +316,27 @@ func sameRecord(a, b *seal.Record) bool {
 	y, err2 := b.Encode()
 	return err1 == nil && err2 == nil && string(x) == string(y)
 }
+
+// Reseal goes back to the state before login after a start that failed
+// once the PIN was known (the lease was held elsewhere, the store failed
+// authentication): officers may try again, from the first share.
+func (s *Service) Reseal() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.loggedIn.Store(nil)
+	switch {
+	case s.o.PINSource != "":
+		s.state.Store(int32(StateSealed))
+	case s.rec != nil:
+		s.unsealer, _ = seal.NewUnsealer(s.rec, s.eph, s.o.ProgressTTL, s.o.Now)
+		s.state.Store(int32(StateSealed))
+	default:
+		s.state.Store(int32(StateAwaitingCeremony))
+	}
+}
+
+// Status is what GetSealStatus answers.
+func (s *Service) Status() *custodyv1.SealStatus { return s.status() }
 
 // Fence stops the vault: another custodyd took over the token.
 func (s *Service) Fence(reason string) {
