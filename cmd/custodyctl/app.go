@@ -61,6 +61,8 @@ func (a *app) rootCommand() *cobra.Command {
 		a.officerCommand(),
 		a.proposalCommand(),
 		a.ceremonyCommand(),
+		a.unsealCommand(),
+		a.sealCommand(),
 		a.benchCommand())
 	root.Long = `custodyctl talks to custodyd over gRPC with mutual TLS 1.3.
 Every command needs a CA bundle, a client certificate and its private key

@@ -51,6 +51,7 @@ import (
 	"github.com/custodyhq/custody/internal/pki"
 	"github.com/custodyhq/custody/internal/policy"
 	"github.com/custodyhq/custody/internal/sealsvc"
+	"github.com/custodyhq/custody/internal/secmem"
 	"github.com/custodyhq/custody/internal/server"
 	"github.com/custodyhq/custody/internal/store"
 	"github.com/custodyhq/custody/internal/tokenlock"
@@ -78,6 +79,9 @@ type Options struct {
 	GovernanceInterval time.Duration
 	// AuditNoGroupCommit fsyncs every audit record on its own (benchmarks only).
 	AuditNoGroupCommit bool
+	// Hardening is what custodyd's main did to the process (secmem.Harden),
+	// exported as metrics; nil when it did nothing (tests, embedding).
+	Hardening *secmem.Hardening
 }
 
 // Daemon is a running custodyd. HSM, Store, Keys, Server and Gov are nil
@@ -188,6 +192,7 @@ func (d *Daemon) open(ctx context.Context) (err error) {
 	cfg := d.cfg
 	d.reg = prometheus.NewRegistry()
 	d.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	registerHardening(d.reg, d.opts.Hardening)
 	raw, err := store.OpenBolt(cfg.Store.Path, store.BoltOptions{})
 	if err != nil {
 		return fmt.Errorf("store: %w", err)

@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -28,6 +29,7 @@ import (
 	"github.com/custodyhq/custody/internal/gateway"
 	"github.com/custodyhq/custody/internal/policy"
 	"github.com/custodyhq/custody/internal/sealsvc"
+	"github.com/custodyhq/custody/internal/secmem"
 	"github.com/custodyhq/custody/internal/server"
 	"github.com/custodyhq/custody/internal/tokenlock"
 )
@@ -336,3 +338,24 @@ func (l *lateSigner) arm(s crypto.Signer) error {
 }
 
 func (l *lateSigner) disarm() { l.s.Store(nil) }
+
+// registerHardening exports what was done to keep secrets out of core
+// files and swap: custody_process_hardening{measure} is 1 when in force.
+func registerHardening(reg *prometheus.Registry, h *secmem.Hardening) {
+	if h == nil {
+		h = &secmem.Hardening{}
+	}
+	for measure, on := range map[string]bool{"not_dumpable": h.NotDumpable, "no_core": h.NoCore, "mlockall": h.LockedAll} {
+		v := 0.0
+		if on {
+			v = 1
+		}
+		g := prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "custody", Subsystem: "process", Name: "hardening",
+			Help:        "1 when a memory-hygiene measure is in force: not_dumpable (PR_SET_DUMPABLE=0), no_core (RLIMIT_CORE=0), mlockall (no page can be swapped).",
+			ConstLabels: prometheus.Labels{"measure": measure},
+		})
+		g.Set(v)
+		reg.MustRegister(g)
+	}
+}

@@ -194,7 +194,7 @@ func (s *Service) ConfirmRekey(ctx context.Context, req *custodyv1.ConfirmRekeyR
 		if ops, err := r.ops(); err == nil {
 			_ = li.store.Txn(ctx, nil, ops) // progress, for status after a failover; not needed to finish
 		}
-		return s.status(), nil
+		return s.statusLocked(), nil
 	}
 	// Every new holder can decrypt: retire the old PIN, once the last
 	// confirmation is on the record.
@@ -223,5 +223,5 @@ func (s *Service) ConfirmRekey(ctx context.Context, req *custodyv1.ConfirmRekeyR
 	_ = s.record(ctx, audit.Record{Identity: "custodyd", Method: "Rekeyed", Outcome: audit.OutcomeOK, Code: codes.OK.String(),
 		Detail: fmt.Sprintf("old PIN retired; epoch %d shares (%d of %d) in force", r.rec.Epoch, r.rec.Threshold, len(r.rec.Shares))})
 	s.log.Info("seal: rekey complete: the old PIN is retired; only the new shares unseal", "epoch", r.rec.Epoch)
-	return s.status(), nil
+	return s.statusLocked(), nil
 }

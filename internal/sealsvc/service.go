@@ -382,9 +382,15 @@ func (s *Service) GetSealStatus(ctx context.Context, _ *custodyv1.GetSealStatusR
 }
 
 func (s *Service) status() *custodyv1.SealStatus {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.statusLocked()
+}
+
+// statusLocked is status with mu held.
+func (s *Service) statusLocked() *custodyv1.SealStatus {
 	st := &custodyv1.SealStatus{State: custodyv1.SealState(s.State()), PinSource: s.PINSource(),
 		UnsealPublicKeyDer: s.eph.PublicKey(), UnsealKeyFingerprint: s.eph.Fingerprint(), Detail: s.detail.Load().(string)}
-	s.mu.Lock()
 	if s.rec != nil {
 		st.VaultId, st.Epoch, st.SharesNeeded = s.rec.VaultID, s.rec.Epoch, uint32(s.rec.Threshold)
 	}
@@ -399,9 +405,7 @@ func (s *Service) status() *custodyv1.SealStatus {
 		}
 		st.Rekey = rs
 	}
-	u := s.unsealer
-	s.mu.Unlock()
-	if u != nil {
+	if u := s.unsealer; u != nil {
 		p := u.Progress()
 		st.SharesAccepted, st.OfficersAccepted = uint32(p.Have), p.Officers
 		if !p.Expires.IsZero() {

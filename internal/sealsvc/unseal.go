@@ -101,7 +101,7 @@ func (s *Service) Unseal(ctx context.Context, req *custodyv1.UnsealRequest) (_ *
 			u.Reset()
 			return nil, status.Error(codes.Unavailable, "audit log unavailable: share refused (submit it again when it is back)")
 		}
-		return s.status(), nil
+		return s.statusLocked(), nil
 	}
 	defer pin.Destroy()
 	rec.Detail += "; unsealing"
@@ -121,7 +121,7 @@ func (s *Service) Unseal(ctx context.Context, req *custodyv1.UnsealRequest) (_ *
 	s.log.Info("seal: unsealed", "officers", by)
 	_ = s.record(ctx, audit.Record{Identity: "custodyd", Method: "Unsealed", Outcome: audit.OutcomeOK, Code: codes.OK.String(),
 		Detail: trunc("unsealed by " + by)})
-	return s.status(), nil
+	return s.statusLocked(), nil
 }
 
 // completeLocked runs the daemon's Complete with mu held; LoggedIn takes

@@ -2,6 +2,7 @@ package secmem
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -51,7 +52,15 @@ func Harden(lockAll bool) Hardening {
 		h.Problems = append(h.Problems, fmt.Sprintf("mlockall not attempted: RLIMIT_MEMLOCK is %d KiB and the process lacks CAP_IPC_LOCK (set LimitMEMLOCK=infinity in the systemd unit); PINs and shares are still kept in locked pages", lim.Cur/1024))
 		return h
 	}
-	if err := unix.Mlockall(unix.MCL_CURRENT | unix.MCL_FUTURE); err != nil {
+	// MCL_ONFAULT locks each page when it is first touched instead of
+	// populating every mapping at once (thread stacks, allocator arenas),
+	// which would multiply the resident size; a page that ever held data
+	// is locked all the same. Kernels before 4.4 lack it.
+	err := unix.Mlockall(unix.MCL_CURRENT | unix.MCL_FUTURE | unix.MCL_ONFAULT)
+	if errors.Is(err, unix.EINVAL) {
+		err = unix.Mlockall(unix.MCL_CURRENT | unix.MCL_FUTURE)
+	}
+	if err != nil {
 		h.Problems = append(h.Problems, fmt.Sprintf("mlockall refused: %v; memory may be swapped", err))
 	} else {
 		h.LockedAll = true
