@@ -39,16 +39,32 @@ func shareInfo(ref VaultRef, index int) []byte {
 	return binding(purposeShare, ref.parts(index)...)
 }
 
-// Commitment commits to share i of the PIN named by ref.
+// Commitment commits to share i of the PIN named by ref: SHA-256 over the
+// share followed by the binding of the domain, vault id, epoch and index,
+// zero-padded to whole SHA-256 blocks.
 func Commitment(ref VaultRef, index int, share []byte) []byte {
-	return digest(binding(domainCommit, append(ref.parts(index), share)...))
+	return secretDigest(share, binding(domainCommit, ref.parts(index)...))
 }
 
 // RekeyProof is what a new holder sends to prove their share decrypted:
 // a hash of the share under a domain of its own (not the commitment, which
 // anyone can copy from the envelope).
 func RekeyProof(ref VaultRef, index int, share []byte) []byte {
-	return digest(binding(domainProof, append(ref.parts(index), share)...))
+	return secretDigest(share, binding(domainProof, ref.parts(index)...))
+}
+
+// secretDigest hashes secret || public, zero-padded to a multiple of the
+// SHA-256 block size, in a buffer it zeroes afterwards. The layout keeps
+// the secret out of the hash's own buffer: SHA-256 copies only a trailing
+// partial block into its state, and there is none.
+func secretDigest(secret, public []byte) []byte {
+	n := (len(secret) + len(public) + sha256.BlockSize - 1) / sha256.BlockSize * sha256.BlockSize
+	buf := make([]byte, n)
+	copy(buf, secret)
+	copy(buf[len(secret):], public)
+	d := sha256.Sum256(buf)
+	clear(buf)
+	return d[:]
 }
 
 // Holder is an officer who receives a share.
