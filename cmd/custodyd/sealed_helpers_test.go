@@ -187,7 +187,7 @@ func (v *vault) start(t *testing.T) { v.startWith(t, v.cfgFile) }
 func (v *vault) startWith(t *testing.T, cfgFile string) {
 	t.Helper()
 	cmd := exec.Command(v.bin, "--config", cfgFile)
-	cmd.Env = os.Environ()
+	cmd.Env = append(os.Environ(), "SOFTHSM2_CONF="+v.tok.Conf)
 	v.stdout, v.stderr = &lockedBuffer{}, &lockedBuffer{}
 	v.logs = append(v.logs, v.stderr)
 	cmd.Stdout, cmd.Stderr = v.stdout, v.stderr
@@ -411,7 +411,7 @@ func (v *vault) pkcs11Login(t *testing.T, pin []byte) bool {
 		t.Fatal("pkcs11-tool is not installed: run `make deps` (or `apt-get install -y opensc`)")
 	}
 	cmd := exec.Command(tool, "--module", v.tok.Library, "--token-label", v.tok.Label, "--login", "--pin", string(pin), "--list-objects")
-	cmd.Env = os.Environ()
+	cmd.Env = append(os.Environ(), "SOFTHSM2_CONF="+v.tok.Conf)
 	out, err := cmd.CombinedOutput()
 	if err == nil {
 		return true

@@ -209,7 +209,7 @@ func (d *Daemon) ceremonyHook(ctx context.Context, dec func(any) error, call fun
 	pin.Destroy()
 	if err != nil && !d.completed.Load() {
 		d.log.Warn("key ceremony: the start with the installer's PIN failed", "err", err)
-		d.Seal.CeremonyFailed(ctx, req, err)
+		d.Seal.CeremonyFailed(ctx, err)
 		if errors.Is(err, hsm.ErrLogin) {
 			return nil, status.Error(codes.PermissionDenied, "the token refused the installer's PIN (not retried)")
 		}

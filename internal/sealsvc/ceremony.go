@@ -2,6 +2,7 @@ package sealsvc
 
 import (
 	"context"
+	"errors"
 	"crypto/rand"
 	"fmt"
 	"math/big"
@@ -54,10 +55,14 @@ func (s *Service) OpenCeremonyPIN(ctx context.Context, req *custodyv1.InitCeremo
 
 // CeremonyFailed audits a ceremony whose start could not complete with the
 // installer's PIN (the token refused it, or the start failed).
-func (s *Service) CeremonyFailed(ctx context.Context, req *custodyv1.InitCeremonyRequest, cause error) {
+func (s *Service) CeremonyFailed(ctx context.Context, cause error) {
 	id, role, _ := s.caller(ctx)
+	code := codes.FailedPrecondition
+	if errors.Is(cause, hsm.ErrLogin) {
+		code = codes.PermissionDenied // the token refused the installer's PIN
+	}
 	s.finish(ctx, audit.Record{Identity: orUnauthenticated(id), Role: string(role), Method: "InitCeremony",
-		Detail: "start with the installer's PIN failed: " + cause.Error()}, status.Error(codes.FailedPrecondition, cause.Error()))
+		Detail: "start with the installer's PIN failed: " + cause.Error()}, status.Error(code, cause.Error()))
 }
 
 func short(fp string) string {
