@@ -38,7 +38,12 @@ func Harden(lockAll bool) Hardening {
 	} else {
 		h.NotDumpable = true
 	}
-	if err := unix.Setrlimit(unix.RLIMIT_CORE, &unix.Rlimit{}); err != nil {
+	// Only change the limit when it is not 0 already (LimitCORE=0 in the
+	// systemd unit): a seccomp filter may deny setrlimit.
+	var core unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_CORE, &core); err == nil && core.Cur == 0 && core.Max == 0 {
+		h.NoCore = true
+	} else if err := unix.Setrlimit(unix.RLIMIT_CORE, &unix.Rlimit{}); err != nil {
 		h.Problems = append(h.Problems, fmt.Sprintf("RLIMIT_CORE=0 refused: %v", err))
 	} else {
 		h.NoCore = true
