@@ -2,8 +2,8 @@ package sealsvc
 
 import (
 	"context"
-	"errors"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"math/big"
 
