@@ -79,13 +79,6 @@ func (v *pinVault) use(fn func(pin string) error) error {
 	return fn(unsafe.String(&scratch[0], n))
 }
 
-// locked reports whether the PIN's pages are locked out of swap.
-func (v *pinVault) locked() bool {
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	return v.buf.Locked()
-}
-
 func (v *pinVault) destroy() {
 	v.mu.Lock()
 	defer v.mu.Unlock()
@@ -205,11 +198,4 @@ func (m *Module) PINLengths(ctx context.Context) (minLen, maxLen int, err error)
 		return 0, 0, mapErr("token info", err)
 	}
 	return int(ti.MinPinLen), int(ti.MaxPinLen), nil
-}
-
-// PINLocked reports whether the kept PIN's pages are locked out of swap.
-func (m *Module) PINLocked() bool {
-	m.mu.RLock()
-	defer m.mu.RUnlock()
-	return m.pin.locked()
 }

@@ -121,7 +121,6 @@ type Daemon struct {
 	lease     *tokenlock.Lock
 	reg       *prometheus.Registry
 	unsealReg atomic.Pointer[prometheus.Registry]
-	tlsCfg    credentials.TransportCredentials
 	// completeMu serialises complete; completed is set once it succeeds.
 	completeMu sync.Mutex
 	completed  atomic.Bool
