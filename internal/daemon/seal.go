@@ -205,7 +205,9 @@ func (d *Daemon) ceremonyHook(ctx context.Context, dec func(any) error, call fun
 	if err != nil {
 		return nil, err
 	}
-	err = d.complete(ctx, pin.Bytes())
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Minute)
+	err = d.complete(cctx, pin.Bytes())
+	cancel()
 	pin.Destroy()
 	if err != nil && !d.completed.Load() {
 		d.log.Warn("key ceremony: the start with the installer's PIN failed", "err", err)

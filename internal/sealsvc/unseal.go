@@ -133,8 +133,16 @@ func (s *Service) completeLocked(ctx context.Context, pin []byte) error {
 		s.mu.Lock()
 		s.completing = false
 	}()
-	return s.o.Complete(ctx, pin)
+	// The start must not stop half-way because the last officer's client
+	// gave up waiting: it runs to the end (bounded) on its own context.
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), completeTimeout)
+	defer cancel()
+	return s.o.Complete(cctx, pin)
 }
+
+// completeTimeout bounds a start once the PIN is known (login, lease, store,
+// registry, governance).
+const completeTimeout = 5 * time.Minute
 
 // Expire discards accepted shares that waited longer than the progress TTL
 // and audits it. The daemon calls it periodically while sealed.
