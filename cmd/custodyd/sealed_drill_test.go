@@ -213,6 +213,17 @@ func TestSealedVaultDrill(t *testing.T) {
 		t.Fatalf("the first instance stopped serving: %v", err)
 	}
 	second.stop(t, syscall.SIGTERM)
+	// The second instance was never unsealed, yet its refusal is on its own
+	// hash-chained record, written while it was sealed.
+	var refused bool
+	for _, r := range auditRecords(t, filepath.Join(second.data, "audit")) {
+		if r["method"] == "Unsealed" && r["outcome"] == "error" && strings.Contains(fmt.Sprint(r["detail"]), "another custodyd") {
+			refused = true
+		}
+	}
+	if !refused {
+		t.Error("the second instance's refused unseal is not in its audit log")
+	}
 	v.stop(t, syscall.SIGTERM)
 }
 
