@@ -92,7 +92,9 @@ func TestCeremonyReplacesTheInstallersPINWithOneOnlyOfficersHold(t *testing.T) {
 	if st := v.sealStatus(t); st.GetState() != custodyv1.SealState_SEAL_STATE_SEALED || st.GetSharesNeeded() != 2 {
 		t.Fatalf("after restart: %v", st)
 	}
-	if inv := v.unseal(t, "alice"); inv.code != 0 || !strings.Contains(inv.stdout, "1 of 2") {
+	// Alice also checks her share's commitment against the signed transcript.
+	inv := v.ctlAs(t, "officer", nil, "unseal", "--officer-key", v.officerKey("alice"), "--expect-unseal-key", v.fingerprint(t), "--transcript", tdir)
+	if inv.code != 0 || !strings.Contains(inv.stdout, "1 of 2") {
 		t.Fatalf("alice: %+v", inv)
 	}
 	_, err = custodyv1.NewCryptoServiceClient(v.conn(t, "relay")).Encrypt(tctx(t), &custodyv1.EncryptRequest{KeyName: "msgs", Plaintext: []byte("x")})
