@@ -20,6 +20,33 @@ import (
 // then service again from the same process with the same keys.
 func TestTokenRemovedFailsFastAndRecovers(t *testing.T) {
 	m, tok := hsmtest.Open(t)
+	tokenRemovedAndRestored(t, m, tok)
+}
+
+// TestSealedTokenRemovedRecoversWithTheKeptPIN is the same drill on a
+// sealed start: the module logged in with a PIN that was then replaced
+// (C_SetPIN) by one that only the module keeps — as after a key ceremony or
+// an unseal, where no file and no caller holds it. Recovery logs in again
+// with the kept PIN, which is the only copy.
+func TestSealedTokenRemovedRecoversWithTheKeptPIN(t *testing.T) {
+	m, tok := hsmtest.Open(t)
+	fresh := []byte("sealed-pin-" + time.Now().Format("150405.000000000"))
+	ch, err := m.ChangePIN(ctxT(t), fresh)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch.Done()
+	clear(fresh) // nobody but the module has it now
+	tokenRemovedAndRestored(t, m, tok)
+	// The installer's PIN is retired for good.
+	cfg := tok.Config()
+	if err := probeLogin(t, cfg); !errors.Is(err, hsm.ErrLogin) {
+		t.Fatalf("installer PIN after ChangePIN: %v, want ErrLogin", err)
+	}
+}
+
+func tokenRemovedAndRestored(t *testing.T, m *hsm.Module, tok *hsmtest.Token) {
+	t.Helper()
 	ctx := ctxT(t)
 	k, _, err := m.CreateKey(ctx, hsm.KindAES256, "master")
 	if err != nil {

@@ -19,8 +19,9 @@ import (
 type Config struct {
 	// URI is an RFC 7512 PKCS#11 URI naming the module and the token.
 	URI string
-	// PIN is the user PIN. The module keeps a copy to log in again after
-	// recovery and never prints it.
+	// PIN is the user PIN. The module keeps a masked copy in locked memory
+	// to log in again after recovery (login.go) and never prints it; the
+	// caller clears its own copy.
 	PIN []byte
 	// MaxSessions bounds the sessions open at once (one per in-flight
 	// operation). 0 means 32, capped by the token's own limit.
@@ -88,7 +89,7 @@ type Stats struct {
 // process at a time: C_Finalize (Close, recovery) ends every user of it.
 type Module struct {
 	uri        URI
-	pin        []byte
+	pin        *pinVault
 	initArgs   *initArgs
 	deny       []uint
 	log        *slog.Logger
@@ -155,10 +156,14 @@ func Open(ctx context.Context, cfg Config) (*Module, error) {
 			return nil, err
 		}
 	}
+	pin, err := newPINVault(cfg.PIN)
+	if err != nil {
+		return nil, err
+	}
 	m := &Module{
 		profile:    prof,
 		uri:        u,
-		pin:        append([]byte(nil), cfg.PIN...),
+		pin:        pin,
 		initArgs:   newInitArgs(cfg.InitArgs),
 		deny:       append([]uint(nil), cfg.DenyMechanisms...),
 		log:        cfg.Logger,
@@ -178,6 +183,7 @@ func Open(ctx context.Context, cfg Config) (*Module, error) {
 		m.backoffMax = 2 * time.Second
 	}
 	if err := ctx.Err(); err != nil {
+		pin.destroy()
 		return nil, err
 	}
 	m.mu.Lock()
@@ -185,6 +191,7 @@ func Open(ctx context.Context, cfg Config) (*Module, error) {
 	m.mu.Unlock()
 	if err != nil {
 		m.release()
+		pin.destroy()
 		return nil, err
 	}
 	m.sem = make(chan struct{}, m.max)
@@ -267,7 +274,7 @@ func (m *Module) initLocked() error {
 			return mapErr("module info", err)
 		}
 		m.profile = detectProfile(info.ManufacturerID)
-		if err := m.profile.checkPIN(m.pin); err != nil {
+		if err := m.pin.use(func(pin string) error { return m.profile.checkPIN([]byte(pin)) }); err != nil {
 			_ = m.p.Finalize()
 			return err
 		}
@@ -292,15 +299,13 @@ func (m *Module) initLocked() error {
 		_ = m.p.Finalize()
 		return mapErr("open session", err)
 	}
-	if err := m.p.Login(sh, pkcs11.CKU_USER, string(m.pin)); err != nil {
-		if code, _ := rv(err); code != pkcs11.CKR_USER_ALREADY_LOGGED_IN {
-			_ = m.p.CloseSession(sh)
-			_ = m.p.Finalize()
-			if errors.Is(mapErr("", err), ErrLogin) {
-				return fmt.Errorf("%w: token %q refused the PIN (%v); not retried", ErrLogin, m.tokenName(), err)
-			}
-			return mapErr("login", err)
+	if err := m.loginLocked(sh); err != nil {
+		_ = m.p.CloseSession(sh)
+		_ = m.p.Finalize()
+		if errors.Is(mapErr("", err), ErrLogin) {
+			return fmt.Errorf("%w: token %q refused the PIN (%v); not retried", ErrLogin, m.tokenName(), err)
 		}
+		return mapErr("login", err)
 	}
 	m.pinned = sh
 	m.gen++
@@ -381,6 +386,7 @@ func (m *Module) Close() error {
 		m.state.Store(int32(StateClosed))
 		m.mu.Lock()
 		defer m.mu.Unlock()
+		defer m.pin.destroy()
 		if m.p == nil {
 			return
 		}
@@ -391,9 +397,6 @@ func (m *Module) Close() error {
 			err = nil
 		}
 		m.release()
-		for i := range m.pin {
-			m.pin[i] = 0
-		}
 	})
 	return err
 }

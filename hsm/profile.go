@@ -114,6 +114,12 @@ type Profile struct {
 	// serving from cache after it is removed; liveness checks look at the
 	// directory itself.
 	FileTokenDir bool
+	// NoDataObjects: the module refuses private token data objects
+	// (CKO_DATA with CKA_TOKEN or CKA_PRIVATE true), so nothing custodyd
+	// keeps on the token besides keys (the instance lease, the audit
+	// high-water mark) can live there. Calls that need them fail with
+	// ErrUnsupported.
+	NoDataObjects bool
 	// TestedHere says whether this repository's tests run this module.
 	TestedHere bool
 }
@@ -210,7 +216,10 @@ var Profiles = map[string]*Profile{
 		},
 		DeclaredWrap: ckmAESKeyWrapKWP,
 		PINFormat:    "the NSS database password",
-		TestedHere:   true,
+		// sftk_handleDataObject refuses token, private or modifiable data
+		// objects with CKR_ATTRIBUTE_VALUE_INVALID (measured on 3.87).
+		NoDataObjects: true,
+		TestedHere:    true,
 	},
 	"cloudhsm": {
 		Name: "cloudhsm", Vendor: "AWS CloudHSM (Client SDK 5)",

@@ -23,6 +23,11 @@ var notOnNSS = map[string]string{
 		"(and wraps it out), in FIPS mode too; the probe records it (extract_refused) and TestKeysCannotLeaveTheToken asserts that on NSS",
 	"TestFunctionListLayoutMatchesExportedSymbols": "NSS exports only C_GetFunctionList, so its function list cannot be checked entry by entry against symbols",
 	"TestProbeOnATokenThatRefusesReadableKeys":     "it runs on NSS in FIPS mode (hsmtest.NewNSSFIPS), the one token here that refuses readable keys",
+	"TestDataObjectsCreateReadReplaceDestroy": "NSS softokn refuses private token data objects (profile NoDataObjects); " +
+		"TestDataObjectsRefusedWhereTheProfileSaysSo checks the refusal on NSS",
+	"TestChangePINRetiresTheOldPINAndTheNewOneLogsIn": "it probes the PIN with pkcs11-tool by token label, which cannot pass NSS its configdir init args",
+	"TestPINChangeRevertRestoresTheOldPIN":            "as TestChangePINRetiresTheOldPINAndTheNewOneLogsIn (pkcs11-tool probe); its token-removal half needs SoftHSM's directory",
+	"TestSealedTokenRemovedRecoversWithTheKeptPIN":    "it takes SoftHSM's token directory away, as TestTokenRemovedFailsFastAndRecovers",
 	"TestProfileCapsSessionsAndOmissionNeverWeakensTheReadBack": "it borrows other vendors' profiles, which needs SoftHSM's test PIN (it has the YubiHSM form) " +
 		"and SoftHSM's permissive default of CKA_SENSITIVE=false to show that an omitted attribute is still checked",
 }

@@ -67,6 +67,8 @@ func (a *app) rootCommand() *cobra.Command {
 		a.proposalCommand(),
 		a.grantCommand(), a.budgetCommand(), a.orderCommand(),
 		a.ceremonyCommand(),
+		a.unsealCommand(),
+		a.sealCommand(),
 		a.benchCommand(),
 		a.hsmCommand())
 	root.Long = `custodyctl talks to custodyd over gRPC with mutual TLS 1.3.

@@ -27,6 +27,7 @@ import (
 	custodyv1 "github.com/custodyhq/custody/api/custody/v1"
 	"github.com/custodyhq/custody/internal/policy"
 	"github.com/custodyhq/custody/internal/quorum"
+	"github.com/custodyhq/custody/internal/seal"
 )
 
 // ceremonyConfig is ceremony.yaml. Paths are relative to the file's directory.
@@ -41,6 +42,9 @@ type ceremonyConfig struct {
 type ceremonyOfficer struct {
 	Name      string `yaml:"name"`
 	PublicKey string `yaml:"public_key"`
+	// SharePublicKey is the officer's share key (FILE.share.pub from
+	// officer keygen): their share of the HSM PIN is encrypted to it.
+	SharePublicKey string `yaml:"share_public_key"`
 }
 
 type ceremonyKey struct {
@@ -138,7 +142,13 @@ func (c ceremonyConfig) request(dir string, allowDev bool) (*custodyv1.InitCerem
 		}
 		off.Name = o.Name
 		set.Officers = append(set.Officers, off)
-		req.Officers = append(req.Officers, &custodyv1.Officer{Name: o.Name, Fingerprint: off.Fingerprint(), PublicKeyDer: off.PublicKey})
+		po := &custodyv1.Officer{Name: o.Name, Fingerprint: off.Fingerprint(), PublicKeyDer: off.PublicKey}
+		if o.SharePublicKey != "" {
+			if po.SharePublicKeyDer, err = readSharePublicKey(resolve(o.SharePublicKey)); err != nil {
+				return nil, fmt.Errorf("officers[%d].share_public_key: %v", i, err)
+			}
+		}
+		req.Officers = append(req.Officers, po)
 	}
 	if err := set.Validate(allowDev); err != nil {
 		msg := strings.TrimPrefix(err.Error(), quorum.ErrInvalidOfficers.Error()+": ")
@@ -325,8 +335,8 @@ func (a *app) ceremonyCommand() *cobra.Command {
 }
 
 func (a *app) ceremonyInitCommand() *cobra.Command {
-	var config, outDir string
-	var dev bool
+	var config, outDir, expect string
+	var dev, pinStdin, yes bool
 	cmd := &cobra.Command{
 		Use:   "init --config ceremony.yaml --transcript-out DIR",
 		Short: "Run the one-time key ceremony against a fresh custodyd and save the signed transcript",
@@ -335,7 +345,17 @@ the first keys, grants and budgets), checks it here, and asks custodyd to
 run the ceremony: it runs once per vault and is refused afterwards. The
 signed transcript is written to DIR (transcript.json, transcript.txt,
 transcript.sig, audit-pubkey.pem), verified, and checked against what
-ceremony.yaml declared. M must be at least 2 unless --dev.`,
+ceremony.yaml declared. M must be at least 2 unless --dev.
+
+A production custodyd without pin_file/pin_env waits, sealed, for this
+ceremony: custodyctl then asks once for the installer's HSM user PIN (from
+the terminal, or the first line of stdin with --pin-stdin; never a flag),
+encrypts it to custodyd's unseal key (compare the fingerprint with the one
+custodyd printed) and sends it with the ceremony. custodyd logs in with it,
+replaces it with a random PIN nobody sees, splits that M-of-N among the
+officers (each share encrypted to the officer's share_public_key) and
+records who holds which share in the transcript. The installer's PIN no
+longer works afterwards.`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if config == "" || outDir == "" {
@@ -347,6 +367,41 @@ ceremony.yaml declared. M must be at least 2 unless --dev.`,
 			}
 			if err := prepareTranscriptDir(outDir); err != nil {
 				return err
+			}
+			st, err := a.sealStatus(cmd.Context())
+			if err != nil {
+				return err
+			}
+			sealing := st.GetState() == custodyv1.SealState_SEAL_STATE_AWAITING_CEREMONY
+			switch {
+			case st.GetState() == custodyv1.SealState_SEAL_STATE_SEALED:
+				return localError(codes.FailedPrecondition, fmt.Errorf("custodyd is sealed: its ceremony has run (officers unseal it with custodyctl unseal)"))
+			case sealing:
+				for i, o := range req.GetOfficers() {
+					if len(o.GetSharePublicKeyDer()) == 0 {
+						return localError(codes.InvalidArgument, fmt.Errorf("%s: officers[%d].share_public_key: required: this custodyd splits its HSM PIN among the officers (officer keygen writes FILE.share.pub)", config, i))
+					}
+				}
+				fp := st.GetUnsealKeyFingerprint()
+				if seal.Fingerprint(st.GetUnsealPublicKeyDer()) != fp {
+					return localError(codes.DataLoss, fmt.Errorf("custodyd's unseal key does not match its fingerprint"))
+				}
+				if pinStdin && expect == "" && !yes {
+					return usageErrorf("with --pin-stdin there is no terminal to confirm on: give --expect-unseal-key FINGERPRINT (as custodyd printed it), or --yes")
+				}
+				pin, err := a.readInstallerPIN(pinStdin)
+				if err != nil {
+					return err
+				}
+				err = a.confirmSend("Sending the installer's HSM PIN with the ceremony.", fp, expect, yes)
+				if err == nil {
+					req.EncryptedPin, err = seal.SealPIN(st.GetUnsealPublicKeyDer(), pin.Bytes())
+				}
+				pin.Destroy()
+				if err != nil {
+					return err
+				}
+				req.UnsealKeyFingerprint = fp
 			}
 			c, ctx, cancel, err := a.governance(cmd.Context())
 			if err != nil {
@@ -368,13 +423,42 @@ ceremony.yaml declared. M must be at least 2 unless --dev.`,
 			if err := matchDeclared(t, req); err != nil {
 				return localError(codes.DataLoss, fmt.Errorf("transcript saved in %s but it does not match %s: %w", outDir, config, err))
 			}
+			if sealing {
+				if err := matchShares(t, req); err != nil {
+					return localError(codes.DataLoss, fmt.Errorf("transcript saved in %s but: %w", outDir, err))
+				}
+			}
 			return a.reportTranscript(t, tr.GetAuditPublicKeyDer(), outDir)
 		},
 	}
 	cmd.Flags().StringVar(&config, "config", "", "ceremony.yaml")
 	cmd.Flags().StringVar(&outDir, "transcript-out", "", "directory to write the transcript into (created; must not hold a transcript)")
 	cmd.Flags().BoolVar(&dev, "dev", false, "allow M = 1 (development vaults only; recorded in the transcript)")
+	cmd.Flags().BoolVar(&pinStdin, "pin-stdin", false, "read the installer's HSM PIN from the first line of stdin instead of the terminal")
+	cmd.Flags().StringVar(&expect, "expect-unseal-key", "", "custodyd's unseal key fingerprint as printed at its start; send the PIN only to that key")
+	cmd.Flags().BoolVar(&yes, "yes", false, "send the PIN without asking (after showing the unseal key fingerprint)")
 	return cmd
+}
+
+// matchShares checks that the transcript records a share for every
+// declared officer, encrypted to the share key ceremony.yaml named.
+func matchShares(t *Transcript, req *custodyv1.InitCeremonyRequest) error {
+	if t.Seal == nil || t.Seal.PINSource != seal.SourceOfficers {
+		return fmt.Errorf("the transcript does not record the PIN as split among the officers")
+	}
+	byName := map[string]string{}
+	for _, s := range t.Seal.Shares {
+		byName[s.Officer] = s.ShareKeyFingerprint
+	}
+	for _, o := range req.GetOfficers() {
+		if byName[o.GetName()] != seal.Fingerprint(o.GetSharePublicKeyDer()) {
+			return fmt.Errorf("officer %s's share is not recorded as encrypted to the declared share key", o.GetName())
+		}
+	}
+	if t.Seal.Threshold != int(req.GetThreshold()) {
+		return fmt.Errorf("the PIN is split %d of %d, not %d", t.Seal.Threshold, len(t.Seal.Shares), req.GetThreshold())
+	}
+	return nil
 }
 
 func (a *app) ceremonyFetchCommand() *cobra.Command {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/rand"
 	"encoding/json"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -145,5 +146,31 @@ func TestKeyGetAndTranscriptSayTheSameForASafeKey(t *testing.T) {
 		if !strings.Contains(inv.stdout, f) {
 			t.Errorf("key get --output json lacks %s: %s", f, inv.stdout)
 		}
+	}
+}
+
+// TestStatusShowsTheSealAndThePINSource: status says whether custodyd is
+// sealed and where its PIN comes from; a dev vault's is a file on the host.
+func TestStatusShowsTheSealAndThePINSource(t *testing.T) {
+	e := testenv.Start(t, testenv.Settings{})
+	inv := runCLI(t, nil, append(as(e, "auditor"), "status")...)
+	if inv.code != 0 || !strings.Contains(inv.stdout, "SERVING") || !strings.Contains(inv.stdout, "seal:        unsealed") ||
+		!strings.Contains(inv.stdout, "pin source:  pin_file (the HSM PIN is ON THIS HOST") {
+		t.Fatalf("status: %+v", inv)
+	}
+	inv = runCLI(t, nil, append(as(e, "auditor"), "--output", "json", "seal", "status")...)
+	var st map[string]any
+	if inv.code != 0 || json.Unmarshal([]byte(inv.stdout), &st) != nil || st["state"] != "SEAL_STATE_UNSEALED" || st["pin_source"] != "pin_file" {
+		t.Fatalf("seal status: %+v", inv)
+	}
+	// Unsealing an unsealed vault is refused, in one line.
+	key := filepath.Join(t.TempDir(), "alice")
+	if inv := keygen(t, "--out", key); inv.code != 0 {
+		t.Fatal(inv)
+	}
+	inv = runCLI(t, nil, append(as(e, "officer"), "unseal", "--officer-key", key, "--yes")...)
+	assertOneErrorLine(t, inv, 1, "FailedPrecondition")
+	if !strings.Contains(inv.stderr, "not sealed") {
+		t.Fatalf("unseal on an unsealed vault: %+v", inv)
 	}
 }

@@ -25,6 +25,7 @@ import (
 
 	custodyv1 "github.com/custodyhq/custody/api/custody/v1"
 	"github.com/custodyhq/custody/internal/quorum"
+	"github.com/custodyhq/custody/internal/seal"
 )
 
 // Officer key files.
@@ -70,8 +71,8 @@ var (
 )
 
 func (a *app) officerCommand() *cobra.Command {
-	return groupCommand("officer", "Create and inspect security officers' signing keys",
-		a.officerKeygenCommand(), a.officerShowCommand(), a.officerListCommand())
+	return groupCommand("officer", "Create and inspect security officers' signing and share keys",
+		a.officerKeygenCommand(), a.officerShareKeygenCommand(), a.officerSharePubCommand(), a.officerShowCommand(), a.officerListCommand())
 }
 
 func (a *app) officerKeygenCommand() *cobra.Command {
@@ -79,21 +80,30 @@ func (a *app) officerKeygenCommand() *cobra.Command {
 	var pass passphraseFlags
 	cmd := &cobra.Command{
 		Use:   "keygen --out FILE",
-		Short: "Generate an officer signing key (FILE, mode 0600) and its public key (FILE.pub)",
-		Long: `Generates an Ed25519 or ECDSA P-256 officer key. FILE holds the private key
-(PKCS#8 PEM, or encrypted with argon2id + AES-256-GCM when a passphrase is
-given) and is created with mode 0600; FILE.pub holds the public key (PKIX
-PEM) to put in ceremony.yaml. Existing files are never overwritten. Prints
-the key's fingerprint: compare it with what the ceremony transcript shows.`,
+		Short: "Generate an officer's signing key (FILE, FILE.pub) and share key (FILE.share, FILE.share.pub)",
+		Long: `Generates an Ed25519 or ECDSA P-256 officer signing key, and a separate
+P-256 share key to which custodyd encrypts the officer's share of the HSM
+PIN (sealed start). FILE and FILE.share hold the private keys (PKCS#8 PEM,
+or encrypted with argon2id + AES-256-GCM when a passphrase is given, the
+same passphrase for both) and are created with mode 0600; FILE.pub and
+FILE.share.pub hold the public keys to put in ceremony.yaml (public_key and
+share_public_key). Existing files are never overwritten. Prints both
+fingerprints: compare them with what the ceremony transcript shows.`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if out == "" {
 				return usageErrorf("--out is required")
 			}
+			for _, p := range []string{out + shareSuffix, out + shareSuffix + ".pub"} {
+				if _, err := os.Lstat(p); err == nil {
+					return localError(codes.AlreadyExists, fmt.Errorf("%s exists; refusing to overwrite it", p))
+				}
+			}
 			passphrase, err := pass.read(true)
 			if err != nil {
 				return err
 			}
+			defer clear(passphrase)
 			signer, err := generateOfficerKey(typ)
 			if err != nil {
 				return err
@@ -102,15 +112,90 @@ the key's fingerprint: compare it with what the ceremony transcript shows.`,
 			if err != nil {
 				return err
 			}
-			return a.emitValue(map[string]string{"key_file": out, "public_key_file": out + ".pub", "fingerprint": fp},
+			sfp, err := writeShareKey(out+shareSuffix, passphrase)
+			if err != nil {
+				_ = os.Remove(out)
+				_ = os.Remove(out + ".pub")
+				return err
+			}
+			return a.emitValue(map[string]string{"key_file": out, "public_key_file": out + ".pub", "fingerprint": fp,
+				"share_key_file": out + shareSuffix, "share_public_key_file": out + shareSuffix + ".pub", "share_fingerprint": sfp},
 				func(w io.Writer) {
 					fmt.Fprintf(w, "private key: %s\npublic key:  %s.pub\nfingerprint: %s\n", out, out, fp)
+					fmt.Fprintf(w, "share key:   %s%s (public: %s%s.pub)\nshare key fingerprint: %s\n", out, shareSuffix, out, shareSuffix, sfp)
 				})
 		},
 	}
 	cmd.Flags().StringVar(&out, "out", "", "private key file to create; the public key goes to FILE.pub")
 	cmd.Flags().StringVar(&typ, "type", "ed25519", "key type: ed25519 or ecdsa-p256")
 	pass.register(cmd, "")
+	return cmd
+}
+
+func (a *app) officerShareKeygenCommand() *cobra.Command {
+	var out string
+	var pass passphraseFlags
+	cmd := &cobra.Command{
+		Use:   "share-keygen --out FILE",
+		Short: "Generate only a share key (FILE, mode 0600, and FILE.pub), e.g. for an officer who has a signing key",
+		Args:  exactArgs(0, "no arguments"),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if out == "" {
+				return usageErrorf("--out is required")
+			}
+			passphrase, err := pass.read(true)
+			if err != nil {
+				return err
+			}
+			defer clear(passphrase)
+			fp, err := writeShareKey(out, passphrase)
+			if err != nil {
+				return err
+			}
+			return a.emitValue(map[string]string{"share_key_file": out, "share_public_key_file": out + ".pub", "share_fingerprint": fp},
+				func(w io.Writer) { fmt.Fprintf(w, "share key:   %s (public: %s.pub)\nfingerprint: %s\n", out, out, fp) })
+		},
+	}
+	cmd.Flags().StringVar(&out, "out", "", "share key file to create; the public key goes to FILE.pub")
+	pass.register(cmd, "")
+	return cmd
+}
+
+func (a *app) officerSharePubCommand() *cobra.Command {
+	var out, pinEnv string
+	var sk shareKeyFlags
+	cmd := &cobra.Command{
+		Use:   "share-pub --share-pkcs11 URI --officer-pin-env VAR --out FILE.pub",
+		Short: "Write the public half of a share key kept on a PKCS#11 token (P-256, CKA_DERIVE), for ceremony.yaml",
+		Long: `An officer whose keys live on a token makes the share key there, e.g.
+  pkcs11-tool --module LIB --login --keypairgen --key-type EC:prime256v1 --usage-derive --label alice-share
+and writes its public half with this command. The private half never leaves
+the token: custodyctl unseal asks the token to do the key agreement.`,
+		Args: exactArgs(0, "no arguments"),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if out == "" || sk.uri == "" {
+				return usageErrorf("--share-pkcs11 and --out are required")
+			}
+			k, err := openTokenShareKey(sk.uri, pinEnv)
+			if err != nil {
+				return err
+			}
+			defer k.Close()
+			der, err := seal.MarshalPublicKey(k.PublicKey())
+			if err != nil {
+				return localError(codes.Internal, err)
+			}
+			if err := createFile(out, pem.EncodeToMemory(&pem.Block{Type: pemPublicKey, Bytes: der}), 0o644); err != nil {
+				return err
+			}
+			fp := seal.Fingerprint(der)
+			return a.emitValue(map[string]string{"share_public_key_file": out, "share_fingerprint": fp},
+				func(w io.Writer) { fmt.Fprintf(w, "share public key: %s\nfingerprint:      %s\n", out, fp) })
+		},
+	}
+	cmd.Flags().StringVar(&out, "out", "", "public key file to create (PKIX PEM)")
+	cmd.Flags().StringVar(&sk.uri, "share-pkcs11", "", "the share key pair on the token")
+	cmd.Flags().StringVar(&pinEnv, "officer-pin-env", "", "environment variable holding the token's user PIN")
 	return cmd
 }
 

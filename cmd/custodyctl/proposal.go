@@ -24,6 +24,7 @@ import (
 	custodyv1 "github.com/custodyhq/custody/api/custody/v1"
 	"github.com/custodyhq/custody/internal/policy"
 	"github.com/custodyhq/custody/internal/quorum"
+	"github.com/custodyhq/custody/internal/seal"
 )
 
 // algorithmNames maps API purposes to the algorithm names a create-key
@@ -119,7 +120,8 @@ func (a *app) proposalCreateCommand() *cobra.Command {
 		volume   int64
 		window   time.Duration
 	}
-	var unfreezeID, officerPub string
+	var unfreezeID, officerPub, rekeyReason string
+	var rekeyKeys []string
 	var order struct {
 		caseRef, recipient, notAfter string
 		match                        []string
@@ -238,6 +240,26 @@ func (a *app) proposalCreateCommand() *cobra.Command {
 					return nil, usageErrorf("M must be a whole number, not %q", args[0])
 				}
 				return quorum.SetThreshold{Threshold: m}, nil
+			}),
+		kind("rekey-seal [--share-key OFFICER=FILE.pub ...]", "Replace the HSM PIN with a new one split among the current officers (sealed vaults)", exactArgs(0, "no arguments"),
+			func(c *cobra.Command) {
+				c.Flags().StringSliceVar(&rekeyKeys, "share-key", nil, "OFFICER=FILE.pub: the share key of an officer who has no share yet (added since) or replaces theirs (repeatable)")
+				c.Flags().StringVar(&rekeyReason, "reason", "", "why, recorded in the proposal")
+			},
+			func([]string) (quorum.Payload, error) {
+				pl := quorum.RekeySeal{Reason: rekeyReason}
+				for _, kv := range rekeyKeys {
+					name, file, ok := strings.Cut(kv, "=")
+					if !ok || name == "" || file == "" {
+						return nil, usageErrorf("--share-key wants OFFICER=FILE.pub, not %q", kv)
+					}
+					der, err := readSharePublicKey(file)
+					if err != nil {
+						return nil, err
+					}
+					pl.ShareKeys = append(pl.ShareKeys, quorum.OfficerShareKey{Officer: name, PublicKey: der})
+				}
+				return pl, nil
 			}),
 		kind("disclosure-order KEY --case REF --context k=v,... --recipient ID --max-uses N --not-after T",
 			"Issue a targeted disclosure order (widens access)", exactArgs(1, "KEY"),
@@ -772,6 +794,15 @@ func summarize(p quorum.Proposal) string {
 		return fmt.Sprintf("remove officer %q", v.Name)
 	case quorum.SetThreshold:
 		return fmt.Sprintf("require %d officer approvals per proposal", v.Threshold)
+	case quorum.RekeySeal:
+		s := "replace the HSM PIN with a new random one split among the current officers (M = the current threshold); the old PIN is retired once every new holder confirms"
+		for _, k := range v.ShareKeys {
+			s += fmt.Sprintf("; officer %q's share encrypted to share key %s", k.Officer, seal.Fingerprint(k.PublicKey))
+		}
+		if v.Reason != "" {
+			s += "; reason: " + v.Reason
+		}
+		return s
 	case quorum.DisclosureOrder:
 		o := v.Order
 		return fmt.Sprintf("disclosure order for case %q: identity %s may decrypt/unwrap with key %q only where context is %s, at most %d times, until %s",

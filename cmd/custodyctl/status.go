@@ -21,13 +21,15 @@ func (a *app) statusCommand() *cobra.Command {
 	var service string
 	cmd := &cobra.Command{
 		Use:   "status",
-		Short: "Ask custodyd whether it is serving, and what its HSM can do",
-		Long: `Calls the standard gRPC health service over mTLS, then custodyd's
-StatusService: the HSM's state, its vendor profile and, per capability
-(AES-GCM, RFC 5649 key wrap, RSA-OAEP, HMAC, refusal to let non-extractable
-keys out), the mechanism and parameter form the start-up probe chose, or why
-it is missing. A missing capability makes only the calls that need it fail
-with FAILED_PRECONDITION. Exits 0 when custodyd reports SERVING, 1 otherwise.`,
+		Short: "Ask custodyd whether it is serving or sealed, where its HSM PIN comes from, and what its HSM can do",
+		Long: `Calls the standard gRPC health service over mTLS, then the seal service (a
+sealed custodyd reports k-of-M unseal progress; a vault whose PIN is in
+pin_file/pin_env says so) and, once unsealed, custodyd's StatusService: the
+HSM's state, its vendor profile and, per capability (AES-GCM, RFC 5649 key
+wrap, RSA-OAEP, HMAC, refusal to let non-extractable keys out), the mechanism
+and parameter form the start-up probe chose, or why it is missing. A missing
+capability makes only the calls that need it fail with FAILED_PRECONDITION.
+Exits 0 when custodyd reports SERVING, 1 otherwise.`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			conn, err := a.connect()
@@ -40,8 +42,16 @@ with FAILED_PRECONDITION. Exits 0 when custodyd reports SERVING, 1 otherwise.`,
 			if err != nil {
 				return err
 			}
-			hsmStatus, why := vaultStatus(ctx, conn)
-			if err := a.emitStatus(resp, hsmStatus); err != nil {
+			var seal *custodyv1.SealStatus
+			if service == "" {
+				seal, _ = custodyv1.NewSealServiceClient(conn).GetSealStatus(ctx, &custodyv1.GetSealStatusRequest{})
+			}
+			var hsmStatus *custodyv1.HsmStatus
+			why := ""
+			if resp.GetStatus() == healthpb.HealthCheckResponse_SERVING {
+				hsmStatus, why = vaultStatus(ctx, conn)
+			}
+			if err := a.emitStatus(resp, seal, hsmStatus); err != nil {
 				return err
 			}
 			if why != "" {
@@ -71,9 +81,13 @@ func vaultStatus(ctx context.Context, conn grpc.ClientConnInterface) (*custodyv1
 	return nil, status.Convert(err).Code().String() + ": " + status.Convert(err).Message()
 }
 
-func (a *app) emitStatus(health *healthpb.HealthCheckResponse, h *custodyv1.HsmStatus) error {
+func (a *app) emitStatus(health *healthpb.HealthCheckResponse, seal *custodyv1.SealStatus, h *custodyv1.HsmStatus) error {
 	if a.output == "json" {
 		out := map[string]any{"status": health.GetStatus().String()}
+		if seal != nil {
+			out["seal"], out["pin_source"] = seal.GetState().String(), seal.GetPinSource()
+			out["shares_accepted"], out["shares_needed"] = seal.GetSharesAccepted(), seal.GetSharesNeeded()
+		}
 		if h != nil {
 			b, err := jsonMarshal.Marshal(h)
 			if err != nil {
@@ -85,6 +99,9 @@ func (a *app) emitStatus(health *healthpb.HealthCheckResponse, h *custodyv1.HsmS
 	}
 	return a.emitValue(nil, func(w io.Writer) {
 		fmt.Fprintf(w, "%s %s\n", a.addr, health.GetStatus())
+		if seal != nil {
+			printSealStatus(w, seal)
+		}
 		if h != nil {
 			writeHSMStatus(w, h)
 		}

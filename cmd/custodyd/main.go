@@ -6,7 +6,14 @@
 //	custodyd --version
 //
 // The HSM PIN is read from the file or environment variable the config
-// names; there is deliberately no flag for it.
+// names; there is deliberately no flag for it. With neither, a production
+// custodyd starts sealed: it prints its unseal key's fingerprint and waits
+// for M officers (custodyctl unseal), or for its key ceremony.
+//
+// Before anything else custodyd makes itself non-dumpable (no core files,
+// no ptrace or /proc/PID/mem for processes without CAP_SYS_PTRACE), sets
+// RLIMIT_CORE to 0 and, where the memory lock limit allows, locks all its
+// memory out of swap; what was refused is logged as a warning.
 package main
 
 import (
@@ -21,9 +28,12 @@ import (
 	"syscall"
 	"time"
 
+	custodyv1 "github.com/custodyhq/custody/api/custody/v1"
 	"github.com/custodyhq/custody/internal/config"
 	"github.com/custodyhq/custody/internal/daemon"
 	"github.com/custodyhq/custody/internal/version"
+	"github.com/custodyhq/custody/internal/seal"
+	"github.com/custodyhq/custody/internal/secmem"
 )
 
 func main() {
@@ -60,6 +70,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))
 	slog.SetDefault(log)
+	hardening := secmem.Harden(true)
+	for _, p := range hardening.Problems {
+		log.Warn("memory hygiene: " + p)
+	}
 
 	var cfg *config.Config
 	var setup *daemon.DevSetup
@@ -91,7 +105,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	startCtx, cancel := context.WithTimeout(ctx, time.Minute)
-	d, err := daemon.Start(startCtx, cfg, daemon.Options{Logger: log, Pprof: *pprof})
+	d, err := daemon.Start(startCtx, cfg, daemon.Options{Logger: log, Pprof: *pprof, Hardening: &hardening})
 	cancel()
 	if err != nil {
 		fmt.Fprintf(stderr, "custodyd: %v\n", err)
@@ -99,6 +113,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	if setup != nil {
 		printDev(stdout, setup, d)
+	} else if cfg.HSM.Sealed() {
+		printSealed(stdout, d)
 	}
 	<-ctx.Done()
 	log.Info("shutting down: finishing in-flight requests")
@@ -139,6 +155,20 @@ Stop with Ctrl-C (in-flight requests finish first).
 `, rel(s.Dir), d.GRPCAddr(), gatewayAddr(d), d.HTTPAddr(), daemon.DevKey, daemon.DevSignKey, daemon.DevMACKey,
 		d.GRPCAddr(), rel(s.PKI.CAFile), rel(relay.CertFile), rel(relay.KeyFile), daemon.DevKey, daemon.DevKey,
 		rel(op.CertFile), rel(op.KeyFile))
+}
+
+// printSealed tells the console what a sealed custodyd waits for. The
+// fingerprint is what officers compare before they send a share (or the
+// installer their PIN): custodyctl shows the one it encrypts to.
+func printSealed(w io.Writer, d *daemon.Daemon) {
+	st := d.Seal.Status()
+	fmt.Fprintf(w, "\ncustodyd is SEALED.\n  gRPC (mTLS): %s    metrics/health: %s\nIt serves nothing until ", d.GRPCAddr(), d.HTTPAddr())
+	if st.GetState() == custodyv1.SealState_SEAL_STATE_AWAITING_CEREMONY {
+		fmt.Fprintf(w, "its key ceremony has run:\n  custodyctl ceremony init --config ceremony.yaml --transcript-out DIR   (asks for the installer's HSM PIN)\n")
+	} else {
+		fmt.Fprintf(w, "%d officers have sent their shares:\n  custodyctl unseal --officer-key FILE   (each officer, with the officer's mTLS certificate)\n", st.GetSharesNeeded())
+	}
+	fmt.Fprintf(w, "Unseal key fingerprint (compare with what custodyctl shows):\n  %s\n\n", seal.FormatFingerprint(st.GetUnsealKeyFingerprint()))
 }
 
 func gatewayAddr(d *daemon.Daemon) string {

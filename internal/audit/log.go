@@ -572,6 +572,9 @@ func (l *Log) checkpoint(ctx context.Context) (Checkpoint, error) {
 	}
 	cp := Checkpoint{Seq: seq, Head: head, Time: time.Now().UTC().Round(0), InstanceID: l.opts.InstanceID, StoreRevision: rev}
 	sig, err := sign(l.signer, cp.signedBytes())
+	if errors.Is(err, ErrSignerNotReady) {
+		return Checkpoint{}, err
+	}
 	if err == nil {
 		cp.Signature = sig
 		if werr := appendLine(filepath.Join(l.dir, checkpointsFile), cp); werr != nil {
@@ -662,7 +665,7 @@ func (l *Log) Close(ctx context.Context) error {
 
 	var err error
 	if l.Healthy() == nil {
-		if _, cerr := l.checkpoint(ctx); cerr != nil && !errors.Is(cerr, ErrNoRecords) {
+		if _, cerr := l.checkpoint(ctx); cerr != nil && !errors.Is(cerr, ErrNoRecords) && !errors.Is(cerr, ErrSignerNotReady) {
 			err = cerr
 		}
 	}

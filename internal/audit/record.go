@@ -29,6 +29,11 @@ var (
 	ErrLocked = errors.New("audit: log directory in use")
 	// ErrBadSignature means a signature did not verify.
 	ErrBadSignature = errors.New("audit: bad signature")
+	// ErrSignerNotReady is what a checkpoint signer returns while it cannot
+	// sign yet: a sealed custodyd's HSM audit key before login. Records are
+	// written and chained as usual; checkpoints wait, without error
+	// reports, until the signer is ready (the first one after covers them).
+	ErrSignerNotReady = errors.New("audit: checkpoint signer not ready (vault sealed)")
 )
 
 // Outcome is the result of an audited request.

@@ -61,6 +61,8 @@ const (
 	DefaultProposalTTL        = 720 * time.Hour
 	DefaultFreezeRefusals     = 100
 	DefaultFreezeWithin       = time.Minute
+	DefaultUnsealTimeout      = 15 * time.Minute
+	DefaultLeaseTTL           = 30 * time.Second
 )
 
 // Config is custodyd's configuration. Durations are written in Go syntax
@@ -96,6 +98,8 @@ type Config struct {
 	// Governance configures quorum governance (proposals, time-locks,
 	// budget freezes).
 	Governance GovernanceConfig `yaml:"governance"`
+	// Seal configures sealed start (hsm.pin_file and hsm.pin_env unset).
+	Seal SealConfig `yaml:"seal"`
 	// Budgets bound what each relay may do on each granted key in dev mode,
 	// where Grants apply too. Outside dev mode the vault is governed from its
 	// first start: grants and budgets come only from the key ceremony and
@@ -112,6 +116,21 @@ type BudgetConfig struct {
 	Burst    int           `yaml:"burst"`
 	Volume   int64         `yaml:"volume"`
 	Window   time.Duration `yaml:"window"`
+}
+
+// SealConfig configures sealed start: a production custodyd with neither
+// hsm.pin_file nor hsm.pin_env starts sealed and waits for M officers'
+// shares of the PIN (docs/operations.md, "Unsealing").
+type SealConfig struct {
+	// UnsealTimeout is how long accepted shares wait for the rest before
+	// they are discarded (default 15m, 1m..24h).
+	UnsealTimeout time.Duration `yaml:"unseal_timeout"`
+	// LeaseTTL is how long this custodyd's lease on the HSM token lasts
+	// without renewal (default 30s, 3s..10m). A second custodyd on the
+	// same token is refused while the lease is live; after a crash, a
+	// restart on another host waits this long (on the same host it does
+	// not wait).
+	LeaseTTL time.Duration `yaml:"lease_ttl"`
 }
 
 // GovernanceConfig configures quorum governance.
@@ -157,7 +176,12 @@ type HSMConfig struct {
 	// PINFile is a regular file, readable only by its owner, holding the PIN.
 	PINFile string `yaml:"pin_file"`
 	// PINEnv is the name of an environment variable holding the PIN.
-	// Exactly one of PINFile and PINEnv is set.
+	// At most one of PINFile and PINEnv is set; a dev instance needs one.
+	// With neither, a production custodyd starts sealed: the key ceremony
+	// replaces the installer's PIN with a random one split among the
+	// officers, and every start needs M of them. With either, the PIN is
+	// on the host, which root there can read: custodyd says so at start,
+	// in its status, its metrics and the ceremony transcript.
 	PINEnv string `yaml:"pin_env"`
 	// MaxSessions bounds the PKCS#11 session pool.
 	MaxSessions int `yaml:"max_sessions"`
@@ -403,6 +427,27 @@ func (c *Config) ApplyDefaults() {
 	if c.Governance.Freeze.Within == 0 {
 		c.Governance.Freeze.Within = DefaultFreezeWithin
 	}
+	if c.Seal.UnsealTimeout == 0 {
+		c.Seal.UnsealTimeout = DefaultUnsealTimeout
+	}
+	if c.Seal.LeaseTTL == 0 {
+		c.Seal.LeaseTTL = DefaultLeaseTTL
+	}
+}
+
+// Sealed reports whether custodyd starts sealed: no PIN source configured.
+func (h HSMConfig) Sealed() bool { return h.PINFile == "" && h.PINEnv == "" }
+
+// PINSourceName names the configured PIN source ("pin_file", "pin_env"),
+// or "" for a sealed start.
+func (h HSMConfig) PINSourceName() string {
+	switch {
+	case h.PINFile != "":
+		return "pin_file"
+	case h.PINEnv != "":
+		return "pin_env"
+	}
+	return ""
 }
 
 func setString(p *string, def string) {

@@ -171,6 +171,7 @@ audit: {dir: %s}
 			MaxPayloadBytes: DefaultMaxPayloadBytes, MaxBatch: DefaultMaxBatch},
 		Governance: GovernanceConfig{TimeLock: DefaultTimeLock, ProposalTTL: DefaultProposalTTL,
 			Freeze: FreezeConfig{Refusals: DefaultFreezeRefusals, Within: DefaultFreezeWithin}},
+		Seal: SealConfig{UnsealTimeout: DefaultUnsealTimeout, LeaseTTL: DefaultLeaseTTL},
 	}
 	if fmt.Sprintf("%+v", *cfg) != fmt.Sprintf("%+v", want) || !reflect.DeepEqual(cfg.HSM, want.HSM) {
 		t.Fatalf("got  %+v\nwant %+v", *cfg, want)
@@ -249,7 +250,9 @@ func TestValidateNamesFieldPathOfEachProblem(t *testing.T) {
 		{"uri pin-value", func(c *Config) { c.HSM.URI = "pkcs11:token=x?pin-value=1" }, "hsm.uri", "must not carry pin-value"},
 		{"uri typo", func(c *Config) { c.HSM.URI = "pkcs11:tokn=x?module-path=/l.so" }, "hsm.uri", `unknown attribute "tokn"`},
 		{"uri two token selectors", func(c *Config) { c.HSM.URI = "pkcs11:token=x;serial=1?module-path=/l.so" }, "hsm.uri", "exactly one of token="},
-		{"no pin source", func(c *Config) { c.HSM.PINFile = "" }, "hsm", "one of pin_file and pin_env is required"},
+		{"no pin source in dev", func(c *Config) { c.HSM.PINFile, c.Dev = "", true }, "hsm", "a dev instance needs one of pin_file and pin_env"},
+		{"unseal timeout too short", func(c *Config) { c.Seal.UnsealTimeout = time.Second }, "seal.unseal_timeout", "out of range"},
+		{"lease ttl too long", func(c *Config) { c.Seal.LeaseTTL = time.Hour }, "seal.lease_ttl", "out of range"},
 		{"two pin sources", func(c *Config) { c.HSM.PINEnv = "X" }, "hsm", "mutually exclusive"},
 		{"pin file relative", func(c *Config) { c.HSM.PINFile = "pin" }, "hsm.pin_file", "absolute path"},
 		{"pin file absent", func(c *Config) { c.HSM.PINFile = "/nonexistent/pin" }, "hsm.pin_file", "does not exist"},
@@ -319,6 +322,24 @@ func TestValidateNamesFieldPathOfEachProblem(t *testing.T) {
 				t.Fatalf("problem %q; want path %q and message containing %q", ps[0], c.path, c.want)
 			}
 		})
+	}
+}
+
+// TestProductionConfigWithoutPINSourceIsSealed: no pin_file and no pin_env
+// is not an error outside dev: custodyd starts sealed.
+func TestProductionConfigWithoutPINSourceIsSealed(t *testing.T) {
+	e := newEnv(t)
+	cfg := e.valid(t)
+	cfg.HSM.PINFile = ""
+	if err := cfg.Validate(); err != nil {
+		t.Fatalf("sealed production config: %v", err)
+	}
+	if !cfg.HSM.Sealed() || cfg.HSM.PINSourceName() != "" {
+		t.Fatal("not reported as sealed")
+	}
+	cfg.HSM.PINEnv = "CUSTODY_TEST_SOME_PIN"
+	if cfg.HSM.Sealed() || cfg.HSM.PINSourceName() != "pin_env" {
+		t.Fatal("pin_env not reported")
 	}
 }
 
@@ -590,7 +611,7 @@ func TestExampleConfigLoads(t *testing.T) {
 	if err != nil {
 		t.Fatalf("example config refused: %v", err)
 	}
-	if len(cfg.Identities) != 5 || len(cfg.Grants) != 0 || cfg.HSM.PINFile != e.pin {
+	if len(cfg.Identities) != 5 || len(cfg.Grants) != 0 || !cfg.HSM.Sealed() {
 		t.Fatalf("example decoded to %+v", cfg)
 	}
 	// The sections the docs point operators to are there, with the values

@@ -95,7 +95,8 @@ func (c *Config) Validate() error {
 		}
 	}
 	c.TLS.validate(&ps)
-	c.HSM.validate(&ps)
+	c.HSM.validate(&ps, c.Dev)
+	c.Seal.validate(&ps)
 	checkStorePath(&ps, "store.path", c.Store.Path)
 	c.Audit.validate(&ps)
 	c.Keys.validate(&ps, c.Dev)
@@ -193,7 +194,7 @@ func statMessage(err error) string {
 
 // validate checks the HSM section. It never echoes pin_file or pin_env:
 // an operator who pastes the PIN into one of them must not see it in logs.
-func (h HSMConfig) validate(ps *problems) {
+func (h HSMConfig) validate(ps *problems, dev bool) {
 	switch {
 	case h.URI == "":
 		ps.add("hsm.uri", `is required (an RFC 7512 "pkcs11:" URI)`)
@@ -210,7 +211,9 @@ func (h HSMConfig) validate(ps *problems) {
 	}
 	switch {
 	case h.PINFile == "" && h.PINEnv == "":
-		ps.add("hsm", "one of pin_file and pin_env is required")
+		if dev {
+			ps.add("hsm", "a dev instance needs one of pin_file and pin_env (a production one without either starts sealed)")
+		}
 	case h.PINFile != "" && h.PINEnv != "":
 		ps.add("hsm", "pin_file and pin_env are mutually exclusive; set exactly one")
 	case h.PINFile != "":
@@ -252,6 +255,14 @@ func (h HSMConfig) validate(ps *problems) {
 
 // maxInitArgs bounds hsm.init_args (a configuration string, not a file).
 const maxInitArgs = 4096
+func (s SealConfig) validate(ps *problems) {
+	if s.UnsealTimeout < time.Minute || s.UnsealTimeout > 24*time.Hour {
+		ps.add("seal.unseal_timeout", "%s is out of range 1m..24h", s.UnsealTimeout)
+	}
+	if s.LeaseTTL < 3*time.Second || s.LeaseTTL > 10*time.Minute {
+		ps.add("seal.lease_ttl", "%s is out of range 3s..10m", s.LeaseTTL)
+	}
+}
 
 // pinFileModeProblem returns why a PIN file with mode m is refused, or "".
 func pinFileModeProblem(m fs.FileMode) string {

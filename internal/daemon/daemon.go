@@ -2,14 +2,25 @@
 // authenticated store, the key registry, the audit log, the gRPC server over
 // mTLS and the HTTP endpoints for metrics and health.
 //
-// Invariants: nothing is served until the HSM is logged in, the store has
-// been authenticated end to end and the audit log is open; shutdown stops
-// accepting, lets in-flight requests finish, then closes the audit log
-// (final checkpoint), the store and the HSM, in that order.
+// A start has two phases. open binds every listener and serves at once,
+// sealed: health, /readyz (503 "sealed"), /metrics and the seal service
+// answer, and every other call is UNAVAILABLE "sealed". complete runs once
+// the HSM PIN is known — from pin_file/pin_env at once, or from M officers'
+// shares (internal/sealsvc), or from the installer at the key ceremony — and
+// logs in, takes the token's instance lease, opens the authenticated store,
+// the audit log, the key registry and governance, and binds the services.
+//
+// Invariants: nothing but health, readiness, metrics and the seal service is
+// served until the HSM is logged in, this process holds the token's lease,
+// the store has been authenticated end to end and the audit log is open;
+// shutdown stops accepting, lets in-flight requests finish, then closes the
+// audit log (final checkpoint), releases the lease, and closes the store and
+// the HSM, in that order.
 package daemon
 
 import (
 	"context"
+	"crypto"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -20,14 +31,18 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	dto "github.com/prometheus/client_model/go"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
 
 	"github.com/custodyhq/custody/hsm"
 	"github.com/custodyhq/custody/internal/audit"
@@ -37,8 +52,11 @@ import (
 	"github.com/custodyhq/custody/internal/keys"
 	"github.com/custodyhq/custody/internal/keys/hsmtoken"
 	"github.com/custodyhq/custody/internal/pki"
+	"github.com/custodyhq/custody/internal/sealsvc"
+	"github.com/custodyhq/custody/internal/secmem"
 	"github.com/custodyhq/custody/internal/server"
 	"github.com/custodyhq/custody/internal/store"
+	"github.com/custodyhq/custody/internal/tokenlock"
 )
 
 // Labels of custodyd's own keys on the token.
@@ -63,9 +81,13 @@ type Options struct {
 	GovernanceInterval time.Duration
 	// AuditNoGroupCommit fsyncs every audit record on its own (benchmarks only).
 	AuditNoGroupCommit bool
+	// Hardening is what custodyd's main did to the process (secmem.Harden),
+	// exported as metrics; nil when it did nothing (tests, embedding).
+	Hardening *secmem.Hardening
 }
 
-// Daemon is a running custodyd.
+// Daemon is a running custodyd. HSM, Store, Keys, Server and Gov are nil
+// while it is sealed; Audit is nil while sealed before the key ceremony.
 type Daemon struct {
 	cfg     *config.Config
 	opts    Options
@@ -77,16 +99,34 @@ type Daemon struct {
 	Server  *server.Server
 	Gov     *governance.Governance
 	AuditPK any // the audit key's public key
+	// Seal is the seal state and SealService (sealed start).
+	Seal *sealsvc.Service
 
-	raw      *store.Bolt // the store under the authentication layer
 	grpc     *grpc.Server
 	http     *http.Server
 	grpcLis  net.Listener
 	httpLis  net.Listener
 	stop     context.CancelFunc
+	runCtx   context.Context
 	wg       sync.WaitGroup
 	closeErr error
 	once     sync.Once
+
+	// Sealed start (seal.go): the raw store opened at start, the health
+	// service, the late binding of services, the chained interceptors of
+	// the unsealed server, the audit key before login, the token lease.
+	raw       store.Store
+	anchor    atomic.Pointer[store.AuthStore] // the store checkpoints record the revision of
+	health    *health.Server
+	binder    *binder
+	inner     atomic.Pointer[interceptors]
+	lateAudit *lateSigner
+	lease     *tokenlock.Lock
+	reg       *prometheus.Registry
+	unsealReg atomic.Pointer[prometheus.Registry]
+	// completeMu serialises complete; completed is set once it succeeds.
+	completeMu sync.Mutex
+	completed  atomic.Bool
 
 	// The REST/JSON gateway (nil unless gateway_listen is set): its HTTPS
 	// listener, and the in-process listener on which the same grpc.Server
@@ -97,7 +137,8 @@ type Daemon struct {
 }
 
 // Start opens everything the config names and starts serving. It returns
-// once both listeners accept connections.
+// once the listeners accept connections: unsealed when the config names a
+// PIN source, sealed otherwise (officers unseal it through SealService).
 func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, err error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
@@ -114,64 +155,257 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 	d := &Daemon{cfg: cfg, opts: opts, log: opts.Logger}
 	defer func() {
 		if err != nil {
-			for _, l := range []net.Listener{d.grpcLis, d.httpLis, d.gwLis} {
-				if l != nil {
-					l.Close()
-				}
-			}
-			d.closeAll()
+			d.abort()
 		}
 	}()
-
+	if err := d.open(ctx); err != nil {
+		return nil, err
+	}
+	if cfg.HSM.Sealed() {
+		if rec := d.Seal.Record(); rec != nil {
+			d.log.Warn("custodyd is SEALED: it serves nothing until officers unseal it (custodyctl unseal)",
+				"shares_needed", rec.Threshold, "of", len(rec.Shares), "unseal_key_fingerprint", d.Seal.UnsealKeyFingerprint())
+		} else {
+			d.log.Warn("custodyd is sealed, AWAITING ITS KEY CEREMONY: run custodyctl ceremony init (it asks for the installer's HSM PIN)",
+				"unseal_key_fingerprint", d.Seal.UnsealKeyFingerprint())
+		}
+		return d, nil
+	}
 	pin, err := cfg.HSM.ReadPIN(ctx)
 	if err != nil {
 		return nil, err
 	}
+	err = d.complete(ctx, pin)
+	clear(pin)
+	if err != nil {
+		return nil, err
+	}
+	if !cfg.Dev {
+		d.log.Warn("the HSM PIN is read from "+cfg.HSM.PINSourceName()+" on this host: root here can use the HSM without custodyd; a sealed start (no pin_file/pin_env) splits it among the officers instead",
+			"pin_source", cfg.HSM.PINSourceName())
+	}
+	return d, nil
+}
+
+// open is the first phase of a start: the metrics registry, the raw store,
+// the seal state, the audit log when its key is known, and every listener,
+// serving sealed.
+func (d *Daemon) open(ctx context.Context) (err error) {
+	cfg := d.cfg
+	d.reg = prometheus.NewRegistry()
+	d.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	registerHardening(d.reg, d.opts.Hardening)
+	raw, err := store.OpenBolt(cfg.Store.Path, store.BoltOptions{})
+	if err != nil {
+		return prefixed("store", err)
+	}
+	d.raw = raw
+	if err := d.openSeal(ctx); err != nil {
+		return err
+	}
+
+	tlsCfg, err := pki.ServerTLSConfig(cfg.TLS.CertFile, cfg.TLS.KeyFile, cfg.TLS.ClientCAFile)
+	if err != nil {
+		return fmt.Errorf("tls: %w", err)
+	}
+	creds := credentials.NewTLS(tlsCfg)
+	if cfg.GatewayListen != "" {
+		// The gateway's forwarded requests go through this same server and
+		// its interceptors; only its in-process connections may carry a
+		// forwarded identity.
+		d.gwInternal = gateway.NewListener()
+		creds = gateway.ServerCredentials(creds)
+	}
+	d.grpc = grpc.NewServer(
+		// A request that does not decode still reaches the interceptors, so
+		// it is audited and answered INVALID_ARGUMENT (see internal/server).
+		grpc.ForceServerCodecV2(server.Codec()),
+		grpc.ChainUnaryInterceptor(d.gateUnary),
+		grpc.ChainStreamInterceptor(d.gateStream),
+		grpc.Creds(creds),
+		// A batch of 100 items of 64 KiB with contexts fits in 16 MiB; nothing
+		// larger is accepted.
+		grpc.MaxRecvMsgSize(16<<20),
+		// Bound what one connection can hold in flight, so a hostile client
+		// cannot queue unbounded work or memory on one connection.
+		grpc.MaxConcurrentStreams(128),
+	)
+	d.declareServices()
+
+	if d.grpcLis, err = net.Listen("tcp", cfg.Listen); err != nil {
+		return fmt.Errorf("listen %s: %w", cfg.Listen, err)
+	}
+	if d.httpLis, err = net.Listen("tcp", cfg.HTTPListen); err != nil {
+		return fmt.Errorf("listen %s: %w", cfg.HTTPListen, err)
+	}
+	if cfg.GatewayListen != "" {
+		if d.gwLis, err = net.Listen("tcp", cfg.GatewayListen); err != nil {
+			return fmt.Errorf("listen %s: %w", cfg.GatewayListen, err)
+		}
+		if d.gw, err = gateway.New(ctx, d.gwInternal, tlsCfg, gateway.Options{Logger: d.log}); err != nil {
+			return err
+		}
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(prometheus.GathererFunc(d.gather), promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("/readyz", d.readyz)
+	if d.opts.Pprof {
+		if !isLoopback(d.httpLis.Addr()) {
+			return fmt.Errorf("--pprof needs http_listen on a loopback address, not %s", d.httpLis.Addr())
+		}
+		runtime.SetMutexProfileFraction(100) // sample 1% of contention events for /debug/pprof/mutex
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
+	d.http = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+
+	d.runCtx, d.stop = context.WithCancel(context.Background())
+	d.wg.Add(3)
+	go func() { defer d.wg.Done(); _ = d.grpc.Serve(d.grpcLis) }()
+	go func() { defer d.wg.Done(); _ = d.http.Serve(d.httpLis) }()
+	go func() { defer d.wg.Done(); d.Seal.ExpireLoop(d.runCtx, sealExpireInterval) }()
+	if d.gw != nil {
+		d.wg.Add(2)
+		go func() { defer d.wg.Done(); _ = d.grpc.Serve(d.gwInternal) }()
+		go func() { defer d.wg.Done(); _ = d.gw.Serve(d.gwLis) }()
+	}
+	return nil
+}
+
+// complete is the second phase of a start, run once the PIN is known: it
+// logs in, takes the token's lease, authenticates the store, opens the
+// audit log (or arms its signer), the registry and governance, and binds
+// the services. pin is not kept (the HSM module keeps its own masked copy
+// for re-login). On failure the daemon stays sealed and a later attempt
+// starts over.
+func (d *Daemon) complete(ctx context.Context, pin []byte) (err error) {
+	d.completeMu.Lock()
+	defer d.completeMu.Unlock()
+	if d.completed.Load() {
+		return errors.New("already unsealed")
+	}
+	cfg := d.cfg
 	reg := prometheus.NewRegistry()
+	var auditOpened bool
+	defer func() {
+		if err != nil {
+			d.undoComplete(auditOpened)
+		}
+	}()
+
 	deny, err := cfg.HSM.Mechanisms()
 	if err != nil {
-		return nil, fmt.Errorf("hsm.deny_mechanisms: %w", err)
+		return fmt.Errorf("hsm.deny_mechanisms: %w", err)
 	}
 	d.HSM, err = hsm.Open(ctx, hsm.Config{URI: cfg.HSM.URI, PIN: pin, MaxSessions: cfg.HSM.MaxSessions, Logger: d.log,
 		Observe: server.HSMObserver(reg), Profile: cfg.HSM.Profile, InitArgs: cfg.HSM.InitArgs, DenyMechanisms: deny})
-	clear(pin)
 	if err != nil {
-		return nil, prefixed("hsm", err)
+		return prefixed("hsm", err)
 	}
 	if missing := d.HSM.Missing(); len(missing) > 0 {
 		d.log.Warn("token lacks mechanisms; some key purposes will be unavailable", "missing", missing)
 	}
 	if err := requireCustody(cfg, d.HSM.Capabilities()); err != nil {
-		return nil, err
+		return err
+	}
+	if err := d.takeLease(ctx); err != nil {
+		return err
 	}
 
-	raw, err := store.OpenBolt(cfg.Store.Path, store.BoltOptions{})
+	macKey, err := d.ownKey(ctx, hsm.KindHMACSHA256, StoreMACKeyLabel, d.raw)
 	if err != nil {
-		return nil, prefixed("store", err)
+		return fmt.Errorf("store authentication key: %w", err)
 	}
-	d.raw = raw
-	macKey, err := d.ownKey(ctx, hsm.KindHMACSHA256, StoreMACKeyLabel, raw)
+	d.Store, err = store.Authenticated(ctx, d.raw, &hsmSealer{m: d.HSM, k: macKey}, store.AuthOptions{Unanchored: server.IsStoredDataKey})
 	if err != nil {
-		return nil, fmt.Errorf("store authentication key: %w", err)
+		return storeRefusal(cfg.Store.Path, err)
 	}
-	d.Store, err = store.Authenticated(ctx, raw, &hsmSealer{m: d.HSM, k: macKey}, store.AuthOptions{Unanchored: server.IsStoredDataKey})
-	if err != nil {
-		return nil, storeRefusal(cfg.Store.Path, err)
-	}
+	d.anchor.Store(d.Store)
 	digester, err := contextDigester(ctx, d.HSM, macKey)
 	if err != nil {
-		return nil, fmt.Errorf("hsm: %w", err)
+		return fmt.Errorf("hsm: %w", err)
 	}
 
-	auditKey, err := d.ownKey(ctx, hsm.KindAuditP256, AuditKeyLabel, raw)
+	auditKey, err := d.ownKey(ctx, hsm.KindAuditP256, AuditKeyLabel, d.raw)
 	if err != nil {
-		return nil, fmt.Errorf("audit key: %w", err)
+		return fmt.Errorf("audit key: %w", err)
 	}
 	signer, err := d.HSM.Signer(ctx, auditKey)
 	if err != nil {
-		return nil, fmt.Errorf("audit key: %w", err)
+		return fmt.Errorf("audit key: %w", err)
 	}
 	d.AuditPK = signer.Public()
+	if d.Audit == nil {
+		if d.Audit, err = d.openAudit(ctx, signer); err != nil {
+			return err
+		}
+		auditOpened = true
+	} else if err := d.lateAudit.arm(signer); err != nil {
+		return err
+	}
+	if err := d.Seal.SetAuditor(ctx, d.Audit); err != nil {
+		return err
+	}
+	if cp, ok := d.Audit.LatestCheckpoint(); ok && cp.StoreRevision > d.Store.Anchor().Revision {
+		return fmt.Errorf("store %s is older than the audit log: its revision is %d but audit checkpoint %d (%s) recorded revision %d; "+
+			"it was rolled back or restored from a backup: refusing to serve", cfg.Store.Path, d.Store.Anchor().Revision,
+			cp.Seq, cp.Time.Format(time.RFC3339), cp.StoreRevision)
+	}
+
+	d.Keys, err = keys.OpenRegistry(ctx, d.Store, hsmtoken.Token{M: d.HSM}, keys.RegistryOptions{
+		Now: d.opts.Now, Logger: d.log,
+		Destroy: keys.DestroyWindow{Min: cfg.Keys.DestroyWaitMin, Max: 365 * 24 * time.Hour},
+	})
+	if err != nil {
+		return fmt.Errorf("keys: %w", storeRefusal(cfg.Store.Path, err))
+	}
+	if !cfg.Dev && (len(cfg.Grants) > 0 || len(cfg.Budgets) > 0) {
+		d.log.Warn("config grants and budgets are ignored outside dev mode: they come from the key ceremony and quorum proposals",
+			"grants", len(cfg.Grants), "budgets", len(cfg.Budgets))
+	}
+	metrics := server.NewMetrics(reg, d.HSM, func() *keys.Registry { return d.Keys })
+	if err := d.openGovernance(ctx, reg, signer); err != nil {
+		return fmt.Errorf("governance: %w", storeRefusal(cfg.Store.Path, err))
+	}
+	d.Server = server.New(server.Options{
+		HSM: d.HSM, Keys: d.Keys, Gov: d.Gov, Audit: d.Audit, Digester: digester, Metrics: metrics,
+		Logger: d.log, Now: d.opts.Now,
+		Limits: server.Limits{MaxPayload: cfg.Keys.MaxPayloadBytes, MaxBatch: cfg.Keys.MaxBatch, DestroyWaitDefault: cfg.Keys.DestroyWaitDefault},
+	})
+	if err := d.Seal.LoggedIn(ctx, d.Store, d.HSM, signer.Public()); err != nil {
+		return fmt.Errorf("seal: %w", err)
+	}
+	if cfg.Dev {
+		if err := d.EnsureDevKey(ctx, cfg); err != nil {
+			return fmt.Errorf("dev key: %w", err)
+		}
+	}
+	d.Server.SetDataKeyStore(d.Store)
+	reg.MustRegister(d.Audit.Collector())
+	if err := d.bind(signer); err != nil {
+		return err
+	}
+	d.unsealReg.Store(reg)
+
+	d.wg.Add(2)
+	go func() { defer d.wg.Done(); d.destroyLoop(d.runCtx) }()
+	go func() { defer d.wg.Done(); d.governanceLoop(d.runCtx) }()
+	if d.lease != nil {
+		d.wg.Add(1)
+		go func() { defer d.wg.Done(); d.lease.Run(d.runCtx, d.fence) }()
+	}
+	d.completed.Store(true)
+	d.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	d.log.Info("custodyd serving", "grpc", d.grpcLis.Addr().String(), "http", d.httpLis.Addr().String(), "gateway", d.GatewayAddr(),
+		"keys", d.Keys.Len(), "token", cfg.HSM.String(), "pin_source", d.Seal.PINSource())
+	return nil
+}
+
+// openAudit opens the audit log with signer.
+func (d *Daemon) openAudit(ctx context.Context, signer crypto.Signer) (*audit.Log, error) {
+	cfg := d.cfg
 	if err := os.MkdirAll(cfg.Audit.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("audit: %w", err)
 	}
@@ -182,144 +416,35 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 	case cfg.Audit.AnchorURL != "":
 		sink = &audit.HTTPSink{URL: cfg.Audit.AnchorURL}
 	}
-	d.Audit, err = audit.Open(ctx, cfg.Audit.Dir, signer, audit.Options{
+	l, err := audit.Open(ctx, cfg.Audit.Dir, signer, audit.Options{
 		SegmentSize: cfg.Audit.SegmentBytes, CheckpointEvery: uint64(cfg.Audit.CheckpointEvery),
 		CheckpointInterval: cfg.Audit.CheckpointInterval, Logger: d.log, Sink: sink,
-		DisableGroupCommit: opts.AuditNoGroupCommit,
-		StoreRevision:      func() uint64 { return d.Store.Anchor().Revision },
+		DisableGroupCommit: d.opts.AuditNoGroupCommit,
+		StoreRevision: func() uint64 {
+			if st := d.anchor.Load(); st != nil {
+				return st.Anchor().Revision
+			}
+			return 0
+		},
 	})
 	if err != nil {
 		return nil, prefixed("audit", err)
 	}
-	if cp, ok := d.Audit.LatestCheckpoint(); ok && cp.StoreRevision > d.Store.Anchor().Revision {
-		return nil, fmt.Errorf("store %s is older than the audit log: its revision is %d but audit checkpoint %d (%s) recorded revision %d; "+
-			"it was rolled back or restored from a backup: refusing to serve", cfg.Store.Path, d.Store.Anchor().Revision,
-			cp.Seq, cp.Time.Format(time.RFC3339), cp.StoreRevision)
-	}
-
-	d.Keys, err = keys.OpenRegistry(ctx, d.Store, hsmtoken.Token{M: d.HSM}, keys.RegistryOptions{
-		Now: opts.Now, Logger: d.log,
-		Destroy: keys.DestroyWindow{Min: cfg.Keys.DestroyWaitMin, Max: 365 * 24 * time.Hour},
-	})
-	if err != nil {
-		return nil, fmt.Errorf("keys: %w", storeRefusal(cfg.Store.Path, err))
-	}
-	if !cfg.Dev && (len(cfg.Grants) > 0 || len(cfg.Budgets) > 0) {
-		d.log.Warn("config grants and budgets are ignored outside dev mode: they come from the key ceremony and quorum proposals",
-			"grants", len(cfg.Grants), "budgets", len(cfg.Budgets))
-	}
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	metrics := server.NewMetrics(reg, d.HSM, func() *keys.Registry { return d.Keys })
-	if err := d.openGovernance(ctx, reg, signer); err != nil {
-		return nil, fmt.Errorf("governance: %w", storeRefusal(cfg.Store.Path, err))
-	}
-	d.Server = server.New(server.Options{
-		HSM: d.HSM, Keys: d.Keys, Gov: d.Gov, Audit: d.Audit, Digester: digester, Metrics: metrics,
-		Logger: d.log, Now: opts.Now,
-		Limits: server.Limits{MaxPayload: cfg.Keys.MaxPayloadBytes, MaxBatch: cfg.Keys.MaxBatch, DestroyWaitDefault: cfg.Keys.DestroyWaitDefault},
-	})
-
-	tlsCfg, err := pki.ServerTLSConfig(cfg.TLS.CertFile, cfg.TLS.KeyFile, cfg.TLS.ClientCAFile)
-	if err != nil {
-		return nil, fmt.Errorf("tls: %w", err)
-	}
-	creds := credentials.NewTLS(tlsCfg)
-	if cfg.GatewayListen != "" {
-		// The gateway's forwarded requests go through this same server and
-		// its interceptors; only its in-process connections may carry a
-		// forwarded identity.
-		d.gwInternal = gateway.NewListener()
-		creds = gateway.ServerCredentials(creds)
-	}
-	d.grpc = grpc.NewServer(append(d.Server.ServerOptions(),
-		grpc.Creds(creds),
-		// A batch of 100 items of 64 KiB with contexts fits in 16 MiB; nothing
-		// larger is accepted.
-		grpc.MaxRecvMsgSize(16<<20),
-		// Bound what one connection can hold in flight, so a hostile client
-		// cannot queue unbounded work or memory on one connection.
-		grpc.MaxConcurrentStreams(128),
-	)...)
-	d.Server.Register(d.grpc)
-	d.Server.SetDataKeyStore(d.Store)
-	d.Server.RegisterAuditService(d.grpc, server.NewAuditService(d.Audit, signer))
-	reg.MustRegister(d.Audit.Collector())
-
-	if d.grpcLis, err = net.Listen("tcp", cfg.Listen); err != nil {
-		return nil, fmt.Errorf("listen %s: %w", cfg.Listen, err)
-	}
-	if d.httpLis, err = net.Listen("tcp", cfg.HTTPListen); err != nil {
-		return nil, fmt.Errorf("listen %s: %w", cfg.HTTPListen, err)
-	}
-	if cfg.GatewayListen != "" {
-		if d.gwLis, err = net.Listen("tcp", cfg.GatewayListen); err != nil {
-			return nil, fmt.Errorf("listen %s: %w", cfg.GatewayListen, err)
-		}
-		if d.gw, err = gateway.New(ctx, d.gwInternal, tlsCfg, gateway.Options{Logger: d.log}); err != nil {
-			return nil, err
-		}
-	}
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
-	mux.HandleFunc("/readyz", d.readyz)
-	if opts.Pprof {
-		if !isLoopback(d.httpLis.Addr()) {
-			return nil, fmt.Errorf("--pprof needs http_listen on a loopback address, not %s", d.httpLis.Addr())
-		}
-		runtime.SetMutexProfileFraction(100) // sample 1% of contention events for /debug/pprof/mutex
-		mux.HandleFunc("/debug/pprof/", pprof.Index)
-		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	}
-	d.http = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-
-	if cfg.Dev {
-		if err := d.EnsureDevKey(ctx, cfg); err != nil {
-			return nil, fmt.Errorf("dev key: %w", err)
-		}
-	}
-
-	runCtx, stop := context.WithCancel(context.Background())
-	d.stop = stop
-	d.wg.Add(3)
-	go func() { defer d.wg.Done(); _ = d.grpc.Serve(d.grpcLis) }()
-	go func() { defer d.wg.Done(); _ = d.http.Serve(d.httpLis) }()
-	go func() { defer d.wg.Done(); d.destroyLoop(runCtx) }()
-	d.wg.Add(1)
-	go func() { defer d.wg.Done(); d.governanceLoop(runCtx) }()
-	if d.gw != nil {
-		d.wg.Add(2)
-		go func() { defer d.wg.Done(); _ = d.grpc.Serve(d.gwInternal) }()
-		go func() { defer d.wg.Done(); _ = d.gw.Serve(d.gwLis) }()
-	}
-	d.Server.Health().SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
-	d.log.Info("custodyd serving", "grpc", d.grpcLis.Addr().String(), "http", d.httpLis.Addr().String(), "gateway", d.GatewayAddr(),
-		"keys", d.Keys.Len(), "token", cfg.HSM.String())
-	return d, nil
+	return l, nil
 }
 
-// prefixed names the part of start-up that failed, once: the errors of
-// hsm, store and audit already start with their package's name.
-func prefixed(part string, err error) error {
-	if strings.HasPrefix(err.Error(), part+": ") {
-		return err
+// gather is the metrics of both phases.
+func (d *Daemon) gather() ([]*dto.MetricFamily, error) {
+	g := prometheus.Gatherers{d.reg}
+	if r := d.unsealReg.Load(); r != nil {
+		g = append(g, r)
 	}
-	return fmt.Errorf("%s: %w", part, err)
+	return g.Gather()
 }
 
 func isLoopback(a net.Addr) bool {
 	ta, ok := a.(*net.TCPAddr)
 	return ok && ta.IP.IsLoopback()
-}
-
-// requireCustody refuses, outside dev mode, a token that the start-up probe
-// saw let a non-extractable key out: master keys on it could leave the HSM.
-func requireCustody(cfg *config.Config, c hsm.Capabilities) error {
-	if c.Extract.OK || cfg.Dev {
-		return nil
-	}
-	return fmt.Errorf("hsm: refusing to hold keys on this token outside dev mode: %s (profile %s); see docs/hsm-compatibility.md", c.Extract.Detail, c.Profile)
 }
 
 // ownKey finds one of custodyd's own keys by label, creating it on first
@@ -344,6 +469,24 @@ func (d *Daemon) ownKey(ctx context.Context, kind hsm.Kind, label string, raw st
 	return k, nil
 }
 
+// prefixed names the part of start-up that failed, once: the errors of
+// hsm, store and audit already start with their package's name.
+func prefixed(part string, err error) error {
+	if strings.HasPrefix(err.Error(), part+": ") {
+		return err
+	}
+	return fmt.Errorf("%s: %w", part, err)
+}
+
+// requireCustody refuses, outside dev mode, a token that the start-up probe
+// saw let a non-extractable key out: master keys on it could leave the HSM.
+func requireCustody(cfg *config.Config, c hsm.Capabilities) error {
+	if c.Extract.OK || cfg.Dev {
+		return nil
+	}
+	return fmt.Errorf("hsm: refusing to hold keys on this token outside dev mode: %s (profile %s); see docs/hsm-compatibility.md", c.Extract.Detail, c.Profile)
+}
+
 // storeRefusal names what is wrong with a store custodyd will not serve.
 func storeRefusal(path string, err error) error {
 	switch {
@@ -359,14 +502,22 @@ func storeRefusal(path string, err error) error {
 
 func (d *Daemon) readyz(w http.ResponseWriter, r *http.Request) {
 	var problems []string
-	if st := d.HSM.State(); st != hsm.StateReady {
-		problems = append(problems, "hsm "+st.String())
+	switch st := d.Seal.State(); {
+	case st == sealsvc.StateSealed && !d.cfg.HSM.Sealed():
+		problems = append(problems, "starting")
+	case st == sealsvc.StateSealed, st == sealsvc.StateAwaitingCeremony, st == sealsvc.StateFenced:
+		problems = append(problems, d.sealedError().(interface{ GRPCStatus() *status.Status }).GRPCStatus().Message())
 	}
-	if _, err := d.Store.Revision(r.Context()); err != nil {
-		problems = append(problems, "store: "+err.Error())
-	}
-	if err := d.Audit.Healthy(); err != nil {
-		problems = append(problems, "audit: "+err.Error())
+	if d.completed.Load() && len(problems) == 0 {
+		if st := d.HSM.State(); st != hsm.StateReady {
+			problems = append(problems, "hsm "+st.String())
+		}
+		if _, err := d.Store.Revision(r.Context()); err != nil {
+			problems = append(problems, "store: "+err.Error())
+		}
+		if err := d.Audit.Healthy(); err != nil {
+			problems = append(problems, "audit: "+err.Error())
+		}
 	}
 	if len(problems) > 0 {
 		w.WriteHeader(http.StatusServiceUnavailable)
@@ -411,10 +562,11 @@ func (d *Daemon) GatewayAddr() string {
 }
 
 // Shutdown stops accepting requests, waits (up to the grace period) for
-// in-flight ones, then closes the audit log, store and HSM.
+// in-flight ones, then closes the audit log, releases the token lease and
+// closes the store and HSM.
 func (d *Daemon) Shutdown(ctx context.Context) error {
 	d.once.Do(func() {
-		d.Server.Health().Shutdown()
+		d.health.Shutdown()
 		if d.gw != nil {
 			// Let in-flight REST requests finish through the gRPC server
 			// before it stops.
@@ -443,19 +595,19 @@ func (d *Daemon) Shutdown(ctx context.Context) error {
 
 func (d *Daemon) closeAll() {
 	var errs []error
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
 	if d.Gov != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		// Unused budget reservations go back before the store closes.
 		errs = append(errs, d.Gov.Close(ctx))
-		cancel()
 	}
 	if d.Audit != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		errs = append(errs, d.Audit.Close(ctx))
-		cancel()
 	}
-	if d.Store != nil {
-		errs = append(errs, d.Store.Close())
-	} else if d.raw != nil {
+	if d.lease != nil {
+		errs = append(errs, d.lease.Release(ctx))
+	}
+	if d.raw != nil {
 		errs = append(errs, d.raw.Close())
 	}
 	if d.HSM != nil {

@@ -12,6 +12,8 @@ import (
 	"github.com/custodyhq/custody/internal/config"
 	"github.com/custodyhq/custody/internal/governance"
 	"github.com/custodyhq/custody/internal/policy"
+	"github.com/custodyhq/custody/internal/quorum"
+	"github.com/custodyhq/custody/internal/sealsvc"
 	"github.com/custodyhq/custody/internal/server"
 )
 
@@ -40,6 +42,8 @@ func (d *Daemon) openGovernance(ctx context.Context, reg prometheus.Registerer, 
 		// Grants are refused where they are made if they could never
 		// return a data key (datakey/unwrap with no way to receive one).
 		Check: func(g policy.Grant) error { return g.CheckUsable() },
+		// The ceremony's PIN rotation and rekey by quorum (internal/sealsvc).
+		Seal: sealHooks{d.Seal},
 	}
 	if cfg.Dev {
 		o.DevGrants = DevGrantsFromConfig(cfg)
@@ -128,4 +132,19 @@ func (d *Daemon) governanceLoop(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// sealHooks adapts the seal service to governance's sealed-start hooks.
+type sealHooks struct{ s *sealsvc.Service }
+
+func (h sealHooks) Ceremony(ctx context.Context, threshold int, officers []governance.SealOfficer) (governance.PINRotation, error) {
+	co := make([]sealsvc.CeremonyOfficer, len(officers))
+	for i, o := range officers {
+		co[i] = sealsvc.CeremonyOfficer{Name: o.Name, SigningKey: o.SigningKey, ShareKey: o.ShareKey}
+	}
+	return h.s.Ceremony(ctx, threshold, co)
+}
+
+func (h sealHooks) StartRekey(ctx context.Context, proposalID string, officers quorum.OfficerSet, pl quorum.RekeySeal) error {
+	return h.s.StartRekey(ctx, proposalID, officers, pl)
 }

@@ -73,3 +73,14 @@ func contextDigester(ctx context.Context, m *hsm.Module, k hsm.Key) (*keys.Conte
 	}
 	return keys.NewContextDigester(key)
 }
+
+// unverifiedValue is a stored value without its MAC (and without the write
+// revision the store puts in front of it), for the few reads a sealed
+// custodyd makes before it can use the MAC key (the seal record); the value
+// is authenticated again once the HSM is logged in.
+func unverifiedValue(sealed []byte) ([]byte, error) {
+	if len(sealed) < 32 {
+		return nil, errBadSeal
+	}
+	return store.UnverifiedPayload(sealed[:len(sealed)-32]), nil
+}

@@ -30,12 +30,16 @@ type CeremonyKey struct {
 // CeremonyRequest is the initial key ceremony: the officers and M, the keys
 // to create, and the grants and budgets to install.
 type CeremonyRequest struct {
-	Officers  []quorum.Officer `json:"officers"`
-	Threshold int              `json:"threshold"`
-	AllowDev  bool             `json:"allow_dev"`
-	Keys      []CeremonyKey    `json:"keys"`
-	Grants    []policy.Grant   `json:"grants"`
-	Budgets   []BudgetEntry    `json:"budgets"`
+	Officers []quorum.Officer `json:"officers"`
+	// ShareKeys are the officers' share keys (PKIX DER, P-256), in the order
+	// of Officers, for a sealed start; empty for a vault whose PIN is on
+	// the host.
+	ShareKeys [][]byte       `json:"share_keys,omitempty"`
+	Threshold int            `json:"threshold"`
+	AllowDev  bool           `json:"allow_dev"`
+	Keys      []CeremonyKey  `json:"keys"`
+	Grants    []policy.Grant `json:"grants"`
+	Budgets   []BudgetEntry  `json:"budgets"`
 }
 
 // digest identifies a request, so a rerun can tell "the same ceremony,
@@ -240,6 +244,16 @@ func (g *Governance) InitCeremony(ctx context.Context, actor Actor, req Ceremony
 		t.Keys = append(t.Keys, tk)
 		step("create-key", fmt.Sprintf("%s %s v%d hsm_id %s in custody %t", tk.Name, tk.Purpose, tk.Version, tk.HSMID, tk.Attributes.Safe()))
 	}
+	rot, err := g.sealCeremony(ctx, actor, set, req)
+	if err != nil {
+		return nil, "", err
+	}
+	if rot != nil {
+		defer rot.Abort(ctx)
+		if t.Seal = rot.Transcript(); t.Seal != nil {
+			step("seal-pin", rot.Step())
+		}
+	}
 	for _, gr := range req.Grants {
 		step("install-grant", fmt.Sprintf("%s: %s on %s", gr.ID, gr.Identity, gr.Key))
 	}
@@ -285,6 +299,9 @@ func (g *Governance) InitCeremony(ctx context.Context, actor Actor, req Ceremony
 		return nil, "", fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
 	ops := []store.Op{store.PutOp(transcriptKey, trb), store.DeleteOp(planKey)}
+	if rot != nil {
+		ops = append(ops, rot.Ops()...)
+	}
 	for _, be := range next.Budgets {
 		if be.Identity == "" {
 			ops = append(ops, b.sharedOps(be.Key)...)
@@ -298,11 +315,36 @@ func (g *Governance) InitCeremony(ctx context.Context, actor Actor, req Ceremony
 		b.lim, b.res = oldLim, oldRes
 		return nil, "", err
 	}
+	if rot != nil {
+		rot.Commit()
+	}
 	g.transcript = tr
 	if err := g.o.Token.MarkCeremony(ctx); err != nil {
 		return nil, "", fmt.Errorf("ceremony marker: %w", err)
 	}
 	return tr, summary, nil
+}
+
+// sealCeremony replaces the HSM PIN for a sealed start (nil without one).
+// It is on the record before the PIN changes.
+func (g *Governance) sealCeremony(ctx context.Context, actor Actor, set quorum.OfficerSet, req CeremonyRequest) (PINRotation, error) {
+	if g.o.Seal == nil {
+		return nil, nil
+	}
+	if len(req.ShareKeys) != 0 && len(req.ShareKeys) != len(set.Officers) {
+		return nil, fmt.Errorf("%w: share keys: %d given for %d officers", ErrInvalid, len(req.ShareKeys), len(set.Officers))
+	}
+	officers := make([]SealOfficer, len(set.Officers))
+	for i, o := range set.Officers {
+		officers[i] = SealOfficer{Name: o.Name, SigningKey: o.PublicKey}
+		if len(req.ShareKeys) > 0 {
+			officers[i].ShareKey = req.ShareKeys[i]
+		}
+	}
+	if err := g.record(ctx, Event{Actor: actor, Action: "ceremony-seal", Detail: fmt.Sprintf("replace the HSM PIN, split %d of %d", set.Threshold, len(set.Officers))}); err != nil {
+		return nil, err
+	}
+	return g.o.Seal.Ceremony(ctx, set.Threshold, officers)
 }
 
 // rollback deletes what an unfinished ceremony created and its plan.

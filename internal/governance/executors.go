@@ -2,6 +2,7 @@ package governance
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 
@@ -24,6 +25,8 @@ type change struct {
 	// external runs key operations in the HSM and the registry (which
 	// persist themselves) after the proposal is recorded as executing.
 	external func(ctx context.Context) error
+	// proposalID is the proposal being executed.
+	proposalID string
 }
 
 // executor computes a proposal's change, or refuses it (the proposal is then
@@ -45,6 +48,19 @@ var executors = map[quorum.Kind]executor{
 	quorum.KindRemoveOfficer:   execOfficers,
 	quorum.KindSetThreshold:    execOfficers,
 	quorum.KindDisclosureOrder: execDisclosureOrder,
+	quorum.KindRekeySeal:       execRekeySeal,
+}
+
+// execRekeySeal starts a new PIN and new shares for the current officers
+// (the old PIN stays until every new holder confirms; see sealsvc).
+func execRekeySeal(g *Governance, pl quorum.Payload, c *change) error {
+	v := pl.(quorum.RekeySeal)
+	if g.o.Seal == nil {
+		return errors.New("this custodyd has no sealed start")
+	}
+	officers := g.ledger.Officers()
+	c.external = func(ctx context.Context) error { return g.o.Seal.StartRekey(ctx, c.proposalID, officers, v) }
+	return nil
 }
 
 func execCreateKey(g *Governance, pl quorum.Payload, c *change) error {
@@ -205,7 +221,7 @@ func execDisclosureOrder(g *Governance, pl quorum.Payload, c *change) error {
 func (g *Governance) execute(ctx context.Context, actor Actor, p quorum.Proposal) error {
 	now := g.o.Now()
 	before := g.ledger.Snapshot()
-	c := &change{next: g.st.clone()}
+	c := &change{next: g.st.clone(), proposalID: p.ID}
 	exec, ok := executors[p.Kind]
 	var refuse error
 	if !ok {

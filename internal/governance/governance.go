@@ -46,6 +46,36 @@ type Token interface {
 	KeyAttributes(ctx context.Context, e *keys.Entry, version uint32) (quorum.TranscriptAttr, error)
 }
 
+// Seal is the vault's sealed start (internal/sealsvc, through the daemon):
+// the key ceremony replaces the installer's HSM PIN with a random one split
+// among the officers, and a rekey-seal proposal makes a new PIN and shares.
+type Seal interface {
+	// Ceremony replaces the PIN now (the token already has the new one);
+	// the rotation is undone by Abort unless Commit follows the ceremony's
+	// durable write, which carries Ops.
+	Ceremony(ctx context.Context, threshold int, officers []SealOfficer) (PINRotation, error)
+	// StartRekey makes a new PIN and shares for the current officers; the
+	// old PIN is retired only once every new holder has confirmed.
+	StartRekey(ctx context.Context, proposalID string, officers quorum.OfficerSet, pl quorum.RekeySeal) error
+}
+
+// SealOfficer is an officer as the sealed start needs them: the signing key
+// and the separate share key their share of the PIN is encrypted to.
+type SealOfficer struct {
+	Name       string
+	SigningKey []byte // PKIX DER
+	ShareKey   []byte // PKIX DER, P-256
+}
+
+// PINRotation is a ceremony's PIN replacement in progress.
+type PINRotation interface {
+	Transcript() *quorum.TranscriptSeal
+	Step() string
+	Ops() []store.Op
+	Commit()
+	Abort(ctx context.Context)
+}
+
 // Actor is who asks for a governance action: an authenticated identity and
 // the role it acts in ("custodyd" with no role for scheduled work).
 type Actor struct {
@@ -120,6 +150,9 @@ type Options struct {
 	Check  func(policy.Grant) error
 	Now    func() time.Time
 	Logger *slog.Logger
+
+	// Seal, if set, is the vault's sealed start.
+	Seal Seal
 
 	// faultAfterKey, in tests, fails the ceremony after its i-th key.
 	faultAfterKey func(i int) error

@@ -70,6 +70,8 @@ func newPayload(k Kind) (Payload, bool) {
 		return &SetThreshold{}, true
 	case KindDisclosureOrder:
 		return &DisclosureOrder{}, true
+	case KindRekeySeal:
+		return &RekeySeal{}, true
 	}
 	return nil, false
 }
@@ -412,6 +414,8 @@ func deref(p Payload) Payload {
 	case *SetThreshold:
 		return *v
 	case *DisclosureOrder:
+		return *v
+	case *RekeySeal:
 		return *v
 	}
 	return p

@@ -6,10 +6,12 @@ import (
 	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -123,6 +125,7 @@ func TestParseCanonicalRoundTripsEveryKind(t *testing.T) {
 		SetThreshold{Threshold: 3},
 		DisclosureOrder{Order: policy.Order{CaseRef: "c", Key: "messages", ContextMatch: map[string]string{"conversation": "x"},
 			Recipient: "r", MaxUses: 1, NotAfter: time.Date(2026, 4, 1, 0, 0, 0, 0, time.FixedZone("X", 7200))}},
+		RekeySeal{Reason: "officer dave added", ShareKeys: []OfficerShareKey{{Officer: "dave", PublicKey: p256DER(t)}}},
 	}
 	for _, pl := range payloads {
 		t.Run(string(pl.Kind()), func(t *testing.T) {
@@ -247,6 +250,7 @@ func TestWidening(t *testing.T) {
 		{"remove grant", RemoveGrant{}, c, false},
 		{"rotate", RotateKey{}, c, false},
 		{"destroy", DestroyKey{}, c, false},
+		{"rekey the seal", RekeySeal{}, c, false},
 	}
 	for _, tt := range tests {
 		if got := Widening(tt.p, tt.cur); got != tt.want {
@@ -307,5 +311,38 @@ func TestOfficerFingerprintIsSHA256OfPKIX(t *testing.T) {
 	other, _ := NewOfficer("x", ed25519.NewKeyFromSeed(bytes.Repeat([]byte{2}, 32)).Public())
 	if other.Fingerprint() == o.Fingerprint() {
 		t.Fatal("different keys share a fingerprint")
+	}
+}
+
+func p256DER(t *testing.T) []byte {
+	t.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.MarshalPKIXPublicKey(k.Public())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return der
+}
+
+func TestRekeySealRefusesBadShareKeys(t *testing.T) {
+	good := p256DER(t)
+	_, ed, _ := ed25519.GenerateKey(rand.Reader)
+	edDER, _ := x509.MarshalPKIXPublicKey(ed.Public())
+	for name, p := range map[string]RekeySeal{
+		"empty officer":    {ShareKeys: []OfficerShareKey{{PublicKey: good}}},
+		"officer twice":    {ShareKeys: []OfficerShareKey{{Officer: "a", PublicKey: good}, {Officer: "a", PublicKey: good}}},
+		"ed25519 key":      {ShareKeys: []OfficerShareKey{{Officer: "a", PublicKey: edDER}}},
+		"garbage key":      {ShareKeys: []OfficerShareKey{{Officer: "a", PublicKey: []byte("x")}}},
+		"very long reason": {Reason: strings.Repeat("x", 257)},
+	} {
+		if err := p.Validate(); !errors.Is(err, ErrInvalidProposal) {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+	if err := (RekeySeal{ShareKeys: []OfficerShareKey{{Officer: "a", PublicKey: good}}}).Validate(); err != nil {
+		t.Fatal(err)
 	}
 }

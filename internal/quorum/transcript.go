@@ -30,6 +30,35 @@ type Transcript struct {
 	Grants    []policy.Grant      `json:"grants"`
 	Budgets   []TranscriptBudget  `json:"budgets"`
 	Steps     []TranscriptStep    `json:"steps"`
+	// Seal records where the HSM PIN comes from after the ceremony and,
+	// for a sealed vault, who holds which share (absent in transcripts
+	// made before sealed start existed).
+	Seal *TranscriptSeal `json:"seal,omitempty"`
+}
+
+// TranscriptSeal is the PIN's section of the transcript.
+type TranscriptSeal struct {
+	// PINSource is "officers" (the installer's PIN was replaced by a
+	// random one split among the officers), or "pin_file"/"pin_env" (the
+	// PIN stays on the host: an explicitly weaker choice).
+	PINSource string `json:"pin_source"`
+	// VaultID (hex) and Epoch name the PIN the shares are of.
+	VaultID   string            `json:"vault_id,omitempty"`
+	Epoch     uint64            `json:"epoch,omitempty"`
+	Threshold int               `json:"threshold,omitempty"`
+	Suite     string            `json:"suite,omitempty"`
+	Shares    []TranscriptShare `json:"shares,omitempty"`
+}
+
+// TranscriptShare says who holds one share: fingerprints and the share's
+// commitment (SHA-256 over domain, vault id, epoch, index and share), never
+// the share.
+type TranscriptShare struct {
+	Index               int    `json:"index"`
+	Officer             string `json:"officer"`
+	OfficerFingerprint  string `json:"officer_fingerprint"`
+	ShareKeyFingerprint string `json:"share_key_fingerprint"`
+	Commitment          string `json:"commitment"`
 }
 
 // TranscriptFormat is the value of Transcript.Format this version writes
@@ -168,6 +197,22 @@ func (t *Transcript) Text() string {
 			who = "(all identities)"
 		}
 		fmt.Fprintf(&b, "  %s on %s: rate %g/s, burst %d, %d per %s\n", who, bu.Key, bu.Rate, bu.Burst, bu.Volume, bu.Window)
+	}
+	if t.Seal != nil {
+		b.WriteString("\nhsm pin:\n")
+		switch t.Seal.PINSource {
+		case "officers":
+			fmt.Fprintf(&b, "  replaced by a random PIN split %d of %d among the officers (vault %s, epoch %d; %s)\n",
+				t.Seal.Threshold, len(t.Seal.Shares), t.Seal.VaultID, t.Seal.Epoch, t.Seal.Suite)
+			tw := tabwriter.NewWriter(&b, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "  SHARE\tOFFICER\tSHARE KEY FINGERPRINT\tCOMMITMENT")
+			for _, s := range t.Seal.Shares {
+				fmt.Fprintf(tw, "  %d\t%s\t%s\t%s\n", s.Index, s.Officer, s.ShareKeyFingerprint, s.Commitment)
+			}
+			_ = tw.Flush()
+		default:
+			fmt.Fprintf(&b, "  read from %s on the vault's host (NOT split among the officers: root on the host can use the HSM)\n", t.Seal.PINSource)
+		}
 	}
 	b.WriteString("\nsteps:\n")
 	for _, s := range t.Steps {

@@ -45,6 +45,9 @@ func Widening(p Payload, cur Current) bool {
 		return cur.Threshold == 0 || v.Threshold < cur.Threshold
 	case CreateKey, DestroyKey, RotateKey, DisableVersion, RemoveGrant:
 		return false
+	case RekeySeal:
+		// A new PIN split among the same officers gives nobody more access.
+		return false
 	}
 	return true
 }

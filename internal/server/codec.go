@@ -51,3 +51,14 @@ func decodeError(msg any) error {
 	}
 	return nil
 }
+
+// Codec is the codec every custody gRPC server must force (ServerOptions
+// does; a daemon that builds its gRPC server before the Server exists uses
+// this), so that a request that does not decode still reaches the
+// interceptors.
+func Codec() encoding.CodecV2 { return tolerantCodec{} }
+
+// DecodeError returns, and forgets, the decode error parked for a request
+// that did not decode, for a handler that does not run behind the
+// interceptors (the seal service, health): it must answer it.
+func DecodeError(msg any) error { return decodeError(msg) }

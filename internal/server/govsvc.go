@@ -38,6 +38,10 @@ func (g governanceService) InitCeremony(ctx context.Context, req *custodyv1.Init
 			return nil, fmt.Errorf("%w: officers[%d].fingerprint: does not match the public key", ErrInvalidArgument, i)
 		}
 		cr.Officers = append(cr.Officers, off)
+		cr.ShareKeys = append(cr.ShareKeys, o.GetSharePublicKeyDer())
+	}
+	if !slices.ContainsFunc(cr.ShareKeys, func(k []byte) bool { return len(k) > 0 }) {
+		cr.ShareKeys = nil // none given: the governance layer decides whether that is allowed
 	}
 	for i, k := range req.GetKeys() {
 		p, err := PurposeFromProto(k.GetPurpose())

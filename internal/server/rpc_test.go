@@ -26,7 +26,7 @@ import (
 // must be declared in server.Methods, and nothing else may be.
 var custodyServices = []string{
 	"custody.v1.KeyService", "custody.v1.CryptoService", "custody.v1.DataKeyService",
-	"custody.v1.GovernanceService", "custody.v1.AuditService", "custody.v1.StatusService",
+	"custody.v1.GovernanceService", "custody.v1.AuditService", "custody.v1.StatusService", "custody.v1.SealService",
 }
 
 func TestEveryRPCIsDeclaredExactlyOnce(t *testing.T) {

@@ -113,8 +113,9 @@ func New(o Options) *Server {
 	}
 }
 
-// Register adds the services to a gRPC server.
-func (s *Server) Register(g *grpc.Server) {
+// Register adds the services to a gRPC server (or to a daemon's late
+// binding of one: see internal/daemon, sealed start).
+func (s *Server) Register(g grpc.ServiceRegistrar) {
 	custodyv1.RegisterKeyServiceServer(g, s)
 	custodyv1.RegisterCryptoServiceServer(g, s)
 	custodyv1.RegisterGovernanceServiceServer(g, governanceService{s: s})
@@ -126,8 +127,14 @@ func (s *Server) Register(g *grpc.Server) {
 // Health is the standard health service, for the daemon to set serving state.
 func (s *Server) Health() *health.Server { return s.health }
 
-// ServerOptions returns the options every custody gRPC server must use: the
-// interceptors, and the codec that lets a malformed request reach them.
+// Interceptors are the interceptors ServerOptions installs, for a daemon
+// that builds its gRPC server before the Server exists (sealed start) and
+// chains them in once the vault is unsealed.
+func (s *Server) Interceptors() (grpc.UnaryServerInterceptor, grpc.StreamServerInterceptor) {
+	return s.unaryInterceptor, s.streamInterceptor
+}
+
+// ServerOptions returns the interceptors every custody gRPC server must use.
 func (s *Server) ServerOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
 		grpc.ForceServerCodecV2(tolerantCodec{}),
