@@ -31,9 +31,9 @@ import (
 	custodyv1 "github.com/custodyhq/custody/api/custody/v1"
 	"github.com/custodyhq/custody/internal/config"
 	"github.com/custodyhq/custody/internal/daemon"
-	"github.com/custodyhq/custody/internal/version"
 	"github.com/custodyhq/custody/internal/seal"
 	"github.com/custodyhq/custody/internal/secmem"
+	"github.com/custodyhq/custody/internal/version"
 )
 
 func main() {

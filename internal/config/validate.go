@@ -255,6 +255,7 @@ func (h HSMConfig) validate(ps *problems, dev bool) {
 
 // maxInitArgs bounds hsm.init_args (a configuration string, not a file).
 const maxInitArgs = 4096
+
 func (s SealConfig) validate(ps *problems) {
 	if s.UnsealTimeout < time.Minute || s.UnsealTimeout > 24*time.Hour {
 		ps.add("seal.unseal_timeout", "%s is out of range 1m..24h", s.UnsealTimeout)
