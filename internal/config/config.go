@@ -100,6 +100,9 @@ type Config struct {
 	// first start: grants and budgets come only from the key ceremony and
 	// quorum proposals, and these two sections are ignored (with a warning).
 	Budgets []BudgetConfig `yaml:"budgets"`
+	// Limits bound connections, handshakes, requests in flight and memory
+	// (limits.go).
+	Limits LimitsConfig `yaml:"limits"`
 }
 
 // BudgetConfig is a token bucket (rate per second, burst) plus a volume cap
@@ -368,6 +371,7 @@ func (c *Config) ApplyDefaults() {
 	if c.Governance.Freeze.Within == 0 {
 		c.Governance.Freeze.Within = DefaultFreezeWithin
 	}
+	c.Limits.applyDefaults()
 }
 
 func setString(p *string, def string) {

@@ -170,6 +170,7 @@ audit: {dir: %s}
 		Governance: GovernanceConfig{TimeLock: DefaultTimeLock, ProposalTTL: DefaultProposalTTL,
 			Freeze: FreezeConfig{Refusals: DefaultFreezeRefusals, Within: DefaultFreezeWithin}},
 	}
+	want.Limits.applyDefaults()
 	if fmt.Sprintf("%+v", *cfg) != fmt.Sprintf("%+v", want) || cfg.HSM != want.HSM {
 		t.Fatalf("got  %+v\nwant %+v", *cfg, want)
 	}
