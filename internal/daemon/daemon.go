@@ -91,6 +91,9 @@ type Daemon struct {
 	gwLis      net.Listener
 	gwInternal *gateway.Listener
 	gw         *gateway.Gateway
+
+	// limits: connection budgets, admission, memory limit (limits.go).
+	limits *resourceLimits
 }
 
 // Start opens everything the config names and starts serving. It returns
@@ -117,6 +120,7 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 				}
 			}
 			d.closeAll()
+			d.limits.restore()
 		}
 	}()
 
@@ -198,11 +202,15 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 			"grants", len(cfg.Grants), "budgets", len(cfg.Budgets))
 	}
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if d.limits, err = setupLimits(cfg.Limits, reg, d.log); err != nil {
+		return nil, err
+	}
 	metrics := server.NewMetrics(reg, d.HSM, func() *keys.Registry { return d.Keys })
 	d.Server = server.New(server.Options{
 		HSM: d.HSM, Keys: d.Keys, Policy: pol, Roles: roles, Limiter: lim, Audit: d.Audit, Metrics: metrics,
 		Logger: d.log, Now: opts.Now,
-		Limits: server.Limits{MaxPayload: cfg.Keys.MaxPayloadBytes, MaxBatch: cfg.Keys.MaxBatch, DestroyWaitDefault: cfg.Keys.DestroyWaitDefault},
+		Limits:    server.Limits{MaxPayload: cfg.Keys.MaxPayloadBytes, MaxBatch: cfg.Keys.MaxBatch, DestroyWaitDefault: cfg.Keys.DestroyWaitDefault},
+		Admission: d.limits.admission,
 	})
 
 	if err := d.openGovernance(ctx, reg, pol, signer); err != nil {
@@ -213,7 +221,9 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 	if err != nil {
 		return nil, fmt.Errorf("tls: %w", err)
 	}
-	creds := credentials.NewTLS(tlsCfg)
+	// budgetCreds: a connection stops counting as a pending handshake in
+	// its connection budget once its TLS handshake succeeds (limits.go).
+	var creds credentials.TransportCredentials = budgetCreds{credentials.NewTLS(tlsCfg)}
 	if cfg.GatewayListen != "" {
 		// The gateway's forwarded requests go through this same server and
 		// its interceptors; only its in-process connections may carry a
@@ -221,7 +231,7 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 		d.gwInternal = gateway.NewListener()
 		creds = gateway.ServerCredentials(creds)
 	}
-	d.grpc = grpc.NewServer(append(d.Server.ServerOptions(),
+	grpcOpts := append(append(d.Server.ServerOptions(),
 		grpc.Creds(creds),
 		// A batch of 100 items of 64 KiB with contexts fits in 16 MiB; nothing
 		// larger is accepted.
@@ -229,7 +239,8 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 		// Bound what one connection can hold in flight, so a hostile client
 		// cannot queue unbounded work or memory on one connection.
 		grpc.MaxConcurrentStreams(128),
-	)...)
+	), d.limits.grpcOptions()...)
+	d.grpc = grpc.NewServer(grpcOpts...)
 	d.Server.Register(d.grpc)
 	d.Server.SetDataKeyStore(d.Store)
 	d.Server.RegisterAuditService(d.grpc, server.NewAuditService(d.Audit, signer))
@@ -238,14 +249,18 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 	if d.grpcLis, err = net.Listen("tcp", cfg.Listen); err != nil {
 		return nil, fmt.Errorf("listen %s: %w", cfg.Listen, err)
 	}
+	d.grpcLis = d.limits.clients.Listen(d.grpcLis, "grpc")
 	if d.httpLis, err = net.Listen("tcp", cfg.HTTPListen); err != nil {
 		return nil, fmt.Errorf("listen %s: %w", cfg.HTTPListen, err)
 	}
+	d.httpLis = d.limits.http.Listen(d.httpLis, "http")
 	if cfg.GatewayListen != "" {
 		if d.gwLis, err = net.Listen("tcp", cfg.GatewayListen); err != nil {
 			return nil, fmt.Errorf("listen %s: %w", cfg.GatewayListen, err)
 		}
-		if d.gw, err = gateway.New(ctx, d.gwInternal, tlsCfg, gateway.Options{Logger: d.log}); err != nil {
+		d.gwLis = d.limits.clients.Listen(d.gwLis, "gateway")
+		if d.gw, err = gateway.New(ctx, d.gwInternal, tlsCfg, gateway.Options{Logger: d.log,
+			Limits: d.limits.gatewayLimits(), ConnState: EstablishOnFirstRequest}); err != nil {
 			return nil, err
 		}
 	}
@@ -262,7 +277,7 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	}
-	d.http = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	d.http = d.limits.httpServer(mux)
 
 	if cfg.Dev {
 		if err := d.EnsureDevKey(ctx); err != nil {
@@ -452,6 +467,7 @@ func (d *Daemon) Shutdown(ctx context.Context) error {
 		d.stop()
 		d.wg.Wait()
 		d.closeAll()
+		d.limits.restore()
 	})
 	return d.closeErr
 }

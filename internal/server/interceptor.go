@@ -37,6 +37,7 @@ type call struct {
 	ctxDigest []byte
 	caseRef   string
 	detail    string
+	release   func() // admission slot (admission.go); nil when none was taken
 }
 
 type callKey struct{}
@@ -97,6 +98,11 @@ func (s *Server) begin(ctx context.Context, full string) (context.Context, *call
 		return ctx, c, fmt.Errorf("%w: %s", errNoRole, id)
 	}
 	c.role = role
+	// Admission (issue 17, admission.go): the caller's in-flight cap and
+	// memory headroom; a refusal is audited by finish like any denial.
+	if err := s.admit(c); err != nil {
+		return ctx, c, err
+	}
 	return context.WithValue(ctx, callKey{}, c), c, nil
 }
 
@@ -104,6 +110,9 @@ func (s *Server) begin(ctx context.Context, full string) (context.Context, *call
 // audit record cannot be made durable, the request fails with UNAVAILABLE
 // whatever its outcome: nothing is answered off the record.
 func (s *Server) finish(ctx context.Context, c *call, err error, start time.Time) error {
+	if c.release != nil { // admission slot, held until the record is durable
+		defer c.release()
+	}
 	st := toStatus(err, s.log)
 	rec := s.record(c, st)
 	if _, aerr := s.audit.Append(context.WithoutCancel(ctx), rec); aerr != nil {

@@ -27,6 +27,7 @@ import (
 
 	custodyv1 "github.com/custodyhq/custody/api/custody/v1"
 	"github.com/custodyhq/custody/hsm"
+	"github.com/custodyhq/custody/internal/admission"
 	"github.com/custodyhq/custody/internal/audit"
 	"github.com/custodyhq/custody/internal/keys"
 	"github.com/custodyhq/custody/internal/policy"
@@ -49,6 +50,9 @@ type Options struct {
 	Logger  *slog.Logger
 	Now     func() time.Time
 	Limits  Limits
+	// Admission caps each identity's requests in flight and refuses new
+	// work under memory pressure (admission.go); nil admits everything.
+	Admission *admission.Limiter
 }
 
 // Limits bound request sizes.
@@ -81,6 +85,8 @@ type Server struct {
 	health   *health.Server
 
 	dataKeys atomic.Pointer[dataKeyStore] // stored data keys (datakeys.go); nil until SetDataKeyStore
+
+	admission *admission.Limiter // nil: no admission control
 }
 
 // New builds a Server from its dependencies.
@@ -106,6 +112,7 @@ func New(o Options) *Server {
 	s := &Server{
 		hsm: o.HSM, keys: o.Keys, audit: o.Audit, metrics: o.Metrics,
 		log: o.Logger, now: o.Now, limits: o.Limits, health: health.NewServer(),
+		admission: o.Admission,
 	}
 	s.policy.Store(o.Policy)
 	if o.Limiter != nil {
