@@ -124,11 +124,17 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 		}
 	}()
 
+	// Limits first (limits.go): a descriptor budget that cannot work stops
+	// start-up before the PIN is read and the HSM, store and audit log are
+	// opened.
+	reg := prometheus.NewRegistry()
+	if d.limits, err = setupLimits(cfg.Limits, reg, d.log); err != nil {
+		return nil, err
+	}
 	pin, err := cfg.HSM.ReadPIN(ctx)
 	if err != nil {
 		return nil, err
 	}
-	reg := prometheus.NewRegistry()
 	d.HSM, err = hsm.Open(ctx, hsm.Config{URI: cfg.HSM.URI, PIN: pin, MaxSessions: cfg.HSM.MaxSessions, Logger: d.log,
 		Observe: server.HSMObserver(reg)})
 	clear(pin)
@@ -202,9 +208,6 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 			"grants", len(cfg.Grants), "budgets", len(cfg.Budgets))
 	}
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	if d.limits, err = setupLimits(cfg.Limits, reg, d.log); err != nil {
-		return nil, err
-	}
 	metrics := server.NewMetrics(reg, d.HSM, func() *keys.Registry { return d.Keys })
 	d.Server = server.New(server.Options{
 		HSM: d.HSM, Keys: d.Keys, Policy: pol, Roles: roles, Limiter: lim, Audit: d.Audit, Metrics: metrics,
@@ -259,8 +262,7 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 			return nil, fmt.Errorf("listen %s: %w", cfg.GatewayListen, err)
 		}
 		d.gwLis = d.limits.clients.Listen(d.gwLis, "gateway")
-		if d.gw, err = gateway.New(ctx, d.gwInternal, tlsCfg, gateway.Options{Logger: d.log,
-			Limits: d.limits.gatewayLimits(), ConnState: EstablishOnFirstRequest}); err != nil {
+		if d.gw, err = gateway.New(ctx, d.gwInternal, tlsCfg, gateway.Options{Logger: d.log, Limits: d.limits.gatewayLimits()}); err != nil {
 			return nil, err
 		}
 	}

@@ -183,22 +183,13 @@ func (r *resourceLimits) grpcOptions() []grpc.ServerOption {
 // its connections established at their first request.
 func (r *resourceLimits) httpServer(h http.Handler) *http.Server {
 	return &http.Server{
-		Handler:           h,
+		Handler:           netlimit.EstablishOnRequest(h),
+		ConnContext:       netlimit.ConnContext,
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       10 * time.Second,
 		WriteTimeout:      30 * time.Second,
 		IdleTimeout:       time.Minute,
 		MaxHeaderBytes:    r.cfg.MaxHeaderBytes,
-		ConnState:         EstablishOnFirstRequest,
-	}
-}
-
-// EstablishOnFirstRequest is an http.Server ConnState hook that marks a
-// budget-counted connection established once its first request has been
-// read: until then (TLS handshake, trickled headers) it is pending.
-func EstablishOnFirstRequest(c net.Conn, st http.ConnState) {
-	if st == http.StateActive {
-		netlimit.Established(c)
 	}
 }
 

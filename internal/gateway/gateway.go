@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log"
 	"log/slog"
 	"net"
 	"net/http"
@@ -21,6 +22,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	custodyv1 "github.com/custodyhq/custody/api/custody/v1"
+	"github.com/custodyhq/custody/internal/netlimit"
 	"github.com/custodyhq/custody/internal/pki"
 )
 
@@ -39,9 +41,6 @@ type Options struct {
 	// Limits bound each HTTP request and connection; zero fields take the
 	// defaults of DefaultLimits.
 	Limits Limits
-	// ConnState, if set, is the HTTP server's connection state hook
-	// (custodyd: marks connections established in their budget).
-	ConnState func(net.Conn, http.ConnState)
 }
 
 // Limits bound what one HTTP client can hold of the gateway.
@@ -151,7 +150,10 @@ func New(ctx context.Context, internal *Listener, tlsCfg *tls.Config, o Options)
 	g.handler = http.HandlerFunc(g.serveHTTP)
 	lim := g.limits
 	g.srv = &http.Server{
-		Handler:           g.handler,
+		// A connection counted by a netlimit budget (custodyd's listener)
+		// stops being a pending handshake at its first whole request.
+		Handler:           netlimit.EstablishOnRequest(g.handler),
+		ConnContext:       netlimit.ConnContext,
 		TLSConfig:         g.tlsCfg,
 		ReadHeaderTimeout: lim.ReadHeaderTimeout,
 		ReadTimeout:       lim.ReadTimeout,
@@ -159,8 +161,7 @@ func New(ctx context.Context, internal *Listener, tlsCfg *tls.Config, o Options)
 		IdleTimeout:       lim.IdleTimeout,
 		MaxHeaderBytes:    lim.MaxHeaderBytes,
 		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: int(lim.MaxStreams)},
-		ConnState:         o.ConnState,
-		ErrorLog:          slog.NewLogLogger(o.Logger.Handler(), slog.LevelWarn),
+		ErrorLog:          log.New(newQuietWriter(slog.NewLogLogger(o.Logger.Handler(), slog.LevelWarn).Writer(), 10), "", 0),
 	}
 	return g, nil
 }

@@ -30,6 +30,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -157,6 +158,7 @@ type Conn struct {
 	elem  *list.Element // in b.pending while pending; guarded by l.b.mu
 	timer *time.Timer
 	once  sync.Once
+	est   atomic.Bool // set once established: Establish's lock-free fast path
 }
 
 func (l *Listener) admit(raw net.Conn) *Conn {
@@ -248,6 +250,9 @@ func (b *Budget) detachLocked(c *Conn) connState {
 // Establish marks c established: it no longer counts as pending and is
 // never evicted or timed out. It reports false if c was already closed.
 func (c *Conn) Establish() bool {
+	if c.est.Load() {
+		return true
+	}
 	b := c.l.b
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -258,6 +263,7 @@ func (c *Conn) Establish() bool {
 		return false
 	}
 	c.state = stateEstablished
+	c.est.Store(true)
 	b.pending.Remove(c.elem)
 	c.elem = nil
 	c.timer.Stop()
