@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what Custody's build and tests need when it is missing:
 # SoftHSMv2 (the PKCS#11 token used by tests and `make run`), OpenSC's
-# pkcs11-tool (tests of officer keys on a token) and, with
+# pkcs11-tool (tests of officer keys on a token), promtool (alert rule
+# tests) and, with
 # --proto, protoc (only `make proto` needs it).
 # Safe to run repeatedly; prints nothing when everything is present.
 set -euo pipefail
@@ -14,6 +15,9 @@ done
 [ -n "$lib" ] && command -v softhsm2-util >/dev/null 2>&1 || need+=(softhsm2)
 # pkcs11-tool: the officer-key-on-a-token tests make their key pair with it.
 command -v pkcs11-tool >/dev/null 2>&1 || need+=(opensc)
+# promtool (Debian's prometheus package): `make test` checks the alert rules
+# and runs their unit tests.
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 if [ "${1:-}" = "--proto" ]; then
   command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 fi
