@@ -2,6 +2,7 @@ package gateway_test
 
 import (
 	"bufio"
+	"context"
 	"crypto/tls"
 	"errors"
 	"io"
@@ -13,6 +14,10 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	custodyv1 "github.com/custodyhq/custody/api/custody/v1"
 	"github.com/custodyhq/custody/internal/config"
 	"github.com/custodyhq/custody/internal/pki"
 	"github.com/custodyhq/custody/internal/testenv"
@@ -227,4 +232,30 @@ func TestGatewaySlowlorisIsCutOffWhileOthersAreServed(t *testing.T) {
 		t.Fatalf("custody_handshake_failures_total{listener=gateway} = %v, want the 50 connections that never sent a whole request", failures)
 	}
 	served(t, c, e)
+}
+
+// TestGatewayBoundsBatchesAsGRPCDoes: keys.max_batch applies to a batch
+// sent through the gateway exactly as to one sent over gRPC.
+func TestGatewayBoundsBatchesAsGRPCDoes(t *testing.T) {
+	e := testenv.Start(t, testenv.Settings{Gateway: true, Mutate: func(_ *testenv.Env, c *config.Config) { c.Keys.MaxBatch = 5 }})
+	c := e.HTTPClient(t, "relay")
+	items := func(n int) []any {
+		out := make([]any, n)
+		for i := range out {
+			out[i] = map[string]any{"key_name": "demo", "plaintext": "aGVsbG8="}
+		}
+		return out
+	}
+	mustOK(t, post(t, c, e, "/v1/crypto/batch-encrypt", map[string]any{"items": items(5)}), "a batch of max_batch items")
+	over := post(t, c, e, "/v1/crypto/batch-encrypt", map[string]any{"items": items(6)})
+	if over.code != http.StatusBadRequest || over.grpcCode(t) != 3 || !strings.Contains(over.raw, "limit is 5") {
+		t.Fatalf("REST batch over max_batch: HTTP %d %s", over.code, over.raw)
+	}
+	req := &custodyv1.BatchEncryptRequest{}
+	for range 6 {
+		req.Items = append(req.Items, &custodyv1.EncryptRequest{KeyName: "demo", Plaintext: []byte("hello")})
+	}
+	if _, err := e.Crypto(t, "relay").BatchEncrypt(context.Background(), req); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("gRPC batch over max_batch: %v", err)
+	}
 }
