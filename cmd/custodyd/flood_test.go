@@ -252,8 +252,12 @@ func TestConnectionFloodLeavesRelayServedAndIsCounted(t *testing.T) {
 	if evicted < float64(total/2) || gwRejected == 0 {
 		t.Errorf("rejected{evicted} = %.0f (gateway %.0f) after %d connections against a pending cap of %d", evicted, gwRejected, total, maxPending)
 	}
-	if timeouts < lateSlow {
-		t.Errorf("handshake_failures{timeout} = %.0f, want at least the %d late trickling handshakes", timeouts, lateSlow)
+	// Each late handshake is closed at its deadline: by the budget (timeout)
+	// or, if a loaded machine delays that timer, by gRPC's own deadline a
+	// second later (aborted).
+	aborted := metricSum(body, "custody_handshake_failures_total", `listener="grpc"`, `reason="aborted"`)
+	if timeouts+aborted < lateSlow || timeouts < lateSlow/2 {
+		t.Errorf("handshake_failures{timeout} = %.0f, {aborted} = %.0f; want the %d late trickling handshakes, most as timeouts", timeouts, aborted, lateSlow)
 	}
 
 	// 5. Released: nothing is left pending and the descriptors come back.

@@ -169,7 +169,10 @@ func (r *resourceLimits) restore() {
 func (r *resourceLimits) grpcOptions() []grpc.ServerOption {
 	k := r.cfg.Keepalive
 	return []grpc.ServerOption{
-		grpc.ConnectionTimeout(r.cfg.HandshakeTimeout),
+		// The budget closes a connection whose TLS handshake outlives
+		// handshake_timeout (and counts it as a timeout); gRPC's own
+		// deadline, a second later, also covers the HTTP/2 preface.
+		grpc.ConnectionTimeout(r.cfg.HandshakeTimeout + time.Second),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: k.MinTime, PermitWithoutStream: k.PermitWithoutStream}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{
 			MaxConnectionIdle: k.MaxConnectionIdle, MaxConnectionAge: k.MaxConnectionAge,
