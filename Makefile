@@ -5,7 +5,7 @@ export PATH := $(PATH):/usr/local/go/bin
 GO ?= go
 BIN := bin
 
-.PHONY: all deps build test vet race-test run proto bench bench-raw fuzz fmt clean
+.PHONY: all deps build test vet race-test rules run proto bench bench-raw fuzz fmt clean
 
 all: build
 
@@ -22,10 +22,15 @@ LDFLAGS := -X github.com/custodyhq/custody/internal/version.Commit=$(COMMIT)
 build: deps
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/ ./cmd/...
 
-## test: go vet, then the whole suite under the race detector, against real SoftHSM tokens
-test: deps
+## test: go vet, the alert rules, then the whole suite under the race detector, against real SoftHSM tokens
+test: deps rules
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 20m ./...
+
+## rules: check the Prometheus alert rules and run their unit tests (promtool)
+rules: deps
+	promtool check rules deploy/prometheus/custody-rules.yaml
+	promtool test rules deploy/prometheus/*.test.yaml
 
 ## run: start custodyd on its embedded default (SoftHSM + bbolt + dev certificates)
 run: build

@@ -3,7 +3,8 @@
 # SoftHSMv2 (the PKCS#11 token used by tests and `make run`), NSS softokn
 # and certutil (the second PKCS#11 implementation the hsm tests run on),
 # OpenSC's pkcs11-tool (tests of officer keys on a token), the tools the
-# documentation tests run (openssl, curl, jq, systemd-analyze) and, with
+# documentation tests run (openssl, curl, jq, systemd-analyze), promtool (alert
+# rule tests) and, with
 # --proto, protoc (only `make proto` needs it).
 # Safe to run repeatedly; prints nothing when everything is present.
 set -euo pipefail
@@ -30,6 +31,9 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v jq >/dev/null 2>&1 || need+=(jq)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+# promtool (Debian's prometheus package): `make test` checks the alert rules
+# and runs their unit tests.
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 if [ "${1:-}" = "--proto" ]; then
   command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 fi

@@ -105,6 +105,9 @@ type Config struct {
 	// first start: grants and budgets come only from the key ceremony and
 	// quorum proposals, and these two sections are ignored (with a warning).
 	Budgets []BudgetConfig `yaml:"budgets"`
+	// Limits bound connections, handshakes, requests in flight and memory
+	// (limits.go).
+	Limits LimitsConfig `yaml:"limits"`
 }
 
 // BudgetConfig is a token bucket (rate per second, burst) plus a volume cap
@@ -433,6 +436,7 @@ func (c *Config) ApplyDefaults() {
 	if c.Seal.LeaseTTL == 0 {
 		c.Seal.LeaseTTL = DefaultLeaseTTL
 	}
+	c.Limits.applyDefaults()
 }
 
 // Sealed reports whether custodyd starts sealed: no PIN source configured.

@@ -173,6 +173,7 @@ audit: {dir: %s}
 			Freeze: FreezeConfig{Refusals: DefaultFreezeRefusals, Within: DefaultFreezeWithin}},
 		Seal: SealConfig{UnsealTimeout: DefaultUnsealTimeout, LeaseTTL: DefaultLeaseTTL},
 	}
+	want.Limits.applyDefaults()
 	if fmt.Sprintf("%+v", *cfg) != fmt.Sprintf("%+v", want) || !reflect.DeepEqual(cfg.HSM, want.HSM) {
 		t.Fatalf("got  %+v\nwant %+v", *cfg, want)
 	}

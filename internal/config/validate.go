@@ -104,6 +104,7 @@ func (c *Config) Validate() error {
 	validateGrants(&ps, c.Grants, byName)
 	validateBudgets(&ps, c.Budgets, byName)
 	c.Governance.validate(&ps, c.Dev)
+	c.Limits.validate(&ps)
 	if len(ps) == 0 {
 		return nil
 	}

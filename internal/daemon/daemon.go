@@ -134,6 +134,9 @@ type Daemon struct {
 	gwLis      net.Listener
 	gwInternal *gateway.Listener
 	gw         *gateway.Gateway
+
+	// limits: connection budgets, admission, memory limit (limits.go).
+	limits *resourceLimits
 }
 
 // Start opens everything the config names and starts serving. It returns
@@ -195,6 +198,11 @@ func (d *Daemon) open(ctx context.Context) (err error) {
 	d.reg = prometheus.NewRegistry()
 	d.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	registerHardening(d.reg, d.opts.Hardening)
+	// Limits first (limits.go): a descriptor budget that cannot work stops
+	// start-up before the store, the seal and the listeners are opened.
+	if d.limits, err = setupLimits(cfg.Limits, d.reg, d.log); err != nil {
+		return err
+	}
 	raw, err := store.OpenBolt(cfg.Store.Path, store.BoltOptions{})
 	if err != nil {
 		return prefixed("store", err)
@@ -208,7 +216,9 @@ func (d *Daemon) open(ctx context.Context) (err error) {
 	if err != nil {
 		return fmt.Errorf("tls: %w", err)
 	}
-	creds := credentials.NewTLS(tlsCfg)
+	// budgetCreds: a connection stops counting as a pending handshake in
+	// its connection budget once its TLS handshake succeeds (limits.go).
+	var creds credentials.TransportCredentials = budgetCreds{credentials.NewTLS(tlsCfg)}
 	if cfg.GatewayListen != "" {
 		// The gateway's forwarded requests go through this same server and
 		// its interceptors; only its in-process connections may carry a
@@ -216,7 +226,7 @@ func (d *Daemon) open(ctx context.Context) (err error) {
 		d.gwInternal = gateway.NewListener()
 		creds = gateway.ServerCredentials(creds)
 	}
-	d.grpc = grpc.NewServer(
+	d.grpc = grpc.NewServer(append([]grpc.ServerOption{
 		// A request that does not decode still reaches the interceptors, so
 		// it is audited and answered INVALID_ARGUMENT (see internal/server).
 		grpc.ForceServerCodecV2(server.Codec()),
@@ -229,20 +239,23 @@ func (d *Daemon) open(ctx context.Context) (err error) {
 		// Bound what one connection can hold in flight, so a hostile client
 		// cannot queue unbounded work or memory on one connection.
 		grpc.MaxConcurrentStreams(128),
-	)
+	}, d.limits.grpcOptions()...)...)
 	d.declareServices()
 
 	if d.grpcLis, err = net.Listen("tcp", cfg.Listen); err != nil {
 		return fmt.Errorf("listen %s: %w", cfg.Listen, err)
 	}
+	d.grpcLis = d.limits.clients.Listen(d.grpcLis, "grpc")
 	if d.httpLis, err = net.Listen("tcp", cfg.HTTPListen); err != nil {
 		return fmt.Errorf("listen %s: %w", cfg.HTTPListen, err)
 	}
+	d.httpLis = d.limits.http.Listen(d.httpLis, "http")
 	if cfg.GatewayListen != "" {
 		if d.gwLis, err = net.Listen("tcp", cfg.GatewayListen); err != nil {
 			return fmt.Errorf("listen %s: %w", cfg.GatewayListen, err)
 		}
-		if d.gw, err = gateway.New(ctx, d.gwInternal, tlsCfg, gateway.Options{Logger: d.log}); err != nil {
+		d.gwLis = d.limits.clients.Listen(d.gwLis, "gateway")
+		if d.gw, err = gateway.New(ctx, d.gwInternal, tlsCfg, gateway.Options{Logger: d.log, Limits: d.limits.gatewayLimits()}); err != nil {
 			return err
 		}
 	}
@@ -259,7 +272,7 @@ func (d *Daemon) open(ctx context.Context) (err error) {
 		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	}
-	d.http = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	d.http = d.limits.httpServer(mux)
 
 	d.runCtx, d.stop = context.WithCancel(context.Background())
 	d.wg.Add(3)
@@ -372,7 +385,8 @@ func (d *Daemon) complete(ctx context.Context, pin []byte) (err error) {
 	d.Server = server.New(server.Options{
 		HSM: d.HSM, Keys: d.Keys, Gov: d.Gov, Audit: d.Audit, Digester: digester, Metrics: metrics,
 		Logger: d.log, Now: d.opts.Now,
-		Limits: server.Limits{MaxPayload: cfg.Keys.MaxPayloadBytes, MaxBatch: cfg.Keys.MaxBatch, DestroyWaitDefault: cfg.Keys.DestroyWaitDefault},
+		Limits:    server.Limits{MaxPayload: cfg.Keys.MaxPayloadBytes, MaxBatch: cfg.Keys.MaxBatch, DestroyWaitDefault: cfg.Keys.DestroyWaitDefault},
+		Admission: d.limits.admission,
 	})
 	if err := d.Seal.LoggedIn(ctx, d.Store, d.HSM, signer.Public()); err != nil {
 		return fmt.Errorf("seal: %w", err)
@@ -589,6 +603,7 @@ func (d *Daemon) Shutdown(ctx context.Context) error {
 		d.stop()
 		d.wg.Wait()
 		d.closeAll()
+		d.limits.restore()
 	})
 	return d.closeErr
 }

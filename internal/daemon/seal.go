@@ -325,6 +325,7 @@ func (d *Daemon) abort() {
 	}
 	d.wg.Wait()
 	d.closeAll()
+	d.limits.restore()
 }
 
 // lateSigner is the audit key of a sealed custodyd: its public half is

@@ -1,10 +1,13 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
+	"log"
 	"log/slog"
 	"net"
 	"net/http"
@@ -19,11 +22,13 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	custodyv1gw "github.com/custodyhq/custody/api/custody/v1/gw"
+	"github.com/custodyhq/custody/internal/netlimit"
 	"github.com/custodyhq/custody/internal/pki"
 )
 
-// MaxBodyBytes bounds an HTTP request body. It leaves room for base64 of the
-// gRPC server's 16 MiB message limit; larger bodies are refused with 400.
+// MaxBodyBytes is the default bound on an HTTP request body. It leaves room
+// for base64 of the gRPC server's 16 MiB message limit; larger bodies are
+// refused with 413 (Options.Limits.MaxBodyBytes overrides it).
 const MaxBodyBytes = 24 << 20
 
 // maxMessageBytes matches custodyd's gRPC MaxRecvMsgSize.
@@ -33,6 +38,52 @@ const maxMessageBytes = 16 << 20
 type Options struct {
 	// Logger receives connection-level errors; nil means slog.Default().
 	Logger *slog.Logger
+	// Limits bound each HTTP request and connection; zero fields take the
+	// defaults of DefaultLimits.
+	Limits Limits
+}
+
+// Limits bound what one HTTP client can hold of the gateway.
+type Limits struct {
+	ReadHeaderTimeout time.Duration // reading request headers
+	ReadTimeout       time.Duration // reading the whole request
+	WriteTimeout      time.Duration // end of headers to end of response
+	IdleTimeout       time.Duration // a keep-alive connection between requests
+	MaxHeaderBytes    int           // request headers (HTTP/1: plus 4 KiB of slack)
+	MaxBodyBytes      int64         // request body; larger ones get 413
+	MaxStreams        uint32        // concurrent HTTP/2 streams per connection
+}
+
+// DefaultLimits are the limits of a zero Limits.
+var DefaultLimits = Limits{
+	ReadHeaderTimeout: 5 * time.Second, ReadTimeout: time.Minute, WriteTimeout: time.Minute,
+	IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 64 << 10, MaxBodyBytes: MaxBodyBytes, MaxStreams: 128,
+}
+
+func (l Limits) withDefaults() Limits {
+	d := DefaultLimits
+	if l.ReadHeaderTimeout > 0 {
+		d.ReadHeaderTimeout = l.ReadHeaderTimeout
+	}
+	if l.ReadTimeout > 0 {
+		d.ReadTimeout = l.ReadTimeout
+	}
+	if l.WriteTimeout > 0 {
+		d.WriteTimeout = l.WriteTimeout
+	}
+	if l.IdleTimeout > 0 {
+		d.IdleTimeout = l.IdleTimeout
+	}
+	if l.MaxHeaderBytes > 0 {
+		d.MaxHeaderBytes = l.MaxHeaderBytes
+	}
+	if l.MaxBodyBytes > 0 {
+		d.MaxBodyBytes = l.MaxBodyBytes
+	}
+	if l.MaxStreams > 0 {
+		d.MaxStreams = l.MaxStreams
+	}
+	return d
 }
 
 // Gateway is the REST/JSON front of custodyd.
@@ -43,6 +94,7 @@ type Gateway struct {
 	tlsCfg    *tls.Config
 	srv       *http.Server
 	handler   http.Handler
+	limits    Limits
 }
 
 type identityKey struct{}
@@ -84,7 +136,7 @@ func New(ctx context.Context, internal *Listener, tlsCfg *tls.Config, o Options)
 		runtime.WithOutgoingHeaderMatcher(func(string) (string, bool) { return "", false }),
 		runtime.WithMetadata(forwardIdentity),
 	)
-	g := &Gateway{conn: conn, mux: mux, marshaler: marshaler, tlsCfg: tlsCfg.Clone()}
+	g := &Gateway{conn: conn, mux: mux, marshaler: marshaler, tlsCfg: tlsCfg.Clone(), limits: o.Limits.withDefaults()}
 	for _, register := range []func(context.Context, *runtime.ServeMux, *grpc.ClientConn) error{
 		custodyv1gw.RegisterCryptoServiceHandler,
 		custodyv1gw.RegisterKeyServiceHandler,
@@ -96,11 +148,20 @@ func New(ctx context.Context, internal *Listener, tlsCfg *tls.Config, o Options)
 		}
 	}
 	g.handler = http.HandlerFunc(g.serveHTTP)
+	lim := g.limits
 	g.srv = &http.Server{
-		Handler:           g.handler,
+		// A connection counted by a netlimit budget (custodyd's listener)
+		// stops being a pending handshake at its first whole request.
+		Handler:           netlimit.EstablishOnRequest(g.handler),
+		ConnContext:       netlimit.ConnContext,
 		TLSConfig:         g.tlsCfg,
-		ReadHeaderTimeout: 5 * time.Second,
-		ErrorLog:          slog.NewLogLogger(o.Logger.Handler(), slog.LevelWarn),
+		ReadHeaderTimeout: lim.ReadHeaderTimeout,
+		ReadTimeout:       lim.ReadTimeout,
+		WriteTimeout:      lim.WriteTimeout,
+		IdleTimeout:       lim.IdleTimeout,
+		MaxHeaderBytes:    lim.MaxHeaderBytes,
+		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: int(lim.MaxStreams)},
+		ErrorLog:          log.New(newQuietWriter(slog.NewLogLogger(o.Logger.Handler(), slog.LevelWarn).Writer(), 10), "", 0),
 	}
 	return g, nil
 }
@@ -116,8 +177,37 @@ func (g *Gateway) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		runtime.HTTPError(r.Context(), g.mux, g.marshaler, w, r, status.Error(codes.Unauthenticated, err.Error()))
 		return
 	}
-	r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
+	// The body is read whole, within its bound and ReadTimeout, before
+	// anything is forwarded: an oversized one is refused with 413 (not a
+	// decoding error), and a slow one never holds a gRPC call open.
+	if r.ContentLength > g.limits.MaxBodyBytes {
+		g.tooLarge(w, r)
+		return
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, g.limits.MaxBodyBytes))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			g.tooLarge(w, r)
+			return
+		}
+		runtime.HTTPError(r.Context(), g.mux, g.marshaler, w, r, status.Error(codes.InvalidArgument, "reading request body: "+err.Error()))
+		return
+	}
+	r.Body = io.NopCloser(bytes.NewReader(body))
 	g.mux.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), identityKey{}, id)))
+}
+
+// tooLarge answers 413 with the gateway's JSON error body and closes the
+// connection (the rest of the body is not read).
+func (g *Gateway) tooLarge(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Connection", "close")
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusRequestEntityTooLarge)
+	st := status.Newf(codes.ResourceExhausted, "request body larger than %d bytes", g.limits.MaxBodyBytes)
+	if b, err := g.marshaler.Marshal(st.Proto()); err == nil {
+		w.Write(b)
+	}
 }
 
 // identity derives the caller's identity from its verified client certificate.

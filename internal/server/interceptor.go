@@ -48,6 +48,7 @@ type call struct {
 	ctxDigest []byte
 	caseRef   string
 	detail    string
+	release   func() // admission slot (admission.go); nil when none was taken
 }
 
 type callKey struct{}
@@ -123,6 +124,11 @@ func (s *Server) begin(ctx context.Context, full string) (context.Context, *call
 	if !m.Allows(role) {
 		return ctx, c, fmt.Errorf("%w: role %q cannot call %s", errRoleRefused, role, m.Name)
 	}
+	// Admission (admission.go): the caller's in-flight cap and memory
+	// headroom; a refusal is audited by finish like any denial.
+	if err := s.admit(c); err != nil {
+		return ctx, c, err
+	}
 	return ctx, c, nil
 }
 
@@ -137,6 +143,9 @@ func shortMethod(full string) string {
 // audit record cannot be made durable, the request fails with UNAVAILABLE
 // whatever its outcome: nothing is answered off the record.
 func (s *Server) finish(ctx context.Context, c *call, err error, start time.Time) error {
+	if c.release != nil { // admission slot, held until the record is durable
+		defer c.release()
+	}
 	st := toStatus(err, s.log)
 	if _, aerr := s.audit.Append(context.WithoutCancel(ctx), s.record(c, st)); aerr != nil {
 		s.log.Error("audit append failed; refusing request", "method", c.method, "err", aerr)

@@ -34,6 +34,7 @@ import (
 
 	custodyv1 "github.com/custodyhq/custody/api/custody/v1"
 	"github.com/custodyhq/custody/hsm"
+	"github.com/custodyhq/custody/internal/admission"
 	"github.com/custodyhq/custody/internal/audit"
 	"github.com/custodyhq/custody/internal/governance"
 	"github.com/custodyhq/custody/internal/keys"
@@ -58,6 +59,9 @@ type Options struct {
 	Logger   *slog.Logger
 	Now      func() time.Time
 	Limits   Limits
+	// Admission caps each identity's requests in flight and refuses new
+	// work under memory pressure (admission.go); nil admits everything.
+	Admission *admission.Limiter
 }
 
 // Limits bound request sizes.
@@ -85,6 +89,8 @@ type Server struct {
 	health   *health.Server
 
 	dataKeys atomic.Pointer[dataKeyStore] // stored data keys (datakeys.go); nil until SetDataKeyStore
+
+	admission *admission.Limiter // nil: no admission control
 }
 
 // New builds a Server from its dependencies.
@@ -110,6 +116,7 @@ func New(o Options) *Server {
 	return &Server{
 		hsm: o.HSM, keys: o.Keys, gov: o.Gov, audit: o.Audit, digester: o.Digester, metrics: o.Metrics,
 		log: o.Logger, now: o.Now, limits: o.Limits, health: health.NewServer(),
+		admission: o.Admission,
 	}
 }
 
