@@ -235,7 +235,7 @@ func (d *Daemon) open(ctx context.Context) (err error) {
 		grpc.Creds(creds),
 		// A batch of 100 items of 64 KiB with contexts fits in 16 MiB; nothing
 		// larger is accepted.
-		grpc.MaxRecvMsgSize(16<<20),
+		grpc.MaxRecvMsgSize(16 << 20),
 		// Bound what one connection can hold in flight, so a hostile client
 		// cannot queue unbounded work or memory on one connection.
 		grpc.MaxConcurrentStreams(128),
