@@ -73,8 +73,17 @@ func (a *authStore) List(ctx context.Context, prefix, startAfter string, limit i
 
 // Txn implements Store.
 func (a *authStore) Txn(ctx context.Context, conds []Cond, ops []Op) error {
-	if err := checkTxn(conds, ops); err != nil {
+	inConds, inOps, err := a.prepare(ctx, conds, ops)
+	if err != nil {
 		return err
+	}
+	return a.inner.Txn(ctx, inConds, inOps)
+}
+
+// prepare turns a transaction on plaintext into one on sealed values.
+func (a *authStore) prepare(ctx context.Context, conds []Cond, ops []Op) ([]Cond, []Op, error) {
+	if err := checkTxn(conds, ops); err != nil {
+		return nil, nil, err
 	}
 	inConds := make([]Cond, len(conds))
 	for i, c := range conds {
@@ -85,11 +94,11 @@ func (a *authStore) Txn(ctx context.Context, conds []Cond, ops []Op) error {
 		kv, err := a.Get(ctx, c.Key)
 		switch {
 		case errors.Is(err, ErrNotFound):
-			return fmt.Errorf("%w: value condition on %q", ErrConflict, c.Key)
+			return nil, nil, fmt.Errorf("%w: value condition on %q", ErrConflict, c.Key)
 		case err != nil:
-			return err
+			return nil, nil, err
 		case !condHolds(c, true, kv.Value, kv.Revision):
-			return fmt.Errorf("%w: value condition on %q", ErrConflict, c.Key)
+			return nil, nil, fmt.Errorf("%w: value condition on %q", ErrConflict, c.Key)
 		}
 		inConds[i] = RevisionIs(c.Key, kv.Revision)
 	}
@@ -101,11 +110,11 @@ func (a *authStore) Txn(ctx context.Context, conds []Cond, ops []Op) error {
 		}
 		sealed, err := a.sealer.Seal(op.Key, op.Value)
 		if err != nil {
-			return fmt.Errorf("store: seal %q: %w", op.Key, err)
+			return nil, nil, fmt.Errorf("store: seal %q: %w", op.Key, err)
 		}
 		inOps[i].Value = sealed
 	}
-	return a.inner.Txn(ctx, inConds, inOps)
+	return inConds, inOps, nil
 }
 
 // Watch implements Store. A tampered value in an event ends the watch with

@@ -257,3 +257,9 @@ func BenchmarkBoltGet(b *testing.B) {
 		i++
 	}
 }
+
+func TestBoltElectorConformance(t *testing.T) {
+	storetest.RunElectorConformance(t, func(t *testing.T) store.Store {
+		return openBolt(t, filepath.Join(t.TempDir(), "store.db"), store.BoltOptions{})
+	}, nil)
+}
