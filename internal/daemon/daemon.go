@@ -91,6 +91,10 @@ type Daemon struct {
 	gwLis      net.Listener
 	gwInternal *gateway.Listener
 	gw         *gateway.Gateway
+
+	// gate refuses requests while a shared (etcd) store is unreachable;
+	// nil with bbolt.
+	gate *storeGate
 }
 
 // Start opens everything the config names and starts serving. It returns
@@ -135,11 +139,14 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 		d.log.Warn("token lacks mechanisms; some key purposes will be unavailable", "missing", missing)
 	}
 
-	raw, err := store.OpenBolt(cfg.Store.Path, store.BoltOptions{})
+	raw, err := openStore(ctx, cfg.Store)
 	if err != nil {
 		return nil, fmt.Errorf("store: %w", err)
 	}
 	d.Store = raw
+	if cfg.Store.Backend == config.BackendEtcd {
+		d.gate = newStoreGate(raw, "etcd", d.log)
+	}
 	macKey, err := d.ownKey(ctx, hsm.KindHMACSHA256, StoreMACKeyLabel, raw)
 	if err != nil {
 		return nil, fmt.Errorf("store authentication key: %w", err)
@@ -180,7 +187,7 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 	})
 	if err != nil {
 		if errors.Is(err, store.ErrTampered) {
-			return nil, fmt.Errorf("store %s failed authentication (edited outside custodyd?); refusing to serve: %w", cfg.Store.Path, err)
+			return nil, fmt.Errorf("store %s failed authentication (edited outside custodyd?); refusing to serve: %w", cfg.Store, err)
 		}
 		return nil, fmt.Errorf("keys: %w", err)
 	}
@@ -221,7 +228,11 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 		d.gwInternal = gateway.NewListener()
 		creds = gateway.ServerCredentials(creds)
 	}
-	d.grpc = grpc.NewServer(append(d.Server.ServerOptions(),
+	srvOpts := d.Server.ServerOptions()
+	if d.gate != nil {
+		srvOpts = append(srvOpts, d.gate.serverOptions()...) // inside the audit interceptor
+	}
+	d.grpc = grpc.NewServer(append(srvOpts,
 		grpc.Creds(creds),
 		// A batch of 100 items of 64 KiB with contexts fits in 16 MiB; nothing
 		// larger is accepted.
@@ -284,6 +295,11 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 		go func() { defer d.wg.Done(); _ = d.gw.Serve(d.gwLis) }()
 	}
 	d.Server.Health().SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	if d.gate != nil {
+		d.gate.health = d.Server.Health()
+		d.wg.Add(1)
+		go func() { defer d.wg.Done(); d.gate.run(runCtx) }()
+	}
 	d.log.Info("custodyd serving", "grpc", d.grpcLis.Addr().String(), "http", d.httpLis.Addr().String(), "gateway", d.GatewayAddr(),
 		"keys", d.Keys.Len(), "token", cfg.HSM.String())
 	return d, nil
@@ -377,7 +393,11 @@ func (d *Daemon) readyz(w http.ResponseWriter, r *http.Request) {
 	if st := d.HSM.State(); st != hsm.StateReady {
 		problems = append(problems, "hsm "+st.String())
 	}
-	if _, err := d.Store.Revision(r.Context()); err != nil {
+	if d.gate != nil {
+		if err := d.gate.err(); err != nil {
+			problems = append(problems, "store: "+err.Error())
+		}
+	} else if _, err := d.Store.Revision(r.Context()); err != nil {
 		problems = append(problems, "store: "+err.Error())
 	}
 	if err := d.Audit.Healthy(); err != nil {
