@@ -14,7 +14,6 @@ import (
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
 	custodyv1 "github.com/custodyhq/custody/api/custody/v1"
@@ -195,10 +194,10 @@ func (a *app) dialPool(n int) ([]*grpc.ClientConn, error) {
 	}
 	conns := make([]*grpc.ClientConn, 0, n)
 	for range n {
-		c, err := grpc.NewClient(a.addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
+		c, err := a.dial(cfg)
 		if err != nil {
 			closeAll(conns)
-			return nil, usageErrorf("address %q: %v", a.addr, err)
+			return nil, err
 		}
 		conns = append(conns, c)
 	}
