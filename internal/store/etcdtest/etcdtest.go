@@ -93,11 +93,9 @@ var binOnce struct {
 	path string
 }
 
-// Binary returns the path of an etcd binary of the pinned version, building
-// bin/etcd first when it is missing or of another version. Concurrent test
-// processes (go test runs packages in parallel) take turns on a lock file,
-// so the build happens once. It fails the test, with the build command,
-// when the binary cannot be had.
+// Binary returns the path of an etcd binary of the pinned version (see
+// EnsureBinary), failing the test, with the build command, when it cannot
+// be had.
 func Binary(t testing.TB) string {
 	t.Helper()
 	binOnce.Lock()
@@ -113,36 +111,49 @@ func Binary(t testing.TB) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want, err := PinnedVersion(root)
+	p, err := EnsureBinary(root, t.Logf)
 	if err != nil {
 		t.Fatal(err)
+	}
+	binOnce.path = p
+	return p
+}
+
+// EnsureBinary returns root/bin/etcd, building it first from tools/etcd
+// when it is missing or of another version than tools/etcd/go.mod pins.
+// Concurrent processes (go test runs packages in parallel) take turns on a
+// lock file, so the build happens once; afterwards the binary is reused.
+func EnsureBinary(root string, logf func(format string, args ...any)) (string, error) {
+	want, err := PinnedVersion(root)
+	if err != nil {
+		return "", err
 	}
 	bin := filepath.Join(root, "bin", "etcd")
 	if err := os.MkdirAll(filepath.Dir(bin), 0o755); err != nil {
-		t.Fatal(err)
+		return "", err
 	}
 	lock, err := os.OpenFile(filepath.Join(root, "bin", ".etcd.lock"), os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {
-		t.Fatal(err)
+		return "", err
 	}
 	defer lock.Close()
 	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
-		t.Fatal(err)
+		return "", err
 	}
 	defer syscall.Flock(int(lock.Fd()), syscall.LOCK_UN)
-	if binaryVersion(bin) != want {
-		t.Logf("building etcd %s into %s (once; cached afterwards)", want, bin)
-		cmd := exec.Command("go", "build", "-o", bin, serverModule)
-		cmd.Dir = filepath.Join(root, "tools", "etcd")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("etcd %s is needed and could not be built: %v\n%s\nrun: %s", want, err, out, BuildCommand(root))
-		}
-		if got := binaryVersion(bin); got != want {
-			t.Fatalf("built %s reports version %q, want %q; run: %s", bin, got, want, BuildCommand(root))
-		}
+	if binaryVersion(bin) == want {
+		return bin, nil
 	}
-	binOnce.path = bin
-	return bin
+	logf("building etcd %s into %s (once; cached afterwards)", want, bin)
+	cmd := exec.Command("go", "build", "-o", bin, serverModule)
+	cmd.Dir = filepath.Join(root, "tools", "etcd")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("etcd %s is needed and could not be built: %v\n%s\nrun: %s", want, err, out, BuildCommand(root))
+	}
+	if got := binaryVersion(bin); got != want {
+		return "", fmt.Errorf("built %s reports version %q, want %q; run: %s", bin, got, want, BuildCommand(root))
+	}
+	return bin, nil
 }
 
 // binaryVersion runs bin --version and returns its version, or "".
