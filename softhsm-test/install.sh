@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what Custody's build and tests need when it is missing:
 # SoftHSMv2 (the PKCS#11 token used by tests and `make run`), OpenSC's
-# pkcs11-tool (tests of officer keys on a token) and, with
+# pkcs11-tool (tests of officer keys on a token), promtool (alert rule
+# tests) and, with
 # --proto, protoc (only `make proto` needs it).
 # Safe to run repeatedly; prints nothing when everything is present.
 set -euo pipefail
@@ -18,6 +19,8 @@ if [ "${1:-}" = "--proto" ]; then
   command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 fi
 command -v gcc >/dev/null 2>&1 || need+=(gcc libc6-dev)
+# promtool: make test unit-tests the Prometheus alert rules with it.
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}" >&2

@@ -245,6 +245,7 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 	d.Server.SetDataKeyStore(d.Store)
 	d.Server.RegisterAuditService(d.grpc, server.NewAuditService(d.Audit, signer))
 	reg.MustRegister(d.Audit.Collector())
+	d.registerOpsMetrics(reg)
 
 	if d.grpcLis, err = net.Listen("tcp", cfg.Listen); err != nil {
 		return nil, fmt.Errorf("listen %s: %w", cfg.Listen, err)

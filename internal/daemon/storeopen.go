@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -169,4 +170,30 @@ func (g *storeGate) serverOptions() []grpc.ServerOption {
 			return h(srv, ss)
 		}),
 	}
+}
+
+// registerOpsMetrics adds the gauges the cluster alerts and dashboard use:
+// whether the metadata store answers (etcd: the gate's last probe; bbolt:
+// always 1 while open) and how many identity×key budgets are frozen.
+func (d *Daemon) registerOpsMetrics(reg prometheus.Registerer) {
+	backend := string(d.cfg.Store.Backend)
+	if backend == "" {
+		backend = string(config.BackendBbolt)
+	}
+	reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: "custody", Subsystem: "store", Name: "reachable",
+			Help:        "1 while the metadata store answers (etcd: a linearizable read every second), 0 while requests are refused because it does not.",
+			ConstLabels: prometheus.Labels{"backend": backend},
+		}, func() float64 {
+			if d.gate != nil && d.gate.err() != nil {
+				return 0
+			}
+			return 1
+		}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: "custody", Subsystem: "budget", Name: "frozen",
+			Help: "Identity×key pairs frozen after a sustained budget breach, until an unfreeze proposal executes.",
+		}, func() float64 { return float64(d.Server.FrozenSubjects()) }),
+	)
 }
