@@ -11,7 +11,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -49,8 +48,8 @@ const (
 	etcdKVDir    = "kv/"
 	etcdRevKey   = "rev"
 	etcdElectDir = "x/election/"
-	// etcdReadChunk keeps every nested read transaction within etcd's
-	// default --max-txn-ops (128).
+	// etcdReadChunk keeps every read transaction within etcd's default
+	// --max-txn-ops (128).
 	etcdReadChunk = 128
 	// etcdListPage bounds one range response while listing.
 	etcdListPage = 512
@@ -398,63 +397,70 @@ type etcdRecord struct {
 	rev    int64
 }
 
-// readOps returns the read operations for the counter and keys (in nested
-// transactions of at most etcdReadChunk gets), plus the fence key if any.
-func (e *Etcd) readOps(keys []string, fenceKey string) []clientv3.Op {
-	ops := []clientv3.Op{clientv3.OpGet(e.revKey())}
-	for i := 0; i < len(keys); i += etcdReadChunk {
-		chunk := keys[i:min(i+etcdReadChunk, len(keys))]
-		gets := make([]clientv3.Op, len(chunk))
-		for j, k := range chunk {
-			gets[j] = clientv3.OpGet(e.kvKey(k))
-		}
-		ops = append(ops, clientv3.OpTxn(nil, gets, nil))
-	}
-	if fenceKey != "" {
-		ops = append(ops, clientv3.OpGet(fenceKey))
-	}
-	return ops
-}
-
-// parseState reads the responses of readOps.
-func (e *Etcd) parseState(resps []*etcdResponseOp, keys []string, fence *etcdFence) (etcdState, error) {
+// readState reads the counter, the fence key (if any) and keys at one etcd
+// revision: the first request is a linearizable read that fixes the
+// revision, further chunks read at that revision. Each request stays within
+// etcd's default --max-txn-ops.
+func (e *Etcd) readState(ctx context.Context, keys []string, fence *etcdFence) (etcdState, error) {
 	st := etcdState{keys: make(map[string]etcdRecord, len(keys)), fenceOK: true}
-	if len(resps) == 0 {
-		return st, fmt.Errorf("%w: empty read response", ErrCorrupt)
-	}
-	var err error
-	if st.counter, err = decodeCounter(resps[0].GetResponseRange().GetKvs()); err != nil {
-		return st, err
-	}
-	i := 0
-	for _, r := range resps[1:] {
-		inner := r.GetResponseTxn()
-		if inner == nil {
-			continue
-		}
-		for _, ir := range inner.Responses {
-			k := keys[i]
-			i++
-			kvs := ir.GetResponseRange().GetKvs()
-			if len(kvs) == 0 {
-				st.keys[k] = etcdRecord{}
-				continue
+	err := e.call(ctx, "read", func(ctx context.Context) error {
+		var atRev int64
+		for i := 0; i == 0 || i < len(keys); {
+			var ops []clientv3.Op
+			var opts []clientv3.OpOption
+			if atRev > 0 {
+				opts = append(opts, clientv3.WithRev(atRev))
+			} else {
+				ops = append(ops, clientv3.OpGet(e.revKey()))
+				if fence != nil {
+					ops = append(ops, clientv3.OpGet(fence.key))
+				}
 			}
-			d, err := decodeEtcd(k, kvs[0].Value)
+			n := min(etcdReadChunk-len(ops), len(keys)-i)
+			chunk := keys[i : i+n]
+			for _, k := range chunk {
+				ops = append(ops, clientv3.OpGet(e.kvKey(k), opts...))
+			}
+			resp, err := e.cli.Txn(ctx).Then(ops...).Commit()
 			if err != nil {
-				return st, err
+				return err
 			}
-			st.keys[k] = etcdRecord{exists: true, value: d.Value, rev: d.Revision}
+			rs := resp.Responses
+			if atRev == 0 {
+				atRev = resp.Header.Revision
+				if st.counter, err = decodeCounter(rs[0].GetResponseRange().GetKvs()); err != nil {
+					return err
+				}
+				rs = rs[1:]
+				if fence != nil {
+					kvs := rs[0].GetResponseRange().GetKvs()
+					st.fenceOK = len(kvs) == 1 && kvs[0].CreateRevision == fence.createRev
+					rs = rs[1:]
+				}
+			}
+			if len(rs) != len(chunk) {
+				return fmt.Errorf("%w: read %d of %d keys", ErrCorrupt, len(rs), len(chunk))
+			}
+			for j, k := range chunk {
+				kvs := rs[j].GetResponseRange().GetKvs()
+				if len(kvs) == 0 {
+					st.keys[k] = etcdRecord{}
+					continue
+				}
+				d, err := decodeEtcd(k, kvs[0].Value)
+				if err != nil {
+					return err
+				}
+				st.keys[k] = etcdRecord{exists: true, value: d.Value, rev: d.Revision}
+			}
+			i += n
+			if len(keys) == 0 {
+				break
+			}
 		}
-	}
-	if i != len(keys) {
-		return st, fmt.Errorf("%w: read %d of %d keys", ErrCorrupt, i, len(keys))
-	}
-	if fence != nil {
-		last := resps[len(resps)-1].GetResponseRange().GetKvs()
-		st.fenceOK = len(last) == 1 && last[0].CreateRevision == fence.createRev
-	}
-	return st, nil
+		return nil
+	})
+	return st, err
 }
 
 // etcdFence restricts a transaction to a live leadership: the leader key
@@ -495,25 +501,12 @@ func (e *Etcd) txn(ctx context.Context, conds []Cond, ops []Op, fence *etcdFence
 			keys = append(keys, op.Key)
 		}
 	}
-	fenceKey := ""
-	if fence != nil {
-		fenceKey = fence.key
-	}
-	readOps := e.readOps(keys, fenceKey)
-
 	var st etcdState
 	if c := e.cached(); c.valid && len(keys) == 0 && fence == nil {
 		st = etcdState{counter: c, fenceOK: true}
 	} else {
-		err := e.call(ctx, "read", func(ctx context.Context) error {
-			resp, err := e.cli.Txn(ctx).Then(readOps...).Commit()
-			if err != nil {
-				return err
-			}
-			st, err = e.parseState(resp.Responses, keys, fence)
-			return err
-		})
-		if err != nil {
+		var err error
+		if st, err = e.readState(ctx, keys, fence); err != nil {
 			return err
 		}
 	}
@@ -550,11 +543,11 @@ func (e *Etcd) txn(ctx context.Context, conds []Cond, ops []Op, fence *etcdFence
 		if fence != nil {
 			cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(fence.key), "=", fence.createRev))
 		}
-		then := []clientv3.Op{clientv3.OpTxn(nil, writes, nil), clientv3.OpPut(e.revKey(), string(encodeRev(next)))}
+		then := append(writes, clientv3.OpPut(e.revKey(), string(encodeRev(next))))
 		var resp *clientv3.TxnResponse
 		err := e.call(ctx, "txn", func(ctx context.Context) error {
 			var err error
-			resp, err = e.cli.Txn(ctx).If(cmps...).Then(then...).Else(readOps...).Commit()
+			resp, err = e.cli.Txn(ctx).If(cmps...).Then(then...).Commit()
 			return err
 		})
 		if err != nil {
@@ -568,10 +561,11 @@ func (e *Etcd) txn(ctx context.Context, conds []Cond, ops []Op, fence *etcdFence
 			e.remember(etcdCounter{valid: true, rev: next, modRev: resp.Header.Revision})
 			return nil
 		}
-		if st, err = e.parseState(resp.Responses, keys, fence); err != nil {
+		// Another writer committed since our read (or the fence broke):
+		// read again and decide again.
+		if st, err = e.readState(ctx, keys, fence); err != nil {
 			return err
 		}
-		e.remember(st.counter)
 		if attempt > 2 {
 			if err := backoff(ctx, attempt-3); err != nil {
 				return err
@@ -734,5 +728,3 @@ func (e *Etcd) Close() error {
 	}
 	return nil
 }
-
-type etcdResponseOp = etcdserverpb.ResponseOp

@@ -517,3 +517,38 @@ func BenchmarkEtcdPut(b *testing.B) {
 		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "writes/s")
 	})
 }
+
+// TestEtcdLargestTransactionFitsDefaultLimits: a transaction at the store's
+// limits (MaxTxnOps conditions, MaxTxnOps writes) commits on an etcd with
+// default --max-txn-ops, although the store adds its counter write and reads.
+func TestEtcdLargestTransactionFitsDefaultLimits(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	s := openEtcd(t, c, newPrefix(), nil)
+	ctx := t.Context()
+	conds := make([]store.Cond, store.MaxTxnOps)
+	ops := make([]store.Op, store.MaxTxnOps)
+	puts := 0
+	for i := range store.MaxTxnOps {
+		conds[i] = store.Missing(fmt.Sprintf("c/%03d", i))
+		if i%2 == 0 {
+			puts++
+			ops[i] = store.PutOp(fmt.Sprintf("k/%03d", i), bytes.Repeat([]byte("v"), 1024))
+		} else {
+			ops[i] = store.DeleteOp(fmt.Sprintf("k/%03d", i-1+store.MaxTxnOps)) // absent: no-op
+		}
+	}
+	if err := s.Txn(ctx, conds, ops); err != nil {
+		t.Fatalf("txn at the limits: %v", err)
+	}
+	kvs, err := s.List(ctx, "k/", "", 0)
+	if err != nil || len(kvs) != puts {
+		t.Fatalf("listed %d, %v", len(kvs), err)
+	}
+	if r, _ := s.Revision(ctx); r != 1 {
+		t.Fatalf("revision %d, want 1", r)
+	}
+	big := make([]byte, store.MaxValueSize)
+	if err := store.Put(ctx, s, "big", big); err != nil {
+		t.Fatalf("value of MaxValueSize: %v", err)
+	}
+}

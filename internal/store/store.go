@@ -36,8 +36,9 @@ const (
 	// request limit is 1.5 MiB, which must also carry the key and framing).
 	MaxValueSize = 1 << 20
 	// MaxTxnOps is the most conditions, and separately the most ops, one Txn
-	// may carry (etcd's default --max-txn-ops).
-	MaxTxnOps = 128
+	// may carry: etcd's default --max-txn-ops (128) less the vault revision
+	// write the etcd backend adds to every transaction.
+	MaxTxnOps = 127
 )
 
 // Sentinel errors. Backends wrap them with %w and context; match with errors.Is.
