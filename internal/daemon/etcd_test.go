@@ -28,7 +28,7 @@ func onEtcd(c *etcdtest.Cluster, prefix string) func(*testenv.Env, *config.Confi
 	return func(_ *testenv.Env, cfg *config.Config) {
 		cfg.Store = config.StoreConfig{Backend: config.BackendEtcd, Etcd: config.EtcdConfig{
 			Endpoints: c.Endpoints(), CAFile: c.PKI.CAFile, CertFile: c.PKI.ClientCert, KeyFile: c.PKI.ClientKey,
-			Prefix: prefix, DialTimeout: 5 * time.Second, RequestTimeout: time.Second,
+			Prefix: prefix, DialTimeout: 5 * time.Second, RequestTimeout: 2 * time.Second,
 		}}
 	}
 }

@@ -159,3 +159,31 @@ func (a *authStore) Revision(ctx context.Context) (int64, error) { return a.inne
 
 // Close implements Store; it closes the wrapped store.
 func (a *authStore) Close() error { return a.inner.Close() }
+
+// update implements updater when the wrapped store does: fn sees and
+// returns plaintext; the stored value is verified before and sealed after.
+func (a *authStore) update(ctx context.Context, key string, fn func(old []byte) ([]byte, error)) error {
+	u, ok := a.inner.(updater)
+	if !ok {
+		return updateLoop(ctx, a, key, fn)
+	}
+	return u.update(ctx, key, func(sealed []byte) ([]byte, error) {
+		var old []byte
+		if sealed != nil {
+			kv, err := a.open(KV{Key: key, Value: sealed})
+			if err != nil {
+				return nil, err
+			}
+			old = kv.Value
+		}
+		v, err := fn(old)
+		if err != nil {
+			return nil, err
+		}
+		out, err := a.sealer.Seal(key, v)
+		if err != nil {
+			return nil, fmt.Errorf("store: seal %q: %w", key, err)
+		}
+		return out, nil
+	})
+}

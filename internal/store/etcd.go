@@ -114,6 +114,13 @@ type Etcd struct {
 	cacheMu sync.Mutex
 	cache   etcdCounter
 
+	// wsem admits one transaction of this process at a time. Writers of one
+	// replica would otherwise race each other for the vault counter, and
+	// every lost race costs a round trip: queueing them locally leaves only
+	// other replicas to race with, and keeps the cached counter fresh so a
+	// plain put commits in one round trip.
+	wsem chan struct{}
+
 	wmu      sync.Mutex
 	watchers map[*watcher]struct{}
 
@@ -177,6 +184,7 @@ func OpenEtcd(ctx context.Context, opts EtcdOptions) (*Etcd, error) {
 		leaseTTL:   opts.LeaseTTL,
 		watchBuf:   opts.WatchBuffer,
 		watchers:   make(map[*watcher]struct{}),
+		wsem:       make(chan struct{}, 1),
 	}
 	dctx, cancel := context.WithTimeout(ctx, opts.DialTimeout)
 	defer cancel()
@@ -479,11 +487,71 @@ func (e *Etcd) txn(ctx context.Context, conds []Cond, ops []Op, fence *etcdFence
 	if err := checkTxn(conds, ops); err != nil {
 		return err
 	}
+	if err := e.lock(ctx); err != nil {
+		return err
+	}
+	defer e.unlock()
+	return e.txnLocked(ctx, conds, ops, fence)
+}
+
+// lock takes the process-wide write turn (see wsem).
+func (e *Etcd) lock(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
 	if e.closed.Load() {
 		return ErrClosed
+	}
+	select {
+	case e.wsem <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (e *Etcd) unlock() { <-e.wsem }
+
+// update implements updater: the read, fn and the conditional write run in
+// this process's write turn, so only other replicas can make it retry.
+func (e *Etcd) update(ctx context.Context, key string, fn func(old []byte) ([]byte, error)) error {
+	if err := checkKey(key); err != nil {
+		return err
+	}
+	if err := e.lock(ctx); err != nil {
+		return err
+	}
+	defer e.unlock()
+	for attempt := range UpdateAttempts {
+		var old []byte
+		var rev int64
+		kv, err := e.Get(ctx, key)
+		switch {
+		case err == nil:
+			old, rev = kv.Value, kv.Revision
+		case errors.Is(err, ErrNotFound):
+		default:
+			return err
+		}
+		value, err := fn(old)
+		if err != nil {
+			return err
+		}
+		err = e.txnLocked(ctx, []Cond{RevisionIs(key, rev)}, []Op{PutOp(key, value)}, nil)
+		if !errors.Is(err, ErrConflict) {
+			return err
+		}
+		if err := backoff(ctx, attempt); err != nil {
+			return err
+		}
+	}
+	return fmt.Errorf("store: update %q: lost %d races to other replicas: %w", key, UpdateAttempts, ErrConflict)
+}
+
+// txnLocked is txn for a caller holding the write turn.
+func (e *Etcd) txnLocked(ctx context.Context, conds []Cond, ops []Op, fence *etcdFence) error {
+	if err := checkTxn(conds, ops); err != nil {
+		return err
 	}
 	// Keys whose state decides the outcome: condition keys, and deleted
 	// keys (deleting an absent key must not advance the revision).

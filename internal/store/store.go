@@ -299,6 +299,14 @@ const UpdateAttempts = 64
 // not have side effects. An error from fn aborts the update and is returned
 // unchanged. When every attempt loses a race the error wraps ErrConflict.
 func Update(ctx context.Context, s Store, key string, fn func(old []byte) ([]byte, error)) error {
+	if u, ok := s.(updater); ok {
+		return u.update(ctx, key, fn)
+	}
+	return updateLoop(ctx, s, key, fn)
+}
+
+// updateLoop is Update by Get and conditional Txn, retried on lost races.
+func updateLoop(ctx context.Context, s Store, key string, fn func(old []byte) ([]byte, error)) error {
 	for attempt := range UpdateAttempts {
 		var old []byte
 		var rev int64
@@ -323,6 +331,13 @@ func Update(ctx context.Context, s Store, key string, fn func(old []byte) ([]byt
 		}
 	}
 	return fmt.Errorf("store: update %q: lost %d races: %w", key, UpdateAttempts, ErrConflict)
+}
+
+// updater is implemented by backends (and wrappers) that run Update's
+// read-modify-write themselves, e.g. serialised with their other writers.
+// The contract is Update's.
+type updater interface {
+	update(ctx context.Context, key string, fn func(old []byte) ([]byte, error)) error
 }
 
 // backoff sleeps a random time below an exponentially growing bound (100µs

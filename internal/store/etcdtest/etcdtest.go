@@ -334,6 +334,10 @@ func Launch(bin, dir string, n int, host string) (*Cluster, error) {
 			"--cert-file", p.ServerCert, "--key-file", p.ServerKey, "--trusted-ca-file", p.CAFile, "--client-cert-auth",
 			"--peer-cert-file", p.ServerCert, "--peer-key-file", p.ServerKey, "--peer-trusted-ca-file", p.CAFile, "--peer-client-cert-auth",
 			"--log-level", "warn",
+			// Tests share two cores with everything else: longer raft
+			// timings than the defaults (100ms/1s) keep a busy machine from
+			// causing leader elections the tests did not ask for.
+			"--heartbeat-interval", "250", "--election-timeout", "2500",
 		}
 		if err := m.start(); err != nil {
 			c.Stop()
