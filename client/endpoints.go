@@ -80,11 +80,18 @@ func balancedTarget(endpoints []string, serverName, serviceConfig string) (strin
 	case 0:
 		return "", nil, fmt.Errorf("%w: no custodyd address", ErrConfig)
 	case 1:
-		if _, _, err := net.SplitHostPort(endpoints[0]); err != nil && !strings.Contains(endpoints[0], "://") {
-			return "", nil, fmt.Errorf("%w: address %q is not host:port", ErrConfig, endpoints[0])
-		}
 		if strings.Contains(endpoints[0], "://") {
 			return endpoints[0], opts, nil // an explicit gRPC target (dns:///, unix://)
+		}
+		host, _, err := net.SplitHostPort(endpoints[0])
+		if err != nil {
+			return "", nil, fmt.Errorf("%w: address %q is not host:port", ErrConfig, endpoints[0])
+		}
+		if net.ParseIP(host) != nil {
+			// One address: nothing to balance or to fail over to, so no
+			// health watch (which a server without the health service
+			// would answer with a logged error).
+			return "dns:///" + endpoints[0], nil, nil
 		}
 		return "dns:///" + endpoints[0], opts, nil
 	}

@@ -2,10 +2,13 @@ package main
 
 import (
 	"crypto/tls"
+	"io"
+	"os"
 	"strings"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/grpclog"
 
 	"github.com/custodyhq/custody/client"
 )
@@ -47,4 +50,14 @@ func (a *app) dial(cfg *tls.Config) (*grpc.ClientConn, error) {
 		return nil, usageErrorf("address %q: %v", a.addr, err)
 	}
 	return conn, nil
+}
+
+// quietGRPCLog keeps gRPC's own log lines (e.g. a replica without the health
+// service) off stderr, where custodyctl promises one line per failure; every
+// failure still arrives as a call's status. GRPC_GO_LOG_SEVERITY_LEVEL turns
+// them back on for debugging.
+func quietGRPCLog() {
+	if os.Getenv("GRPC_GO_LOG_SEVERITY_LEVEL") == "" {
+		grpclog.SetLoggerV2(grpclog.NewLoggerV2(io.Discard, io.Discard, io.Discard))
+	}
 }
