@@ -77,6 +77,13 @@ func TestCustodydOnEtcdFailsClosedWhileEtcdUnreachableAndRecovers(t *testing.T) 
 	health := healthpb.NewHealthClient(e.Dial(t, "relay"))
 
 	c.Members[0].Stop()
+	// A write that reaches the store before the probe notices fails closed
+	// with UNAVAILABLE too (the store's own error), never INTERNAL.
+	ops := e.Keys(t, "operator")
+	_, err = ops.CreateKey(ctx, &custodyv1.CreateKeyRequest{Name: "during-outage", Purpose: custodyv1.KeyPurpose_ENCRYPT_AES256_GCM})
+	if status.Code(err) != codes.Unavailable {
+		t.Fatalf("create key while etcd is down: %v, want UNAVAILABLE", err)
+	}
 	eventually(t, 30*time.Second, "readyz never reported etcd unreachable", func() bool {
 		code, body := readyz(t, e)
 		return code == http.StatusServiceUnavailable && strings.Contains(body, "etcd unreachable")

@@ -71,7 +71,7 @@ func toStatus(err error, log *slog.Logger) *status.Status {
 		code = codes.InvalidArgument
 	case errors.Is(err, keys.ErrFailedPrecondition):
 		code = codes.FailedPrecondition
-	case errors.Is(err, hsm.ErrUnavailable), errors.Is(err, store.ErrClosed):
+	case errors.Is(err, hsm.ErrUnavailable), errors.Is(err, store.ErrClosed), errors.Is(err, store.ErrUnavailable):
 		code = codes.Unavailable
 	case errors.Is(err, store.ErrConflict):
 		code = codes.Aborted

@@ -235,16 +235,19 @@ func (e *Etcd) mapErr(ctx context.Context, what string, err error) error {
 	if e.closed.Load() || errors.Is(err, context.Canceled) && e.cli.Ctx().Err() != nil {
 		return ErrClosed
 	}
+	// The cause is kept as text only: the request timeout expiring is the
+	// cluster's failure, not the caller's deadline (context.DeadlineExceeded
+	// would read as that).
 	switch {
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, rpctypes.ErrTimeout),
 		errors.Is(err, rpctypes.ErrNoLeader), errors.Is(err, rpctypes.ErrTimeoutDueToLeaderFail),
 		errors.Is(err, rpctypes.ErrTimeoutDueToConnectionLost), errors.Is(err, rpctypes.ErrLeaderChanged):
-		return fmt.Errorf("%w: etcd %s: %s: %w", ErrUnavailable, e.endpoints, what, err)
+		return fmt.Errorf("%w: etcd %s: %s: %v", ErrUnavailable, e.endpoints, what, err)
 	}
 	if st, ok := status.FromError(err); ok {
 		switch st.Code() {
 		case codes.Unavailable, codes.DeadlineExceeded:
-			return fmt.Errorf("%w: etcd %s: %s: %w", ErrUnavailable, e.endpoints, what, err)
+			return fmt.Errorf("%w: etcd %s: %s: %v", ErrUnavailable, e.endpoints, what, err)
 		}
 	}
 	return fmt.Errorf("store: etcd %s: %s: %w", e.endpoints, what, err)
