@@ -166,9 +166,10 @@ func OpenEtcd(ctx context.Context, opts EtcdOptions) (*Etcd, error) {
 		Endpoints:   opts.Endpoints,
 		TLS:         opts.TLS.Clone(),
 		DialTimeout: opts.DialTimeout,
-		// Notice a dead connection within seconds, not at the kernel's
-		// TCP timeout, so that calls move to another member.
-		DialKeepAliveTime:    5 * time.Second,
+		// Notice a silently dead connection (partition) in about 13s, not
+		// at the kernel's TCP timeout, so that calls move to another member
+		// (10s is gRPC's floor for client keepalive pings).
+		DialKeepAliveTime:    10 * time.Second,
 		DialKeepAliveTimeout: 3 * time.Second,
 		Logger:               zap.NewNop(),
 		Context:              context.WithoutCancel(ctx),
