@@ -5,7 +5,7 @@ export PATH := $(PATH):/usr/local/go/bin
 GO ?= go
 BIN := bin
 
-.PHONY: all deps build test vet race-test rules run proto bench bench-raw fuzz fmt clean
+.PHONY: all deps build test vet race-test rules run proto bench bench-raw fuzz fmt clean tools cluster
 
 all: build
 
@@ -23,7 +23,7 @@ build: deps
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/ ./cmd/...
 
 ## test: go vet, the alert rules, then the whole suite under the race detector, against real SoftHSM tokens
-test: deps rules
+test: deps rules tools
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 20m ./...
 
@@ -35,6 +35,22 @@ rules: deps
 ## run: start custodyd on its embedded default (SoftHSM + bbolt + dev certificates)
 run: build
 	$(BIN)/custodyd --dev --dev-dir .custody-dev
+
+## tools: the pinned etcd and helm the tests run, built from their own modules
+## under tools/ (kept out of go.mod) into bin/ once, then reused
+TOOLS := $(BIN)/etcd $(BIN)/helm
+tools:
+	@$(MAKE) --no-print-directory -j2 $(TOOLS)
+
+$(BIN)/etcd: tools/etcd/go.mod tools/etcd/go.sum
+	cd tools/etcd && $(GO) build -o ../../$(BIN)/etcd go.etcd.io/etcd/server/v3
+
+$(BIN)/helm: tools/helm/go.mod tools/helm/go.sum
+	cd tools/helm && $(GO) build -o ../../$(BIN)/helm helm.sh/helm/v3/cmd/helm
+
+## cluster: 3 etcd members + 3 custodyd replicas on loopback (one SoftHSM token); Ctrl-C stops all
+cluster: build $(BIN)/etcd
+	$(BIN)/custody-cluster --dir .custody-cluster
 
 ## proto: regenerate the checked-in gRPC/protobuf code
 proto:
@@ -61,4 +77,4 @@ fmt:
 	gofmt -w $$(git ls-files '*.go')
 
 clean:
-	rm -rf $(BIN) .custody-dev
+	rm -rf $(BIN) .custody-dev .custody-cluster

@@ -42,8 +42,14 @@ var nonIdempotent = map[string]bool{
 // Config says how to reach custodyd. Addr, CAFile, CertFile and KeyFile are
 // required: the client never talks to custodyd without mutual TLS 1.3.
 type Config struct {
-	// Addr is custodyd's gRPC address, host:port.
+	// Addr is custodyd's gRPC address, host:port; a host name with several
+	// addresses reaches them all. A comma-separated list names several
+	// replicas (see Addrs).
 	Addr string
+	// Addrs are more replicas' addresses (host:port), used with Addr.
+	// Calls are balanced over every healthy replica and a call that fails
+	// with UNAVAILABLE is retried on another (see BalancedTarget).
+	Addrs []string
 	// CAFile is a PEM file of the CA certificates that issued custodyd's
 	// certificate. The system roots are never used.
 	CAFile string
@@ -111,7 +117,7 @@ func (c Config) withDefaults() Config {
 func (c Config) tlsConfig() (*tls.Config, error) {
 	var missing []string
 	for _, f := range []struct{ val, name string }{
-		{c.Addr, "Addr"}, {c.CAFile, "CAFile"}, {c.CertFile, "CertFile"}, {c.KeyFile, "KeyFile"},
+		{strings.Join(Endpoints(append([]string{c.Addr}, c.Addrs...)...), ","), "Addr"}, {c.CAFile, "CAFile"}, {c.CertFile, "CertFile"}, {c.KeyFile, "KeyFile"},
 	} {
 		if f.val == "" {
 			missing = append(missing, f.name)
@@ -175,10 +181,14 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 		max:         cfg.MaxBackoff,
 		diag:        diag,
 	}
-	conn, err := grpc.NewClient(cfg.Addr,
+	target, dialOpts, err := BalancedTarget(Endpoints(append([]string{cfg.Addr}, cfg.Addrs...)...), cfg.ServerName)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := grpc.NewClient(target, append(dialOpts,
 		grpc.WithTransportCredentials(credentials.NewTLS(tc)),
 		grpc.WithChainUnaryInterceptor(p.unary),
-	)
+	)...)
 	if err != nil {
 		return nil, fmt.Errorf("%w: address %q: %w", ErrConfig, cfg.Addr, err)
 	}

@@ -98,7 +98,8 @@ CUSTODY_KEY.`
 	}
 
 	pf := root.PersistentFlags()
-	pf.StringVar(&a.addr, "addr", envOr(envAddr, defaultAddr), "custodyd address host:port ($"+envAddr+")")
+	pf.Var(&addrFlag{p: &a.addr}, "addr", "custodyd address host:port; repeat the flag or give a comma list for several replicas ($"+envAddr+", default "+defaultAddr+")")
+	a.addr = envOr(envAddr, defaultAddr)
 	pf.StringVar(&a.caFile, "ca", envOr(envCA, ""), "PEM file of CA certificates that issued custodyd's certificate ($"+envCA+")")
 	pf.StringVar(&a.certFile, "cert", envOr(envCert, ""), "PEM client certificate ($"+envCert+")")
 	pf.StringVar(&a.keyFile, "key", envOr(envKey, ""), "PEM private key of the client certificate ($"+envKey+"); under crypto, use --tls-key")
@@ -153,9 +154,9 @@ func (a *app) connect() (*grpc.ClientConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	conn, err := grpc.NewClient(a.addr, explainedTLS(cfg)...)
+	conn, err := a.dial(cfg)
 	if err != nil {
-		return nil, usageErrorf("address %q: %v", a.addr, err)
+		return nil, err
 	}
 	a.conn = conn
 	return conn, nil

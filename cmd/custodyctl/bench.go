@@ -204,10 +204,10 @@ func (a *app) dialPool(n int) ([]*grpc.ClientConn, error) {
 	}
 	conns := make([]*grpc.ClientConn, 0, n)
 	for range n {
-		c, err := grpc.NewClient(a.addr, explainedTLS(cfg)...)
+		c, err := a.dial(cfg)
 		if err != nil {
 			closeAll(conns)
-			return nil, usageErrorf("address %q: %v", a.addr, err)
+			return nil, err
 		}
 		conns = append(conns, c)
 	}

@@ -174,3 +174,28 @@ func TestStatusShowsTheSealAndThePINSource(t *testing.T) {
 		t.Fatalf("unseal on an unsealed vault: %+v", inv)
 	}
 }
+
+// TestCLIUsesAnotherReplicaWhenOneIsDown: with a dead replica listed first
+// (repeated --addr) and then as part of a comma list, every command is
+// still answered by the live custodyd.
+func TestCLIUsesAnotherReplicaWhenOneIsDown(t *testing.T) {
+	e := testenv.Start(t, testenv.Settings{})
+	c := e.Cert["relay"]
+	tlsFlags := []string{"--ca", e.CAFile, "--cert", c.CertFile, "--tls-key", c.KeyFile}
+	for _, addr := range [][]string{
+		{"--addr", "127.0.0.1:1", "--addr", e.Addr},
+		{"--addr", e.Addr + ",127.0.0.1:1"},
+	} {
+		for i := range 5 {
+			args := append(append(append([]string{}, addr...), tlsFlags...), "crypto", "encrypt", "--key", "demo")
+			enc := runCLI(t, []byte("hello"), args...)
+			if enc.code != 0 {
+				t.Fatalf("%v call %d: %s", addr, i, enc.stderr)
+			}
+			args = append(append(append([]string{}, addr...), tlsFlags...), "crypto", "decrypt", "--key", "demo")
+			if dec := runCLI(t, []byte(enc.stdout), args...); dec.code != 0 || dec.stdout != "hello" {
+				t.Fatalf("%v decrypt %d: %d %s", addr, i, dec.code, dec.stderr)
+			}
+		}
+	}
+}

@@ -416,3 +416,20 @@ var pureForCLI = map[string]bool{
 	"internal/names": true, "internal/strictjson": true, "internal/pkcs11uri": true, "internal/version": true,
 	"internal/seal": true, "internal/secmem": true,
 }
+
+// TestStatusReportsEachReplica: with several --addr, status asks each
+// replica on its own and fails when any is not serving or unreachable.
+func TestStatusReportsEachReplica(t *testing.T) {
+	p := newPKI(t)
+	up := startHealthServer(t, p, tls.VersionTLS13, healthpb.HealthCheckResponse_SERVING)
+	down := startHealthServer(t, p, tls.VersionTLS13, healthpb.HealthCheckResponse_NOT_SERVING)
+	inv := runCLI(t, nil, append(p.flags(up), "--addr", up, "status")...)
+	if inv.code != exitOK {
+		t.Fatalf("one replica twice: %+v", inv)
+	}
+	inv = runCLI(t, nil, append(p.flags(up+","+down), "--addr", "127.0.0.1:1", "status")...)
+	if inv.code != exitError || !strings.Contains(inv.stdout, up+" SERVING\n") || !strings.Contains(inv.stdout, down+" NOT_SERVING\n") ||
+		!strings.Contains(inv.stdout, "127.0.0.1:1 UNREACHABLE") || !strings.Contains(inv.stderr, "2 of 3 replicas are not serving") {
+		t.Fatalf("status of three replicas: %+v", inv)
+	}
+}

@@ -10,9 +10,11 @@ import (
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/status"
+
+	"github.com/custodyhq/custody/client"
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-	"google.golang.org/grpc/status"
 
 	custodyv1 "github.com/custodyhq/custody/api/custody/v1"
 )
@@ -32,6 +34,10 @@ capability makes only the calls that need it fail with FAILED_PRECONDITION.
 Exits 0 when custodyd reports SERVING, 1 otherwise.`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			eps := client.Endpoints(a.addr)
+			if len(eps) > 1 {
+				return a.statusEach(cmd.Context(), eps, service)
+			}
 			conn, err := a.connect()
 			if err != nil {
 				return err
@@ -140,4 +146,44 @@ func dash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+// statusEach asks every replica on its own connection (no balancing, so a
+// replica that is not serving is seen as such) and prints one line each.
+func (a *app) statusEach(ctx context.Context, eps []string, service string) error {
+	cfg, err := a.tlsConfig()
+	if err != nil {
+		return err
+	}
+	bad := 0
+	for _, ep := range eps {
+		conn, err := grpc.NewClient("dns:///"+ep, explainedTLS(cfg)...)
+		if err != nil {
+			return usageErrorf("address %q: %v", ep, err)
+		}
+		cctx, cancel := a.callCtx(ctx)
+		resp, err := healthpb.NewHealthClient(conn).Check(cctx, &healthpb.HealthCheckRequest{Service: service})
+		cancel()
+		_ = conn.Close()
+		if err != nil {
+			resp = &healthpb.HealthCheckResponse{Status: healthpb.HealthCheckResponse_UNKNOWN}
+			if a.output != "json" {
+				fmt.Fprintf(a.stdout, "%s UNREACHABLE (%s)\n", ep, status.Code(err))
+				bad++
+				continue
+			}
+		}
+		if err := a.emitValue(map[string]string{"addr": ep, "status": resp.GetStatus().String()}, func(w io.Writer) {
+			fmt.Fprintf(w, "%s %s\n", ep, resp.GetStatus())
+		}); err != nil {
+			return err
+		}
+		if resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+			bad++
+		}
+	}
+	if bad > 0 {
+		return localError(codes.Unavailable, fmt.Errorf("%d of %d replicas are not serving", bad, len(eps)))
+	}
+	return nil
 }

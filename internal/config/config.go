@@ -220,10 +220,16 @@ func (h HSMConfig) Mechanisms() ([]uint, error) {
 	return out, nil
 }
 
-// StoreConfig configures the embedded bbolt store.
+// StoreConfig configures the metadata store: the embedded bbolt file
+// (default) or a shared etcd cluster (see store.go).
 type StoreConfig struct {
-	// Path is the bbolt database file; its directory must exist.
+	// Backend is "bbolt" (default) or "etcd".
+	Backend StoreBackend `yaml:"backend"`
+	// Path is the bbolt database file; its directory must exist. Only for
+	// backend bbolt.
 	Path string `yaml:"path"`
+	// Etcd is the cluster to use with backend etcd.
+	Etcd EtcdConfig `yaml:"etcd"`
 }
 
 // AuditConfig configures the audit log.
@@ -403,7 +409,7 @@ func (c *Config) ApplyDefaults() {
 	setString(&c.Listen, DefaultListen)
 	setString(&c.HTTPListen, DefaultHTTPListen)
 	setInt(&c.HSM.MaxSessions, DefaultMaxSessions)
-	setString(&c.Store.Path, DefaultStorePath)
+	c.Store.applyDefaults()
 	setString(&c.Audit.Dir, DefaultAuditDir)
 	setInt(&c.Audit.CheckpointEvery, DefaultCheckpointEvery)
 	if c.Audit.CheckpointInterval == 0 {

@@ -97,7 +97,7 @@ func (c *Config) Validate() error {
 	c.TLS.validate(&ps)
 	c.HSM.validate(&ps, c.Dev)
 	c.Seal.validate(&ps)
-	checkStorePath(&ps, "store.path", c.Store.Path)
+	c.Store.validate(&ps)
 	c.Audit.validate(&ps)
 	c.Keys.validate(&ps, c.Dev)
 	byName := validateIdentities(&ps, c.Identities)

@@ -137,6 +137,9 @@ type Daemon struct {
 
 	// limits: connection budgets, admission, memory limit (limits.go).
 	limits *resourceLimits
+	// gate refuses requests while a shared (etcd) store is unreachable;
+	// nil with bbolt.
+	gate *storeGate
 }
 
 // Start opens everything the config names and starts serving. It returns
@@ -203,11 +206,14 @@ func (d *Daemon) open(ctx context.Context) (err error) {
 	if d.limits, err = setupLimits(cfg.Limits, d.reg, d.log); err != nil {
 		return err
 	}
-	raw, err := store.OpenBolt(cfg.Store.Path, store.BoltOptions{})
+	raw, err := openStore(ctx, cfg.Store)
 	if err != nil {
 		return prefixed("store", err)
 	}
 	d.raw = raw
+	if cfg.Store.Backend == config.BackendEtcd {
+		d.gate = newStoreGate(raw, "etcd", d.log)
+	}
 	if err := d.openSeal(ctx); err != nil {
 		return err
 	}
@@ -333,7 +339,7 @@ func (d *Daemon) complete(ctx context.Context, pin []byte) (err error) {
 	}
 	d.Store, err = store.Authenticated(ctx, d.raw, &hsmSealer{m: d.HSM, k: macKey}, store.AuthOptions{Unanchored: server.IsStoredDataKey})
 	if err != nil {
-		return storeRefusal(cfg.Store.Path, err)
+		return storeRefusal(cfg.Store.String(), err)
 	}
 	d.anchor.Store(d.Store)
 	digester, err := contextDigester(ctx, d.HSM, macKey)
@@ -363,7 +369,7 @@ func (d *Daemon) complete(ctx context.Context, pin []byte) (err error) {
 	}
 	if cp, ok := d.Audit.LatestCheckpoint(); ok && cp.StoreRevision > d.Store.Anchor().Revision {
 		return fmt.Errorf("store %s is older than the audit log: its revision is %d but audit checkpoint %d (%s) recorded revision %d; "+
-			"it was rolled back or restored from a backup: refusing to serve", cfg.Store.Path, d.Store.Anchor().Revision,
+			"it was rolled back or restored from a backup: refusing to serve", cfg.Store.String(), d.Store.Anchor().Revision,
 			cp.Seq, cp.Time.Format(time.RFC3339), cp.StoreRevision)
 	}
 
@@ -372,7 +378,7 @@ func (d *Daemon) complete(ctx context.Context, pin []byte) (err error) {
 		Destroy: keys.DestroyWindow{Min: cfg.Keys.DestroyWaitMin, Max: 365 * 24 * time.Hour},
 	})
 	if err != nil {
-		return fmt.Errorf("keys: %w", storeRefusal(cfg.Store.Path, err))
+		return fmt.Errorf("keys: %w", storeRefusal(cfg.Store.String(), err))
 	}
 	if !cfg.Dev && (len(cfg.Grants) > 0 || len(cfg.Budgets) > 0) {
 		d.log.Warn("config grants and budgets are ignored outside dev mode: they come from the key ceremony and quorum proposals",
@@ -380,7 +386,7 @@ func (d *Daemon) complete(ctx context.Context, pin []byte) (err error) {
 	}
 	metrics := server.NewMetrics(reg, d.HSM, func() *keys.Registry { return d.Keys })
 	if err := d.openGovernance(ctx, reg, signer); err != nil {
-		return fmt.Errorf("governance: %w", storeRefusal(cfg.Store.Path, err))
+		return fmt.Errorf("governance: %w", storeRefusal(cfg.Store.String(), err))
 	}
 	d.Server = server.New(server.Options{
 		HSM: d.HSM, Keys: d.Keys, Gov: d.Gov, Audit: d.Audit, Digester: digester, Metrics: metrics,
@@ -398,6 +404,7 @@ func (d *Daemon) complete(ctx context.Context, pin []byte) (err error) {
 	}
 	d.Server.SetDataKeyStore(d.Store)
 	reg.MustRegister(d.Audit.Collector())
+	d.registerOpsMetrics(reg)
 	if err := d.bind(signer); err != nil {
 		return err
 	}
@@ -412,6 +419,11 @@ func (d *Daemon) complete(ctx context.Context, pin []byte) (err error) {
 	}
 	d.completed.Store(true)
 	d.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	if d.gate != nil {
+		d.gate.health = d.health
+		d.wg.Add(1)
+		go func() { defer d.wg.Done(); d.gate.run(d.runCtx) }()
+	}
 	d.log.Info("custodyd serving", "grpc", d.grpcLis.Addr().String(), "http", d.httpLis.Addr().String(), "gateway", d.GatewayAddr(),
 		"keys", d.Keys.Len(), "token", cfg.HSM.String(), "pin_source", d.Seal.PINSource())
 	return nil
@@ -502,14 +514,14 @@ func requireCustody(cfg *config.Config, c hsm.Capabilities) error {
 }
 
 // storeRefusal names what is wrong with a store custodyd will not serve.
-func storeRefusal(path string, err error) error {
+func storeRefusal(name string, err error) error {
 	switch {
 	case errors.Is(err, store.ErrTampered):
-		return fmt.Errorf("store %s failed authentication (edited outside custodyd?); refusing to serve: %w", path, err)
+		return fmt.Errorf("store %s failed authentication (edited outside custodyd?); refusing to serve: %w", name, err)
 	case errors.Is(err, store.ErrRolledBack):
-		return fmt.Errorf("store %s was rolled back or had records deleted outside custodyd; refusing to serve: %w", path, err)
+		return fmt.Errorf("store %s was rolled back or had records deleted outside custodyd; refusing to serve: %w", name, err)
 	case errors.Is(err, store.ErrUnavailable):
-		return fmt.Errorf("store %s cannot be verified: the hsm is unavailable (this is not tampering): %w", path, err)
+		return fmt.Errorf("store %s cannot be verified: the hsm is unavailable (this is not tampering): %w", name, err)
 	}
 	return err
 }
@@ -526,7 +538,11 @@ func (d *Daemon) readyz(w http.ResponseWriter, r *http.Request) {
 		if st := d.HSM.State(); st != hsm.StateReady {
 			problems = append(problems, "hsm "+st.String())
 		}
-		if _, err := d.Store.Revision(r.Context()); err != nil {
+		if d.gate != nil {
+			if err := d.gate.err(); err != nil {
+				problems = append(problems, "store: "+err.Error())
+			}
+		} else if _, err := d.Store.Revision(r.Context()); err != nil {
 			problems = append(problems, "store: "+err.Error())
 		}
 		if err := d.Audit.Healthy(); err != nil {

@@ -31,6 +31,7 @@ import (
 	"github.com/custodyhq/custody/internal/sealsvc"
 	"github.com/custodyhq/custody/internal/secmem"
 	"github.com/custodyhq/custody/internal/server"
+	"github.com/custodyhq/custody/internal/store"
 	"github.com/custodyhq/custody/internal/tokenlock"
 )
 
@@ -239,11 +240,15 @@ func (d *Daemon) bind(auditSigner crypto.Signer) error {
 		return fmt.Errorf("services %v are not declared for sealed start (internal/daemon lateServices)", extra)
 	}
 	u, s := d.Server.Interceptors()
+	if d.gate != nil {
+		u, s = d.gate.inside(u, s)
+	}
 	d.inner.Store(&interceptors{unary: u, stream: s})
 	return nil
 }
 
-// takeLease takes this token's instance lease: one custodyd per token.
+// takeLease takes this token's instance lease: one custodyd per token, or
+// the replicas of one shared (etcd) store together.
 //
 // A token that keeps no data objects (NSS softokn) cannot hold the lease;
 // there the store's own lock (bbolt's file lock) is the only guard, which
@@ -255,7 +260,16 @@ func (d *Daemon) takeLease(ctx context.Context) error {
 			"profile", p.Name)
 		return nil
 	}
-	l, err := tokenlock.New(d.HSM, tokenlock.Options{TTL: d.cfg.Seal.LeaseTTL, Listen: d.grpcLis.Addr().String(), Logger: d.log})
+	o := tokenlock.Options{TTL: d.cfg.Seal.LeaseTTL, Listen: d.grpcLis.Addr().String(), Logger: d.log}
+	if sh, ok := d.raw.(store.Shared); ok {
+		// Replicas on one shared store hold the token together.
+		id, err := sh.Shared(ctx)
+		if err != nil {
+			return prefixed("store", err)
+		}
+		o.Cluster = id
+	}
+	l, err := tokenlock.New(d.HSM, o)
 	if err != nil {
 		return err
 	}

@@ -345,6 +345,13 @@ func (b *budgetLedger) frozen(identity, key string) bool {
 	return b.lim.Frozen(identity, key)
 }
 
+// frozenCount is how many identity×key pairs are frozen.
+func (b *budgetLedger) frozenCount() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.lim.FrozenSubjects())
+}
+
 // usage reports a budget's spend for listings, without spending or
 // refilling anything. Units reserved but not yet used count as used.
 func (b *budgetLedger) usage(identity, key string) (policy.Usage, bool) {

@@ -344,6 +344,10 @@ func (g *Governance) Close(ctx context.Context) error { return g.budgets.close(c
 // Frozen reports whether identity is frozen on key.
 func (g *Governance) Frozen(identity, key string) bool { return g.budgets.frozen(identity, key) }
 
+// FrozenCount is how many identity×key budgets are frozen (a sustained
+// breach) until an unfreeze proposal executes.
+func (g *Governance) FrozenCount() int { return g.budgets.frozenCount() }
+
 // BudgetUse is a budget in force with its spend now (units reserved for a
 // relay but not yet used count as used).
 type BudgetUse struct {

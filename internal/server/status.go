@@ -89,7 +89,7 @@ func toStatus(err error, log *slog.Logger) *status.Status {
 		// The token lacks a capability this call needs; the message names
 		// the mechanism. Everything else keeps serving.
 		code = codes.FailedPrecondition
-	case errors.Is(err, hsm.ErrUnavailable), errors.Is(err, store.ErrClosed):
+	case errors.Is(err, hsm.ErrUnavailable), errors.Is(err, store.ErrClosed), errors.Is(err, store.ErrUnavailable):
 		code = codes.Unavailable
 	case errors.Is(err, store.ErrConflict):
 		code = codes.Aborted

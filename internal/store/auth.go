@@ -131,6 +131,11 @@ func (a *AuthStore) load(ctx context.Context) error {
 		}
 		rev, ok := sealedRevision(kv.Value)
 		if !ok {
+			// No write revision: a record from before the anchor, if its
+			// seal verifies; anything else was edited outside custodyd.
+			if _, err := a.sealer.Open(ctx, kv.Key, kv.Value); err != nil {
+				return a.openError(kv, err)
+			}
 			legacy = true
 			continue
 		}
@@ -326,6 +331,13 @@ func (a *AuthStore) List(ctx context.Context, prefix, startAfter string, limit i
 
 // Txn implements Store.
 func (a *AuthStore) Txn(ctx context.Context, conds []Cond, ops []Op) error {
+	return a.txn(ctx, conds, ops, a.inner.Txn)
+}
+
+// txn seals a transaction on plaintext, moves the anchor with it when it
+// writes anchored records, and hands the sealed transaction to commit (the
+// wrapped store's Txn, or a leadership's fenced Txn).
+func (a *AuthStore) txn(ctx context.Context, conds []Cond, ops []Op, commit func(context.Context, []Cond, []Op) error) error {
 	if err := checkTxn(conds, ops); err != nil {
 		return err
 	}
@@ -360,7 +372,7 @@ func (a *AuthStore) Txn(ctx context.Context, conds []Cond, ops []Op) error {
 		if err != nil {
 			return err
 		}
-		return a.inner.Txn(ctx, inConds, inOps)
+		return commit(ctx, inConds, inOps)
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -404,7 +416,7 @@ func (a *AuthStore) Txn(ctx context.Context, conds []Cond, ops []Op) error {
 		return fmt.Errorf("%w: seal %q: %w", ErrUnavailable, AnchorKey, err)
 	}
 	inOps = append(inOps, PutOp(AnchorKey, sealed))
-	if err := a.inner.Txn(ctx, inConds, inOps); err != nil {
+	if err := commit(ctx, inConds, inOps); err != nil {
 		return err
 	}
 	for b, m := range touched {

@@ -60,6 +60,7 @@ type Bolt struct {
 	// while holding it, which fixes event order to commit order.
 	wsem   chan struct{}
 	closed atomic.Bool
+	elect  boltElections
 }
 
 var _ Store = (*Bolt)(nil)
@@ -361,6 +362,7 @@ func (b *Bolt) Close() error {
 		return nil
 	}
 	b.hub.close()
+	b.closeElections()
 	if err := b.db.Close(); err != nil {
 		return fmt.Errorf("store: close %s: %w", b.path, err)
 	}

@@ -415,3 +415,9 @@ func TestAuthenticatedReSealsAPreAnchorStoreOnce(t *testing.T) {
 	}
 	raw.Close()
 }
+
+func TestBoltElectorConformance(t *testing.T) {
+	storetest.RunElectorConformance(t, func(t *testing.T) store.Store {
+		return openBolt(t, filepath.Join(t.TempDir(), "store.db"), store.BoltOptions{})
+	}, nil)
+}

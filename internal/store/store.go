@@ -36,8 +36,9 @@ const (
 	// request limit is 1.5 MiB, which must also carry the key and framing).
 	MaxValueSize = 1 << 20
 	// MaxTxnOps is the most conditions, and separately the most ops, one Txn
-	// may carry (etcd's default --max-txn-ops).
-	MaxTxnOps = 128
+	// may carry: etcd's default --max-txn-ops (128) less the vault revision
+	// write the etcd backend adds to every transaction.
+	MaxTxnOps = 127
 )
 
 // Sentinel errors. Backends wrap them with %w and context; match with errors.Is.
@@ -55,10 +56,13 @@ var (
 	ErrInvalid = errors.New("store: invalid request")
 	// ErrTampered means a value failed authentication (see Authenticated).
 	ErrTampered = errors.New("store: value failed authentication")
-	// ErrUnavailable means a value could not be sealed or verified right
-	// now (the HSM is unreachable): nothing is known about the value, and
-	// the request may be retried. It is never reported as tampering.
-	ErrUnavailable = errors.New("store: cannot seal or verify values now")
+	// ErrUnavailable means the store cannot answer right now: the backend
+	// could not be reached or did not answer in time (etcd without quorum,
+	// network down), or a value could not be sealed or verified (the HSM is
+	// unreachable). Nothing is known about the value and it is never
+	// reported as tampering; callers fail closed and may retry. For a Txn
+	// the outcome may be unknown: the write may or may not have applied.
+	ErrUnavailable = errors.New("store: unavailable")
 	// ErrWatchLagged is carried by the final event of a watch whose reader
 	// fell so far behind that its buffer filled. The watcher must re-read
 	// (List) and watch again.
@@ -305,6 +309,14 @@ const UpdateAttempts = 1000
 // not have side effects. An error from fn aborts the update and is returned
 // unchanged. When every attempt loses a race the error wraps ErrConflict.
 func Update(ctx context.Context, s Store, key string, fn func(old []byte) ([]byte, error)) error {
+	if u, ok := s.(updater); ok {
+		return u.update(ctx, key, fn)
+	}
+	return updateLoop(ctx, s, key, fn)
+}
+
+// updateLoop is Update by Get and conditional Txn, retried on lost races.
+func updateLoop(ctx context.Context, s Store, key string, fn func(old []byte) ([]byte, error)) error {
 	for attempt := range UpdateAttempts {
 		var old []byte
 		var rev int64
@@ -329,6 +341,20 @@ func Update(ctx context.Context, s Store, key string, fn func(old []byte) ([]byt
 		}
 	}
 	return fmt.Errorf("store: update %q: lost %d races: %w", key, UpdateAttempts, ErrConflict)
+}
+
+// Shared is implemented by backends that several custodyd replicas may
+// use at once (etcd). Identity names the shared store, so that replicas
+// can tell each other from an instance on another store.
+type Shared interface {
+	Shared(ctx context.Context) (string, error)
+}
+
+// updater is implemented by backends (and wrappers) that run Update's
+// read-modify-write themselves, e.g. serialised with their other writers.
+// The contract is Update's.
+type updater interface {
+	update(ctx context.Context, key string, fn func(old []byte) ([]byte, error)) error
 }
 
 // backoff sleeps a random time below an exponentially growing bound (100µs

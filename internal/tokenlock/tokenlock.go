@@ -18,6 +18,14 @@
 // process on the same host and boot that no longer exists (its pid is gone,
 // or now belongs to a process started at another time) is stale at once, so
 // a restart on the same host does not wait.
+//
+// Replicas: custodyd replicas of one vault share the token and one store
+// (etcd). Each lease names its store (Options.Cluster, the etcd cluster ID
+// and the vault's prefix); leases of the same store coexist, and one of
+// another store, or of a lone instance, is refused as before. The name is
+// not a secret: root could start an instance that claims it. What keeps
+// such an instance from serving a copied store is the store's anchor and
+// the audit high-water mark held on the token, not this lease.
 package tokenlock
 
 import (
@@ -63,11 +71,22 @@ type Lease struct {
 	Acquired time.Time `json:"acquired"`
 	Expires  time.Time `json:"expires"`
 	Listen   string    `json:"listen,omitempty"`
+	// Cluster names the shared store of a replica (Options.Cluster); ""
+	// for a custodyd that must be alone on the token.
+	Cluster string `json:"cluster,omitempty"`
 }
 
+// blocks reports whether a live lease o keeps l off the token: it belongs
+// to another cluster, or either is a lone instance.
+func (l Lease) blocks(o Lease) bool { return l.Cluster == "" || o.Cluster != l.Cluster }
+
 func (l Lease) String() string {
-	return fmt.Sprintf("custodyd pid %d on %s (listening on %s) since %s, lease until %s",
+	s := fmt.Sprintf("custodyd pid %d on %s (listening on %s) since %s, lease until %s",
 		l.PID, l.Host, l.Listen, l.Acquired.UTC().Format(time.RFC3339), l.Expires.UTC().Format(time.RFC3339))
+	if l.Cluster != "" {
+		s += ", replica of " + l.Cluster
+	}
+	return s
 }
 
 // before orders contenders: the earliest acquisition wins, ties by holder.
@@ -82,6 +101,10 @@ func (l Lease) before(o Lease) bool {
 type Options struct {
 	TTL    time.Duration
 	Listen string // shown to a refused contender
+	// Cluster, when set, lets other holders with the same value hold the
+	// token at the same time: replicas of one vault on one shared store
+	// (the store's identity). Empty: this custodyd must be alone.
+	Cluster string
 	Now    func() time.Time
 	Logger *slog.Logger
 	// Alive reports whether a same-host, same-boot process with this pid
@@ -120,7 +143,7 @@ func New(obj Objects, o Options) (*Lock, error) {
 	host, _ := os.Hostname()
 	pid := os.Getpid()
 	started, _ := processStart(pid)
-	return &Lock{obj: obj, o: o, me: Lease{Holder: hex.EncodeToString(id), Host: host, BootID: bootID(), PID: pid, Started: started, Listen: o.Listen}}, nil
+	return &Lock{obj: obj, o: o, me: Lease{Holder: hex.EncodeToString(id), Host: host, BootID: bootID(), PID: pid, Started: started, Listen: o.Listen, Cluster: o.Cluster}}, nil
 }
 
 func (l *Lock) mine(v []byte) bool {
@@ -177,6 +200,9 @@ func (l *Lock) Acquire(ctx context.Context) error {
 			continue
 		}
 		if !l.stale(le, now) {
+			if !l.me.blocks(le) {
+				continue // a replica of the same cluster
+			}
 			return fmt.Errorf("%w: %s", ErrHeld, le)
 		}
 		holder := le.Holder
@@ -215,7 +241,7 @@ func (l *Lock) checkLocked(ctx context.Context) error {
 			found = true
 			continue
 		}
-		if !l.stale(le, now) && le.before(l.me) {
+		if !l.stale(le, now) && le.before(l.me) && l.me.blocks(le) {
 			return fmt.Errorf("%w: %s", ErrHeld, le)
 		}
 	}

@@ -139,3 +139,42 @@ func TestProcessStartDistinguishesThisProcess(t *testing.T) {
 		t.Fatal("a pid that does not exist is alive")
 	}
 }
+
+// Replicas naming the same store hold the token together; an instance of
+// another store, or a lone one, is refused while they do, and a lone
+// holder keeps replicas off.
+func TestReplicasOfOneStoreShareTheLease(t *testing.T) {
+	m, _ := hsmtest.Open(t)
+	ctx := ctxT(t)
+	alive := func(int, uint64) bool { return true }
+	lock := func(cluster string) *Lock {
+		l, err := New(m, Options{Alive: alive, Cluster: cluster})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l
+	}
+	a, b := lock("etcd:1:/v/"), lock("etcd:1:/v/")
+	if err := a.Acquire(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Acquire(ctx); err != nil {
+		t.Fatalf("second replica: %v", err)
+	}
+	if err := a.Renew(ctx); err != nil {
+		t.Fatalf("renew beside a replica: %v", err)
+	}
+	for _, cluster := range []string{"etcd:2:/v/", "etcd:1:/other/", ""} {
+		if err := lock(cluster).Acquire(ctx); !errors.Is(err, ErrHeld) || !strings.Contains(err.Error(), "replica of etcd:1:/v/") {
+			t.Fatalf("cluster %q beside replicas: %v", cluster, err)
+		}
+	}
+	_ = a.Release(ctx)
+	_ = b.Release(ctx)
+	if err := lock("").Acquire(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := lock("etcd:1:/v/").Acquire(ctx); !errors.Is(err, ErrHeld) {
+		t.Fatalf("replica beside a lone instance: %v", err)
+	}
+}

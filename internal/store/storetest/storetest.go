@@ -868,3 +868,212 @@ func testAuthWatch(t *testing.T, raw store.Store) {
 		t.Fatalf("watch ended with %+v, want ErrTampered", last)
 	}
 }
+
+// RunElectorConformance runs the election tests every store.Elector must
+// pass. newStore returns a fresh store; open returns another handle on the
+// same store as a second process would see it, or nil when the backend
+// admits one process only (bbolt), in which case contenders share one
+// handle.
+func RunElectorConformance(t *testing.T, newStore func(t *testing.T) store.Store, open func(t *testing.T, s store.Store) store.Store) {
+	tests := []struct {
+		name string
+		fn   func(t *testing.T, handles []store.Store)
+	}{
+		{"FirstCampaignLeadsAndIsNamed", testElectFirst},
+		{"SecondCampaignWaitsForResign", testElectWaits},
+		{"ResignedLeaderCannotWrite", testElectFenced},
+		{"ContendersNeverLeadTogether", testElectNoOverlap},
+		{"AuthenticatedLeadershipSealsValues", testElectAuth},
+		{"ClosedStoreEndsLeadership", testElectClosed},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newStore(t)
+			t.Cleanup(func() { s.Close() })
+			handles := []store.Store{s}
+			for range 2 {
+				h := s
+				if open != nil {
+					h = open(t, s)
+					t.Cleanup(func() { h.Close() })
+				}
+				handles = append(handles, h)
+			}
+			tc.fn(t, handles)
+		})
+	}
+}
+
+func elector(t *testing.T, s store.Store) store.Elector {
+	t.Helper()
+	e, ok := store.ElectorOf(s)
+	if !ok {
+		t.Fatalf("%T has no Elector", s)
+	}
+	return e
+}
+
+func campaign(t *testing.T, s store.Store, id string) store.Leadership {
+	t.Helper()
+	l, err := elector(t, s).Campaign(ctxT(t), "sched", id)
+	if err != nil {
+		t.Fatalf("campaign %s: %v", id, err)
+	}
+	return l
+}
+
+func testElectFirst(t *testing.T, hs []store.Store) {
+	l := campaign(t, hs[0], "replica-a")
+	if id, err := elector(t, hs[1]).Leader(ctxT(t), "sched"); err != nil || id != "replica-a" {
+		t.Fatalf("leader seen by another handle = %q, %v; want replica-a", id, err)
+	}
+	if _, err := elector(t, hs[1]).Leader(ctxT(t), "other"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("leader of an election nobody ran: %v, want ErrNotFound", err)
+	}
+	if err := l.Txn(ctxT(t), nil, []store.Op{store.PutOp("sched/state", []byte("run 1"))}); err != nil {
+		t.Fatalf("leader's fenced write: %v", err)
+	}
+	if kv := mustGet(t, hs[2], "sched/state"); string(kv.Value) != "run 1" {
+		t.Fatalf("fenced write = %q", kv.Value)
+	}
+	if _, err := elector(t, hs[0]).Campaign(ctxT(t), "bad/name", "x"); !errors.Is(err, store.ErrInvalid) {
+		t.Fatalf("campaign with a bad name: %v, want ErrInvalid", err)
+	}
+}
+
+func testElectWaits(t *testing.T, hs []store.Store) {
+	a := campaign(t, hs[0], "replica-a")
+	won := make(chan store.Leadership, 1)
+	go func() {
+		l, err := elector(t, hs[1]).Campaign(ctxT(t), "sched", "replica-b")
+		if err != nil {
+			t.Error(err)
+			close(won)
+			return
+		}
+		won <- l
+	}()
+	select {
+	case <-won:
+		t.Fatal("second campaign won while the first leader holds")
+	case <-time.After(300 * time.Millisecond):
+	}
+	if err := a.Resign(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-a.Done():
+	default:
+		t.Fatal("Done not closed after Resign")
+	}
+	select {
+	case b, ok := <-won:
+		if !ok {
+			t.FailNow()
+		}
+		if id, err := elector(t, hs[2]).Leader(ctxT(t), "sched"); err != nil || id != "replica-b" {
+			t.Fatalf("leader after hand-over = %q, %v", id, err)
+		}
+		_ = b.Resign(ctxT(t))
+	case <-time.After(20 * time.Second):
+		t.Fatal("second campaign did not win after the leader resigned")
+	}
+	// A campaign whose context ends while waiting returns the context error.
+	c := campaign(t, hs[0], "replica-c")
+	defer c.Resign(ctxT(t))
+	ctx, cancel := context.WithTimeout(ctxT(t), 200*time.Millisecond)
+	defer cancel()
+	if _, err := elector(t, hs[1]).Campaign(ctx, "sched", "replica-d"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("campaign past its deadline: %v", err)
+	}
+}
+
+func testElectFenced(t *testing.T, hs []store.Store) {
+	a := campaign(t, hs[0], "replica-a")
+	if err := a.Resign(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+	before := snapshot(t, hs[0])
+	err := a.Txn(ctxT(t), nil, []store.Op{store.PutOp("sched/state", []byte("stale"))})
+	if !errors.Is(err, store.ErrNotLeader) {
+		t.Fatalf("write after resign: %v, want ErrNotLeader", err)
+	}
+	if after := snapshot(t, hs[0]); after != before {
+		t.Fatalf("deposed leader changed the store:\n%s\n%s", before, after)
+	}
+}
+
+// testElectNoOverlap runs three contenders through several terms each. A
+// leader claims a "holder" key that must be absent and gives it back
+// before resigning, all with fenced writes: a second leader during a term
+// would find the key taken (ErrConflict).
+func testElectNoOverlap(t *testing.T, hs []store.Store) {
+	const terms = 4
+	var wg sync.WaitGroup
+	for i, h := range hs {
+		id := fmt.Sprintf("replica-%d", i)
+		wg.Go(func() {
+			for term := range terms {
+				l, err := elector(t, h).Campaign(ctxT(t), "sched", id)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				claim := l.Txn(ctxT(t), []store.Cond{store.Missing("sched/holder")},
+					[]store.Op{store.PutOp("sched/holder", []byte(id)), store.PutOp("sched/log/"+id+"/"+strconv.Itoa(term), nil)})
+				if claim != nil {
+					t.Errorf("%s term %d: claim: %v (two leaders at once?)", id, term, claim)
+				}
+				time.Sleep(time.Millisecond)
+				if err := l.Txn(ctxT(t), []store.Cond{store.ValueIs("sched/holder", []byte(id))}, []store.Op{store.DeleteOp("sched/holder")}); err != nil {
+					t.Errorf("%s term %d: release: %v", id, term, err)
+				}
+				if err := l.Resign(ctxT(t)); err != nil {
+					t.Errorf("%s: resign: %v", id, err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	kvs, err := hs[0].List(ctxT(t), "sched/log/", "", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(kvs) != terms*len(hs) {
+		t.Fatalf("%d terms recorded, want %d", len(kvs), terms*len(hs))
+	}
+}
+
+func testElectAuth(t *testing.T, hs []store.Store) {
+	sealer := NewHMACSealer(t)
+	s := Authenticated(t, hs[0], sealer)
+	l := campaign(t, s, "replica-a")
+	defer l.Resign(ctxT(t))
+	if err := l.Txn(ctxT(t), nil, []store.Op{store.PutOp("sched/state", []byte("sealed"))}); err != nil {
+		t.Fatal(err)
+	}
+	if raw := mustGet(t, hs[0], "sched/state"); bytes.Equal(raw.Value, []byte("sealed")) {
+		t.Fatal("leadership wrote an unsealed value through an authenticated store")
+	}
+	if kv := mustGet(t, Authenticated(t, hs[1], sealer), "sched/state"); string(kv.Value) != "sealed" {
+		t.Fatalf("authenticated read = %q", kv.Value)
+	}
+	if err := l.Txn(ctxT(t), []store.Cond{store.ValueIs("sched/state", []byte("sealed"))}, []store.Op{store.PutOp("sched/state", []byte("next"))}); err != nil {
+		t.Fatalf("value condition through a leadership compares plaintext: %v", err)
+	}
+}
+
+func testElectClosed(t *testing.T, hs []store.Store) {
+	l := campaign(t, hs[0], "replica-a")
+	if err := hs[0].Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-l.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("leadership outlived its store")
+	}
+	if err := l.Txn(ctxT(t), nil, []store.Op{store.PutOp("k", nil)}); err == nil {
+		t.Fatal("write through a closed store's leadership succeeded")
+	}
+}
