@@ -66,7 +66,6 @@ const (
 	DefaultEtcdLeaseTTL       = 10 * time.Second
 )
 
-
 // EtcdOptions configures OpenEtcd.
 type EtcdOptions struct {
 	// Endpoints are the etcd client URLs ("https://10.0.0.1:2379"). Required.

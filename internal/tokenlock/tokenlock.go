@@ -105,8 +105,8 @@ type Options struct {
 	// token at the same time: replicas of one vault on one shared store
 	// (the store's identity). Empty: this custodyd must be alone.
 	Cluster string
-	Now    func() time.Time
-	Logger *slog.Logger
+	Now     func() time.Time
+	Logger  *slog.Logger
 	// Alive reports whether a same-host, same-boot process with this pid
 	// and start time still runs (default: /proc). Tests replace it.
 	Alive func(pid int, started uint64) bool
