@@ -40,3 +40,14 @@ func RawToken(ctx context.Context, m *Module, k Key, fn func(p *pkcs11.Ctx, sh p
 		return fn(p, sh, h)
 	})
 }
+
+// HoldCalls sets the recycle gate as a recycle does, so that new calls wait,
+// and returns the function that opens it again.
+func HoldCalls(m *Module) (release func()) {
+	g := make(chan struct{})
+	m.gate.Store(&g)
+	return func() {
+		m.gate.Store(nil)
+		close(g)
+	}
+}

@@ -31,6 +31,12 @@ type Config struct {
 	// Observe, if set, is told the duration and outcome of every operation
 	// on the token (op is a fixed name such as "decrypt"), for metrics.
 	Observe func(op string, d time.Duration, err error)
+	// RecycleAfterSessionObjects, if positive, makes the module recycle
+	// itself after creating that many session objects since it was last
+	// initialised: drain in-flight calls, C_Finalize, C_Initialize, log in
+	// again and re-index the keys (recycle.go). It is for modules that never
+	// free a destroyed session object (SoftHSM 2.6.1); 0 never recycles.
+	RecycleAfterSessionObjects int
 }
 
 // State is the module's health, for /readyz and metrics.
@@ -68,6 +74,8 @@ type Stats struct {
 	SessionsClosed uint64 // sessions closed after a session or device error
 	DeviceErrors   uint64
 	Recoveries     uint64 // successful re-initialisations
+	SessionObjects uint64 // session objects created (transient data keys, imported recipient keys)
+	Recycles       uint64 // controlled re-initialisations (RecycleAfterSessionObjects)
 	LastError      string // last device-class error code (never data)
 }
 
@@ -110,6 +118,16 @@ type Module struct {
 
 	waits, sessClosed, devErrs, recoveries atomic.Uint64
 	lastErr                                atomic.Value // string
+
+	// Recycling (recycle.go): sessObjs counts session objects created since
+	// the last (re)initialisation; gate, while set, holds new calls back
+	// (bounded by their context) during a recycle.
+	recycleAfter  int64
+	sessObjs      atomic.Int64
+	sessObjsTotal atomic.Uint64
+	recycles      atomic.Uint64
+	recycling     atomic.Bool
+	gate          atomic.Pointer[chan struct{}]
 }
 
 // Open loads the module, finds the token, logs in and probes mechanisms. A
@@ -134,7 +152,9 @@ func Open(ctx context.Context, cfg Config) (*Module, error) {
 		backoffMax: cfg.RecoveryBackoffMax,
 		observe:    cfg.Observe,
 		closed:     make(chan struct{}),
-		pubs:       map[string]any{},
+
+		recycleAfter: int64(cfg.RecycleAfterSessionObjects),
+		pubs:         map[string]any{},
 	}
 	if m.log == nil {
 		m.log = slog.Default()
@@ -299,6 +319,8 @@ func (m *Module) Stats() Stats {
 		SessionsClosed: m.sessClosed.Load(),
 		DeviceErrors:   m.devErrs.Load(),
 		Recoveries:     m.recoveries.Load(),
+		SessionObjects: m.sessObjsTotal.Load(),
+		Recycles:       m.recycles.Load(),
 	}
 	if v, ok := m.lastErr.Load().(string); ok {
 		s.LastError = v
@@ -329,6 +351,9 @@ func (m *Module) withSession(ctx context.Context, op string, fn func(p *pkcs11.C
 	}
 	if st := m.State(); st == StateUnavailable || st == StateClosed {
 		return m.unavailable()
+	}
+	if err := m.waitRecycle(ctx); err != nil {
+		return err
 	}
 	select {
 	case m.sem <- struct{}{}:
@@ -527,6 +552,12 @@ func (m *Module) probeHealthy(gen uint64) bool {
 func (m *Module) reinit() error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	return m.reinitLocked()
+}
+
+// reinitLocked finalises and re-initialises the library and logs in again
+// (initLocked). Caller holds mu for writing.
+func (m *Module) reinitLocked() error {
 	select {
 	case <-m.closed: // Close won the race: never load the library again
 		return fmt.Errorf("%w: module closed", ErrUnavailable)
@@ -539,7 +570,11 @@ func (m *Module) reinit() error {
 	m.pubMu.Lock()
 	clear(m.pubs)
 	m.pubMu.Unlock()
-	return m.initLocked()
+	if err := m.initLocked(); err != nil {
+		return err
+	}
+	m.sessObjs.Store(0) // C_Finalize freed every session object
+	return nil
 }
 
 // reindexAsync runs Index in the background, once at a time, to refill the

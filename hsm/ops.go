@@ -165,6 +165,7 @@ func (m *Module) GenerateDataKey(ctx context.Context, master Key, withPlaintext 
 		if err != nil {
 			return err
 		}
+		m.sessionObjectCreated()
 		defer p.DestroyObject(sh, dk)
 		if wrapped, err = p.WrapKey(sh, kwp, mh, dk); err != nil {
 			return err
@@ -209,6 +210,7 @@ func (m *Module) unwrapInto(ctx context.Context, master Key, wrapped []byte, sen
 		if err != nil {
 			return m.disambiguate(p, sh, mh, err)
 		}
+		m.sessionObjectCreated()
 		defer p.DestroyObject(sh, dk)
 		return fn(p, sh, dk)
 	})
@@ -277,6 +279,7 @@ func oaepMech(h crypto.Hash) []*pkcs11.Mechanism {
 // object, wraps dk to it with RSA-OAEP (SHA-256 if the token can, else
 // SHA-1) and destroys the imported object.
 func (m *Module) wrapToRecipient(p *pkcs11.Ctx, sh pkcs11.SessionHandle, dk pkcs11.ObjectHandle, pub *rsa.PublicKey) ([]byte, OAEP, error) {
+	m.sessionObjectCreated() // the imported recipient key (counted even if the import fails)
 	out, how, err := wrapToRecipientRaw(p, sh, dk, pub)
 	if err != nil {
 		err = m.callerFault(p, sh, dk, err, ErrInvalidInput, "the token refused to wrap to this recipient key")
@@ -331,6 +334,7 @@ func (m *Module) GenerateDataKeyFor(ctx context.Context, master Key, recipient *
 		if err != nil {
 			return err
 		}
+		m.sessionObjectCreated()
 		defer p.DestroyObject(sh, dk)
 		if wrapped, err = p.WrapKey(sh, kwp, mh, dk); err != nil {
 			return err
