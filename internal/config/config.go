@@ -160,6 +160,11 @@ type HSMConfig struct {
 	PINEnv string `yaml:"pin_env"`
 	// MaxSessions bounds the PKCS#11 session pool.
 	MaxSessions int `yaml:"max_sessions"`
+	// RecycleAfterSessionObjects re-initialises the PKCS#11 module (drain,
+	// C_Finalize, C_Initialize, log in; no request fails) after this many
+	// session objects, on modules that never free them. 0 means the
+	// module's default (SoftHSM: 50000; others: never); -1 means never.
+	RecycleAfterSessionObjects int `yaml:"recycle_after_session_objects"`
 }
 
 // StoreConfig configures the embedded bbolt store.

@@ -65,6 +65,7 @@ hsm:
   uri: "pkcs11:token=custody;module-path=/usr/lib/softhsm/libsofthsm2.so"
   pin_file: %s
   max_sessions: 8
+  recycle_after_session_objects: 1000
 store:
   path: %s
 audit:
@@ -127,7 +128,7 @@ func problemsOf(t *testing.T, err error) []Problem {
 func TestLoadAcceptsValidConfig(t *testing.T) {
 	e := newEnv(t)
 	cfg := e.valid(t)
-	if cfg.HSM.MaxSessions != 8 || cfg.HSM.PINFile != e.pin || cfg.Audit.CheckpointInterval != 30*time.Second ||
+	if cfg.HSM.MaxSessions != 8 || cfg.HSM.RecycleAfterSessionObjects != 1000 || cfg.HSM.PINFile != e.pin || cfg.Audit.CheckpointInterval != 30*time.Second ||
 		cfg.Keys.DestroyWaitDefault != 72*time.Hour || cfg.Store.Path != e.store || cfg.Keys.MaxBatch != 10 {
 		t.Fatalf("fields not decoded: %+v", cfg)
 	}
@@ -254,6 +255,7 @@ func TestValidateNamesFieldPathOfEachProblem(t *testing.T) {
 		{"pin env unset", func(c *Config) { c.HSM.PINFile, c.HSM.PINEnv = "", "CUSTODY_TEST_UNSET_PIN" }, "hsm.pin_env", "not set or is empty"},
 		{"max sessions zero", func(c *Config) { c.HSM.MaxSessions = -1 }, "hsm.max_sessions", "out of range"},
 		{"max sessions big", func(c *Config) { c.HSM.MaxSessions = 5000 }, "hsm.max_sessions", "out of range"},
+		{"recycle below -1", func(c *Config) { c.HSM.RecycleAfterSessionObjects = -2 }, "hsm.recycle_after_session_objects", "out of range"},
 		{"store relative", func(c *Config) { c.Store.Path = "custody.db" }, "store.path", "absolute path"},
 		{"store dir missing", func(c *Config) { c.Store.Path = "/nonexistent/custody.db" }, "store.path", `parent directory "/nonexistent" does not exist`},
 		{"store is dir", func(c *Config) { c.Store.Path = dirAsFile }, "store.path", "not a regular file"},

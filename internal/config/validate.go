@@ -227,6 +227,9 @@ func (h HSMConfig) validate(ps *problems) {
 	if h.MaxSessions < 1 || h.MaxSessions > maxSessionsLimit {
 		ps.add("hsm.max_sessions", "%d is out of range 1..%d", h.MaxSessions, maxSessionsLimit)
 	}
+	if h.RecycleAfterSessionObjects < -1 {
+		ps.add("hsm.recycle_after_session_objects", "%d is out of range: -1 (never), 0 (the module's default) or a positive count", h.RecycleAfterSessionObjects)
+	}
 }
 
 // pinFileModeProblem returns why a PIN file with mode m is refused, or "".

@@ -126,7 +126,8 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 	}
 	reg := prometheus.NewRegistry()
 	d.HSM, err = hsm.Open(ctx, hsm.Config{URI: cfg.HSM.URI, PIN: pin, MaxSessions: cfg.HSM.MaxSessions, Logger: d.log,
-		Observe: server.HSMObserver(reg)})
+		Observe:                    server.HSMObserver(reg),
+		RecycleAfterSessionObjects: recycleAfter(cfg.HSM, d.log)})
 	clear(pin)
 	if err != nil {
 		return nil, fmt.Errorf("hsm: %w", err)

@@ -55,6 +55,10 @@ func NewMetrics(reg prometheus.Registerer, m *hsm.Module, r func() *keys.Registr
 				Help: "Session or device errors seen from the HSM."}, stat(func(s hsm.Stats) float64 { return float64(s.DeviceErrors) })),
 			prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "custody", Subsystem: "hsm", Name: "recoveries_total",
 				Help: "Successful HSM re-initialisations."}, stat(func(s hsm.Stats) float64 { return float64(s.Recoveries) })),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "custody", Subsystem: "hsm", Name: "session_objects_total",
+				Help: "Transient HSM session objects created (key transport, KWP data keys)."}, stat(func(s hsm.Stats) float64 { return float64(s.SessionObjects) })),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "custody", Subsystem: "hsm", Name: "recycles_total",
+				Help: "Controlled HSM module re-initialisations that freed leaked session objects."}, stat(func(s hsm.Stats) float64 { return float64(s.Recycles) })),
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "custody", Subsystem: "hsm", Name: "state",
 				Help: "HSM state: 0 ready, 1 degraded, 2 unavailable, 3 closed."}, stat(func(s hsm.Stats) float64 { return float64(s.State) })),
 		)
