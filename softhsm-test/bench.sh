@@ -332,6 +332,10 @@ Reproduce: \`make bench\` (BENCH_DURATION and BENCH_MANY_KEYS adjust it); one ce
 hand: \`custodyctl bench --help\`. Raw PKCS#11 micro-benchmarks: \`make bench-raw\`.
 MD
 } >"$tmp_out"
+# The soak section (make soak, softhsm-test/soak.sh) is not measured here: keep it.
+if [[ -f "$OUT" ]] && grep -q '^## Soak' "$OUT"; then
+  { echo; sed -n '/^## Soak/,$p' "$OUT"; } >>"$tmp_out"
+fi
 mkdir -p "$(dirname "$OUT")"
 cp "$tmp_out" "$OUT"
 log "wrote $OUT"
