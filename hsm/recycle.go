@@ -24,8 +24,9 @@ import (
 //  2. the write lock is taken, which waits for every in-flight call to
 //     finish (the drain);
 //  3. C_Finalize (the module frees everything it held), C_Initialize and the
-//     same login as recovery (initLocked), then one scan re-indexes the key
-//     handles before any call resumes;
+//     same login as recovery (initLocked), malloc_trim so that the C
+//     allocator returns the freed pages (trim_cgo.go), then one scan
+//     re-indexes the key handles before any call resumes;
 //  4. the gate opens and the held calls run on fresh sessions.
 //
 // No call fails because of a recycle: calls wait instead. The pause (drain
@@ -106,6 +107,7 @@ func (m *Module) recycleLocked() (freed int64, indexed int, gen uint64, err erro
 	if err := m.reinitLocked(); err != nil {
 		return freed, 0, gen, err
 	}
+	releaseFreedMemory()
 	n, err := m.indexSession(m.p, m.pinned)
 	if err != nil {
 		// Not fatal: handles are found one by one on first use instead.

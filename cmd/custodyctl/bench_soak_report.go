@@ -22,12 +22,14 @@ type soakSample struct {
 	Requests       uint64  `json:"requests"`        // made by the soak (one per RPC or REST call)
 	ServerRequests uint64  `json:"server_requests"` // custody_requests_total, all methods and codes
 	RSSMB          float64 `json:"rss_mb"`          // VmRSS
+	GoMB           float64 `json:"go_mb"`           // go_memstats_sys_bytes: mapped by the Go runtime, an upper bound of its share of RSS; the rest is C (the PKCS#11 module)
 	Threads        int     `json:"threads"`
 	FDs            int     `json:"fds"`
 	Goroutines     int     `json:"goroutines"` // go_goroutines
 	AuditBytes     int64   `json:"audit_bytes"`
-	Errors         uint64  `json:"errors"`  // unexpected failures so far
-	Refused        uint64  `json:"refused"` // expected budget refusals so far
+	AuditRecords   uint64  `json:"audit_records"` // custody_audit_records_total
+	Errors         uint64  `json:"errors"`        // unexpected failures so far
+	Refused        uint64  `json:"refused"`       // expected budget refusals so far
 	// HSM counters; -1 when custodyd does not export them (older builds).
 	SessionObjects int64 `json:"hsm_session_objects"`
 	Recycles       int64 `json:"hsm_recycles"`
@@ -72,7 +74,9 @@ func (s *soakSampler) sample(ctx context.Context, start time.Time) (soakSample, 
 		return out, err
 	}
 	out.Goroutines = int(m["go_goroutines"])
+	out.GoMB = m["go_memstats_sys_bytes"] / (1 << 20)
 	out.ServerRequests = uint64(m["custody_requests_total"])
+	out.AuditRecords = uint64(m["custody_audit_records_total"])
 	out.SessionObjects, out.Recycles = -1, -1
 	if v, ok := m["custody_hsm_session_objects_total"]; ok {
 		out.SessionObjects = int64(v)
@@ -178,6 +182,7 @@ type soakResult struct {
 	RSSPerMillion        float64          `json:"rss_mb_per_million"`
 	Series               []soakSeriesTest `json:"series"`
 	AuditBytesPerRequest float64          `json:"audit_bytes_per_request"`
+	AuditBytesPerRecord  float64          `json:"audit_bytes_per_record"`
 	Pass                 bool             `json:"pass"`
 	Reasons              []string         `json:"reasons,omitempty"`
 }
@@ -216,8 +221,12 @@ func (r *soakResult) judge() {
 		if last.Errors > 0 {
 			fail("%d requests failed unexpectedly (first: %s)", last.Errors, r.FirstError)
 		}
-		if last.Requests > 0 {
-			r.AuditBytesPerRequest = float64(last.AuditBytes-r.Samples[0].AuditBytes) / float64(last.Requests-r.Samples[0].Requests)
+		first := r.Samples[0]
+		if last.Requests > first.Requests {
+			r.AuditBytesPerRequest = float64(last.AuditBytes-first.AuditBytes) / float64(last.Requests-first.Requests)
+		}
+		if last.AuditRecords > first.AuditRecords {
+			r.AuditBytesPerRecord = float64(last.AuditBytes-first.AuditBytes) / float64(last.AuditRecords-first.AuditRecords)
 		}
 	}
 	if len(measured) < soakMinMeasured {
@@ -322,12 +331,12 @@ func writeSoakMarkdown(w io.Writer, r *soakResult) {
 	if r.Gateway {
 		fmt.Fprint(w, ", the REST gateway included")
 	}
-	fmt.Fprintf(w, "; %d budget refusals (expected); latency per request p50 %.2f ms, p99 %.2f ms, max %.0f ms; audit log %.0f bytes per request; load average %s at the start, %s at the end.\n\n",
-		refused, r.Latency.P50, r.Latency.P99, r.Latency.Max, r.AuditBytesPerRequest, orDash(r.LoadStart), orDash(r.LoadEnd))
-	fmt.Fprintln(w, "| t (s) | requests | RSS (MB) | goroutines | threads | open files | audit (MB) | HSM session objects | recycles | errors | budget refusals |")
-	fmt.Fprintln(w, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+	fmt.Fprintf(w, "; %d budget refusals (expected); latency per request p50 %.2f ms, p99 %.2f ms, max %.0f ms; the audit directory grew %.0f bytes per request, %.0f per audit record (batch items are one record each, checkpoints included); load average %s at the start, %s at the end.\n\n",
+		refused, r.Latency.P50, r.Latency.P99, r.Latency.Max, r.AuditBytesPerRequest, r.AuditBytesPerRecord, orDash(r.LoadStart), orDash(r.LoadEnd))
+	fmt.Fprintln(w, "| t (s) | requests | RSS (MB) | Go runtime (MB) | goroutines | threads | open files | audit (MB) | HSM session objects | recycles | errors | budget refusals |")
+	fmt.Fprintln(w, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 	for _, s := range r.Samples {
-		fmt.Fprintf(w, "| %.0f | %d | %.1f | %d | %d | %d | %.1f | %s | %s | %d | %d |\n", s.Elapsed, s.Requests, s.RSSMB, s.Goroutines, s.Threads, s.FDs,
+		fmt.Fprintf(w, "| %.0f | %d | %.1f | %.1f | %d | %d | %d | %.1f | %s | %s | %d | %d |\n", s.Elapsed, s.Requests, s.RSSMB, s.GoMB, s.Goroutines, s.Threads, s.FDs,
 			float64(s.AuditBytes)/(1<<20), dashIfNeg(s.SessionObjects), dashIfNeg(s.Recycles), s.Errors, s.Refused)
 	}
 	fmt.Fprintln(w)

@@ -88,7 +88,7 @@ func TestBenchSoakRunsEveryOperationAndSamplesCustodyd(t *testing.T) {
 		t.Errorf("budgeted key: %d refusals, ops %+v", last.Refused, r.Ops["budgeted-encrypt"])
 	}
 	if len(r.Samples) < 8 || last.RSSMB <= 0 || last.FDs <= 0 || last.Threads <= 0 || last.Goroutines <= 0 ||
-		last.AuditBytes <= r.Samples[0].AuditBytes || last.ServerRequests == 0 || last.SessionObjects <= 0 {
+		last.AuditBytes <= r.Samples[0].AuditBytes || last.ServerRequests == 0 || last.SessionObjects <= 0 || last.AuditRecords == 0 || r.AuditBytesPerRecord <= 0 {
 		t.Fatalf("series not sampled: %d samples, last %+v", len(r.Samples), last)
 	}
 	for _, reason := range r.Reasons {
@@ -111,7 +111,7 @@ func flatSamples(rss func(i int) float64, goroutines func(i int) int) []soakSamp
 	var out []soakSample
 	for i := range 31 {
 		out = append(out, soakSample{Elapsed: float64(10 * i), Requests: uint64(10_000 * i), RSSMB: rss(i),
-			Goroutines: goroutines(i), Threads: 12, FDs: 20, AuditBytes: int64(4_000_000 * i)})
+			Goroutines: goroutines(i), Threads: 12, FDs: 20, AuditBytes: int64(4_000_000 * i), AuditRecords: uint64(12_500 * i)})
 	}
 	return out
 }
@@ -141,8 +141,8 @@ func TestSoakVerdict(t *testing.T) {
 			if r.Pass != tc.pass || (tc.reason != "" && !strings.Contains(strings.Join(r.Reasons, ";"), tc.reason)) {
 				t.Fatalf("pass=%v reasons=%v (rss %.2f MB/M); want pass=%v with %q", r.Pass, r.Reasons, r.RSSPerMillion, tc.pass, tc.reason)
 			}
-			if r.AuditBytesPerRequest != 400 {
-				t.Errorf("audit bytes per request %.1f, want 400", r.AuditBytesPerRequest)
+			if r.AuditBytesPerRequest != 400 || r.AuditBytesPerRecord != 320 {
+				t.Errorf("audit bytes per request %.1f, per record %.1f; want 400 and 320", r.AuditBytesPerRequest, r.AuditBytesPerRecord)
 			}
 		})
 	}

@@ -1,0 +1,6 @@
+//go:build !(linux && cgo)
+
+package hsm
+
+// releaseFreedMemory is a no-op where malloc_trim is not available.
+func releaseFreedMemory() bool { return false }
