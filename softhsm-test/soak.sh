@@ -12,14 +12,16 @@
 # formats, key transport, rewrap, batches, stored data keys, REST calls,
 # budgeted calls) with 8 workers for SOAK_DURATION, samples custodyd every
 # 10 s (RSS, threads, open files, goroutines, HSM counters, audit directory
-# size, errors) and ends with a table and a verdict. The report replaces the
+# size, errors) and ends with a table and a verdict on the samples after the
+# warm-up. The report replaces the
 # generated soak section of docs/benchmarks.md.
 #
 # Exit status: 0 when the verdict is PASS, 1 otherwise (the report is written
 # either way). Every process it starts is stopped on exit.
 #
 # Knobs (environment):
-#   SOAK_DURATION=10m   length of the load (the verdict ignores the first 20%)
+#   SOAK_DURATION=10m   length of the load
+#   SOAK_WARMUP=0.4     fraction of it the verdict ignores (allocators settle first)
 #   SOAK_OUT=docs/benchmarks.md   where the report goes; "-" prints it only
 #   SOAK_LABEL=...      title of the report section
 #   SOAK_CUSTODYD=PATH  run this custodyd binary instead of building this tree's
@@ -180,7 +182,7 @@ log "custodyd (pid $CUSTODYD_PID): gRPC $GRPC_ADDR, HTTP $HTTP_ADDR, gateway $GW
 set +e
 "$BIN/custodyctl" --addr "$GRPC_ADDR" --ca "$DEV/pki/ca.pem" \
   --cert "$DEV/pki/relay.pem" --tls-key "$DEV/pki/relay-key.pem" --timeout 30s \
-  bench soak --duration "$DURATION" --keys 4 --pid "$CUSTODYD_PID" \
+  bench soak --duration "$DURATION" --warmup "${SOAK_WARMUP:-0.4}" --keys 4 --pid "$CUSTODYD_PID" \
   --metrics-url "http://$HTTP_ADDR/metrics" --audit-dir "$DEV/audit" --gateway "$GW_ADDR" \
   --recipient-pub "$WORK/relay-rsa.pub.pem" --label "$LABEL" --report "$WORK/soak.md" \
   --setup-cert "$DEV/pki/operator.pem" --setup-key "$DEV/pki/operator-key.pem" >/dev/null

@@ -34,6 +34,12 @@ func recycleAfter(h config.HSMConfig, log *slog.Logger) int {
 	if n <= 0 {
 		return 0
 	}
-	log.Info("hsm: the module will be recycled to free session objects", "after_session_objects", n)
+	log.Info("hsm: the module will be recycled to free session objects", "after_session_objects", n,
+		"malloc_arenas_limited", hsm.LimitMallocArenas(MallocArenasWhenRecycling))
 	return n
 }
+
+// MallocArenasWhenRecycling caps glibc's malloc arenas on a module that is
+// recycled (hsm.LimitMallocArenas): measured with make soak, the C side
+// then stays flat instead of creeping ~4 MB over the first minutes.
+const MallocArenasWhenRecycling = 2
