@@ -298,7 +298,8 @@ func (s *Server) deliver(ctx context.Context, hk hsm.Key, env *keys.Envelope, en
 	return nil, forRecipient, how.String(), err
 }
 
-// Rewrap moves a wrapped data key to the key's primary version inside the HSM.
+// Rewrap moves a wrapped data key to the key's primary version inside the
+// HSM; a sealed key is opened and sealed again (sealedkeys.go).
 func (s *Server) Rewrap(ctx context.Context, req *custodyv1.RewrapRequest) (*custodyv1.RewrapResponse, error) {
 	e, d, err := s.use(ctx, policy.OpRewrap, req.GetKeyName(), req.GetContext())
 	if err != nil {
