@@ -132,6 +132,7 @@ func TestSoakVerdict(t *testing.T) {
 		{"leaking memory", flatSamples(func(i int) float64 { return 40 + float64(i)*10_000*240/(1<<20) }, func(int) int { return 40 }), false, "resident memory"},
 		{"just under the limit", flatSamples(func(i int) float64 { return 40 + float64(i)*0.04 }, func(int) int { return 40 }), true, ""},
 		{"goroutine leak", flatSamples(func(int) float64 { return 40 }, func(i int) int { return 40 + 5*i }), false, "goroutines kept rising"},
+		{"one goroutine burst", flatSamples(func(int) float64 { return 40 }, func(i int) int { return 40 + 50*b2i(i == 29) }), true, ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -158,4 +159,11 @@ func TestSoakVerdict(t *testing.T) {
 	if r.judge(); r.Pass {
 		t.Fatal("a verdict from 5 samples")
 	}
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
