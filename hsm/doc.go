@@ -19,4 +19,10 @@
 //     CKR_PIN_INCORRECT and CKR_PIN_LOCKED are never retried.
 //   - The PIN is held only to log in again after recovery; it never appears in
 //     an error, a log line or a String method.
+//   - Session objects (transient data keys, imported recipient keys) are
+//     destroyed on every path. On a module that never frees them
+//     (Config.RecycleAfterSessionObjects) the module recycles itself through
+//     the recovery path after a set number (recycle.go): calls wait at a
+//     gate, bounded by their context, and none fails. Data keys a caller
+//     receives in plaintext need no object at all (sealed.go).
 package hsm
