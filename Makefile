@@ -5,7 +5,7 @@ export PATH := $(PATH):/usr/local/go/bin
 GO ?= go
 BIN := bin
 
-.PHONY: all deps build test vet race-test rules run proto bench bench-raw fuzz fmt clean tools cluster
+.PHONY: all deps build test vet race-test rules run proto bench bench-raw soak fuzz fmt clean tools cluster
 
 all: build
 
@@ -59,6 +59,10 @@ proto:
 ## bench: the benchmark matrix against a real custodyd (vault beside raw HSM); writes docs/benchmarks.md
 bench: deps
 	softhsm-test/bench.sh
+
+## soak: a long mixed load against a real custodyd, judged on memory, goroutines, threads, files and errors (SOAK_DURATION=10m; not in CI); writes its section of docs/benchmarks.md
+soak: deps
+	softhsm-test/soak.sh
 
 ## bench-raw: raw HSM benchmarks (go test -bench), kept out of `make test`
 bench-raw: deps

@@ -30,4 +30,10 @@
 //     attributes custody rests on (token, sensitive, never extractable) are
 //     never waived. A missing capability fails only the operations that need
 //     it, with ErrUnsupported naming the mechanism.
+//   - Session objects (transient data keys, imported recipient keys) are
+//     destroyed on every path. On a module that never frees them
+//     (Config.RecycleAfterSessionObjects) the module recycles itself through
+//     the recovery path after a set number (recycle.go): calls wait at a
+//     gate, bounded by their context, and none fails. Data keys a caller
+//     receives in plaintext need no object at all (sealed.go).
 package hsm

@@ -79,3 +79,14 @@ func DecideGCM(ptLen int, sent, ct, back []byte, err error) (int, []byte, string
 	m, iv, why := decideGCM(ptLen, sent, ct, back, err)
 	return int(m), iv, why
 }
+
+// HoldCalls sets the recycle gate as a recycle does, so that new calls wait,
+// and returns the function that opens it again.
+func HoldCalls(m *Module) (release func()) {
+	g := make(chan struct{})
+	m.gate.Store(&g)
+	return func() {
+		m.gate.Store(nil)
+		close(g)
+	}
+}

@@ -15,44 +15,53 @@ import (
 func (m *Module) Index(ctx context.Context) (int, error) {
 	n := 0
 	err := m.withSession(ctx, "index", func(p *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
-		for _, class := range []uint{pkcs11.CKO_SECRET_KEY, pkcs11.CKO_PRIVATE_KEY, pkcs11.CKO_PUBLIC_KEY} {
-			if err := p.FindObjectsInit(sh, []*pkcs11.Attribute{
-				pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
-				pkcs11.NewAttribute(pkcs11.CKA_CLASS, class),
-			}); err != nil {
-				return err
-			}
-			var all []pkcs11.ObjectHandle
-			for {
-				hs, _, err := p.FindObjects(sh, 1024)
-				if err != nil {
-					_ = p.FindObjectsFinal(sh)
-					return err
-				}
-				if len(hs) == 0 {
-					break
-				}
-				all = append(all, hs...)
-			}
-			if err := p.FindObjectsFinal(sh); err != nil {
-				return err
-			}
-			byID := make(map[string][]pkcs11.ObjectHandle, len(all))
-			for _, h := range all {
-				got, err := p.GetAttributeValue(sh, h, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_ID, nil)})
-				if err != nil || len(got[0].Value) == 0 {
-					continue
-				}
-				byID[string(got[0].Value)] = append(byID[string(got[0].Value)], h)
-			}
-			for id, hs := range byID {
-				if len(hs) == 1 {
-					m.handles.Store(handleKey{id: id, class: class}, hs[0])
-					n++
-				}
-			}
-		}
-		return nil
+		var err error
+		n, err = m.indexSession(p, sh)
+		return err
 	})
 	return n, mapErr("index token", err)
+}
+
+// indexSession is Index on a session the caller holds: a pooled one, or the
+// pinned one under mu's write lock (recycle).
+func (m *Module) indexSession(p *pkcs11.Ctx, sh pkcs11.SessionHandle) (int, error) {
+	n := 0
+	for _, class := range []uint{pkcs11.CKO_SECRET_KEY, pkcs11.CKO_PRIVATE_KEY, pkcs11.CKO_PUBLIC_KEY} {
+		if err := p.FindObjectsInit(sh, []*pkcs11.Attribute{
+			pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
+			pkcs11.NewAttribute(pkcs11.CKA_CLASS, class),
+		}); err != nil {
+			return 0, err
+		}
+		var all []pkcs11.ObjectHandle
+		for {
+			hs, _, err := p.FindObjects(sh, 1024)
+			if err != nil {
+				_ = p.FindObjectsFinal(sh)
+				return 0, err
+			}
+			if len(hs) == 0 {
+				break
+			}
+			all = append(all, hs...)
+		}
+		if err := p.FindObjectsFinal(sh); err != nil {
+			return 0, err
+		}
+		byID := make(map[string][]pkcs11.ObjectHandle, len(all))
+		for _, h := range all {
+			got, err := p.GetAttributeValue(sh, h, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_ID, nil)})
+			if err != nil || len(got[0].Value) == 0 {
+				continue
+			}
+			byID[string(got[0].Value)] = append(byID[string(got[0].Value)], h)
+		}
+		for id, hs := range byID {
+			if len(hs) == 1 {
+				m.handles.Store(handleKey{id: id, class: class}, hs[0])
+				n++
+			}
+		}
+	}
+	return n, nil
 }

@@ -44,6 +44,14 @@ type Config struct {
 	// though it lists them (a firmware with a known defect, a site policy).
 	// The probe treats them as absent: only the features needing them stop.
 	DenyMechanisms []uint
+	// RecycleAfterSessionObjects, if positive, makes the module recycle
+	// itself after creating that many session objects since it was last
+	// initialised: drain in-flight calls, C_Finalize, C_Initialize, log in
+	// again and re-index the keys (recycle.go). It is for modules that never
+	// free a destroyed session object (profile LeaksSessionObjects, SoftHSM
+	// 2.6.1). 0: DefaultRecycleAfterSessionObjects on such a module, never
+	// on others; negative: never.
+	RecycleAfterSessionObjects int
 }
 
 // State is the module's health, for /readyz and metrics.
@@ -81,6 +89,8 @@ type Stats struct {
 	SessionsClosed uint64 // sessions closed after a session or device error
 	DeviceErrors   uint64
 	Recoveries     uint64 // successful re-initialisations
+	SessionObjects uint64 // session objects created (transient data keys, imported recipient keys)
+	Recycles       uint64 // controlled re-initialisations (RecycleAfterSessionObjects)
 	LastError      string // last device-class error code (never data)
 }
 
@@ -128,6 +138,16 @@ type Module struct {
 
 	waits, sessClosed, devErrs, recoveries atomic.Uint64
 	lastErr                                atomic.Value // string
+
+	// Recycling (recycle.go): sessObjs counts session objects created since
+	// the last (re)initialisation; gate, while set, holds new calls back
+	// (bounded by their context) during a recycle.
+	recycleAfter  int64
+	sessObjs      atomic.Int64
+	sessObjsTotal atomic.Uint64
+	recycles      atomic.Uint64
+	recycling     atomic.Bool
+	gate          atomic.Pointer[chan struct{}]
 }
 
 // Open loads the module, finds the token, logs in and probes mechanisms. A
@@ -171,7 +191,9 @@ func Open(ctx context.Context, cfg Config) (*Module, error) {
 		backoffMax: cfg.RecoveryBackoffMax,
 		observe:    cfg.Observe,
 		closed:     make(chan struct{}),
-		pubs:       map[string]any{},
+
+		recycleAfter: int64(cfg.RecycleAfterSessionObjects),
+		pubs:         map[string]any{},
 	}
 	if m.log == nil {
 		m.log = slog.Default()
@@ -195,6 +217,16 @@ func Open(ctx context.Context, cfg Config) (*Module, error) {
 		return nil, err
 	}
 	m.sem = make(chan struct{}, m.max)
+	switch {
+	case m.recycleAfter < 0:
+		m.recycleAfter = 0 // never
+	case m.recycleAfter == 0 && m.profile.LeaksSessionObjects:
+		m.recycleAfter = DefaultRecycleAfterSessionObjects
+	}
+	if m.recycleAfter > 0 {
+		m.log.Info("hsm: the module will be recycled to free session objects", "after_session_objects", m.recycleAfter,
+			"malloc_arenas_limited", LimitMallocArenas(MallocArenasWhenRecycling))
+	}
 	m.state.Store(int32(StateReady))
 	if len(m.missing) > 0 {
 		m.log.Warn("hsm: token lacks mechanisms", "token", u.Token, "missing", strings.Join(m.missing, ","))
@@ -202,6 +234,22 @@ func Open(ctx context.Context, cfg Config) (*Module, error) {
 	m.logCaps()
 	return m, nil
 }
+
+// RecycleAfter is how many session objects the module lets accumulate
+// before it recycles itself; 0: never.
+func (m *Module) RecycleAfter() int { return int(m.recycleAfter) }
+
+// DefaultRecycleAfterSessionObjects is how many session objects a module
+// whose profile leaks them (SoftHSM 2.6.1 keeps ~260 bytes of every
+// destroyed session object until C_Finalize) may accumulate before it is
+// recycled: about 5 MB. A recycle pauses calls for ~10 ms plus ~0.2 ms per
+// key object on the token (measured with 1 and 1,000 keys).
+const DefaultRecycleAfterSessionObjects = 20_000
+
+// MallocArenasWhenRecycling caps glibc's malloc arenas on a module that is
+// recycled (LimitMallocArenas): measured with make soak, the C side then
+// stays flat instead of creeping ~4 MB over the first minutes.
+const MallocArenasWhenRecycling = 2
 
 // logCaps reports what the probe decided, and loudly what is missing.
 func (m *Module) logCaps() {
@@ -415,6 +463,8 @@ func (m *Module) Stats() Stats {
 		SessionsClosed: m.sessClosed.Load(),
 		DeviceErrors:   m.devErrs.Load(),
 		Recoveries:     m.recoveries.Load(),
+		SessionObjects: m.sessObjsTotal.Load(),
+		Recycles:       m.recycles.Load(),
 	}
 	if v, ok := m.lastErr.Load().(string); ok {
 		s.LastError = v
@@ -453,6 +503,9 @@ func (m *Module) withSession(ctx context.Context, op string, fn func(p *pkcs11.C
 	}
 	if st := m.State(); st == StateUnavailable || st == StateClosed {
 		return m.unavailable()
+	}
+	if err := m.waitRecycle(ctx); err != nil {
+		return err
 	}
 	select {
 	case m.sem <- struct{}{}:
@@ -651,6 +704,12 @@ func (m *Module) probeHealthy(gen uint64) bool {
 func (m *Module) reinit() error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	return m.reinitLocked()
+}
+
+// reinitLocked finalises and re-initialises the library and logs in again
+// (initLocked). Caller holds mu for writing.
+func (m *Module) reinitLocked() error {
 	select {
 	case <-m.closed: // Close won the race: never load the library again
 		return fmt.Errorf("%w: module closed", ErrUnavailable)
@@ -663,7 +722,11 @@ func (m *Module) reinit() error {
 	m.pubMu.Lock()
 	clear(m.pubs)
 	m.pubMu.Unlock()
-	return m.initLocked()
+	if err := m.initLocked(); err != nil {
+		return err
+	}
+	m.sessObjs.Store(0) // C_Finalize freed every session object
+	return nil
 }
 
 // reindexAsync runs Index in the background, once at a time, to refill the

@@ -83,19 +83,31 @@ func (m *Module) Encrypt(ctx context.Context, k Key, plaintext, aad []byte) (iv,
 		if err != nil {
 			return err
 		}
-		params := pkcs11.NewGCMParams(iv, aad, TagSize*8)
-		defer params.Free()
-		if err := p.EncryptInit(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, params)}, h); err != nil {
-			return err
-		}
-		ciphertext, err = m.raw.encrypt(sh, plaintext, len(plaintext)+TagSize)
-		if err == nil && c.gcmTokenIV {
-			iv = params.IV()
-		}
+		ciphertext, iv, err = m.gcmSeal(p, sh, c, h, iv, plaintext, aad)
 		return err
 	})
 	if err != nil {
 		return nil, nil, mapErr("encrypt", err)
+	}
+	return iv, ciphertext, nil
+}
+
+// gcmSeal encrypts plaintext with AES-GCM under key h in session sh, with
+// iv (ignored when the token writes its own: c.gcmTokenIV), and returns
+// the ciphertext with its tag and the IV used. A token that returns the
+// wrong length or no IV is ErrMechanism.
+func (m *Module) gcmSeal(p *pkcs11.Ctx, sh pkcs11.SessionHandle, c *Capabilities, h pkcs11.ObjectHandle, iv, plaintext, aad []byte) ([]byte, []byte, error) {
+	params := pkcs11.NewGCMParams(iv, aad, TagSize*8)
+	defer params.Free()
+	if err := p.EncryptInit(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, params)}, h); err != nil {
+		return nil, nil, err
+	}
+	ciphertext, err := m.raw.encrypt(sh, plaintext, len(plaintext)+TagSize)
+	if err != nil {
+		return nil, nil, err
+	}
+	if c.gcmTokenIV {
+		iv = params.IV()
 	}
 	if len(ciphertext) != len(plaintext)+TagSize {
 		return nil, nil, fmt.Errorf("%w: token returned %d bytes for %d", ErrMechanism, len(ciphertext), len(plaintext))
@@ -105,7 +117,7 @@ func (m *Module) Encrypt(ctx context.Context, k Key, plaintext, aad []byte) (iv,
 		// fixed (all-zero) IV: refuse rather than reuse it.
 		return nil, nil, fmt.Errorf("%w: token wrote no %d-byte GCM IV back", ErrMechanism, IVSize)
 	}
-	return iv, ciphertext, nil
+	return ciphertext, iv, nil
 }
 
 // Decrypt opens a ciphertext made by Encrypt. A wrong key, IV, AAD, tag or a
@@ -213,6 +225,7 @@ func (m *Module) GenerateDataKey(ctx context.Context, master Key, withPlaintext 
 		if err != nil {
 			return err
 		}
+		m.sessionObjectCreated()
 		defer p.DestroyObject(sh, dk)
 		if wrapped, err = m.wrapMaster(sh, c, mh, dk); err != nil {
 			return err
@@ -262,6 +275,7 @@ func (m *Module) unwrapInto(ctx context.Context, master Key, wrapped []byte, sen
 		if err != nil {
 			return m.disambiguate(p, sh, mh, err)
 		}
+		m.sessionObjectCreated()
 		defer p.DestroyObject(sh, dk)
 		return fn(p, sh, dk)
 	})
@@ -319,6 +333,7 @@ func oaepParams(h crypto.Hash) (hash, mgf uint) {
 // object, wraps dk to it with RSA-OAEP under the hash this module's probe
 // chose (never decided by a caller's key), and destroys the imported object.
 func (m *Module) wrapToRecipient(p *pkcs11.Ctx, sh pkcs11.SessionHandle, c *Capabilities, dk pkcs11.ObjectHandle, pub *rsa.PublicKey) ([]byte, OAEP, error) {
+	m.sessionObjectCreated() // the imported recipient key (counted even if the import fails)
 	rh, err := p.CreateObject(sh, m.profile.filter(pkcs11.CKO_PUBLIC_KEY, recipientTemplate(pub.N.Bytes(), big.NewInt(int64(pub.E)).Bytes())))
 	if err != nil {
 		return nil, OAEP{}, m.callerFault(p, sh, dk, err, ErrInvalidInput, "the token refused this recipient key")
@@ -365,6 +380,7 @@ func (m *Module) GenerateDataKeyFor(ctx context.Context, master Key, recipient *
 		if err != nil {
 			return err
 		}
+		m.sessionObjectCreated()
 		defer p.DestroyObject(sh, dk)
 		if wrapped, err = m.wrapMaster(sh, c, mh, dk); err != nil {
 			return err

@@ -28,6 +28,12 @@ var notOnNSS = map[string]string{
 	"TestChangePINRetiresTheOldPINAndTheNewOneLogsIn": "it probes the PIN with pkcs11-tool by token label, which cannot pass NSS its configdir init args",
 	"TestPINChangeRevertRestoresTheOldPIN":            "as TestChangePINRetiresTheOldPINAndTheNewOneLogsIn (pkcs11-tool probe); its token-removal half needs SoftHSM's directory",
 	"TestSealedTokenRemovedRecoversWithTheKeptPIN":    "it takes SoftHSM's token directory away, as TestTokenRemovedFailsFastAndRecovers",
+	"TestCallsWaitForARecycleBoundedByTheirContext": "recycling exists for SoftHSM's leak of session objects (profile LeaksSessionObjects); " +
+		"NSS frees them and is never recycled by default (TestRecycleAfterDefaultsFromTheProfile runs on both)",
+	"TestNoRecycleUnlessConfigured":                  "as TestCallsWaitForARecycleBoundedByTheirContext: recycling is SoftHSM's",
+	"TestRecycleUnderLoadFailsNoCall":                "as TestCallsWaitForARecycleBoundedByTheirContext: recycling is SoftHSM's",
+	"TestRecyclingBoundsResidentMemoryOfKWPDataKeys": "it measures SoftHSM's leak of session objects, which NSS does not have",
+	"TestSealedDataKeysKeepResidentMemoryFlat":       "it measures SoftHSM's leak of session objects, which NSS does not have",
 	"TestProfileCapsSessionsAndOmissionNeverWeakensTheReadBack": "it borrows other vendors' profiles, which needs SoftHSM's test PIN (it has the YubiHSM form) " +
 		"and SoftHSM's permissive default of CKA_SENSITIVE=false to show that an omitted attribute is still checked",
 }

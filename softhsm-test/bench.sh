@@ -240,7 +240,7 @@ wait "$SAMPLER_PID" 2>/dev/null || true
 SAMPLER_PID=""
 RSS_KB=$(cat "$WORK/rss_kb" 2>/dev/null || echo 0)
 HWM_KB=$(awk '/^VmHWM:/ {print $2}' "/proc/$CUSTODYD_PID/status")
-for op in datakey unwrap sign mac; do for c in 1 8; do cell "$op" "$c" "$FEW"; done; done
+for op in datakey unwrap datakey-kwp unwrap-kwp sign mac; do for c in 1 8; do cell "$op" "$c" "$FEW"; done; done
 for c in 1 8; do cell batch-decrypt "$c" "$FEW" --batch 100; done
 # A CPU profile of the headline cell (decrypt, 10 keys, concurrency 8).
 log "profiling decrypt at concurrency 8"
@@ -332,6 +332,10 @@ Reproduce: \`make bench\` (BENCH_DURATION and BENCH_MANY_KEYS adjust it); one ce
 hand: \`custodyctl bench --help\`. Raw PKCS#11 micro-benchmarks: \`make bench-raw\`.
 MD
 } >"$tmp_out"
+# The soak section (make soak, softhsm-test/soak.sh) is not measured here: keep it.
+if [[ -f "$OUT" ]] && grep -q '^## Soak' "$OUT"; then
+  { echo; sed -n '/^## Soak/,$p' "$OUT"; } >>"$tmp_out"
+fi
 mkdir -p "$(dirname "$OUT")"
 cp "$tmp_out" "$OUT"
 log "wrote $OUT"

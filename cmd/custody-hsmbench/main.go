@@ -48,7 +48,11 @@ func main() {
 }
 
 // ops lists the operations, named as in `custodyctl bench --op`.
-var ops = []string{"encrypt", "decrypt", "datakey", "unwrap", "sign", "mac"}
+// datakey and unwrap are the sealed path custodyd takes for a data key
+// returned in plaintext (envelope 0x03: RNG + AES-GCM, no key object);
+// datakey-kwp and unwrap-kwp the AES-KWP path it keeps for keys that must
+// stay in the token (envelope 0x02: one session object per call).
+var ops = []string{"encrypt", "decrypt", "datakey", "unwrap", "datakey-kwp", "unwrap-kwp", "sign", "mac"}
 
 // result is the JSON line printed.
 type result struct {
@@ -213,11 +217,27 @@ func prepare(ctx context.Context, m *hsm.Module, k hsm.Key, o options) (opFunc, 
 		}, nil
 	case "datakey":
 		return func(ctx context.Context) error {
-			_, pt, err := m.GenerateDataKey(ctx, k, true)
+			pt, _, _, err := m.GenerateSealedDataKey(ctx, k, aad)
 			clear(pt)
 			return err
 		}, nil
 	case "unwrap":
+		_, iv, sealed, err := m.GenerateSealedDataKey(ctx, k, aad)
+		if err != nil {
+			return nil, fmt.Errorf("prepare sealed key: %w", err)
+		}
+		return func(ctx context.Context) error {
+			pt, err := m.OpenSealedDataKey(ctx, k, iv, sealed, aad)
+			clear(pt)
+			return err
+		}, nil
+	case "datakey-kwp":
+		return func(ctx context.Context) error {
+			_, pt, err := m.GenerateDataKey(ctx, k, true)
+			clear(pt)
+			return err
+		}, nil
+	case "unwrap-kwp":
 		w, _, err := m.GenerateDataKey(ctx, k, false)
 		if err != nil {
 			return nil, fmt.Errorf("prepare wrapped key: %w", err)

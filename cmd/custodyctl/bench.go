@@ -154,7 +154,7 @@ its --pprof endpoint (--pprof-addr, the loopback metrics listener).`,
 	f.StringVar(&o.hsmURI, "hsm-uri", "", "PKCS#11 URI of custodyd's token (with --baseline)")
 	f.StringVar(&o.hsmPINFile, "hsm-pin-file", "", "file holding the token's user PIN (with --baseline)")
 	f.StringVar(&o.hsmBench, "hsmbench", "", "path of custody-hsmbench (default: next to custodyctl, then PATH)")
-	cmd.AddCommand(a.benchReportCommand())
+	cmd.AddCommand(a.benchReportCommand(), a.benchSoakCommand())
 	return cmd
 }
 

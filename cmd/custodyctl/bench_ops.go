@@ -14,7 +14,12 @@ import (
 
 // benchOps are the operations `custodyctl bench` measures, in the order
 // --help lists them.
-var benchOps = []string{"encrypt", "decrypt", "datakey", "unwrap", "sign", "mac", "batch-decrypt"}
+//
+// datakey and unwrap take the path of a data key returned in plaintext
+// (custodyd seals it: envelope 0x03, no HSM key object); datakey-kwp and
+// unwrap-kwp the path of one that is not (without_plaintext: AES-KWP inside
+// the HSM, envelope 0x02), the one key transport uses too.
+var benchOps = []string{"encrypt", "decrypt", "datakey", "unwrap", "datakey-kwp", "unwrap-kwp", "sign", "mac", "batch-decrypt"}
 
 // benchKeyClass is the kind of key an operation needs, as it appears in the
 // bench key names (PREFIX + class + "-" + index).
@@ -125,15 +130,18 @@ func prepareBench(ctx context.Context, op string, keys []string, payloadSize, ba
 			}
 			return ok, bad, nil
 		}}, nil
-	case "datakey":
+	case "datakey", "datakey-kwp":
+		kwp := op == "datakey-kwp"
 		return &benchWorkload{call: func(ctx context.Context, c custodyv1.CryptoServiceClient, w int, n uint64) (int, []codes.Code, error) {
-			r, err := c.GenerateDataKey(ctx, &custodyv1.GenerateDataKeyRequest{KeyName: keys[keyFor(w, n)], Context: benchContext})
+			r, err := c.GenerateDataKey(ctx, &custodyv1.GenerateDataKeyRequest{KeyName: keys[keyFor(w, n)], Context: benchContext, WithoutPlaintext: kwp})
 			clear(r.GetPlaintext())
 			return okIf(err), nil, err
 		}}, nil
-	case "unwrap":
+	case "unwrap", "unwrap-kwp":
+		kwp := op == "unwrap-kwp"
 		wrapped, err := prepareEach(ctx, keys, clients, func(ctx context.Context, c custodyv1.CryptoServiceClient, key string) ([]byte, error) {
-			r, err := c.GenerateDataKey(ctx, &custodyv1.GenerateDataKeyRequest{KeyName: key, Context: benchContext, WithoutPlaintext: true})
+			r, err := c.GenerateDataKey(ctx, &custodyv1.GenerateDataKeyRequest{KeyName: key, Context: benchContext, WithoutPlaintext: kwp})
+			clear(r.GetPlaintext())
 			return r.GetWrappedKey(), err
 		})
 		if err != nil {

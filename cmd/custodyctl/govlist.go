@@ -47,7 +47,7 @@ DELIVERY says how a data key can leave for datakey/unwrap: "plaintext"
 				fmt.Fprintln(tw, "ID\tIDENTITY\tKEY\tOPERATIONS\tCONTEXT\tDELIVERY")
 				for _, g := range resp.GetGrants() {
 					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", g.GetId(), g.GetIdentity(), g.GetKey(),
-						strings.Join(g.GetOperations(), ","), orDash(formatMatch(g.GetContextMatch())), delivery(g))
+						strings.Join(g.GetOperations(), ","), dash(formatMatch(g.GetContextMatch())), delivery(g))
 				}
 				_ = tw.Flush()
 			})
@@ -78,13 +78,6 @@ func delivery(g *custodyv1.Grant) string {
 		return "-"
 	}
 	return strings.Join(parts, "; ")
-}
-
-func orDash(s string) string {
-	if s == "" {
-		return "-"
-	}
-	return s
 }
 
 func (a *app) budgetCommand() *cobra.Command {

@@ -201,6 +201,11 @@ type HSMConfig struct {
 	// not use even though the token lists them (a firmware with a known
 	// defect). Only the features that need them stop.
 	DenyMechanisms []string `yaml:"deny_mechanisms"`
+	// RecycleAfterSessionObjects re-initialises the PKCS#11 module (drain,
+	// C_Finalize, C_Initialize, log in; no request fails) after this many
+	// session objects, on modules that never free them. 0 means the
+	// module's default (SoftHSM: 20000; others: never); -1 means never.
+	RecycleAfterSessionObjects int `yaml:"recycle_after_session_objects"`
 }
 
 // HSMProfiles are the vendor profiles hsm.profile accepts (package hsm

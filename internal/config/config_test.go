@@ -67,6 +67,7 @@ hsm:
   uri: "pkcs11:token=custody;module-path=/usr/lib/softhsm/libsofthsm2.so"
   pin_file: %s
   max_sessions: 8
+  recycle_after_session_objects: 1000
 store:
   path: %s
 audit:
@@ -129,7 +130,7 @@ func problemsOf(t *testing.T, err error) []Problem {
 func TestLoadAcceptsValidConfig(t *testing.T) {
 	e := newEnv(t)
 	cfg := e.valid(t)
-	if cfg.HSM.MaxSessions != 8 || cfg.HSM.PINFile != e.pin || cfg.Audit.CheckpointInterval != 30*time.Second ||
+	if cfg.HSM.MaxSessions != 8 || cfg.HSM.RecycleAfterSessionObjects != 1000 || cfg.HSM.PINFile != e.pin || cfg.Audit.CheckpointInterval != 30*time.Second ||
 		cfg.Keys.DestroyWaitDefault != 72*time.Hour || cfg.Store.Path != e.store || cfg.Keys.MaxBatch != 10 {
 		t.Fatalf("fields not decoded: %+v", cfg)
 	}
@@ -266,6 +267,7 @@ func TestValidateNamesFieldPathOfEachProblem(t *testing.T) {
 		{"init args with a NUL", func(c *Config) { c.HSM.InitArgs = "configdir='x'\x00" }, "hsm.init_args", "NUL"},
 		{"init args too long", func(c *Config) { c.HSM.InitArgs = strings.Repeat("x", 5000) }, "hsm.init_args", "at most 4096"},
 		{"deny mechanism not a number", func(c *Config) { c.HSM.DenyMechanisms = []string{"CKM_AES_GCM"} }, "hsm.deny_mechanisms", "write it as 0x1087"},
+		{"recycle below -1", func(c *Config) { c.HSM.RecycleAfterSessionObjects = -2 }, "hsm.recycle_after_session_objects", "out of range"},
 		{"store relative", func(c *Config) { c.Store.Path = "custody.db" }, "store.path", "absolute path"},
 		{"store dir missing", func(c *Config) { c.Store.Path = "/nonexistent/custody.db" }, "store.path", `parent directory "/nonexistent" does not exist`},
 		{"store is dir", func(c *Config) { c.Store.Path = dirAsFile }, "store.path", "not a regular file"},

@@ -252,6 +252,9 @@ func (h HSMConfig) validate(ps *problems, dev bool) {
 	if _, err := h.Mechanisms(); err != nil {
 		ps.add("hsm.deny_mechanisms", "%v", err)
 	}
+	if h.RecycleAfterSessionObjects < -1 {
+		ps.add("hsm.recycle_after_session_objects", "%d is out of range: -1 (never), 0 (the module's default) or a positive count", h.RecycleAfterSessionObjects)
+	}
 }
 
 // maxInitArgs bounds hsm.init_args (a configuration string, not a file).

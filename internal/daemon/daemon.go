@@ -319,7 +319,8 @@ func (d *Daemon) complete(ctx context.Context, pin []byte) (err error) {
 		return fmt.Errorf("hsm.deny_mechanisms: %w", err)
 	}
 	d.HSM, err = hsm.Open(ctx, hsm.Config{URI: cfg.HSM.URI, PIN: pin, MaxSessions: cfg.HSM.MaxSessions, Logger: d.log,
-		Observe: server.HSMObserver(reg), Profile: cfg.HSM.Profile, InitArgs: cfg.HSM.InitArgs, DenyMechanisms: deny})
+		Observe: server.HSMObserver(reg), Profile: cfg.HSM.Profile, InitArgs: cfg.HSM.InitArgs, DenyMechanisms: deny,
+		RecycleAfterSessionObjects: cfg.HSM.RecycleAfterSessionObjects})
 	if err != nil {
 		return prefixed("hsm", err)
 	}

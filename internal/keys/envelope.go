@@ -14,6 +14,10 @@ const (
 	// FormatWrappedKey is a data key wrapped with AES-KWP (RFC 5649) inside
 	// the HSM under one master key version, with a binding tag.
 	FormatWrappedKey byte = 0x02
+	// FormatSealedKey is a 32-byte data key drawn from the HSM's RNG and
+	// sealed with AES-256-GCM inside the HSM under one master key version.
+	// Opening it needs no HSM key object (see docs/envelope.md).
+	FormatSealedKey byte = 0x03
 )
 
 // Field sizes. See docs/envelope.md for the byte layout.
@@ -34,19 +38,24 @@ const (
 	// 9..16 byte key, 40 bytes a 32 byte key.
 	MinWrappedKeyLen = 24
 	MaxWrappedKeyLen = 1024
+	// SealedKeyLen is the length of the data key, and so of the ciphertext
+	// body, of a FormatSealedKey envelope (AES-256).
+	SealedKeyLen = 32
 )
 
 // Domain-separation strings, the first field of each format's AAD.
 const (
 	domainCiphertext = "custody/v1 ciphertext"
 	domainWrappedKey = "custody/v1 wrapped-data-key"
+	domainSealedKey  = "custody/v1 sealed-data-key"
 )
 
 // Envelope is a parsed ciphertext or wrapped data key.
 //
 // For FormatCiphertext, Body is the GCM ciphertext without its tag (as long
 // as the plaintext, possibly empty) and Tag the 16-byte GCM tag; the HSM's
-// output is Body||Tag (see Sealed). For FormatWrappedKey, Body is the AES-KWP
+// output is Body||Tag (see Sealed). FormatSealedKey is the same with a
+// SealedKeyLen-byte Body: the sealed data key. For FormatWrappedKey, Body is the AES-KWP
 // output and Tag the binding tag: the GCM tag, under the same master key
 // version and IV, of an empty plaintext with WrappedKeyAAD as AAD.
 type Envelope struct {
@@ -79,6 +88,21 @@ func NewCiphertext(keyID []byte, version uint32, iv, sealed []byte) (*Envelope, 
 	return e, nil
 }
 
+// NewSealedKey builds a FormatSealedKey envelope from the output of the
+// AES-GCM encryption of a data key, sealed = ciphertext||tag. The slices are
+// copied.
+func NewSealedKey(keyID []byte, version uint32, iv, sealed []byte) (*Envelope, error) {
+	e, err := NewCiphertext(keyID, version, iv, sealed)
+	if err != nil {
+		return nil, err
+	}
+	e.Format = FormatSealedKey
+	if err := e.Validate(); err != nil {
+		return nil, err
+	}
+	return e, nil
+}
+
 // NewWrappedKey builds a FormatWrappedKey envelope from an AES-KWP output
 // and its binding tag. The slices are copied.
 func NewWrappedKey(keyID []byte, version uint32, iv, wrapped, tag []byte) (*Envelope, error) {
@@ -97,7 +121,7 @@ func NewWrappedKey(keyID []byte, version uint32, iv, wrapped, tag []byte) (*Enve
 }
 
 // Sealed returns Body||Tag, the input AES-GCM decryption expects for a
-// FormatCiphertext envelope.
+// FormatCiphertext or FormatSealedKey envelope.
 func (e *Envelope) Sealed() []byte {
 	out := make([]byte, 0, len(e.Body)+len(e.Tag))
 	return append(append(out, e.Body...), e.Tag...)
@@ -122,7 +146,7 @@ func (e *Envelope) Validate() error {
 }
 
 func validateHeader(format byte, keyID []byte, version uint32) error {
-	if format != FormatCiphertext && format != FormatWrappedKey {
+	if format != FormatCiphertext && format != FormatWrappedKey && format != FormatSealedKey {
 		return &MalformedError{Field: "format", Reason: fmt.Sprintf("unknown format 0x%02x", format)}
 	}
 	if len(keyID) == 0 || len(keyID) > MaxKeyIDLen {
@@ -143,6 +167,10 @@ func validateBody(format byte, n int) error {
 	case FormatWrappedKey:
 		if n < MinWrappedKeyLen || n > MaxWrappedKeyLen || n%8 != 0 {
 			return &MalformedError{Field: "body", Reason: fmt.Sprintf("wrapped key is %d bytes, want a multiple of 8 in %d..%d", n, MinWrappedKeyLen, MaxWrappedKeyLen)}
+		}
+	case FormatSealedKey:
+		if n != SealedKeyLen {
+			return &MalformedError{Field: "body", Reason: fmt.Sprintf("sealed key is %d bytes, want %d", n, SealedKeyLen)}
 		}
 	}
 	return nil
@@ -205,7 +233,7 @@ func Parse(b []byte) (*Envelope, error) {
 	}
 	var body []byte
 	switch format {
-	case FormatCiphertext:
+	case FormatCiphertext, FormatSealedKey:
 		// The ciphertext runs up to the tag, which ends the envelope.
 		n := r.remaining() - TagLen
 		if n < 0 {
@@ -294,6 +322,22 @@ func CiphertextAAD(keyID []byte, version uint32, ctx map[string]string) ([]byte,
 	return buildAAD(FormatCiphertext, keyID, version, nil, ctx)
 }
 
+// SealedKeyAAD returns the additional authenticated data for the AES-GCM
+// operation behind a FormatSealedKey envelope:
+//
+//	uint32 len(D) D         D = "custody/v1 sealed-data-key"
+//	byte   0x03             format
+//	uint32 len(keyID) keyID
+//	uint32 version          big-endian
+//	CanonicalContext(ctx)
+//
+// The domain string differs from CiphertextAAD's, so a sealed data key can
+// never be opened by Decrypt as a ciphertext, nor a 32-byte ciphertext by
+// Unwrap as a data key.
+func SealedKeyAAD(keyID []byte, version uint32, ctx map[string]string) ([]byte, error) {
+	return buildAAD(FormatSealedKey, keyID, version, nil, ctx)
+}
+
 // WrappedKeyAAD returns the additional authenticated data of a
 // FormatWrappedKey envelope's binding tag:
 //
@@ -315,15 +359,17 @@ func WrappedKeyAAD(keyID []byte, version uint32, wrapped []byte, ctx map[string]
 }
 
 // AAD returns the additional authenticated data for e under ctx:
-// CiphertextAAD for FormatCiphertext (Body and Tag are ignored, so it can be
-// called before encrypting) and WrappedKeyAAD for FormatWrappedKey (Body must
-// already hold the wrapped key).
+// CiphertextAAD for FormatCiphertext and SealedKeyAAD for FormatSealedKey
+// (Body and Tag are ignored, so it can be called before encrypting) and
+// WrappedKeyAAD for FormatWrappedKey (Body must already hold the wrapped key).
 func (e *Envelope) AAD(ctx map[string]string) ([]byte, error) {
 	switch e.Format {
 	case FormatCiphertext:
 		return CiphertextAAD(e.KeyID, e.Version, ctx)
 	case FormatWrappedKey:
 		return WrappedKeyAAD(e.KeyID, e.Version, e.Body, ctx)
+	case FormatSealedKey:
+		return SealedKeyAAD(e.KeyID, e.Version, ctx)
 	}
 	return nil, &MalformedError{Field: "format", Reason: fmt.Sprintf("unknown format 0x%02x", e.Format)}
 }
@@ -336,8 +382,11 @@ func buildAAD(format byte, keyID []byte, version uint32, wrapped []byte, ctx map
 		return nil, err
 	}
 	domain := domainCiphertext
-	if format == FormatWrappedKey {
+	switch format {
+	case FormatWrappedKey:
 		domain = domainWrappedKey
+	case FormatSealedKey:
+		domain = domainSealedKey
 	}
 	b := appendLP(nil, []byte(domain))
 	b = append(b, format)

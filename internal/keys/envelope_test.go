@@ -55,6 +55,16 @@ func sampleWrapped(t testing.TB, keyIDLen, n int) *Envelope {
 	return e
 }
 
+// sampleSealed returns a valid format 0x03 envelope.
+func sampleSealed(t testing.TB, keyIDLen int) *Envelope {
+	t.Helper()
+	e, err := NewSealedKey(repeat(0xcc, keyIDLen), 9, repeat(0x06, IVLen), repeat(0x07, SealedKeyLen+TagLen))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
 func marshal(t testing.TB, e *Envelope) []byte {
 	t.Helper()
 	b, err := e.Marshal()
@@ -64,7 +74,7 @@ func marshal(t testing.TB, e *Envelope) []byte {
 	return b
 }
 
-func TestParseRoundTripsEveryFieldOfBothFormats(t *testing.T) {
+func TestParseRoundTripsEveryFieldOfEveryFormat(t *testing.T) {
 	tests := []struct {
 		name string
 		env  *Envelope
@@ -75,6 +85,9 @@ func TestParseRoundTripsEveryFieldOfBothFormats(t *testing.T) {
 		{"wrapped key, smallest", sampleWrapped(t, 1, MinWrappedKeyLen)},
 		{"wrapped key, 32-byte data key", sampleWrapped(t, 16, 40)},
 		{"wrapped key, largest", sampleWrapped(t, MaxKeyIDLen, MaxWrappedKeyLen)},
+		{"sealed key, 1-byte key id", sampleSealed(t, 1)},
+		{"sealed key, 16-byte key id", sampleSealed(t, 16)},
+		{"sealed key, 64-byte key id", sampleSealed(t, MaxKeyIDLen)},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -96,6 +109,7 @@ func TestParseRoundTripsEveryFieldOfBothFormats(t *testing.T) {
 func TestParseRefusesMalformedEnvelopes(t *testing.T) {
 	ct := marshal(t, sampleCiphertext(t, 16, 5)) // 1+1+16+4+12+5+16 = 55 bytes
 	wk := marshal(t, sampleWrapped(t, 16, 40))   // 1+1+16+4+12+2+40+16 = 92 bytes
+	sk := marshal(t, sampleSealed(t, 16))        // 1+1+16+4+12+32+16 = 82 bytes
 	big := marshal(t, sampleCiphertext(t, 16, MaxPlaintextLen))
 	with := func(b []byte, edit func([]byte) []byte) []byte { return edit(bytes.Clone(b)) }
 	wrappedLen := func(n uint16) func([]byte) []byte {
@@ -108,7 +122,9 @@ func TestParseRefusesMalformedEnvelopes(t *testing.T) {
 	}{
 		{"empty", nil, "length"},
 		{"format 0x00", with(ct, func(b []byte) []byte { b[0] = 0; return b }), "format"},
-		{"format 0x03", with(wk, func(b []byte) []byte { b[0] = 3; return b }), "format"},
+		{"format 0x04", with(wk, func(b []byte) []byte { b[0] = 4; return b }), "format"},
+		{"wrapped key relabelled as sealed key", with(wk, func(b []byte) []byte { b[0] = FormatSealedKey; return b }), "body"},
+		{"ciphertext relabelled as sealed key", with(ct, func(b []byte) []byte { b[0] = FormatSealedKey; return b }), "body"},
 		{"format byte only", []byte{FormatCiphertext}, "key_id"},
 		{"key id length 0", with(ct, func(b []byte) []byte { b[1] = 0; return b }), "key_id"},
 		{"key id length 65", append([]byte{FormatCiphertext, 65}, make([]byte, 200)...), "key_id"},
@@ -125,6 +141,9 @@ func TestParseRefusesMalformedEnvelopes(t *testing.T) {
 		{"wrapped key truncated", wk[:60], "body"},
 		{"binding tag truncated", wk[:len(wk)-1], "tag"},
 		{"byte after binding tag", append(bytes.Clone(wk), 0), "length"},
+		{"sealed key one byte short", append(bytes.Clone(sk[:len(sk)-TagLen-1]), sk[len(sk)-TagLen:]...), "body"},
+		{"sealed key one byte long", append(bytes.Clone(sk), 0), "body"},
+		{"sealed key shorter than tag", sk[:34+15], "tag"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -324,6 +343,22 @@ func TestAADSeparatesFormats(t *testing.T) {
 	if bytes.HasPrefix(wk, ct[:len(ct)-4]) {
 		t.Fatal("wrapped-key AAD extends the ciphertext AAD")
 	}
+	sk, err := SealedKeyAAD(keyID, 1, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(sk, []byte("custody/v1 sealed-data-key")) {
+		t.Fatalf("sealed-key AAD lacks its domain string: %x", sk)
+	}
+	// Same key id, version and context: only the domain and format byte
+	// differ, so a sealed key can never pass as a ciphertext or back.
+	if bytes.Equal(sk, ct) || bytes.HasPrefix(sk, ct[:len(ct)-4]) || bytes.HasPrefix(ct, sk[:len(sk)-4]) {
+		t.Fatal("sealed-key and ciphertext AADs overlap")
+	}
+	env := sampleSealed(t, 16)
+	if got, _ := env.AAD(nil); !bytes.Equal(got[:4+len(domainSealedKey)+1], sk[:4+len(domainSealedKey)+1]) {
+		t.Fatal("Envelope.AAD of a sealed key is not SealedKeyAAD")
+	}
 }
 
 func TestAADRefusesWhatParseWouldRefuse(t *testing.T) {
@@ -335,6 +370,8 @@ func TestAADRefusesWhatParseWouldRefuse(t *testing.T) {
 	}{
 		{"empty key id", ErrMalformed, func() ([]byte, error) { return CiphertextAAD(nil, 1, good) }},
 		{"version 0", ErrMalformed, func() ([]byte, error) { return CiphertextAAD([]byte{1}, 0, good) }},
+		{"sealed key, version 0", ErrMalformed, func() ([]byte, error) { return SealedKeyAAD([]byte{1}, 0, good) }},
+		{"sealed key, invalid context", ErrInvalidContext, func() ([]byte, error) { return SealedKeyAAD([]byte{1}, 1, map[string]string{"": "v"}) }},
 		{"invalid context", ErrInvalidContext, func() ([]byte, error) { return CiphertextAAD([]byte{1}, 1, map[string]string{"": "v"}) }},
 		{"bad wrapped key length", ErrMalformed, func() ([]byte, error) { return WrappedKeyAAD([]byte{1}, 1, make([]byte, 20), good) }},
 		{"wrapped key with invalid context", ErrInvalidContext, func() ([]byte, error) {

@@ -23,12 +23,14 @@ const docPath = "../../docs/envelope.md"
 var vectorInputs = map[byte][]string{
 	FormatCiphertext: {"name", "format", "master_key", "key_id", "version", "iv", "context", "plaintext"},
 	FormatWrappedKey: {"name", "format", "master_key", "key_id", "version", "iv", "context", "data_key"},
+	FormatSealedKey:  {"name", "format", "master_key", "key_id", "version", "iv", "context", "data_key"},
 }
 
 // vectorOutputs are the computed fields, in the order the document lists them.
 var vectorOutputs = map[byte][]string{
 	FormatCiphertext: {"context_encoding", "context_digest", "aad", "envelope"},
 	FormatWrappedKey: {"context_encoding", "context_digest", "wrapped_key", "aad", "tag", "envelope"},
+	FormatSealedKey:  {"context_encoding", "context_digest", "aad", "envelope"},
 }
 
 // computeVector derives a vector's outputs from its inputs with Go's
@@ -98,6 +100,16 @@ func computeVector(t testing.TB, in map[string]string) map[string]string {
 		out["wrapped_key"] = hex.EncodeToString(wrapped)
 		out["aad"] = hex.EncodeToString(aad)
 		out["tag"] = hex.EncodeToString(tag)
+	case FormatSealedKey:
+		aad, err := SealedKeyAAD(keyID, uint32(version), ctx)
+		if err != nil {
+			t.Fatalf("%s: %v", in["name"], err)
+		}
+		sealed := gcm.Seal(nil, iv, mustHex(t, in["data_key"]), aad)
+		if env, err = NewSealedKey(keyID, uint32(version), iv, sealed); err != nil {
+			t.Fatalf("%s: %v", in["name"], err)
+		}
+		out["aad"] = hex.EncodeToString(aad)
 	default:
 		t.Fatalf("%s: unknown format %x", in["name"], format)
 	}
@@ -224,7 +236,7 @@ func TestDocumentedVectors(t *testing.T) {
 			checkOpens(t, v)
 		})
 	}
-	for _, f := range []byte{FormatCiphertext, FormatWrappedKey} {
+	for _, f := range []byte{FormatCiphertext, FormatWrappedKey, FormatSealedKey} {
 		if seen[f] == 0 {
 			t.Errorf("%s has no vector for format 0x%02x", docPath, f)
 		}
@@ -285,6 +297,14 @@ func checkOpens(t *testing.T, v docVector) {
 		}
 		if hex.EncodeToString(dk) != v["data_key"] {
 			t.Fatalf("unwrapped %x, want %s", dk, v["data_key"])
+		}
+	case FormatSealedKey:
+		dk, err := gcm.Open(nil, env.IV, env.Sealed(), aad)
+		if err != nil {
+			t.Fatalf("documented sealed key does not open: %v", err)
+		}
+		if hex.EncodeToString(dk) != v["data_key"] {
+			t.Fatalf("opened %x, want %s", dk, v["data_key"])
 		}
 	}
 }

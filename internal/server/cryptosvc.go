@@ -69,9 +69,9 @@ func (s *Server) Encrypt(ctx context.Context, req *custodyv1.EncryptRequest) (*c
 	return &custodyv1.EncryptResponse{Ciphertext: out, KeyVersion: v.Number}, nil
 }
 
-// parseEnvelope parses an envelope of the wanted format that belongs to e.
-// Every failure looks the same to the caller as a failed tag check.
-func parseEnvelope(e *keys.Entry, b []byte, format byte) (*keys.Envelope, error) {
+// parseEnvelope parses an envelope of one of the wanted formats that
+// belongs to e. Every failure looks the same to the caller as a failed tag check.
+func parseEnvelope(e *keys.Entry, b []byte, formats ...byte) (*keys.Envelope, error) {
 	if len(b) == 0 {
 		return nil, fmt.Errorf("%w: ciphertext is empty", ErrInvalidArgument)
 	}
@@ -79,8 +79,8 @@ func parseEnvelope(e *keys.Entry, b []byte, format byte) (*keys.Envelope, error)
 	if err != nil {
 		return nil, err
 	}
-	if env.Format != format {
-		return nil, fmt.Errorf("%w: envelope format 0x%02x, want 0x%02x", ErrInvalidArgument, env.Format, format)
+	if !bytes.Contains(formats, []byte{env.Format}) {
+		return nil, fmt.Errorf("%w: envelope format 0x%02x, want one of % x", ErrInvalidArgument, env.Format, formats)
 	}
 	if !bytes.Equal(env.KeyID, e.Key.ID) {
 		return nil, fmt.Errorf("%w: envelope was made by another key", errDecryptFailed)
@@ -179,8 +179,14 @@ func (s *Server) GenerateDataKey(ctx context.Context, req *custodyv1.GenerateDat
 		out.RecipientWrapping = how.String()
 	case !req.GetWithoutPlaintext() && !d.AllowPlaintext:
 		return nil, errPlaintextNotGranted
+	case !req.GetWithoutPlaintext():
+		// The plaintext leaves anyway: a sealed key, no HSM key object (sealedkeys.go).
+		if out.WrappedKey, out.Plaintext, err = s.sealDataKey(ctx, e, hk, v.Number, req.GetContext()); err != nil {
+			return nil, err
+		}
+		return out, nil
 	default:
-		wrapped, out.Plaintext, err = s.hsm.GenerateDataKey(ctx, hk, !req.GetWithoutPlaintext())
+		wrapped, _, err = s.hsm.GenerateDataKey(ctx, hk, false)
 		if err != nil {
 			return nil, err
 		}
@@ -192,9 +198,10 @@ func (s *Server) GenerateDataKey(ctx context.Context, req *custodyv1.GenerateDat
 }
 
 // openWrapped checks a wrapped-key envelope's binding tag under its version
-// and returns the version's HSM key and the KWP-wrapped bytes.
+// and returns the version's HSM key and the envelope. A sealed key (format
+// 0x03) has no binding tag: it is authenticated when opened (openSealed).
 func (s *Server) openWrapped(ctx context.Context, e *keys.Entry, b []byte, encCtx map[string]string) (hsm.Key, *keys.Envelope, error) {
-	env, err := parseEnvelope(e, b, keys.FormatWrappedKey)
+	env, err := parseEnvelope(e, b, keys.FormatWrappedKey, keys.FormatSealedKey)
 	if err != nil {
 		return hsm.Key{}, nil, err
 	}
@@ -204,8 +211,8 @@ func (s *Server) openWrapped(ctx context.Context, e *keys.Entry, b []byte, encCt
 		return hsm.Key{}, nil, err
 	}
 	aad, err := env.AAD(encCtx)
-	if err != nil {
-		return hsm.Key{}, nil, err
+	if err != nil || env.Format == keys.FormatSealedKey {
+		return hk, env, err
 	}
 	if _, err := s.hsm.Decrypt(ctx, hk, env.IV, env.Tag, aad); err != nil {
 		return hsm.Key{}, nil, err
@@ -229,7 +236,7 @@ func (s *Server) Unwrap(ctx context.Context, req *custodyv1.UnwrapRequest) (*cus
 		return nil, err
 	}
 	out := &custodyv1.UnwrapResponse{KeyVersion: env.Version}
-	out.Plaintext, out.RecipientWrappedKey, out.RecipientWrapping, err = s.deliver(ctx, hk, env.Body, rk)
+	out.Plaintext, out.RecipientWrappedKey, out.RecipientWrapping, err = s.deliver(ctx, hk, env, req.GetContext(), rk, d.AllowPlaintext)
 	if err != nil {
 		return nil, err
 	}
@@ -250,19 +257,24 @@ func deliveryTo(d policy.Decision, recipientDER []byte) (*rsa.PublicKey, error) 
 }
 
 // deliver unwraps a KWP-wrapped data key under hk inside the HSM and hands
-// it out as deliveryTo decided: wrapped to rk there, or as plaintext.
-func (s *Server) deliver(ctx context.Context, hk hsm.Key, wrapped []byte, rk *rsa.PublicKey) (plaintext, forRecipient []byte, wrapping string, err error) {
+// it out as deliveryTo decided: wrapped to rk there, or as plaintext. A
+// sealed key goes to deliverSealed.
+func (s *Server) deliver(ctx context.Context, hk hsm.Key, env *keys.Envelope, encCtx map[string]string, rk *rsa.PublicKey, allowPlaintext bool) (plaintext, forRecipient []byte, wrapping string, err error) {
+	if env.Format == keys.FormatSealedKey {
+		return s.deliverSealed(ctx, hk, env, encCtx, rk, allowPlaintext)
+	}
 	if rk == nil {
-		plaintext, err = s.hsm.UnwrapDataKey(ctx, hk, wrapped)
+		plaintext, err = s.hsm.UnwrapDataKey(ctx, hk, env.Body)
 		return plaintext, nil, "", err
 	}
-	forRecipient, how, err := s.hsm.UnwrapDataKeyFor(ctx, hk, wrapped, rk)
+	forRecipient, how, err := s.hsm.UnwrapDataKeyFor(ctx, hk, env.Body, rk)
 	return nil, forRecipient, how.String(), err
 }
 
-// Rewrap moves a wrapped data key to the key's primary version inside the HSM.
+// Rewrap moves a wrapped data key to the key's primary version inside the
+// HSM; a sealed key is opened and sealed again (sealedkeys.go).
 func (s *Server) Rewrap(ctx context.Context, req *custodyv1.RewrapRequest) (*custodyv1.RewrapResponse, error) {
-	e, _, err := s.access(ctx, req.GetKeyName(), req.GetContext())
+	e, d, err := s.access(ctx, req.GetKeyName(), req.GetContext())
 	if err != nil {
 		return nil, err
 	}
@@ -274,6 +286,13 @@ func (s *Server) Rewrap(ctx context.Context, req *custodyv1.RewrapRequest) (*cus
 	to, err := s.versionKey(ctx, e, v, err)
 	if err != nil {
 		return nil, err
+	}
+	if env.Format == keys.FormatSealedKey { // a sealed key stays sealed (sealedkeys.go)
+		out, err := s.resealDataKey(ctx, e, from, env, to, v.Number, req.GetContext(), d.AllowPlaintext)
+		if err != nil {
+			return nil, err
+		}
+		return &custodyv1.RewrapResponse{WrappedKey: out, KeyVersion: v.Number}, nil
 	}
 	wrapped, err := s.hsm.RewrapDataKey(ctx, from, to, env.Body)
 	if err != nil {

@@ -7,7 +7,8 @@ package server
 // Invariants:
 //   - Only a wrapped-key envelope is stored (made and checked by bind and
 //     openWrapped: KWP-wrapped under a version of the named key inside the
-//     HSM, bound by a GCM tag to key id, version and encryption context),
+//     HSM, bound by a GCM tag to key id, version and encryption context; or
+//     a sealed key a caller brought, checked by opening it, sealedkeys.go),
 //     under "dk/<key>/<context digest>/<id>" in the authenticated store. A
 //     data key is never stored, logged or put in an error in clear.
 //   - Ids are scoped by the encryption context they are stored with (its
@@ -250,7 +251,7 @@ func (s *Server) StoreDataKey(ctx context.Context, req *custodyv1.StoreDataKeyRe
 		return nil, err
 	}
 	callFrom(ctx).detail = "id=" + req.GetId()
-	e, _, err := s.access(ctx, req.GetKeyName(), req.GetContext())
+	e, d, err := s.access(ctx, req.GetKeyName(), req.GetContext())
 	if err != nil {
 		return nil, err
 	}
@@ -278,9 +279,16 @@ func (s *Server) StoreDataKey(ctx context.Context, req *custodyv1.StoreDataKeyRe
 	} else {
 		// Verify the binding under this key and context before keeping it,
 		// so a fetch never meets an envelope that cannot open.
-		_, env, err := s.openWrapped(ctx, e, req.GetWrappedKey(), req.GetContext())
+		hk, env, err := s.openWrapped(ctx, e, req.GetWrappedKey(), req.GetContext())
 		if err != nil {
 			return nil, err
+		}
+		if env.Format == keys.FormatSealedKey { // checked by opening it (sealedkeys.go)
+			dk, err := s.openSealed(ctx, hk, env, req.GetContext(), d.AllowPlaintext)
+			if err != nil {
+				return nil, err
+			}
+			clear(dk)
 		}
 		if envelope, err = env.Marshal(); err != nil {
 			return nil, err
@@ -334,7 +342,7 @@ func (s *Server) FetchDataKey(ctx context.Context, req *custodyv1.FetchDataKeyRe
 		return nil, err
 	}
 	out := &custodyv1.FetchDataKeyResponse{KeyVersion: env.Version}
-	out.Plaintext, out.RecipientWrappedKey, out.RecipientWrapping, err = s.deliver(ctx, hk, env.Body, rk)
+	out.Plaintext, out.RecipientWrappedKey, out.RecipientWrapping, err = s.deliver(ctx, hk, env, req.GetContext(), rk, d.AllowPlaintext)
 	if err != nil {
 		return nil, err
 	}

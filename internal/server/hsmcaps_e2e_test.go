@@ -102,10 +102,17 @@ func TestMissingCapabilityIsFailedPreconditionAndEverythingElseServes(t *testing
 	if !strings.Contains(err.Error(), "CKM_AES_GCM") {
 		t.Errorf("encrypt error does not name the mechanism: %v", err)
 	}
+	// A data key returned in plaintext is sealed with GCM (format 0x03);
+	// one that stays wrapped needs RFC 5649 key wrap.
 	_, err = c.GenerateDataKey(ctx(t), &custodyv1.GenerateDataKeyRequest{KeyName: "enc"})
-	wantCode(t, err, codes.FailedPrecondition, "data key without key wrap")
+	wantCode(t, err, codes.FailedPrecondition, "plaintext data key without GCM")
+	if !strings.Contains(err.Error(), "CKM_AES_GCM") {
+		t.Errorf("plaintext data key error does not name the mechanism: %v", err)
+	}
+	_, err = c.GenerateDataKey(ctx(t), &custodyv1.GenerateDataKeyRequest{KeyName: "enc", WithoutPlaintext: true})
+	wantCode(t, err, codes.FailedPrecondition, "wrapped data key without key wrap")
 	if !strings.Contains(err.Error(), "RFC 5649") {
-		t.Errorf("data key error does not name the algorithm: %v", err)
+		t.Errorf("wrapped data key error does not name the algorithm: %v", err)
 	}
 	digest := make([]byte, 32)
 	if _, err := c.Sign(ctx(t), &custodyv1.SignRequest{KeyName: "p256", Input: &custodyv1.SignRequest_Digest{Digest: digest}}); err != nil {
