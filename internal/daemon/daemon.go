@@ -397,6 +397,11 @@ func (d *Daemon) complete(ctx context.Context, pin []byte) (err error) {
 	if err := late.arm(signer); err != nil {
 		return err
 	}
+	// A checkpoint now: the token's mark is brought up to this start at
+	// once (the records of the sealed phase included).
+	if _, err := d.Audit.Checkpoint(ctx); err != nil && !errors.Is(err, audit.ErrNoRecords) {
+		d.log.Warn("audit: the start-up checkpoint failed", "err", err)
+	}
 
 	d.Keys, err = keys.OpenRegistry(ctx, d.Store, hsmtoken.Token{M: d.HSM}, keys.RegistryOptions{
 		Now: d.opts.Now, Logger: d.log,
