@@ -145,6 +145,8 @@ type Daemon struct {
 	mark *auditmark.Writer
 	// markOnToken is false when the token keeps no data objects (NSS).
 	markOnToken atomic.Bool
+	// openedHead is the audit log's last record when it was opened.
+	openedHead uint64
 }
 
 // Start opens everything the config names and starts serving. It returns
@@ -491,6 +493,10 @@ func (d *Daemon) openAudit(ctx context.Context, signer crypto.Signer) (*audit.Lo
 	if err != nil {
 		return nil, prefixed("audit", err)
 	}
+	// Where the directory stood before this run wrote to it: what the
+	// token's audit mark is compared with (a sealed custodyd records unseal
+	// attempts before it can check).
+	d.openedHead, _ = l.Head()
 	return l, nil
 }
 

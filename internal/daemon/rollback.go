@@ -46,7 +46,7 @@ func (d *Daemon) checkAuditMark(ctx context.Context, pub crypto.PublicKey) error
 	if err != nil {
 		return fmt.Errorf("audit mark: %w; refusing to serve", err)
 	}
-	seq, _ := d.Audit.Head()
+	seq := d.openedHead
 	pos := auditmark.Position{AuditDir: d.cfg.Audit.Dir, Head: seq, Store: d.cfg.Store.String(), StoreRevision: d.Store.Anchor().Revision}
 	if cp, ok := d.Audit.LatestCheckpoint(); ok {
 		pos.LatestCheckpoint = cp.Seq
