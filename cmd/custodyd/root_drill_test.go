@@ -329,7 +329,9 @@ func drillConfigEdits(t *testing.T, f *rootFixture) {
 	edits := []edit{
 		{"time-lock", func(o *trustOpts) { o.timeLock = "1h" }, []string{"governance.time_lock: ceremony 24h0m0s, config 1h0m0s"}},
 		{"freeze rule", func(o *trustOpts) { o.freezeRefusals = 10000 }, []string{"governance.freeze.refusals: ceremony 5, config 10000"}},
-		{"roles", func(o *trustOpts) { o.extra = []string{fmt.Sprintf("{name: mallory, role: operator, uri: %q}", mallory)} },
+		{"roles", func(o *trustOpts) {
+			o.extra = []string{fmt.Sprintf("{name: mallory, role: operator, uri: %q}", mallory)}
+		},
 			[]string{"identities[" + mallory + "].role: ceremony (none), config operator"}},
 		{"all at once", func(o *trustOpts) {
 			o.timeLock, o.freezeWithin = "2h", "1s"
