@@ -20,7 +20,7 @@
 //     write and a lock on SoftHSM; Flush writes the last one at shutdown.
 //
 // A vault on one store (bbolt) keeps one mark. Replicas of one shared store
-// (etcd) keep one each, told apart by their audit instance id.
+// (etcd) keep one each, told apart by their host and audit directory.
 package auditmark
 
 import (
@@ -61,7 +61,10 @@ type Objects interface {
 // it (so it verifies under the audit key and serves as an anchor for
 // audit.Verify).
 type Mark struct {
-	Format     string           `json:"format"`
+	Format string `json:"format"`
+	// Instance names the replica whose audit log this is (Scope.Instance)
+	// on a shared store; empty for a vault on its own store.
+	Instance   string           `json:"instance,omitempty"`
 	Checkpoint audit.Checkpoint `json:"checkpoint"`
 }
 
@@ -88,12 +91,20 @@ func parse(v []byte) (Mark, error) {
 // Scope says which marks on the token belong to this custodyd.
 type Scope struct {
 	// Shared is true for a replica of a shared (etcd) store: its mark is
-	// the one with its instance id. Otherwise the token holds one mark.
+	// the one with its Instance (its own audit log: replicas on one host
+	// have different audit directories). Otherwise the token holds one mark.
 	Shared   bool
 	Instance string
 }
 
-func (s Scope) mine(m Mark) bool { return !s.Shared || m.Checkpoint.InstanceID == s.Instance }
+func (s Scope) mine(m Mark) bool { return !s.Shared || m.Instance == s.Instance }
+
+func (s Scope) instance() string {
+	if s.Shared {
+		return s.Instance
+	}
+	return ""
+}
 
 // Read returns this custodyd's mark, or nil when the token holds none (a
 // new vault, or one from before marks). Unreadable objects, or more than
@@ -257,7 +268,7 @@ func (w *Writer) Flush(ctx context.Context) error {
 }
 
 func (w *Writer) write(ctx context.Context, obj Objects, cp audit.Checkpoint, exists bool) error {
-	b, err := json.Marshal(Mark{Format: Format, Checkpoint: cp})
+	b, err := json.Marshal(Mark{Format: Format, Instance: w.o.Scope.instance(), Checkpoint: cp})
 	if err != nil {
 		return err
 	}

@@ -259,3 +259,43 @@ func TestCheckRefusesWhatRootCanDoToTheFilesAndNamesBothPositions(t *testing.T) 
 		})
 	}
 }
+
+// TestReplicasOfASharedStoreKeepAMarkEach: two replicas on one token (a
+// shared store) write their own marks, replaced in place, and each reads
+// back its own.
+func TestReplicasOfASharedStoreKeepAMarkEach(t *testing.T) {
+	m, _ := hsmtest.Open(t)
+	key := newKey(t)
+	ctx := context.Background()
+	var ws []*Writer
+	for i, name := range []string{"host:/a", "host:/b"} {
+		w := NewWriter(Options{Scope: Scope{Shared: true, Instance: name}, Logger: quiet()})
+		w.Arm(m, nil)
+		l := auditLog(t, t.TempDir(), key, w, uint64(10+i))
+		appendN(t, l, 2+i)
+		if _, err := l.Checkpoint(ctx); err != nil {
+			t.Fatal(err)
+		}
+		appendN(t, l, 1)
+		if _, err := l.Checkpoint(ctx); err != nil {
+			t.Fatal(err)
+		}
+		l.Close(ctx)
+		if err := w.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+		ws = append(ws, w)
+	}
+	for i, name := range []string{"host:/a", "host:/b"} {
+		got, err := Read(ctx, m, Scope{Shared: true, Instance: name})
+		if err != nil || got == nil || got.Checkpoint.Seq != uint64(3+i) || got.Checkpoint.StoreRevision != uint64(10+i) {
+			t.Fatalf("%s: %+v %v", name, got, err)
+		}
+	}
+	if vals, _ := m.DataObjects(ctx, Label); len(vals) != 2 {
+		t.Fatalf("%d mark objects, want one per replica", len(vals))
+	}
+	if _, err := Read(ctx, m, Scope{}); !errors.Is(err, ErrMark) {
+		t.Fatalf("a lone vault on a token with two marks: %v, want ErrMark", err)
+	}
+}

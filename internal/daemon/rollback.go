@@ -21,12 +21,18 @@ import (
 // compares the audit directory and the store with it before the audit log
 // may sign anything or a request is served.
 
-// newMarkWriter makes the token mark's writer: one mark per vault, or one
-// per replica (by audit instance id, the host name) on a shared store.
-func newMarkWriter(raw store.Store, log *slog.Logger) *auditmark.Writer {
+// newMarkWriter makes the token mark's writer.
+func newMarkWriter(raw store.Store, auditDir string, log *slog.Logger) *auditmark.Writer {
+	return auditmark.NewWriter(auditmark.Options{Scope: markScope(raw, auditDir), Logger: log})
+}
+
+// markScope: one mark per vault, or one per replica of a shared store,
+// named by its host and audit directory (replicas on one host have
+// directories of their own).
+func markScope(raw store.Store, auditDir string) auditmark.Scope {
 	_, shared := raw.(store.Shared)
 	host, _ := os.Hostname()
-	return auditmark.NewWriter(auditmark.Options{Scope: auditmark.Scope{Shared: shared, Instance: host}, Logger: log})
+	return auditmark.Scope{Shared: shared, Instance: host + ":" + auditDir}
 }
 
 // noDataObjectsDetail is what status says on a token without data objects.
@@ -62,11 +68,7 @@ func (d *Daemon) checkAuditMark(ctx context.Context, pub crypto.PublicKey) error
 	return nil
 }
 
-func (d *Daemon) markScope() auditmark.Scope {
-	_, shared := d.raw.(store.Shared)
-	host, _ := os.Hostname()
-	return auditmark.Scope{Shared: shared, Instance: host}
-}
+func (d *Daemon) markScope() auditmark.Scope { return markScope(d.raw, d.cfg.Audit.Dir) }
 
 // AuditMarkStatus is the token mark's state for the status service.
 func (d *Daemon) AuditMarkStatus() *custodyv1.AuditMarkStatus {
