@@ -61,6 +61,10 @@ type ceremonyGrant struct {
 	ContextMatch   map[string]string `yaml:"context_match"`
 	RecipientKeys  []string          `yaml:"recipient_keys"`
 	AllowPlaintext bool              `yaml:"allow_plaintext"`
+	// SPKI pins the grant to the relay's key as well as its identity: the
+	// hex SHA-256 of its SubjectPublicKeyInfo, or the path of its
+	// certificate or public key (PEM). Recommended (docs/ceremony.md).
+	SPKI string `yaml:"spki"`
 }
 
 type ceremonyBudget struct {
@@ -176,6 +180,13 @@ func (c ceremonyConfig) request(dir string, allowDev bool) (*custodyv1.InitCerem
 	grantIDs := map[string]bool{}
 	for i, g := range c.Grants {
 		pg := policy.Grant{ID: g.ID, Identity: g.Identity, Key: g.Key, ContextMatch: g.ContextMatch, AllowPlaintext: g.AllowPlaintext}
+		if g.SPKI != "" {
+			pin, err := spkiPin(g.SPKI, resolve)
+			if err != nil {
+				return nil, fmt.Errorf("grants[%d].spki: %v", i, err)
+			}
+			pg.SPKI = pin
+		}
 		for _, op := range g.Operations {
 			pg.Operations = append(pg.Operations, policy.Op(op))
 		}
@@ -200,7 +211,7 @@ func (c ceremonyConfig) request(dir string, allowDev bool) (*custodyv1.InitCerem
 			return nil, fmt.Errorf("grants[%d]: %s", i, strings.TrimPrefix(err.Error(), policy.ErrUnusableGrant.Error()+": "))
 		}
 		req.Grants = append(req.Grants, &custodyv1.Grant{Id: pg.ID, Identity: pg.Identity, Key: pg.Key, Operations: g.Operations,
-			ContextMatch: pg.ContextMatch, RecipientKeySha256: pg.RecipientKeys, AllowPlaintext: pg.AllowPlaintext})
+			ContextMatch: pg.ContextMatch, RecipientKeySha256: pg.RecipientKeys, AllowPlaintext: pg.AllowPlaintext, SpkiSha256: pg.SPKI})
 	}
 	budgets := map[[2]string]bool{}
 	for i, b := range c.Budgets {

@@ -26,7 +26,9 @@ func (a *app) grantCommand() *cobra.Command {
 		Long: `Lists the grants custodyd enforces now (after the ceremony: the ceremony's
 grants plus executed add-grant proposals, minus removed ones), in id order.
 DELIVERY says how a data key can leave for datakey/unwrap: "plaintext"
-(allow_plaintext), "to N recipient keys" (key transport), or "-".`,
+(allow_plaintext), "to N recipient keys" (key transport), or "-". PINNED KEY
+is the SPKI SHA-256 the caller's certificate must carry ("-": any key with
+the identity).`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, ctx, cancel, err := a.governance(cmd.Context())
@@ -44,10 +46,10 @@ DELIVERY says how a data key can leave for datakey/unwrap: "plaintext"
 					return
 				}
 				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-				fmt.Fprintln(tw, "ID\tIDENTITY\tKEY\tOPERATIONS\tCONTEXT\tDELIVERY")
+				fmt.Fprintln(tw, "ID\tIDENTITY\tKEY\tOPERATIONS\tCONTEXT\tDELIVERY\tPINNED KEY")
 				for _, g := range resp.GetGrants() {
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", g.GetId(), g.GetIdentity(), g.GetKey(),
-						strings.Join(g.GetOperations(), ","), dash(formatMatch(g.GetContextMatch())), delivery(g))
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", g.GetId(), g.GetIdentity(), g.GetKey(),
+						strings.Join(g.GetOperations(), ","), dash(formatMatch(g.GetContextMatch())), delivery(g), dash(g.GetSpkiSha256()))
 				}
 				_ = tw.Flush()
 			})

@@ -112,7 +112,9 @@ func (a *app) proposalCreateCommand() *cobra.Command {
 		ops, match   []string
 		recipients   []string
 		plaintext    bool
+		spki         string
 	}
+	var trustConfig string
 	var budget struct {
 		identity string
 		rate     float64
@@ -168,11 +170,19 @@ func (a *app) proposalCreateCommand() *cobra.Command {
 				f.StringSliceVar(&grant.match, "context", nil, "require encryption context pairs k=v (repeatable or comma-separated)")
 				f.StringSliceVar(&grant.recipients, "recipient-key", nil, "PEM public key file a data key may be wrapped to (repeatable)")
 				f.BoolVar(&grant.plaintext, "allow-plaintext", false, "let datakey/unwrap return plaintext data keys")
+				f.StringVar(&grant.spki, "spki", "", "pin the grant to the relay's key too: hex SHA-256 of its SubjectPublicKeyInfo, or its certificate or public key (PEM file); recommended")
 			},
 			func(args []string) (quorum.Payload, error) {
 				g := policy.Grant{ID: grant.id, Identity: grant.identity, Key: args[0], AllowPlaintext: grant.plaintext}
 				if g.ID == "" {
 					g.ID = randomID("g-")
+				}
+				if grant.spki != "" {
+					pin, err := spkiPin(grant.spki, func(p string) string { return p })
+					if err != nil {
+						return nil, usageErrorf("--spki: %v", err)
+					}
+					g.SPKI = pin
 				}
 				for _, op := range grant.ops {
 					g.Operations = append(g.Operations, policy.Op(op))
@@ -260,6 +270,21 @@ func (a *app) proposalCreateCommand() *cobra.Command {
 					pl.ShareKeys = append(pl.ShareKeys, quorum.OfficerShareKey{Officer: name, PublicKey: der})
 				}
 				return pl, nil
+			}),
+		kind("set-trust --from-config FILE", "Change what the key ceremony fixed: client CAs, identities' roles, time-lock, proposal ttl, freeze rule (widening changes wait out the time-lock)",
+			exactArgs(0, "no arguments"),
+			func(c *cobra.Command) {
+				c.Flags().StringVar(&trustConfig, "from-config", "", "the custodyd configuration as it is to be (its tls.client_ca_file is read); install it once the proposal has executed")
+			},
+			func([]string) (quorum.Payload, error) {
+				if trustConfig == "" {
+					return nil, usageErrorf("--from-config FILE is required")
+				}
+				t, err := trustFromConfig(trustConfig)
+				if err != nil {
+					return nil, err
+				}
+				return quorum.SetTrust{Trust: t.Trust}, nil
 			}),
 		kind("disclosure-order KEY --case REF --context k=v,... --recipient ID --max-uses N --not-after T",
 			"Issue a targeted disclosure order (widens access)", exactArgs(1, "KEY"),
@@ -776,6 +801,11 @@ func summarize(p quorum.Proposal) string {
 		if g.AllowPlaintext {
 			s += ", PLAINTEXT data keys allowed"
 		}
+		if g.SPKI != "" {
+			s += ", only for the certificate key sha256:" + g.SPKI
+		} else {
+			s += ", for any certificate with that identity (key not pinned)"
+		}
 		return s
 	case quorum.RemoveGrant:
 		return fmt.Sprintf("remove grant %s", v.GrantID)
@@ -803,6 +833,8 @@ func summarize(p quorum.Proposal) string {
 			s += "; reason: " + v.Reason
 		}
 		return s
+	case quorum.SetTrust:
+		return summarizeTrust(v.Trust)
 	case quorum.DisclosureOrder:
 		o := v.Order
 		return fmt.Sprintf("disclosure order for case %q: identity %s may decrypt/unwrap with key %q only where context is %s, at most %d times, until %s",

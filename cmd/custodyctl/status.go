@@ -52,12 +52,12 @@ Exits 0 when custodyd reports SERVING, 1 otherwise.`,
 			if service == "" {
 				seal, _ = custodyv1.NewSealServiceClient(conn).GetSealStatus(ctx, &custodyv1.GetSealStatusRequest{})
 			}
-			var hsmStatus *custodyv1.HsmStatus
+			var vs *custodyv1.VaultStatus
 			why := ""
 			if resp.GetStatus() == healthpb.HealthCheckResponse_SERVING {
-				hsmStatus, why = vaultStatus(ctx, conn)
+				vs, why = vaultStatus(ctx, conn)
 			}
-			if err := a.emitStatus(resp, seal, hsmStatus); err != nil {
+			if err := a.emitStatus(resp, seal, vs); err != nil {
 				return err
 			}
 			if why != "" {
@@ -76,18 +76,19 @@ Exits 0 when custodyd reports SERVING, 1 otherwise.`,
 // vaultStatus asks StatusService for the HSM's status. A server without
 // it (older, or a bare health endpoint) gives nil and no reason; a refusal
 // gives nil and the reason.
-func vaultStatus(ctx context.Context, conn grpc.ClientConnInterface) (*custodyv1.HsmStatus, string) {
+func vaultStatus(ctx context.Context, conn grpc.ClientConnInterface) (*custodyv1.VaultStatus, string) {
 	st, err := custodyv1.NewStatusServiceClient(conn).GetStatus(ctx, &custodyv1.GetStatusRequest{})
 	switch status.Code(err) {
 	case codes.OK:
-		return st.GetHsm(), ""
+		return st, ""
 	case codes.Unimplemented:
 		return nil, ""
 	}
 	return nil, status.Convert(err).Code().String() + ": " + status.Convert(err).Message()
 }
 
-func (a *app) emitStatus(health *healthpb.HealthCheckResponse, seal *custodyv1.SealStatus, h *custodyv1.HsmStatus) error {
+func (a *app) emitStatus(health *healthpb.HealthCheckResponse, seal *custodyv1.SealStatus, vs *custodyv1.VaultStatus) error {
+	h, mark := vs.GetHsm(), vs.GetAuditMark()
 	if a.output == "json" {
 		out := map[string]any{"status": health.GetStatus().String()}
 		if seal != nil {
@@ -101,6 +102,13 @@ func (a *app) emitStatus(health *healthpb.HealthCheckResponse, seal *custodyv1.S
 			}
 			out["hsm"] = json.RawMessage(b)
 		}
+		if mark != nil {
+			b, err := jsonMarshal.Marshal(mark)
+			if err != nil {
+				return localError(codes.Internal, fmt.Errorf("encode json: %w", err))
+			}
+			out["audit_mark"] = json.RawMessage(b)
+		}
 		return a.emitValue(out, nil)
 	}
 	return a.emitValue(nil, func(w io.Writer) {
@@ -111,7 +119,23 @@ func (a *app) emitStatus(health *healthpb.HealthCheckResponse, seal *custodyv1.S
 		if h != nil {
 			writeHSMStatus(w, h)
 		}
+		if mark != nil {
+			writeAuditMark(w, mark)
+		}
 	})
+}
+
+// writeAuditMark prints where the audit high-water mark is kept.
+func writeAuditMark(w io.Writer, m *custodyv1.AuditMarkStatus) {
+	if !m.GetOnToken() {
+		fmt.Fprintf(w, "audit mark:  NOT ON THE TOKEN: %s\n", m.GetDetail())
+		return
+	}
+	pos := "none yet (made at the first checkpoint)"
+	if m.GetTime() != "" {
+		pos = fmt.Sprintf("record %d, store revision %d, checkpoint of %s", m.GetSeq(), m.GetStoreRevision(), m.GetTime())
+	}
+	fmt.Fprintf(w, "audit mark:  on the HSM token at %s\n             %s\n", pos, m.GetDetail())
 }
 
 // writeHSMStatus prints an HSM status as text (custodyctl status and

@@ -46,6 +46,7 @@ import (
 
 	"github.com/custodyhq/custody/hsm"
 	"github.com/custodyhq/custody/internal/audit"
+	"github.com/custodyhq/custody/internal/auditmark"
 	"github.com/custodyhq/custody/internal/config"
 	"github.com/custodyhq/custody/internal/gateway"
 	"github.com/custodyhq/custody/internal/governance"
@@ -140,6 +141,12 @@ type Daemon struct {
 	// gate refuses requests while a shared (etcd) store is unreachable;
 	// nil with bbolt.
 	gate *storeGate
+	// mark keeps the audit high-water mark on the token (rollback.go).
+	mark *auditmark.Writer
+	// markOnToken is false when the token keeps no data objects (NSS).
+	markOnToken atomic.Bool
+	// openedHead is the audit log's last record when it was opened.
+	openedHead uint64
 }
 
 // Start opens everything the config names and starts serving. It returns
@@ -214,6 +221,12 @@ func (d *Daemon) open(ctx context.Context) (err error) {
 	if cfg.Store.Backend == config.BackendEtcd {
 		d.gate = newStoreGate(raw, "etcd", d.log)
 	}
+	// A config that disagrees with the trust the key ceremony fixed stops
+	// start-up here, before officers are asked to unseal (gov.go).
+	if err := d.checkTrustSealed(ctx); err != nil {
+		return err
+	}
+	d.mark = newMarkWriter(raw, cfg.Audit.Dir, d.log)
 	if err := d.openSeal(ctx); err != nil {
 		return err
 	}
@@ -330,6 +343,11 @@ func (d *Daemon) complete(ctx context.Context, pin []byte) (err error) {
 	if err := requireCustody(cfg, d.HSM.Capabilities()); err != nil {
 		return err
 	}
+	if cfg.Dev {
+		if err := refuseDevOnProduction(ctx, d.HSM); err != nil {
+			return err
+		}
+	}
 	if err := d.takeLease(ctx); err != nil {
 		return err
 	}
@@ -357,13 +375,16 @@ func (d *Daemon) complete(ctx context.Context, pin []byte) (err error) {
 		return fmt.Errorf("audit key: %w", err)
 	}
 	d.AuditPK = signer.Public()
+	// The audit log signs nothing until the directory and the store have
+	// been compared with the token's audit mark: a rewritten log must not
+	// get a checkpoint of this key over it.
+	late := d.lateAudit
 	if d.Audit == nil {
-		if d.Audit, err = d.openAudit(ctx, signer); err != nil {
+		late = &lateSigner{pub: signer.Public()}
+		if d.Audit, err = d.openAudit(ctx, late); err != nil {
 			return err
 		}
 		auditOpened = true
-	} else if err := d.lateAudit.arm(signer); err != nil {
-		return err
 	}
 	if err := d.Seal.SetAuditor(ctx, d.Audit); err != nil {
 		return err
@@ -372,6 +393,17 @@ func (d *Daemon) complete(ctx context.Context, pin []byte) (err error) {
 		return fmt.Errorf("store %s is older than the audit log: its revision is %d but audit checkpoint %d (%s) recorded revision %d; "+
 			"it was rolled back or restored from a backup: refusing to serve", cfg.Store.String(), d.Store.Anchor().Revision,
 			cp.Seq, cp.Time.Format(time.RFC3339), cp.StoreRevision)
+	}
+	if err := d.checkAuditMark(ctx, signer.Public()); err != nil {
+		return err
+	}
+	if err := late.arm(signer); err != nil {
+		return err
+	}
+	// A checkpoint now: the token's mark is brought up to this start at
+	// once (the records of the sealed phase included).
+	if _, err := d.Audit.Checkpoint(ctx); err != nil && !errors.Is(err, audit.ErrNoRecords) {
+		d.log.Warn("audit: the start-up checkpoint failed", "err", err)
 	}
 
 	d.Keys, err = keys.OpenRegistry(ctx, d.Store, hsmtoken.Token{M: d.HSM}, keys.RegistryOptions{
@@ -404,16 +436,19 @@ func (d *Daemon) complete(ctx context.Context, pin []byte) (err error) {
 		}
 	}
 	d.Server.SetDataKeyStore(d.Store)
+	d.Server.SetAuditMarkStatus(d.AuditMarkStatus)
 	reg.MustRegister(d.Audit.Collector())
 	d.registerOpsMetrics(reg)
+	d.registerMarkMetrics(reg)
 	if err := d.bind(signer); err != nil {
 		return err
 	}
 	d.unsealReg.Store(reg)
 
-	d.wg.Add(2)
+	d.wg.Add(3)
 	go func() { defer d.wg.Done(); d.destroyLoop(d.runCtx) }()
 	go func() { defer d.wg.Done(); d.governanceLoop(d.runCtx) }()
+	go func() { defer d.wg.Done(); d.mark.Run(d.runCtx) }()
 	if d.lease != nil {
 		d.wg.Add(1)
 		go func() { defer d.wg.Done(); d.lease.Run(d.runCtx, d.fence) }()
@@ -443,6 +478,8 @@ func (d *Daemon) openAudit(ctx context.Context, signer crypto.Signer) (*audit.Lo
 	case cfg.Audit.AnchorURL != "":
 		sink = &audit.HTTPSink{URL: cfg.Audit.AnchorURL}
 	}
+	// Every checkpoint also becomes the token's audit mark (rollback.go).
+	sink = auditmark.Tee(d.mark, sink)
 	l, err := audit.Open(ctx, cfg.Audit.Dir, signer, audit.Options{
 		SegmentSize: cfg.Audit.SegmentBytes, CheckpointEvery: uint64(cfg.Audit.CheckpointEvery),
 		CheckpointInterval: cfg.Audit.CheckpointInterval, Logger: d.log, Sink: sink,
@@ -457,6 +494,10 @@ func (d *Daemon) openAudit(ctx context.Context, signer crypto.Signer) (*audit.Lo
 	if err != nil {
 		return nil, prefixed("audit", err)
 	}
+	// Where the directory stood before this run wrote to it: what the
+	// token's audit mark is compared with (a sealed custodyd records unseal
+	// attempts before it can check).
+	d.openedHead, _ = l.Head()
 	return l, nil
 }
 
@@ -635,6 +676,10 @@ func (d *Daemon) closeAll() {
 	}
 	if d.Audit != nil {
 		errs = append(errs, d.Audit.Close(ctx))
+	}
+	if d.mark != nil && d.HSM != nil {
+		// The final checkpoint becomes the token's mark before the HSM closes.
+		errs = append(errs, d.mark.Flush(ctx))
 	}
 	if d.lease != nil {
 		errs = append(errs, d.lease.Release(ctx))

@@ -3,7 +3,9 @@ package daemon
 import (
 	"context"
 	"crypto"
+	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"time"
 
@@ -11,10 +13,12 @@ import (
 
 	"github.com/custodyhq/custody/internal/config"
 	"github.com/custodyhq/custody/internal/governance"
+	"github.com/custodyhq/custody/internal/pki"
 	"github.com/custodyhq/custody/internal/policy"
 	"github.com/custodyhq/custody/internal/quorum"
 	"github.com/custodyhq/custody/internal/sealsvc"
 	"github.com/custodyhq/custody/internal/server"
+	"github.com/custodyhq/custody/internal/store"
 )
 
 // defaultGovernanceInterval is how often time-locked proposals that have
@@ -26,29 +30,15 @@ const defaultGovernanceInterval = time.Second
 // fail authentication, or that the token says was rolled back, stops
 // start-up.
 func (d *Daemon) openGovernance(ctx context.Context, reg prometheus.Registerer, signer crypto.Signer) error {
-	instance, _ := os.Hostname()
 	cfg := d.cfg
-	gov := cfg.Governance
-	o := governance.Options{
-		Store: d.Store, Keys: d.Keys, Token: govToken{m: d.HSM}, Signer: signer,
-		Recorder:   server.Recorder{Audit: d.Audit, Now: d.opts.Now},
-		Identities: IdentitiesFromConfig(cfg),
-		TimeLock:   gov.TimeLock, ProposalTTL: gov.ProposalTTL,
-		Freeze: policy.FreezeRule{Refusals: gov.Freeze.Refusals, Within: gov.Freeze.Within},
-		// Outside dev mode the vault is governed from its first start: keys,
-		// grants and budgets come only from the key ceremony and proposals.
-		QuorumRequired: gov.QuorumRequired || !cfg.Dev, AllowDev: cfg.Dev, Instance: "custodyd@" + instance,
-		DestroyWait: cfg.Keys.DestroyWaitDefault, Now: d.opts.Now, Logger: d.log,
-		// Grants are refused where they are made if they could never
-		// return a data key (datakey/unwrap with no way to receive one).
-		Check: func(g policy.Grant) error { return g.CheckUsable() },
-		// The ceremony's PIN rotation and rekey by quorum (internal/sealsvc).
-		Seal: sealHooks{d.Seal},
+	o, err := govOptions(cfg, d.opts, d.log)
+	if err != nil {
+		return err
 	}
-	if cfg.Dev {
-		o.DevGrants = DevGrantsFromConfig(cfg)
-		o.DevBudgets = DevBudgetsFromConfig(cfg)
-	}
+	o.Store, o.Keys, o.Token, o.Signer = d.Store, d.Keys, govToken{m: d.HSM}, signer
+	o.Recorder = server.Recorder{Audit: d.Audit, Now: d.opts.Now}
+	// The ceremony's PIN rotation and rekey by quorum (internal/sealsvc).
+	o.Seal = sealHooks{d.Seal}
 	g, err := governance.Open(ctx, o)
 	if err != nil {
 		return err
@@ -59,6 +49,58 @@ func (d *Daemon) openGovernance(ctx context.Context, reg prometheus.Registerer, 
 		Help: "Approved widening proposals waiting out their time-lock; any officer may veto them until it ends.",
 	}, func() float64 { return float64(g.PendingTimeLocks()) }))
 	return nil
+}
+
+// govOptions are the governance options the configuration gives, without
+// the store, token and other parts of a running vault: what the key
+// ceremony fixes (governance.ConfigTrust) and what later starts must agree
+// with.
+func govOptions(cfg *config.Config, opts Options, log *slog.Logger) (governance.Options, error) {
+	instance, _ := os.Hostname()
+	gov := cfg.Governance
+	cas, err := pki.CAFingerprints(cfg.TLS.ClientCAFile)
+	if err != nil {
+		return governance.Options{}, fmt.Errorf("tls.client_ca_file: %w", err)
+	}
+	o := governance.Options{
+		Identities: IdentitiesFromConfig(cfg),
+		ClientCAs:  cas, Production: !cfg.Dev,
+		TimeLock: gov.TimeLock, ProposalTTL: gov.ProposalTTL,
+		Freeze: policy.FreezeRule{Refusals: gov.Freeze.Refusals, Within: gov.Freeze.Within},
+		// Outside dev mode the vault is governed from its first start: keys,
+		// grants and budgets come only from the key ceremony and proposals.
+		QuorumRequired: gov.QuorumRequired || !cfg.Dev, AllowDev: cfg.Dev, Instance: "custodyd@" + instance,
+		DestroyWait: cfg.Keys.DestroyWaitDefault, Now: opts.Now, Logger: log,
+		// Grants are refused where they are made if they could never
+		// return a data key (datakey/unwrap with no way to receive one).
+		Check: func(g policy.Grant) error { return g.CheckUsable() },
+	}
+	if cfg.Dev {
+		o.DevGrants = DevGrantsFromConfig(cfg)
+		o.DevBudgets = DevBudgetsFromConfig(cfg)
+	}
+	return o, nil
+}
+
+// checkTrustSealed compares the configuration with the trust the key
+// ceremony fixed, as recorded in the store, before the store can be
+// authenticated (a sealed custodyd has no PIN yet): a configuration that
+// disagrees stops start-up at once, before officers are asked to unseal.
+// The authoritative comparison is governance.Open's, on the authenticated
+// store; root who edits the stored record as well only gets past this one.
+func (d *Daemon) checkTrustSealed(ctx context.Context) error {
+	raw, err := d.rawValue(ctx, governance.StateKey)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return nil // judged once the store is authenticated
+	}
+	o, err := govOptions(d.cfg, d.opts, d.log)
+	if err != nil {
+		return err
+	}
+	return governance.CheckStoredTrust(raw, governance.ConfigTrust(o))
 }
 
 // IdentitiesFromConfig returns the configured identities and their roles.

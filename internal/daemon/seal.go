@@ -308,6 +308,7 @@ func (d *Daemon) undoComplete(auditOpened bool) {
 		_ = d.lease.Release(ctx)
 		d.lease = nil
 	}
+	d.mark.Disarm()
 	if d.HSM != nil {
 		_ = d.HSM.Close()
 		d.HSM = nil

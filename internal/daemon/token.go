@@ -17,6 +17,11 @@ import (
 // the governance state cannot reopen the ceremony.
 const CeremonyMarkerLabel = "custody:ceremony:v1"
 
+// ProductionMarkerLabel labels a token object that exists once a production
+// key ceremony has completed: a start with dev: true on such a token is
+// refused right after login, before the store is read.
+const ProductionMarkerLabel = "custody:ceremony:production:v1"
+
 // govToken is the token as governance uses it (governance.Token).
 type govToken struct{ m *hsm.Module }
 
@@ -59,4 +64,45 @@ func (t govToken) KeyAttributes(ctx context.Context, e *keys.Entry, version uint
 	return quorum.TranscriptAttr{Token: a.Token, Private: a.Private, Sensitive: a.Sensitive, AlwaysSensitive: a.AlwaysSensitive,
 		Extractable: a.Extractable, NeverExtractable: a.NeverExtractable, Local: a.Local, Modifiable: a.Modifiable,
 		Unverified: a.Unverified.Strings()}, nil
+}
+
+// ProductionMarked reports whether the token has had a production key
+// ceremony. Like CeremonyMarked, only a definite "not found" is false.
+func (t govToken) ProductionMarked(ctx context.Context) (bool, error) {
+	_, err := t.m.FindByLabel(ctx, hsm.KindHMACSHA256, ProductionMarkerLabel)
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, hsm.ErrNotFound):
+		return false, nil
+	}
+	return false, err
+}
+
+// MarkProduction creates the production marker unless it exists
+// (governance.ProductionMarker).
+func (t govToken) MarkProduction(ctx context.Context) error {
+	marked, err := t.ProductionMarked(ctx)
+	if err != nil || marked {
+		return err
+	}
+	if _, _, err := t.m.CreateKey(ctx, hsm.KindHMACSHA256, ProductionMarkerLabel); err != nil && !errors.Is(err, hsm.ErrExists) {
+		return fmt.Errorf("production marker: %w", err)
+	}
+	return nil
+}
+
+// refuseDevOnProduction refuses dev: true on a token whose production key
+// ceremony has run (a dev vault skips the time-lock floor, creates keys
+// without proposals and accepts a single officer).
+func refuseDevOnProduction(ctx context.Context, m *hsm.Module) error {
+	marked, err := govToken{m: m}.ProductionMarked(ctx)
+	if err != nil {
+		return fmt.Errorf("hsm: cannot tell whether this token has had a production key ceremony: %w; refusing dev: true", err)
+	}
+	if marked {
+		return fmt.Errorf("dev: true is refused: this HSM token has had a production key ceremony (token object %q); "+
+			"remove dev from the configuration (a development vault needs a token of its own)", ProductionMarkerLabel)
+	}
+	return nil
 }

@@ -24,6 +24,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"strings"
 
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
@@ -34,6 +35,50 @@ import (
 // IdentityMetadataKey is the gRPC metadata key that carries the identity the
 // gateway verified. It is honoured only on in-process gateway connections.
 const IdentityMetadataKey = "x-custody-gateway-identity"
+
+// SPKIMetadataKey and RootsMetadataKey carry, beside the identity, the
+// lower-case hex SHA-256 of the verified leaf's SubjectPublicKeyInfo and the
+// comma-separated fingerprints of the CAs its verified chains end at (see
+// pki.SPKIHash, pki.ChainRoots): what the server checks of a certificate
+// besides its identity. Honoured, like the identity, only on in-process
+// gateway connections.
+const (
+	SPKIMetadataKey  = "x-custody-gateway-spki"
+	RootsMetadataKey = "x-custody-gateway-roots"
+)
+
+// Cert is what the gateway forwards about the HTTP caller's verified
+// client certificate.
+type Cert struct {
+	Identity string
+	SPKI     string   // pki.SPKIHash of the leaf
+	Roots    []string // pki.ChainRoots of the verified chains
+}
+
+// ForwardedCert is ForwardedIdentity with the certificate's key and chain
+// roots. On any connection other than the gateway's in-process one, any of
+// the forwarded keys is refused (ErrForgedIdentity).
+func ForwardedCert(ctx context.Context) (c Cert, ok bool, err error) {
+	id, ok, err := ForwardedIdentity(ctx)
+	md, _ := metadata.FromIncomingContext(ctx)
+	if !ok {
+		if err == nil && (len(md.Get(SPKIMetadataKey)) > 0 || len(md.Get(RootsMetadataKey)) > 0) {
+			err = ErrForgedIdentity
+		}
+		return Cert{}, false, err
+	}
+	if err != nil {
+		return Cert{}, true, err
+	}
+	c.Identity = id
+	if v := md.Get(SPKIMetadataKey); len(v) == 1 {
+		c.SPKI = v[0]
+	}
+	if v := md.Get(RootsMetadataKey); len(v) == 1 && v[0] != "" {
+		c.Roots = strings.Split(v[0], ",")
+	}
+	return c, true, nil
+}
 
 // Sentinel errors.
 var (

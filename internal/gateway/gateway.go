@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
@@ -99,6 +100,12 @@ type Gateway struct {
 
 type identityKey struct{}
 
+// certFactsKey carries the verified client certificate's key and chain
+// roots from serveHTTP to forwardIdentity.
+type certFactsKey struct{}
+
+type certFacts struct{ spki, roots string }
+
 // New builds a gateway that forwards every request over the in-process
 // connection internal, which the custodyd gRPC server must be serving with
 // ServerCredentials. tlsCfg is the HTTPS configuration; it must require and
@@ -177,6 +184,11 @@ func (g *Gateway) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		runtime.HTTPError(r.Context(), g.mux, g.marshaler, w, r, status.Error(codes.Unauthenticated, err.Error()))
 		return
 	}
+	// What the server also checks about the certificate: the key it
+	// carries (grants may pin it) and the CAs its verified chains end at
+	// (the ceremony fixes which are trusted).
+	leaf := r.TLS.VerifiedChains[0][0]
+	facts := certFacts{spki: pki.SPKIHash(leaf), roots: strings.Join(pki.ChainRoots(r.TLS.VerifiedChains), ",")}
 	// The body is read whole, within its bound and ReadTimeout, before
 	// anything is forwarded: an oversized one is refused with 413 (not a
 	// decoding error), and a slow one never holds a gRPC call open.
@@ -195,7 +207,8 @@ func (g *Gateway) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	r.Body = io.NopCloser(bytes.NewReader(body))
-	g.mux.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), identityKey{}, id)))
+	ctx := context.WithValue(context.WithValue(r.Context(), identityKey{}, id), certFactsKey{}, facts)
+	g.mux.ServeHTTP(w, r.WithContext(ctx))
 }
 
 // tooLarge answers 413 with the gateway's JSON error body and closes the
@@ -230,7 +243,8 @@ func forwardIdentity(ctx context.Context, _ *http.Request) metadata.MD {
 	if id == "" {
 		return nil
 	}
-	return metadata.Pairs(IdentityMetadataKey, id)
+	f, _ := ctx.Value(certFactsKey{}).(certFacts)
+	return metadata.Pairs(IdentityMetadataKey, id, SPKIMetadataKey, f.spki, RootsMetadataKey, f.roots)
 }
 
 // Serve accepts HTTPS connections on lis with the TLS configuration given

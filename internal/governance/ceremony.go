@@ -134,7 +134,7 @@ func (g *Governance) validate(req CeremonyRequest, created []string) (quorum.Off
 			}
 		}
 	}
-	if _, err := policy.New(policy.Spec{Identities: g.o.Identities, Grants: req.Grants}); err != nil {
+	if _, err := policy.New(policy.Spec{Identities: g.identities(g.st), Grants: req.Grants}); err != nil {
 		return set, fmt.Errorf("%w: grants: %v", ErrInvalid, err)
 	}
 	lim, err := policy.NewLimiter(g.o.Freeze)
@@ -203,8 +203,10 @@ func (g *Governance) InitCeremony(ctx context.Context, actor Actor, req Ceremony
 		return nil, "", fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
 
+	// The trust the configuration declares now is fixed by the ceremony.
+	trust := ConfigTrust(g.o)
 	t := &quorum.Transcript{Format: quorum.TranscriptFormat, Instance: g.o.Instance, Created: now, Dev: req.AllowDev, Threshold: set.Threshold,
-		Keys: []quorum.TranscriptKey{}, Grants: slices.Clone(req.Grants), Budgets: []quorum.TranscriptBudget{}}
+		Keys: []quorum.TranscriptKey{}, Grants: slices.Clone(req.Grants), Budgets: []quorum.TranscriptBudget{}, Trust: &trust}
 	if t.Grants == nil {
 		t.Grants = []policy.Grant{}
 	}
@@ -254,8 +256,14 @@ func (g *Governance) InitCeremony(ctx context.Context, actor Actor, req Ceremony
 			step("seal-pin", rot.Step())
 		}
 	}
+	step("fix-trust", fmt.Sprintf("production %t; %d client CAs; %d identities; time-lock %s; proposal ttl %s; freeze %d refusals in %s",
+		trust.Production, len(trust.ClientCAs), len(trust.Roles), trust.TimeLock, trust.ProposalTTL, trust.Freeze.Refusals, trust.Freeze.Within))
 	for _, gr := range req.Grants {
-		step("install-grant", fmt.Sprintf("%s: %s on %s", gr.ID, gr.Identity, gr.Key))
+		pin := ""
+		if gr.SPKI != "" {
+			pin = " (key pinned)"
+		}
+		step("install-grant", fmt.Sprintf("%s: %s on %s%s", gr.ID, gr.Identity, gr.Key, pin))
 	}
 	for _, b := range req.Budgets {
 		t.Budgets = append(t.Budgets, quorum.TranscriptBudget{Identity: b.Identity, Key: b.Key, Rate: b.Budget.Rate,
@@ -278,6 +286,7 @@ func (g *Governance) InitCeremony(ctx context.Context, actor Actor, req Ceremony
 	}
 	next := newState()
 	next.Ceremony, next.Grants, next.Budgets = true, slices.Clone(req.Grants), slices.Clone(req.Budgets)
+	next.Trust = &trust
 	if next.Grants == nil {
 		next.Grants = []policy.Grant{}
 	}
@@ -321,6 +330,9 @@ func (g *Governance) InitCeremony(ctx context.Context, actor Actor, req Ceremony
 	g.transcript = tr
 	if err := g.o.Token.MarkCeremony(ctx); err != nil {
 		return nil, "", fmt.Errorf("ceremony marker: %w", err)
+	}
+	if err := g.markProduction(ctx, next); err != nil {
+		return nil, "", err
 	}
 	return tr, summary, nil
 }

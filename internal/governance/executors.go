@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"time"
 
 	"github.com/custodyhq/custody/internal/keys"
 	"github.com/custodyhq/custody/internal/policy"
@@ -19,6 +20,8 @@ type change struct {
 	next State
 	// officers, if set, replaces the officer set.
 	officers *quorum.OfficerSet
+	// timeLock, if set, is the time-lock of proposals from now on.
+	timeLock *time.Duration
 	// budget, if set, changes budget spend state (a new budget, an
 	// unfreeze); it returns the store writes that record the change.
 	budget func(b *budgetLedger) ([]store.Op, error)
@@ -49,6 +52,7 @@ var executors = map[quorum.Kind]executor{
 	quorum.KindSetThreshold:    execOfficers,
 	quorum.KindDisclosureOrder: execDisclosureOrder,
 	quorum.KindRekeySeal:       execRekeySeal,
+	quorum.KindSetTrust:        execSetTrust,
 }
 
 // execRekeySeal starts a new PIN and new shares for the current officers
@@ -255,6 +259,13 @@ func (g *Governance) execute(ctx context.Context, actor Actor, p quorum.Proposal
 		if err := g.ledger.SetOfficers(*c.officers); err != nil {
 			return err
 		}
+	}
+	if c.timeLock != nil {
+		l, err := withTimeLock(g.ledger, *c.timeLock)
+		if err != nil {
+			return err
+		}
+		g.ledger = l
 	}
 	if c.external != nil {
 		c.next.Results[p.ID] = ExecResult{Detail: "executing (interrupted if this persists)"}

@@ -127,8 +127,15 @@ type Options struct {
 	// Recorder receives the records made before every change.
 	Recorder Recorder
 	// Identities and their roles, from configuration. Grants apply only to
-	// identities configured as relays.
+	// identities configured as relays. After the ceremony the roles the
+	// ceremony fixed are in force, and these must agree with them.
 	Identities []policy.Identity
+	// ClientCAs are the SHA-256 fingerprints (lower-case hex) of the client
+	// CA certificates the configuration trusts; the ceremony fixes them.
+	ClientCAs []string
+	// Production marks a production vault; a ceremony records it, and a
+	// development configuration is refused on its token afterwards.
+	Production bool
 	// DevGrants and DevBudgets apply while the vault is not governed (a dev
 	// vault before its ceremony); they are ignored afterwards.
 	DevGrants  []policy.Grant
@@ -158,23 +165,7 @@ type Options struct {
 	faultAfterKey func(i int) error
 }
 
-// Governance is the vault's governance state and the only writer of it.
-// It is safe for concurrent use.
-type Governance struct {
-	o Options
-
-	mu         sync.Mutex // serialises changes; guards st, ledger, transcript
-	st         State
-	ledger     *quorum.Ledger // nil before the ceremony
-	transcript *StoredTranscript
-	budgets    *budgetLedger
-	snap       atomic.Pointer[Snapshot]
-}
-
-// Open loads the governance state from the store (refusing one that fails
-// authentication or that the token says was rolled back) and builds the
-// first Snapshot.
-func Open(ctx context.Context, o Options) (*Governance, error) {
+func (o *Options) setDefaults() {
 	if o.TimeLock <= 0 {
 		o.TimeLock = quorum.DefaultTimeLock
 	}
@@ -193,6 +184,26 @@ func Open(ctx context.Context, o Options) (*Governance, error) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
+}
+
+// Governance is the vault's governance state and the only writer of it.
+// It is safe for concurrent use.
+type Governance struct {
+	o Options
+
+	mu         sync.Mutex // serialises changes; guards st, ledger, transcript
+	st         State
+	ledger     *quorum.Ledger // nil before the ceremony
+	transcript *StoredTranscript
+	budgets    *budgetLedger
+	snap       atomic.Pointer[Snapshot]
+}
+
+// Open loads the governance state from the store (refusing one that fails
+// authentication or that the token says was rolled back) and builds the
+// first Snapshot.
+func Open(ctx context.Context, o Options) (*Governance, error) {
+	o.setDefaults()
 	if o.Store == nil || o.Keys == nil || o.Token == nil || o.Recorder == nil {
 		return nil, errors.New("governance: store, keys, token and recorder are required")
 	}
@@ -218,16 +229,23 @@ func (g *Governance) load(ctx context.Context) error {
 	if found {
 		g.st = st
 	}
+	if err := g.checkTrust(g.st); err != nil {
+		return err
+	}
+	trust := g.trust(g.st)
 	if g.st.Ceremony {
 		if err := g.o.Token.MarkCeremony(ctx); err != nil {
 			return fmt.Errorf("ceremony marker: %w", err)
+		}
+		if err := g.markProduction(ctx, g.st); err != nil {
+			return err
 		}
 		if g.st.Ledger == nil {
 			return fmt.Errorf("%w: governance state: ceremony recorded without a ledger", store.ErrCorrupt)
 		}
 		ls := *g.st.Ledger
-		// The configured lock applies; RestoreLedger never shortens a pending one.
-		ls.Options.TimeLock = g.o.TimeLock
+		// The lock in force applies; RestoreLedger never shortens a pending one.
+		ls.Options.TimeLock = trust.TimeLock
 		if g.ledger, err = quorum.RestoreLedger(ls); err != nil {
 			return fmt.Errorf("governance ledger: %w", err)
 		}
@@ -235,13 +253,16 @@ func (g *Governance) load(ctx context.Context) error {
 			return err
 		}
 	}
-	if g.budgets, err = openBudgets(ctx, g.o.Store, g.o.Freeze, g.o.Now, g.o.Logger); err != nil {
+	if g.budgets, err = openBudgets(ctx, g.o.Store, trust.Freeze, g.o.Now, g.o.Logger); err != nil {
 		return err
 	}
 	if err := g.budgets.apply(g.budgetSpecs(g.st), g.o.Now()); err != nil {
 		return err
 	}
-	return g.publish(g.st)
+	if err := g.publish(g.st); err != nil {
+		return err
+	}
+	return g.adoptTrust(ctx)
 }
 
 // governed reports whether direct changes are refused.
@@ -270,8 +291,9 @@ func (g *Governance) publish(st State) error {
 // a configured relay is left out: configuration can narrow access, never
 // widen it.
 func (g *Governance) build(st State) (*Snapshot, error) {
+	identities := g.identities(st)
 	relay := map[string]bool{}
-	for _, id := range g.o.Identities {
+	for _, id := range identities {
 		if slices.Contains(id.Roles, policy.RoleRelay) {
 			relay[id.ID] = true
 		}
@@ -280,7 +302,7 @@ func (g *Governance) build(st State) (*Snapshot, error) {
 	if !g.governed(st) {
 		grants = g.o.DevGrants
 	}
-	spec := policy.Spec{Identities: g.o.Identities}
+	spec := policy.Spec{Identities: identities}
 	for _, gr := range grants {
 		if relay[gr.Identity] {
 			spec.Grants = append(spec.Grants, gr)
@@ -299,9 +321,17 @@ func (g *Governance) build(st State) (*Snapshot, error) {
 		// without configured budgets enforces none.
 		budgeted: g.governed(st) || len(g.o.DevBudgets) > 0,
 	}
-	for _, id := range g.o.Identities {
+	for _, id := range identities {
 		if len(id.Roles) > 0 {
 			s.roles[id.ID] = id.Roles[0]
+		}
+	}
+	if st.Ceremony && st.Trust != nil {
+		// The client CAs the ceremony fixed: a certificate that chains only
+		// to another CA is refused even if the CA file trusts it.
+		s.clientCAs = map[string]bool{}
+		for _, fp := range st.Trust.ClientCAs {
+			s.clientCAs[fp] = true
 		}
 	}
 	if g.ledger != nil {
@@ -369,7 +399,9 @@ func (g *Governance) BudgetUses() []BudgetUse {
 // current is what Widening compares a proposal with. Called with g.mu held.
 func (g *Governance) current() quorum.Current {
 	budgets := slices.Clone(g.st.Budgets)
+	trust := g.trust(g.st).Trust.Clone()
 	return quorum.Current{
+		Trust:     &trust,
 		Threshold: g.ledger.Officers().Threshold,
 		Budget: func(identity, key string) (policy.Budget, bool) {
 			for _, b := range budgets {
@@ -392,7 +424,7 @@ func (g *Governance) requireLedger() (*quorum.Ledger, error) {
 
 // isRelay reports whether identity is configured with the relay role.
 func (g *Governance) isRelay(identity string) bool {
-	return slices.ContainsFunc(g.o.Identities, func(id policy.Identity) bool {
+	return slices.ContainsFunc(g.identities(g.st), func(id policy.Identity) bool {
 		return id.ID == identity && slices.Contains(id.Roles, policy.RoleRelay)
 	})
 }

@@ -50,11 +50,11 @@ func (g *Governance) Propose(ctx context.Context, actor Actor, canonical []byte)
 		return ProposalView{}, fmt.Errorf("%w: proposer %q is not the caller's identity %q: a proposal is filed in its proposer's own name",
 			ErrInvalid, names.Escape(p.Proposer), actor.Identity)
 	}
-	if p.Expires.Sub(p.Created) > g.o.ProposalTTL {
-		return ProposalView{}, fmt.Errorf("%w: expires: a proposal may live at most %s", quorum.ErrInvalidProposal, g.o.ProposalTTL)
-	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	if ttl := g.trust(g.st).ProposalTTL; p.Expires.Sub(p.Created) > ttl {
+		return ProposalView{}, fmt.Errorf("%w: expires: a proposal may live at most %s", quorum.ErrInvalidProposal, ttl)
+	}
 	l, err := g.requireLedger()
 	if err != nil {
 		return ProposalView{}, err
@@ -133,6 +133,13 @@ func (g *Governance) precheck(p quorum.Proposal) error {
 		}
 		if _, err := g.build(State{Ceremony: true, Grants: append(slices.Clone(g.st.Grants), pl.Grant)}); err != nil {
 			return fmt.Errorf("%w: add-grant: %v", quorum.ErrInvalidProposal, err)
+		}
+	case quorum.SetTrust:
+		if !g.st.Ceremony {
+			return fmt.Errorf("%w: set-trust: the key ceremony has not fixed any trust yet", quorum.ErrInvalidProposal)
+		}
+		if err := g.precheckTrust(pl); err != nil {
+			return err
 		}
 	case quorum.DisclosureOrder:
 		if !pl.Order.NotAfter.After(g.o.Now()) {

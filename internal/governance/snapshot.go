@@ -22,6 +22,9 @@ type Snapshot struct {
 	budgets  []BudgetEntry
 	orders   []policy.Order
 	officers quorum.OfficerSet
+	// clientCAs are the fingerprints of the client CAs the ceremony fixed;
+	// nil when no ceremony fixed them (every CA of the file is trusted).
+	clientCAs map[string]bool
 }
 
 // Governed reports whether keys, grants and budgets change only by proposal.
@@ -37,8 +40,34 @@ func (s *Snapshot) Role(identity string) (policy.Role, bool) {
 }
 
 // Authorize decides a key operation by the grants in force (package policy).
+// A grant pinned to a public key never allows through it: use
+// AuthorizeCaller with the caller's key.
 func (s *Snapshot) Authorize(identity string, role policy.Role, op policy.Op, key string, ctx map[string]string) (policy.Decision, error) {
 	return s.policy.Authorize(identity, role, op, key, ctx)
+}
+
+// AuthorizeCaller decides a key operation for a caller whose certificate
+// carries the public key with SubjectPublicKeyInfo SHA-256 spki (lower-case
+// hex), so that grants pinned to a key allow only that key.
+func (s *Snapshot) AuthorizeCaller(identity, spki string, role policy.Role, op policy.Op, key string, ctx map[string]string) (policy.Decision, error) {
+	return s.policy.AuthorizeCaller(identity, spki, role, op, key, ctx)
+}
+
+// TrustsCA reports whether a client certificate whose verified chains end
+// at the CAs with these fingerprints (lower-case hex SHA-256 of each
+// chain's last certificate) is trusted: some chain must end at a CA the
+// ceremony fixed. Before the ceremony fixed any, every chain the TLS layer
+// verified is trusted.
+func (s *Snapshot) TrustsCA(roots []string) bool {
+	if s.clientCAs == nil {
+		return true
+	}
+	for _, fp := range roots {
+		if s.clientCAs[fp] {
+			return true
+		}
+	}
+	return false
 }
 
 // Grants returns the grants in force, sorted by id.

@@ -47,6 +47,11 @@ type State struct {
 	Budgets  []BudgetEntry         `json:"budgets"`
 	Orders   []policy.Order        `json:"orders"`
 	Results  map[string]ExecResult `json:"results"`
+	// Trust is what the ceremony fixed (client CAs, roles, governance
+	// parameters, production), as set-trust proposals changed it since;
+	// nil before the ceremony (and for a ceremony that predates it, until
+	// the first start adopts the configuration's).
+	Trust *quorum.CeremonyTrust `json:"trust,omitempty"`
 }
 
 func newState() State {

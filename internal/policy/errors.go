@@ -20,6 +20,10 @@ var (
 	ErrFrozen = errors.New("policy: identity is frozen on this key")
 	// ErrUnknownOp reports an operation name this package does not know.
 	ErrUnknownOp = errors.New("policy: unknown operation")
+	// ErrKeyMismatch reports a caller with the identity a grant names but
+	// not the public key the grant is pinned to (Grant.SPKI). It is always
+	// wrapped together with ErrNotGranted.
+	ErrKeyMismatch = errors.New("policy: certificate key is not the one the grant is pinned to")
 )
 
 // Budget refusals returned by Limiter.Take.

@@ -166,6 +166,12 @@ type Grant struct {
 	// AllowPlaintext lets datakey/unwrap return a plaintext data key; without
 	// it a data key is only ever returned wrapped to a recipient key.
 	AllowPlaintext bool `json:"allow_plaintext"`
+	// SPKI, if set, pins the grant to one key as well as one name: the
+	// lower-case hex SHA-256 of the SubjectPublicKeyInfo the caller's
+	// certificate must carry. A certificate with the right identity (URI
+	// SAN) but another key gets nothing from this grant, so whoever holds
+	// the client CA cannot stand in for the relay with a key of their own.
+	SPKI string `json:"spki,omitempty"`
 }
 
 // Subject is one identity on one key: the unit grants, budgets and freezes
@@ -208,7 +214,22 @@ func (g Grant) Validate() error {
 			return fmt.Errorf("%w: recipient_keys[%d]: want a 32-byte SHA-256, got %d bytes", ErrInvalidSpec, i, len(r))
 		}
 	}
+	if g.SPKI != "" && !isLowerHex64(g.SPKI) {
+		return fmt.Errorf("%w: spki: want the lower-case hex SHA-256 of a SubjectPublicKeyInfo (64 digits)", ErrInvalidSpec)
+	}
 	return nil
+}
+
+func isLowerHex64(s string) bool {
+	if len(s) != 64 {
+		return false
+	}
+	for _, c := range s {
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+			return false
+		}
+	}
+	return true
 }
 
 // validKeyName applies the one key-name rule (which refuses patterns:
@@ -260,6 +281,7 @@ type kv struct{ k, v string }
 
 type compiledGrant struct {
 	id             string
+	spki           string
 	ops            opSet
 	match          []kv
 	recipients     [][]byte
@@ -338,7 +360,7 @@ func New(spec Spec) (*Policy, error) {
 		if rs&roleBit(RoleRelay) == 0 {
 			return nil, fmt.Errorf("%w: grants[%d].identity: %q does not hold the relay role", ErrInvalidSpec, i, g.Identity)
 		}
-		cg := compiledGrant{id: g.ID, recipients: g.RecipientKeys, allowPlaintext: g.AllowPlaintext}
+		cg := compiledGrant{id: g.ID, spki: g.SPKI, recipients: g.RecipientKeys, allowPlaintext: g.AllowPlaintext}
 		for _, op := range g.Operations {
 			cg.ops |= opBit(op)
 		}
@@ -394,7 +416,18 @@ func (d Decision) RecipientAllowed(spkiSHA256 []byte) bool {
 // or role not held); ErrNotGranted (role cannot perform op); ErrFrozen;
 // ErrNotGranted (no grant for op on key); ErrContextMismatch (a grant has the
 // op but none matches ctx).
+//
+// Authorize knows no caller key: a grant pinned to an SPKI never allows
+// through it (see AuthorizeCaller).
 func (p *Policy) Authorize(identity string, role Role, op Op, key string, ctx map[string]string) (Decision, error) {
+	return p.AuthorizeCaller(identity, "", role, op, key, ctx)
+}
+
+// AuthorizeCaller is Authorize for a caller whose certificate carries the
+// public key with SubjectPublicKeyInfo SHA-256 spki (lower-case hex; "" if
+// unknown). A grant pinned to an SPKI allows only a caller with that key;
+// a caller refused only by such pins gets ErrKeyMismatch.
+func (p *Policy) AuthorizeCaller(identity, spki string, role Role, op Op, key string, ctx map[string]string) (Decision, error) {
 	bit := opBit(op)
 	if bit == 0 {
 		return Decision{}, fmt.Errorf("%w: %q", ErrUnknownOp, op)
@@ -415,10 +448,14 @@ func (p *Policy) Authorize(identity string, role Role, op Op, key string, ctx ma
 		return Decision{}, fmt.Errorf("%w: identity %q, key %q", ErrFrozen, identity, key)
 	}
 	gs := p.grants[s]
-	opGranted := false
+	opGranted, pinned := false, false
 	for i := range gs {
 		g := &gs[i]
 		if g.ops&bit == 0 {
+			continue
+		}
+		if g.spki != "" && g.spki != spki {
+			pinned = true
 			continue
 		}
 		opGranted = true
@@ -432,6 +469,9 @@ func (p *Policy) Authorize(identity string, role Role, op Op, key string, ctx ma
 	}
 	if opGranted {
 		return Decision{}, fmt.Errorf("%w: identity %q, key %q, op %s", ErrContextMismatch, identity, key, op)
+	}
+	if pinned {
+		return Decision{}, fmt.Errorf("%w: %w: identity %q, key %q, op %s: the grant is pinned to another public key", ErrNotGranted, ErrKeyMismatch, identity, key, op)
 	}
 	return Decision{}, fmt.Errorf("%w: identity %q, key %q, op %s", ErrNotGranted, identity, key, op)
 }

@@ -72,6 +72,8 @@ func newPayload(k Kind) (Payload, bool) {
 		return &DisclosureOrder{}, true
 	case KindRekeySeal:
 		return &RekeySeal{}, true
+	case KindSetTrust:
+		return &SetTrust{}, true
 	}
 	return nil, false
 }
@@ -416,6 +418,8 @@ func deref(p Payload) Payload {
 	case *DisclosureOrder:
 		return *v
 	case *RekeySeal:
+		return *v
+	case *SetTrust:
 		return *v
 	}
 	return p

@@ -7,11 +7,13 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/custodyhq/custody/internal/custody"
+	"github.com/custodyhq/custody/internal/names"
 	"github.com/custodyhq/custody/internal/policy"
 	"github.com/custodyhq/custody/internal/strictjson"
 )
@@ -34,6 +36,10 @@ type Transcript struct {
 	// for a sealed vault, who holds which share (absent in transcripts
 	// made before sealed start existed).
 	Seal *TranscriptSeal `json:"seal,omitempty"`
+	// Trust is what the ceremony fixed about trust: client CAs, roles,
+	// governance parameters, production (absent in transcripts made
+	// before it was fixed).
+	Trust *CeremonyTrust `json:"trust,omitempty"`
 }
 
 // TranscriptSeal is the PIN's section of the transcript.
@@ -187,8 +193,12 @@ func (t *Transcript) Text() string {
 		for i, op := range g.Operations {
 			ops[i] = string(op)
 		}
-		fmt.Fprintf(&b, "  %s: %s may %s on %s (context constraint: %d pairs, plaintext data keys: %t)\n",
-			g.ID, g.Identity, strings.Join(ops, ","), g.Key, len(g.ContextMatch), g.AllowPlaintext)
+		pin := "not pinned"
+		if g.SPKI != "" {
+			pin = "pinned to sha256:" + g.SPKI
+		}
+		fmt.Fprintf(&b, "  %s: %s may %s on %s (context constraint: %d pairs, plaintext data keys: %t, key %s)\n",
+			g.ID, g.Identity, strings.Join(ops, ","), g.Key, len(g.ContextMatch), g.AllowPlaintext, pin)
 	}
 	b.WriteString("\nbudgets:\n")
 	for _, bu := range t.Budgets {
@@ -212,6 +222,25 @@ func (t *Transcript) Text() string {
 			_ = tw.Flush()
 		default:
 			fmt.Fprintf(&b, "  read from %s on the vault's host (NOT split among the officers: root on the host can use the HSM)\n", t.Seal.PINSource)
+		}
+	}
+	if tr := t.Trust; tr != nil {
+		b.WriteString("\ntrust fixed by this ceremony (a config that disagrees is refused at start; a set-trust proposal changes it):\n")
+		fmt.Fprintf(&b, "  production vault:  %t\n", tr.Production)
+		fmt.Fprintf(&b, "  time-lock:         %s\n  proposal ttl:      %s\n", tr.TimeLock, tr.ProposalTTL)
+		fmt.Fprintf(&b, "  freeze:            %d refusals within %s\n  quorum required:   %t\n", tr.Freeze.Refusals, tr.Freeze.Within, tr.QuorumRequired)
+		b.WriteString("  client CAs (SHA-256 of the certificate):\n")
+		for _, fp := range tr.ClientCAs {
+			fmt.Fprintf(&b, "    %s\n", fp)
+		}
+		b.WriteString("  identities and roles:\n")
+		ids := make([]string, 0, len(tr.Roles))
+		for id := range tr.Roles {
+			ids = append(ids, id)
+		}
+		slices.Sort(ids)
+		for _, id := range ids {
+			fmt.Fprintf(&b, "    %-8s %s\n", names.Escape(string(tr.Roles[id])), names.Escape(id))
 		}
 	}
 	b.WriteString("\nsteps:\n")

@@ -19,15 +19,18 @@ type Current struct {
 	Budget func(identity, key string) (policy.Budget, bool)
 	// Threshold is the current M.
 	Threshold int
+	// Trust is the trust in force (nil: unknown, so a set-trust widens).
+	Trust *Trust
 }
 
 // Widening reports whether a proposal with payload p widens access and so
 // waits out the time-lock: a new grant, a raised budget (compared with
 // cur), a new officer, a removed officer or a lower threshold (both reduce
 // who can veto or how many must agree), a disclosure order, an unfreeze,
-// and re-enabling a key version (it restores decryption of old
-// ciphertexts). Key creation, rotation, disabling, grant removal and
-// destruction narrow or keep access and need only the quorum.
+// re-enabling a key version (it restores decryption of old ciphertexts),
+// and a set-trust that widens (Trust.Wider). Key creation, rotation,
+// disabling, grant removal and destruction narrow or keep access and need
+// only the quorum.
 //
 // The ledger asks this when a proposal reaches its threshold, with cur the
 // state in force then (Decide), not when it is proposed.
@@ -45,6 +48,8 @@ func Widening(p Payload, cur Current) bool {
 		return cur.Threshold == 0 || v.Threshold < cur.Threshold
 	case CreateKey, DestroyKey, RotateKey, DisableVersion, RemoveGrant:
 		return false
+	case SetTrust:
+		return cur.Trust == nil || v.Trust.Wider(*cur.Trust)
 	case RekeySeal:
 		// A new PIN split among the same officers gives nobody more access.
 		return false

@@ -35,7 +35,7 @@ func (s *Server) access(ctx context.Context, name string, encCtx map[string]stri
 		// fails closed.
 		return nil, policy.Decision{}, fmt.Errorf("%w: %s is not a key operation", policy.ErrNotGranted, c.method)
 	}
-	d, err := c.snap.Authorize(c.identity, c.role, c.m.Op, name, encCtx)
+	d, err := c.snap.AuthorizeCaller(c.identity, c.spki, c.role, c.m.Op, name, encCtx)
 	if err != nil {
 		d, used, oerr := s.disclosure(ctx, c, name, encCtx, err)
 		if !used {
@@ -67,6 +67,11 @@ func (s *Server) disclosure(ctx context.Context, c *call, key string, encCtx map
 		return d, false, nil
 	}
 	if !errors.Is(denial, policy.ErrNotGranted) && !errors.Is(denial, policy.ErrContextMismatch) {
+		return d, false, nil
+	}
+	if errors.Is(denial, policy.ErrKeyMismatch) {
+		// The caller has the name of a relay whose grant is pinned to
+		// another key: an order for that name is not for this key either.
 		return d, false, nil
 	}
 	ref, found, err := s.gov.UseOrder(ctx, c.actor(), key, encCtx)

@@ -358,7 +358,7 @@ func (s *Server) authorizeListing(ctx context.Context, name string) error {
 	c := callFrom(ctx)
 	c.key = name
 	if c.role == policy.RoleRelay {
-		_, err := c.snap.Authorize(c.identity, c.role, policy.OpUnwrap, name, nil)
+		_, err := c.snap.AuthorizeCaller(c.identity, c.spki, c.role, policy.OpUnwrap, name, nil)
 		return err
 	}
 	return nil

@@ -79,7 +79,7 @@ func (g governanceService) GetCeremonyTranscript(ctx context.Context, _ *custody
 
 func grantFromProto(p *custodyv1.Grant) policy.Grant {
 	g := policy.Grant{ID: p.GetId(), Identity: p.GetIdentity(), Key: p.GetKey(), ContextMatch: p.GetContextMatch(),
-		RecipientKeys: p.GetRecipientKeySha256(), AllowPlaintext: p.GetAllowPlaintext()}
+		RecipientKeys: p.GetRecipientKeySha256(), AllowPlaintext: p.GetAllowPlaintext(), SPKI: p.GetSpkiSha256()}
 	for _, op := range p.GetOperations() {
 		g.Operations = append(g.Operations, policy.Op(op))
 	}
@@ -91,7 +91,7 @@ func grantFromProto(p *custodyv1.Grant) policy.Grant {
 
 func grantToProto(g policy.Grant) *custodyv1.Grant {
 	out := &custodyv1.Grant{Id: g.ID, Identity: g.Identity, Key: g.Key, ContextMatch: g.ContextMatch,
-		RecipientKeySha256: g.RecipientKeys, AllowPlaintext: g.AllowPlaintext}
+		RecipientKeySha256: g.RecipientKeys, AllowPlaintext: g.AllowPlaintext, SpkiSha256: g.SPKI}
 	for _, op := range g.Operations {
 		out.Operations = append(out.Operations, string(op))
 	}

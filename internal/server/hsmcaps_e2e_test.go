@@ -207,6 +207,14 @@ func TestCustodydOnNSSRecordsWhatItCannotVerifyAndRefusesProduction(t *testing.T
 	if st.GetHsm().GetProfile() != "nss" || caps["rsa_oaep"].GetMode() != "sha256" || caps["aes_key_wrap_pad"].GetMechanismCode() != 0x210B || caps["extract_refused"].GetOk() {
 		t.Fatalf("status on nss: %v", st.GetHsm())
 	}
+	// NSS keeps no data objects: status (and the metric) say that the audit
+	// high-water mark is not on the token.
+	if m := st.GetAuditMark(); m.GetOnToken() || !strings.Contains(m.GetDetail(), "keeps no data objects: no audit mark on the token") {
+		t.Fatalf("audit mark status on nss: %v", m)
+	}
+	if m := scrape(t, e); !strings.Contains(m, "custody_audit_token_mark 0") {
+		t.Error("/metrics does not show the audit mark missing from the token")
+	}
 
 	// The same token, outside dev mode: refused at start.
 	e.Stop(t)

@@ -41,6 +41,7 @@ type call struct {
 	m         *Method
 	snap      *governance.Snapshot
 	identity  string
+	spki      string // hex SHA-256 of the caller's SubjectPublicKeyInfo
 	role      policy.Role
 	method    string // the audited name: m.Name, or "<m.Name>[i]" for a batch item
 	key       string
@@ -71,25 +72,46 @@ func (c *call) actor() governance.Actor { return governance.Actor{Identity: c.id
 // forwarded identity is believed only there, and a request carrying one on
 // any other connection is refused (see package gateway).
 func caller(ctx context.Context) (string, error) {
-	if id, forwarded, err := gateway.ForwardedIdentity(ctx); err != nil {
-		return "", fmt.Errorf("%w: %w", ErrUnauthenticated, err)
+	c, err := callerCert(ctx)
+	return c.Identity, err
+}
+
+// callerCert is caller with the certificate's public key (grants may pin
+// it) and the CAs its verified chains end at (the ceremony fixes which are
+// trusted).
+func callerCert(ctx context.Context) (gateway.Cert, error) {
+	if c, forwarded, err := gateway.ForwardedCert(ctx); err != nil {
+		return gateway.Cert{}, fmt.Errorf("%w: %w", ErrUnauthenticated, err)
 	} else if forwarded {
-		return id, nil
+		return c, nil
 	}
 	p, ok := peer.FromContext(ctx)
 	if !ok || p.AuthInfo == nil {
-		return "", ErrUnauthenticated
+		return gateway.Cert{}, ErrUnauthenticated
 	}
 	ti, ok := p.AuthInfo.(credentials.TLSInfo)
 	if !ok || len(ti.State.VerifiedChains) == 0 || len(ti.State.VerifiedChains[0]) == 0 {
-		return "", ErrUnauthenticated
+		return gateway.Cert{}, ErrUnauthenticated
 	}
 	var leaf *x509.Certificate = ti.State.VerifiedChains[0][0]
 	id, err := pki.Identity(leaf)
 	if err != nil {
-		return "", fmt.Errorf("%w: %w", ErrUnauthenticated, err)
+		return gateway.Cert{}, fmt.Errorf("%w: %w", ErrUnauthenticated, err)
 	}
-	return id, nil
+	return gateway.Cert{Identity: id, SPKI: pki.SPKIHash(leaf), Roots: pki.ChainRoots(ti.State.VerifiedChains)}, nil
+}
+
+// errUntrustedCA: the certificate verified against the CA file, but only
+// through CAs that the key ceremony did not fix (appended to the file
+// since, or removed by a set-trust proposal).
+var errUntrustedCA = errors.New("the client certificate chains only to CAs the key ceremony does not trust")
+
+func shortFingerprints(fps []string) string {
+	out := make([]string, len(fps))
+	for i, fp := range fps {
+		out[i] = "sha256:" + fp
+	}
+	return strings.Join(out, ",")
 }
 
 // isHealth reports whether a method is the standard health service, which
@@ -106,16 +128,20 @@ func (s *Server) begin(ctx context.Context, full string) (context.Context, *call
 	if ok {
 		c.m, c.method = m, m.Name
 	}
-	id, err := caller(ctx)
+	cert, err := callerCert(ctx)
 	if err != nil {
 		c.identity = "unauthenticated"
 		return ctx, c, err
 	}
-	c.identity = id
+	id := cert.Identity
+	c.identity, c.spki = id, cert.SPKI
 	if !ok {
 		return ctx, c, fmt.Errorf("%w: %s", errUnknownMethod, shortMethod(full))
 	}
 	c.snap = s.gov.Snapshot()
+	if !c.snap.TrustsCA(cert.Roots) {
+		return ctx, c, fmt.Errorf("%w: %w (%s)", ErrUnauthenticated, errUntrustedCA, shortFingerprints(cert.Roots))
+	}
 	role, ok := c.snap.Role(id)
 	if !ok {
 		return ctx, c, fmt.Errorf("%w: %s", errNoRole, id)

@@ -91,6 +91,8 @@ type Server struct {
 	dataKeys atomic.Pointer[dataKeyStore] // stored data keys (datakeys.go); nil until SetDataKeyStore
 
 	admission *admission.Limiter // nil: no admission control
+
+	auditMark atomic.Pointer[func() *custodyv1.AuditMarkStatus] // statussvc.go; nil until SetAuditMarkStatus
 }
 
 // New builds a Server from its dependencies.

@@ -17,8 +17,16 @@ type statusService struct {
 
 // GetStatus implements StatusService (every role; see Methods).
 func (ss statusService) GetStatus(ctx context.Context, _ *custodyv1.GetStatusRequest) (*custodyv1.VaultStatus, error) {
-	return &custodyv1.VaultStatus{Hsm: HSMStatus(ss.s.hsm)}, nil
+	out := &custodyv1.VaultStatus{Hsm: HSMStatus(ss.s.hsm)}
+	if f := ss.s.auditMark.Load(); f != nil {
+		out.AuditMark = (*f)()
+	}
+	return out, nil
 }
+
+// SetAuditMarkStatus gives the status service what the daemon knows of the
+// audit high-water mark on the token.
+func (s *Server) SetAuditMarkStatus(f func() *custodyv1.AuditMarkStatus) { s.auditMark.Store(&f) }
 
 // HSMStatus renders a module's state and capabilities.
 func HSMStatus(m *hsm.Module) *custodyv1.HsmStatus {

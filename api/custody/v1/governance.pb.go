@@ -207,8 +207,14 @@ type Grant struct {
 	// Lets datakey/unwrap return a plaintext data key; without it a data key
 	// is only ever returned wrapped to a recipient key.
 	AllowPlaintext bool `protobuf:"varint,7,opt,name=allow_plaintext,json=allowPlaintext,proto3" json:"allow_plaintext,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// If set, pins the grant to one key as well as one identity: the
+	// lower-case hex SHA-256 of the SubjectPublicKeyInfo the caller's
+	// certificate must carry. A certificate with the identity but another key
+	// gets nothing from the grant (whoever holds the client CA cannot stand in
+	// for the relay).
+	SpkiSha256    string `protobuf:"bytes,8,opt,name=spki_sha256,json=spkiSha256,proto3" json:"spki_sha256,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Grant) Reset() {
@@ -288,6 +294,13 @@ func (x *Grant) GetAllowPlaintext() bool {
 		return x.AllowPlaintext
 	}
 	return false
+}
+
+func (x *Grant) GetSpkiSha256() string {
+	if x != nil {
+		return x.SpkiSha256
+	}
+	return ""
 }
 
 // Budget limits one identity on one key, or one key over all identities:
@@ -1719,7 +1732,7 @@ const file_custody_v1_governance_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12 \n" +
 	"\vfingerprint\x18\x02 \x01(\tR\vfingerprint\x12$\n" +
 	"\x0epublic_key_der\x18\x03 \x01(\fR\fpublicKeyDer\x12/\n" +
-	"\x14share_public_key_der\x18\x04 \x01(\fR\x11sharePublicKeyDer\"\xcb\x02\n" +
+	"\x14share_public_key_der\x18\x04 \x01(\fR\x11sharePublicKeyDer\"\xec\x02\n" +
 	"\x05Grant\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1a\n" +
 	"\bidentity\x18\x02 \x01(\tR\bidentity\x12\x10\n" +
@@ -1729,7 +1742,9 @@ const file_custody_v1_governance_proto_rawDesc = "" +
 	"operations\x12H\n" +
 	"\rcontext_match\x18\x05 \x03(\v2#.custody.v1.Grant.ContextMatchEntryR\fcontextMatch\x120\n" +
 	"\x14recipient_key_sha256\x18\x06 \x03(\fR\x12recipientKeySha256\x12'\n" +
-	"\x0fallow_plaintext\x18\a \x01(\bR\x0eallowPlaintext\x1a?\n" +
+	"\x0fallow_plaintext\x18\a \x01(\bR\x0eallowPlaintext\x12\x1f\n" +
+	"\vspki_sha256\x18\b \x01(\tR\n" +
+	"spkiSha256\x1a?\n" +
 	"\x11ContextMatchEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xbd\x02\n" +

@@ -66,7 +66,9 @@ func (*GetStatusRequest) Descriptor() ([]byte, []int) {
 type VaultStatus struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The HSM custodyd holds its keys in.
-	Hsm           *HsmStatus `protobuf:"bytes,1,opt,name=hsm,proto3" json:"hsm,omitempty"`
+	Hsm *HsmStatus `protobuf:"bytes,1,opt,name=hsm,proto3" json:"hsm,omitempty"`
+	// The audit high-water mark kept on the token (rollback protection).
+	AuditMark     *AuditMarkStatus `protobuf:"bytes,2,opt,name=audit_mark,json=auditMark,proto3" json:"audit_mark,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -108,6 +110,98 @@ func (x *VaultStatus) GetHsm() *HsmStatus {
 	return nil
 }
 
+func (x *VaultStatus) GetAuditMark() *AuditMarkStatus {
+	if x != nil {
+		return x.AuditMark
+	}
+	return nil
+}
+
+// AuditMarkStatus is the newest audit checkpoint custodyd keeps in a private
+// object on the HSM token, where root on the host cannot rewrite it without
+// the PIN: at start, an audit directory or store older than it is refused.
+type AuditMarkStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Whether the token holds the mark; false on a token that keeps no data
+	// objects (NSS softokn), where only the audit checkpoints and an off-box
+	// anchor sink guard against rollback.
+	OnToken bool `protobuf:"varint,1,opt,name=on_token,json=onToken,proto3" json:"on_token,omitempty"`
+	// What the mark guards, or why there is none.
+	Detail string `protobuf:"bytes,2,opt,name=detail,proto3" json:"detail,omitempty"`
+	// The audit record sequence and the store revision of the newest mark.
+	Seq           uint64 `protobuf:"varint,3,opt,name=seq,proto3" json:"seq,omitempty"`
+	StoreRevision uint64 `protobuf:"varint,4,opt,name=store_revision,json=storeRevision,proto3" json:"store_revision,omitempty"`
+	// When the newest mark's checkpoint was signed (RFC 3339), "" if none yet.
+	Time          string `protobuf:"bytes,5,opt,name=time,proto3" json:"time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuditMarkStatus) Reset() {
+	*x = AuditMarkStatus{}
+	mi := &file_custody_v1_status_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuditMarkStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuditMarkStatus) ProtoMessage() {}
+
+func (x *AuditMarkStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_custody_v1_status_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuditMarkStatus.ProtoReflect.Descriptor instead.
+func (*AuditMarkStatus) Descriptor() ([]byte, []int) {
+	return file_custody_v1_status_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *AuditMarkStatus) GetOnToken() bool {
+	if x != nil {
+		return x.OnToken
+	}
+	return false
+}
+
+func (x *AuditMarkStatus) GetDetail() string {
+	if x != nil {
+		return x.Detail
+	}
+	return ""
+}
+
+func (x *AuditMarkStatus) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *AuditMarkStatus) GetStoreRevision() uint64 {
+	if x != nil {
+		return x.StoreRevision
+	}
+	return 0
+}
+
+func (x *AuditMarkStatus) GetTime() string {
+	if x != nil {
+		return x.Time
+	}
+	return ""
+}
+
 // HsmStatus is the HSM's state and what the probe decided at the last
 // (re)initialisation of the PKCS#11 module.
 type HsmStatus struct {
@@ -130,7 +224,7 @@ type HsmStatus struct {
 
 func (x *HsmStatus) Reset() {
 	*x = HsmStatus{}
-	mi := &file_custody_v1_status_proto_msgTypes[2]
+	mi := &file_custody_v1_status_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -142,7 +236,7 @@ func (x *HsmStatus) String() string {
 func (*HsmStatus) ProtoMessage() {}
 
 func (x *HsmStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_custody_v1_status_proto_msgTypes[2]
+	mi := &file_custody_v1_status_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -155,7 +249,7 @@ func (x *HsmStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HsmStatus.ProtoReflect.Descriptor instead.
 func (*HsmStatus) Descriptor() ([]byte, []int) {
-	return file_custody_v1_status_proto_rawDescGZIP(), []int{2}
+	return file_custody_v1_status_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *HsmStatus) GetState() string {
@@ -224,7 +318,7 @@ type HsmCapability struct {
 
 func (x *HsmCapability) Reset() {
 	*x = HsmCapability{}
-	mi := &file_custody_v1_status_proto_msgTypes[3]
+	mi := &file_custody_v1_status_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -236,7 +330,7 @@ func (x *HsmCapability) String() string {
 func (*HsmCapability) ProtoMessage() {}
 
 func (x *HsmCapability) ProtoReflect() protoreflect.Message {
-	mi := &file_custody_v1_status_proto_msgTypes[3]
+	mi := &file_custody_v1_status_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -249,7 +343,7 @@ func (x *HsmCapability) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HsmCapability.ProtoReflect.Descriptor instead.
 func (*HsmCapability) Descriptor() ([]byte, []int) {
-	return file_custody_v1_status_proto_rawDescGZIP(), []int{3}
+	return file_custody_v1_status_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *HsmCapability) GetName() string {
@@ -307,9 +401,17 @@ const file_custody_v1_status_proto_rawDesc = "" +
 	"\n" +
 	"\x17custody/v1/status.proto\x12\n" +
 	"custody.v1\"\x12\n" +
-	"\x10GetStatusRequest\"6\n" +
+	"\x10GetStatusRequest\"r\n" +
 	"\vVaultStatus\x12'\n" +
-	"\x03hsm\x18\x01 \x01(\v2\x15.custody.v1.HsmStatusR\x03hsm\"\xe1\x01\n" +
+	"\x03hsm\x18\x01 \x01(\v2\x15.custody.v1.HsmStatusR\x03hsm\x12:\n" +
+	"\n" +
+	"audit_mark\x18\x02 \x01(\v2\x1b.custody.v1.AuditMarkStatusR\tauditMark\"\x91\x01\n" +
+	"\x0fAuditMarkStatus\x12\x19\n" +
+	"\bon_token\x18\x01 \x01(\bR\aonToken\x12\x16\n" +
+	"\x06detail\x18\x02 \x01(\tR\x06detail\x12\x10\n" +
+	"\x03seq\x18\x03 \x01(\x04R\x03seq\x12%\n" +
+	"\x0estore_revision\x18\x04 \x01(\x04R\rstoreRevision\x12\x12\n" +
+	"\x04time\x18\x05 \x01(\tR\x04time\"\xe1\x01\n" +
 	"\tHsmStatus\x12\x14\n" +
 	"\x05state\x18\x01 \x01(\tR\x05state\x12\x18\n" +
 	"\aprofile\x18\x02 \x01(\tR\aprofile\x12\x16\n" +
@@ -342,23 +444,25 @@ func file_custody_v1_status_proto_rawDescGZIP() []byte {
 	return file_custody_v1_status_proto_rawDescData
 }
 
-var file_custody_v1_status_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_custody_v1_status_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
 var file_custody_v1_status_proto_goTypes = []any{
 	(*GetStatusRequest)(nil), // 0: custody.v1.GetStatusRequest
 	(*VaultStatus)(nil),      // 1: custody.v1.VaultStatus
-	(*HsmStatus)(nil),        // 2: custody.v1.HsmStatus
-	(*HsmCapability)(nil),    // 3: custody.v1.HsmCapability
+	(*AuditMarkStatus)(nil),  // 2: custody.v1.AuditMarkStatus
+	(*HsmStatus)(nil),        // 3: custody.v1.HsmStatus
+	(*HsmCapability)(nil),    // 4: custody.v1.HsmCapability
 }
 var file_custody_v1_status_proto_depIdxs = []int32{
-	2, // 0: custody.v1.VaultStatus.hsm:type_name -> custody.v1.HsmStatus
-	3, // 1: custody.v1.HsmStatus.capabilities:type_name -> custody.v1.HsmCapability
-	0, // 2: custody.v1.StatusService.GetStatus:input_type -> custody.v1.GetStatusRequest
-	1, // 3: custody.v1.StatusService.GetStatus:output_type -> custody.v1.VaultStatus
-	3, // [3:4] is the sub-list for method output_type
-	2, // [2:3] is the sub-list for method input_type
-	2, // [2:2] is the sub-list for extension type_name
-	2, // [2:2] is the sub-list for extension extendee
-	0, // [0:2] is the sub-list for field type_name
+	3, // 0: custody.v1.VaultStatus.hsm:type_name -> custody.v1.HsmStatus
+	2, // 1: custody.v1.VaultStatus.audit_mark:type_name -> custody.v1.AuditMarkStatus
+	4, // 2: custody.v1.HsmStatus.capabilities:type_name -> custody.v1.HsmCapability
+	0, // 3: custody.v1.StatusService.GetStatus:input_type -> custody.v1.GetStatusRequest
+	1, // 4: custody.v1.StatusService.GetStatus:output_type -> custody.v1.VaultStatus
+	4, // [4:5] is the sub-list for method output_type
+	3, // [3:4] is the sub-list for method input_type
+	3, // [3:3] is the sub-list for extension type_name
+	3, // [3:3] is the sub-list for extension extendee
+	0, // [0:3] is the sub-list for field type_name
 }
 
 func init() { file_custody_v1_status_proto_init() }
@@ -372,7 +476,7 @@ func file_custody_v1_status_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_custody_v1_status_proto_rawDesc), len(file_custody_v1_status_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   4,
+			NumMessages:   5,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -1,0 +1,111 @@
+package daemon
+
+import (
+	"context"
+	"crypto"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	custodyv1 "github.com/custodyhq/custody/api/custody/v1"
+	"github.com/custodyhq/custody/internal/auditmark"
+	"github.com/custodyhq/custody/internal/store"
+)
+
+// Rollback protection beyond the store's anchor and the audit checkpoints:
+// the newest checkpoint is also kept on the HSM token (internal/auditmark),
+// where root on the host cannot rewrite it without the PIN, and every start
+// compares the audit directory and the store with it before the audit log
+// may sign anything or a request is served.
+
+// newMarkWriter makes the token mark's writer.
+func newMarkWriter(raw store.Store, auditDir string, log *slog.Logger) *auditmark.Writer {
+	return auditmark.NewWriter(auditmark.Options{Scope: markScope(raw, auditDir), Logger: log})
+}
+
+// markScope: one mark per vault, or one per replica of a shared store,
+// named by its host and audit directory (replicas on one host have
+// directories of their own).
+func markScope(raw store.Store, auditDir string) auditmark.Scope {
+	_, shared := raw.(store.Shared)
+	host, _ := os.Hostname()
+	return auditmark.Scope{Shared: shared, Instance: host + ":" + auditDir}
+}
+
+// noDataObjectsDetail is what status says on a token without data objects.
+const noDataObjectsDetail = "the HSM token keeps no data objects: no audit mark on the token; an older audit directory or store is caught only by the signed checkpoints in the directory and an off-box anchor sink (audit.anchor_file / anchor_url)"
+
+// checkAuditMark compares the audit directory and the store with the
+// token's mark and arms the mark's writer; it refuses (naming what is
+// missing or older, with both positions) an audit directory that is empty,
+// shorter, rewritten or missing its checkpoints, or an older store.
+func (d *Daemon) checkAuditMark(ctx context.Context, pub crypto.PublicKey) error {
+	if p := d.HSM.Profile(); p != nil && p.NoDataObjects {
+		d.markOnToken.Store(false)
+		d.log.Warn(noDataObjectsDetail, "profile", p.Name)
+		return nil
+	}
+	mark, err := auditmark.Read(ctx, d.HSM, d.markScope())
+	if err != nil {
+		return fmt.Errorf("audit mark: %w; refusing to serve", err)
+	}
+	seq := d.openedHead
+	pos := auditmark.Position{AuditDir: d.cfg.Audit.Dir, Head: seq, Store: d.cfg.Store.String(), StoreRevision: d.Store.Anchor().Revision}
+	if cp, ok := d.Audit.LatestCheckpoint(); ok {
+		pos.LatestCheckpoint = cp.Seq
+	}
+	if err := auditmark.Check(mark, pos, pub); err != nil {
+		return err
+	}
+	if mark == nil && (seq > 0 || pos.StoreRevision > 0) {
+		d.log.Info("no audit mark on the HSM token yet (a new vault, or one from before marks): the first checkpoint makes one")
+	}
+	d.mark.Arm(d.HSM, mark)
+	d.markOnToken.Store(true)
+	return nil
+}
+
+func (d *Daemon) markScope() auditmark.Scope { return markScope(d.raw, d.cfg.Audit.Dir) }
+
+// AuditMarkStatus is the token mark's state for the status service.
+func (d *Daemon) AuditMarkStatus() *custodyv1.AuditMarkStatus {
+	if !d.markOnToken.Load() {
+		return &custodyv1.AuditMarkStatus{Detail: noDataObjectsDetail}
+	}
+	st := d.mark.Status()
+	out := &custodyv1.AuditMarkStatus{OnToken: true,
+		Detail: "the newest audit checkpoint is kept on the HSM token: an older, shorter, rewritten or emptied audit directory, or an older store, is refused at start"}
+	if st.Written != nil {
+		out.Seq, out.StoreRevision, out.Time = st.Written.Seq, st.Written.StoreRevision, st.Written.Time.UTC().Format(time.RFC3339)
+	}
+	if st.LastErr != nil {
+		out.Detail += "; the last write failed: " + st.LastErr.Error()
+	}
+	return out
+}
+
+// registerMarkMetrics exports the mark's writes and failures.
+func (d *Daemon) registerMarkMetrics(reg prometheus.Registerer) {
+	reg.MustRegister(
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Namespace: "custody", Subsystem: "audit", Name: "token_mark_writes_total",
+			Help: "Audit checkpoints written to the HSM token as its audit high-water mark.",
+		}, func() float64 { return float64(d.mark.Status().Writes) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Namespace: "custody", Subsystem: "audit", Name: "token_mark_errors_total",
+			Help: "Failed writes of the audit high-water mark to the HSM token (retried with the next checkpoint).",
+		}, func() float64 { return float64(d.mark.Status().Errors) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: "custody", Subsystem: "audit", Name: "token_mark",
+			Help: "1 when the audit high-water mark is kept on the HSM token, 0 when the token keeps no data objects.",
+		}, func() float64 {
+			if d.markOnToken.Load() {
+				return 1
+			}
+			return 0
+		}),
+	)
+}
