@@ -333,3 +333,130 @@ func TestCompromisedRelayGetsNoMorePlaintextThanItsBudgetOnEveryPathAtOnce(t *te
 		t.Errorf("metrics show %d refusals (calls and batch items), want %d", refusedInMetrics, want)
 	}
 }
+
+// answer is what a caller can observe of a refusal: code and message.
+func answer(err error) string {
+	st := status.Convert(err)
+	return st.Code().String() + ": " + st.Message()
+}
+
+// TestCompromisedRelayLearnsAndTouchesNothingOfAnotherTenant: two tenants
+// share key "shared", each granted it only under its own tenant context.
+// Tenant A's relay is compromised. It cannot tell whether tenant B stored an
+// id (the same answer for B's id as for one that does not exist, on gRPC
+// and on REST), cannot fetch, overwrite or delete B's stored key, cannot
+// list B's ids, cannot open B's ciphertexts under either context, and
+// cannot tell a key that exists but is not granted to it from one that does
+// not exist. Storing the same id at once from both tenants, and twice at
+// once from A over gRPC and REST, gives each tenant its own key and A
+// exactly one. Every refusal is on the record and the log verifies.
+func TestCompromisedRelayLearnsAndTouchesNothingOfAnotherTenant(t *testing.T) {
+	v := newRedVault(t, 1000)
+	v.serve(t)
+	a := custodyv1.NewDataKeyServiceClient(v.conn(t, "relay"))
+	b := custodyv1.NewDataKeyServiceClient(v.conn(t, "relay-b"))
+	ac := custodyv1.NewCryptoServiceClient(v.conn(t, "relay"))
+	bc := custodyv1.NewCryptoServiceClient(v.conn(t, "relay-b"))
+	hc := restClient(t, v.pki.CAFile, v.pki, "relay")
+	gen := func(id string, c map[string]string) *custodyv1.StoreDataKeyRequest {
+		return &custodyv1.StoreDataKeyRequest{KeyName: "shared", Id: id, Context: c, Source: &custodyv1.StoreDataKeyRequest_Generate{Generate: true}}
+	}
+	fetch := func(c custodyv1.DataKeyServiceClient, id string, ctx map[string]string) ([]byte, error) {
+		r, err := c.FetchDataKey(tctx(t), &custodyv1.FetchDataKeyRequest{KeyName: "shared", Id: id, Context: ctx})
+		return r.GetPlaintext(), err
+	}
+	if _, err := b.StoreDataKey(tctx(t), gen("conv-7", tenantB)); err != nil {
+		t.Fatal(err)
+	}
+	bKey, err := fetch(b, "conv-7", tenantB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bCT, err := bc.Encrypt(tctx(t), &custodyv1.EncryptRequest{KeyName: "shared", Plaintext: []byte("tenant b's message"), Context: tenantB})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// Existence: B's id answers exactly as an id nobody stored.
+	for _, c := range []map[string]string{tenantA, tenantB, {"tenant": "b", "x": "y"}, nil} {
+		_, e1 := fetch(a, "conv-7", c)
+		_, e2 := fetch(a, "conv-never", c)
+		if answer(e1) != answer(e2) || status.Code(e1) == codes.OK {
+			t.Errorf("fetch under %v: B's id answers %q, a missing id %q", c, answer(e1), answer(e2))
+		}
+		_, e1 = a.DeleteDataKey(tctx(t), &custodyv1.DeleteDataKeyRequest{KeyName: "shared", Id: "conv-7", Context: c})
+		_, e2 = a.DeleteDataKey(tctx(t), &custodyv1.DeleteDataKeyRequest{KeyName: "shared", Id: "conv-never", Context: c})
+		if answer(e1) != answer(e2) || status.Code(e1) == codes.OK {
+			t.Errorf("delete under %v: B's id answers %q, a missing id %q", c, answer(e1), answer(e2))
+		}
+	}
+	for _, c := range []map[string]string{tenantA, tenantB} {
+		c1, b1, err1 := v.rest(t, hc, "/v1/datakeys/fetch", map[string]any{"key_name": "shared", "id": "conv-7", "context": c})
+		c2, b2, err2 := v.rest(t, hc, "/v1/datakeys/fetch", map[string]any{"key_name": "shared", "id": "conv-never", "context": c})
+		if err1 != nil || err2 != nil || c1 != c2 || string(b1) != string(b2) || c1 == http.StatusOK {
+			t.Errorf("REST fetch under %v: B's id %d %s, a missing id %d %s (%v %v)", c, c1, b1, c2, b2, err1, err2)
+		}
+	}
+	// Listing: A's grant on "shared" is limited to its context, so it may
+	// not list the ids of every context.
+	_, err = a.ListDataKeyIds(tctx(t), &custodyv1.ListDataKeyIdsRequest{KeyName: "shared"})
+	wantCode(t, err, codes.PermissionDenied, "tenant A lists the shared key's ids")
+	// B's ciphertext opens for neither of A's choices of context.
+	_, err = ac.Decrypt(tctx(t), &custodyv1.DecryptRequest{KeyName: "shared", Ciphertext: bCT.GetCiphertext(), Context: tenantB})
+	wantCode(t, err, codes.PermissionDenied, "A decrypts B's ciphertext naming B's context")
+	_, err = ac.Decrypt(tctx(t), &custodyv1.DecryptRequest{KeyName: "shared", Ciphertext: bCT.GetCiphertext(), Context: tenantA})
+	wantCode(t, err, codes.InvalidArgument, "A decrypts B's ciphertext under its own context")
+	// Keys: one that exists but is not granted answers as one that does
+	// not exist (B has no grant on msgs).
+	_, e1 := bc.Encrypt(tctx(t), &custodyv1.EncryptRequest{KeyName: "msgs", Plaintext: []byte("x")})
+	_, e2 := bc.Encrypt(tctx(t), &custodyv1.EncryptRequest{KeyName: "msgz", Plaintext: []byte("x")})
+	if status.Code(e1) != codes.PermissionDenied || answer(e1) != strings.ReplaceAll(answer(e2), "msgz", "msgs") {
+		t.Errorf("an ungranted key answers %q, a missing key %q", answer(e1), answer(e2))
+	}
+
+	// Two of something at once: A stores conv-7 (its own namespace) over
+	// gRPC and REST while B stores a new id race-1 and A the same id.
+	var wg sync.WaitGroup
+	var grpcErr, raceA, raceB error
+	var restCode int
+	wg.Add(4)
+	go func() { defer wg.Done(); _, grpcErr = a.StoreDataKey(tctx(t), gen("conv-7", tenantA)) }()
+	go func() {
+		defer wg.Done()
+		restCode, _, _ = v.rest(t, hc, "/v1/datakeys/store", map[string]any{"key_name": "shared", "id": "conv-7", "context": tenantA, "generate": true})
+	}()
+	go func() { defer wg.Done(); _, raceA = a.StoreDataKey(tctx(t), gen("race-1", tenantA)) }()
+	go func() { defer wg.Done(); _, raceB = b.StoreDataKey(tctx(t), gen("race-1", tenantB)) }()
+	wg.Wait()
+	if (grpcErr == nil) == (restCode == http.StatusOK) || (grpcErr != nil && status.Code(grpcErr) != codes.AlreadyExists) ||
+		(restCode != http.StatusOK && restCode != http.StatusConflict) {
+		t.Errorf("A's two stores of conv-7 at once: gRPC %v, REST %d; want exactly one, the other AlreadyExists", grpcErr, restCode)
+	}
+	if raceA != nil || raceB != nil {
+		t.Errorf("both tenants storing race-1 at once: A %v, B %v", raceA, raceB)
+	}
+	// B's key is untouched by everything A did.
+	if got, err := fetch(b, "conv-7", tenantB); err != nil || string(got) != string(bKey) {
+		t.Fatalf("B's stored key after the attack: %v (same bytes: %v)", err, string(got) == string(bKey))
+	}
+	if aKey, err := fetch(a, "conv-7", tenantA); err != nil || string(aKey) == string(bKey) {
+		t.Fatalf("A's own conv-7: %v (equal to B's: %v)", err, string(aKey) == string(bKey))
+	}
+
+	// The evidence: every refused fetch and delete by A is on the record,
+	// and the log verifies with anchors before and after.
+	rep := v.evidence(t)
+	var refused int
+	for _, r := range recordsOf(t, v.data+"/audit", "FetchDataKey", "DeleteDataKey", "ListDataKeyIds") {
+		if r["identity"] == v.identity["relay"] && r["outcome"] != "ok" {
+			refused++
+		}
+	}
+	// 4 contexts x 2 ids x (fetch + delete) over gRPC, 2 x 2 over REST, 1 listing.
+	if want := 4*2*2 + 2*2 + 1; refused != want {
+		t.Errorf("%d refused data-key calls by A on the record, want %d", refused, want)
+	}
+	if id := idCount(rep, v.identity["relay"]); id.Operations != 1 {
+		t.Errorf("report on A: %+v, want the 1 fetch of its own key", id)
+	}
+}
