@@ -5,6 +5,7 @@ package server_test
 // bbolt, gRPC with mTLS on loopback).
 
 import (
+	"encoding/json"
 	"fmt"
 	"strings"
 	"testing"
@@ -145,4 +146,133 @@ func (g *govEnv) auditLog(t *testing.T) []audit.Record {
 		t.Fatal(err)
 	}
 	return out
+}
+
+// TestADisclosureOrderLendsNoAuthorityBeyondTheReadsItNames: relay2 may
+// encrypt and make data keys on msgs but never read them. A 2-of-3 order
+// lets it read msgs under one conversation's context three times. It tries
+// to borrow that authority for what the order does not name: another
+// context, a rewrap, a listing of stored ids, key transport to a key of its
+// choosing, a delete, and more items in one batch than the order has uses.
+// Only three reads succeed; every one of them carries the case reference in
+// the log, in the signed report and in the order's use count; the refused
+// attempts spend nothing.
+func TestADisclosureOrderLendsNoAuthorityBeyondTheReadsItNames(t *testing.T) {
+	g := startGov(t, nil)
+	g.ceremony(t, 1000)
+	target := map[string]string{"tenant": "acme", "conversation": "7"}
+	other := map[string]string{"tenant": "acme", "conversation": "8"}
+	owner, investigator := g.Crypto(t, "relay"), g.Crypto(t, "relay2")
+	ownerDK, invDK := dataKeys(t, g.Env, "relay"), dataKeys(t, g.Env, "relay2")
+	ct, err := owner.Encrypt(ctx(t), &custodyv1.EncryptRequest{KeyName: "msgs", Plaintext: []byte("m"), Context: target})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctOther, err := owner.Encrypt(ctx(t), &custodyv1.EncryptRequest{KeyName: "msgs", Plaintext: []byte("m"), Context: other})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gk, err := owner.GenerateDataKey(ctx(t), &custodyv1.GenerateDataKeyRequest{KeyName: "msgs", Context: target, WithoutPlaintext: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ownerDK.StoreDataKey(ctx(t), generate("msgs", "conv-7", target)); err != nil {
+		t.Fatal(err)
+	}
+	p := g.propose(t, quorum.DisclosureOrder{Order: policy.Order{CaseRef: "CASE-7", Key: "msgs", ContextMatch: target,
+		Recipient: g.relay2, MaxUses: 3, NotAfter: time.Now().Add(time.Hour)}}, time.Hour)
+	g.pass(t, p)
+	g.waitState(t, p.ID, custodyv1.ProposalState_PROPOSAL_EXECUTED)
+	used := func() uint32 {
+		r, err := g.gov(t, "auditor").ListDisclosureOrders(ctx(t), &custodyv1.ListDisclosureOrdersRequest{IncludeEnded: true})
+		if err != nil || len(r.GetOrders()) != 1 {
+			t.Fatalf("orders: %v %v", r, err)
+		}
+		return r.GetOrders()[0].GetUsed()
+	}
+	_, rsaDER := relayRSA(t)
+
+	// Borrowing attempts: each refused, none spends a use.
+	attempts := []struct {
+		what string
+		call func() error
+	}{
+		{"decrypt under another conversation's context", func() error {
+			_, err := investigator.Decrypt(ctx(t), &custodyv1.DecryptRequest{KeyName: "msgs", Ciphertext: ctOther.GetCiphertext(), Context: other})
+			return err
+		}},
+		{"rewrap of the conversation's data key", func() error {
+			_, err := investigator.Rewrap(ctx(t), &custodyv1.RewrapRequest{KeyName: "msgs", WrappedKey: gk.GetWrappedKey(), Context: target})
+			return err
+		}},
+		{"listing the stored ids", func() error {
+			_, err := invDK.ListDataKeyIds(ctx(t), &custodyv1.ListDataKeyIdsRequest{KeyName: "msgs"})
+			return err
+		}},
+		{"delete of the stored key", func() error {
+			_, err := invDK.DeleteDataKey(ctx(t), &custodyv1.DeleteDataKeyRequest{KeyName: "msgs", Id: "conv-7", Context: target})
+			return err
+		}},
+	}
+	for _, a := range attempts {
+		if err := a.call(); code(err) != codes.PermissionDenied {
+			t.Errorf("%s under the order: %v, want PermissionDenied", a.what, err)
+		}
+	}
+	// Key transport to a key of its choosing: the order pins no recipient,
+	// so no recipient is allowed (the use is spent by the attempt: an order
+	// use is recorded before the operation runs).
+	_, err = investigator.Unwrap(ctx(t), &custodyv1.UnwrapRequest{KeyName: "msgs", WrappedKey: gk.GetWrappedKey(), Context: target, RecipientPublicKey: rsaDER})
+	wantCode(t, err, codes.PermissionDenied, "key transport to the investigator's own key")
+	if n := used(); n != 1 {
+		t.Fatalf("order uses after the borrowing attempts: %d, want 1 (the transport attempt)", n)
+	}
+	// A batch of five reads on two uses left: two are served, three refused.
+	dec := &custodyv1.DecryptRequest{KeyName: "msgs", Ciphertext: ct.GetCiphertext(), Context: target}
+	r, err := investigator.BatchDecrypt(ctx(t), &custodyv1.BatchDecryptRequest{Items: []*custodyv1.DecryptRequest{dec, dec, dec, dec, dec}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ok, refused int
+	for _, x := range r.GetResults() {
+		if x.GetError() == nil {
+			ok++
+		} else if codes.Code(x.GetError().GetCode()) == codes.PermissionDenied {
+			refused++
+		}
+	}
+	if ok != 2 || refused != 3 || used() != 3 {
+		t.Fatalf("batch of 5 on 2 uses: %d served, %d refused, order used %d", ok, refused, used())
+	}
+	_, err = invDK.FetchDataKey(ctx(t), &custodyv1.FetchDataKeyRequest{KeyName: "msgs", Id: "conv-7", Context: target})
+	wantCode(t, err, codes.PermissionDenied, "a fetch after the order is spent")
+	if _, err := ownerDK.FetchDataKey(ctx(t), &custodyv1.FetchDataKeyRequest{KeyName: "msgs", Id: "conv-7", Context: target}); err != nil {
+		t.Fatalf("the owner's stored key after the investigator's attempts: %v", err)
+	}
+
+	// The evidence: the signed report counts the two reads under the case
+	// (the transport attempt spent a use but returned nothing).
+	resp, err := custodyv1.NewAuditServiceClient(g.Dial(t, "auditor")).Report(ctx(t), &custodyv1.ReportRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep audit.TransparencyReport
+	if err := json.Unmarshal(resp.GetJson(), &rep); err != nil {
+		t.Fatal(err)
+	}
+	var cases uint64
+	for _, c := range rep.Cases {
+		if c.CaseRef == "CASE-7" {
+			cases = c.Uses
+		}
+	}
+	var inv audit.UseCount
+	for _, id := range rep.Identities {
+		if id.Name == g.relay2 {
+			inv = id
+		}
+	}
+	if cases != 2 || inv.Disclosures != 2 || inv.Operations != 2 {
+		t.Fatalf("report: case CASE-7 %d uses, investigator %+v; want 2 reads under the case", cases, inv)
+	}
 }
