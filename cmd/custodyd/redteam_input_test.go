@@ -148,6 +148,20 @@ func TestContentThatBreaksSidePathsIsRefusedAuditedAndChangesNothing(t *testing.
 			t.Errorf("%s: %d %s %v, want 400", c.name, code, body, err)
 		}
 	}
+	// Bodies the gateway cannot even decode: refused 400 like the rest, and
+	// on the record like an undecodable gRPC request.
+	undecodable := []string{`{`, `{"key_name":"msgs","plaintext":"eA==","bogus":1}`, `{"key_name":"msgs","plaintext":"not base64!"}`,
+		`{"key_name":"msgs","plaintext":"eA==","context":{"t":"\udcff"}}`}
+	for _, body := range undecodable {
+		resp, err := hc.Post("https://"+v.gwAddr+"/v1/crypto/encrypt", "application/json", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadRequest {
+			t.Errorf("REST body %s: HTTP %d, want 400", body, resp.StatusCode)
+		}
+	}
 	// Exactly at the limits, in ASCII: served.
 	if _, err := dk.StoreDataKey(tctx(t), &custodyv1.StoreDataKeyRequest{KeyName: "msgs", Id: strings.Repeat("i", 128),
 		Source: &custodyv1.StoreDataKeyRequest_Generate{Generate: true}}); err != nil {
@@ -179,7 +193,7 @@ func TestContentThatBreaksSidePathsIsRefusedAuditedAndChangesNothing(t *testing.
 			}
 		}
 	}
-	if want := len(cases) + len(restCases); invalid != want {
+	if want := len(cases) + len(restCases) + len(undecodable); invalid != want {
 		t.Errorf("%d InvalidArgument records of the relay, want %d", invalid, want)
 	}
 }
