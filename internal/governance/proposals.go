@@ -299,6 +299,12 @@ func (g *Governance) ExecuteReady(ctx context.Context) (int, error) {
 	}
 	n := 0
 	for _, r := range g.ledger.Snapshot().Records {
+		// Only a proposal at its threshold has anything to decide or run:
+		// the others cost no copy of the ledger (which every tick would
+		// otherwise make once per proposal on record).
+		if st, err := g.ledger.Status(r.Proposal, g.o.Now()); err != nil || st.State != quorum.StateReady {
+			continue
+		}
 		before := g.ledger.Snapshot()
 		st, err := g.ledger.Decide(r.Proposal, g.current(), g.o.Now())
 		if err != nil || st.State == quorum.StatePending {
