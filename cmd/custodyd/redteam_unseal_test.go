@@ -52,9 +52,10 @@ func submission(t *testing.T, o officer, es *custodyv1.EncryptedShare, signWith 
 // is coerced. With her own officer certificate and key she cannot reach the
 // threshold alone (a second submission of her share, her share under
 // another's index, a submission passed off as alice's, a replay: all
-// refused, all on the record); and asking for share targets again and
-// again (hundreds of GetShare calls) does not spend the one-time nonces
-// that alice and bob were given, so they unseal the vault while she does.
+// refused, all on the record); asking for share targets again and again
+// (hundreds of GetShare calls) does not spend the one-time nonces that
+// alice and bob were given, so they unseal the vault while she does; and
+// alice's submission, captured and replayed after a restart, is refused.
 func TestOneCoercedOfficerCanNeitherUnsealAloneNorKeepTheVaultSealed(t *testing.T) {
 	v := newRedVault(t, 1000)
 	v.start(t)
@@ -117,6 +118,20 @@ func TestOneCoercedOfficerCanNeitherUnsealAloneNorKeepTheVaultSealed(t *testing.
 		t.Fatalf("after alice and bob: %v", st)
 	}
 	v.waitGateway(t)
+
+	// Alice's accepted submission, captured on the wire by carol, replayed
+	// after a restart: the new process has a new unseal key and no nonces.
+	aliceSub := submission(t, alice, ta, alice, ta.GetIndex())
+	v.stop(t, syscall.SIGTERM)
+	v.start(t)
+	_, err = custodyv1.NewSealServiceClient(v.conn(t, "officer-c")).Unseal(tctx(t), aliceSub)
+	wantCode(t, err, codes.FailedPrecondition, "alice's submission from the last run, replayed")
+	sealed("after the replay across a restart")
+	for _, n := range []string{"alice", "bob"} {
+		if inv := v.unseal(t, n); inv.code != 0 {
+			t.Fatalf("unseal %s: %+v", n, inv)
+		}
+	}
 	if inv := v.ctlAs(t, "auditor", nil, "audit", "pubkey", "--out", v.pubFile); inv.code != 0 {
 		t.Fatalf("audit pubkey: %+v", inv)
 	}
@@ -135,7 +150,7 @@ func TestOneCoercedOfficerCanNeitherUnsealAloneNorKeepTheVaultSealed(t *testing.
 			refusals++
 		}
 	}
-	if gets < 300 || refusals != 4 {
-		t.Errorf("carol on the record: %d GetShare, %d refused submissions; want at least 300 and 4", gets, refusals)
+	if gets < 300 || refusals != 5 {
+		t.Errorf("carol on the record: %d GetShare, %d refused submissions; want at least 300 and 5", gets, refusals)
 	}
 }
