@@ -18,6 +18,9 @@
 //     never silently taken or dropped.
 //   - No HTTP header is forwarded as gRPC metadata, so an HTTP client cannot
 //     supply or add to the forwarded identity.
+//   - A request refused because its body does not decode is still recorded
+//     by custodyd's gRPC server (as an undecodable request of its method,
+//     under the caller's identity), as every request that reaches custodyd is.
 package gateway
 
 import (

@@ -12,12 +12,14 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -124,6 +126,7 @@ func New(ctx context.Context, internal *Listener, tlsCfg *tls.Config, o Options)
 		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return internal.DialContext(ctx) }),
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxMessageBytes), grpc.MaxCallSendMsgSize(maxMessageBytes)),
+		grpc.WithUnaryInterceptor(markForwarded),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("gateway: in-process connection: %w", err)
@@ -135,15 +138,22 @@ func New(ctx context.Context, internal *Listener, tlsCfg *tls.Config, o Options)
 		MarshalOptions:   protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true},
 		UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: false},
 	}
+	var g *Gateway
 	mux := runtime.NewServeMux(
 		runtime.WithMarshalerOption(runtime.MIMEWildcard, marshaler),
+		// A body that does not decode never reaches the gRPC server on its
+		// own: have it audited there all the same (auditUndecoded).
+		runtime.WithErrorHandler(func(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, w http.ResponseWriter, r *http.Request, err error) {
+			g.auditUndecoded(ctx, r, err)
+			runtime.DefaultHTTPErrorHandler(ctx, mux, m, w, r, err)
+		}),
 		// Forward no HTTP header as metadata: the identity is the only
 		// metadata the server acts on, and only the gateway sets it.
 		runtime.WithIncomingHeaderMatcher(func(string) (string, bool) { return "", false }),
 		runtime.WithOutgoingHeaderMatcher(func(string) (string, bool) { return "", false }),
 		runtime.WithMetadata(forwardIdentity),
 	)
-	g := &Gateway{conn: conn, mux: mux, marshaler: marshaler, tlsCfg: tlsCfg.Clone(), limits: o.Limits.withDefaults()}
+	g = &Gateway{conn: conn, mux: mux, marshaler: marshaler, tlsCfg: tlsCfg.Clone(), limits: o.Limits.withDefaults()}
 	for _, register := range []func(context.Context, *runtime.ServeMux, *grpc.ClientConn) error{
 		custodyv1gw.RegisterCryptoServiceHandler,
 		custodyv1gw.RegisterKeyServiceHandler,
@@ -207,9 +217,61 @@ func (g *Gateway) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	r.Body = io.NopCloser(bytes.NewReader(body))
-	ctx := context.WithValue(context.WithValue(r.Context(), identityKey{}, id), certFactsKey{}, facts)
+	ctx := context.WithValue(context.WithValue(context.WithValue(r.Context(), identityKey{}, id), certFactsKey{}, facts), forwardedKey{}, new(atomic.Bool))
 	g.mux.ServeHTTP(w, r.WithContext(ctx))
 }
+
+// forwardedKey holds, in a request's context, an *atomic.Bool set once the
+// request is forwarded to custodyd's gRPC server.
+type forwardedKey struct{}
+
+// markForwarded is the in-process connection's interceptor: it notes that
+// the request reached the gRPC server (whose interceptors audit it).
+func markForwarded(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+	if f, ok := ctx.Value(forwardedKey{}).(*atomic.Bool); ok {
+		f.Store(true)
+	}
+	return invoker(ctx, method, req, reply, cc, opts...)
+}
+
+// undecodableMessage is protobuf that no server decodes (field 1 claims
+// more bytes than follow). It stands in for a JSON body that did not
+// decode, so that custodyd's gRPC server records the request as it records
+// an undecodable gRPC request: the caller's identity, the method,
+// InvalidArgument.
+var undecodableMessage = []byte{0x0a, 0x7f}
+
+// auditUndecoded has custodyd's gRPC server record a REST request refused
+// for its body before it was forwarded (err is InvalidArgument and the
+// route names a method); any other error was either answered by the server
+// (and audited there) or names no method.
+func (g *Gateway) auditUndecoded(ctx context.Context, r *http.Request, err error) {
+	f, ok := r.Context().Value(forwardedKey{}).(*atomic.Bool)
+	id, _ := r.Context().Value(identityKey{}).(string)
+	method, hasMethod := runtime.RPCMethod(ctx)
+	if !ok || f.Load() || id == "" || !hasMethod || status.Code(err) != codes.InvalidArgument {
+		return
+	}
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 10*time.Second)
+	defer cancel()
+	cctx = metadata.NewOutgoingContext(cctx, metadata.Pairs(IdentityMetadataKey, id))
+	req, reply := append([]byte(nil), undecodableMessage...), []byte(nil)
+	_ = g.conn.Invoke(cctx, method, &req, &reply, grpc.ForceCodecV2(rawCodec{}))
+}
+
+// rawCodec passes pre-encoded bytes (*[]byte) through unchanged.
+type rawCodec struct{}
+
+func (rawCodec) Marshal(v any) (mem.BufferSlice, error) {
+	return mem.BufferSlice{mem.SliceBuffer(*v.(*[]byte))}, nil
+}
+
+func (rawCodec) Unmarshal(data mem.BufferSlice, v any) error {
+	*v.(*[]byte) = data.Materialize()
+	return nil
+}
+
+func (rawCodec) Name() string { return "proto" }
 
 // tooLarge answers 413 with the gateway's JSON error body and closes the
 // connection (the rest of the body is not read).

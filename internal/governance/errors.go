@@ -21,6 +21,9 @@ var (
 	// ErrUnavailable reports that a record or the store could not be
 	// written: nothing changed; try again.
 	ErrUnavailable = errors.New("governance: unavailable")
+	// ErrFull refuses a proposal that would take more of governance than
+	// one proposer may hold (see MaxProposalBytes, MaxOpenProposals).
+	ErrFull = errors.New("governance: no room for this proposal")
 	// ErrMarker reports that the token's ceremony marker cannot be read
 	// unambiguously (an HSM error, or more than one marker object).
 	ErrMarker = errors.New("governance: ceremony marker unreadable")

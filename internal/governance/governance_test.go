@@ -7,6 +7,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"path/filepath"
@@ -379,5 +380,86 @@ func TestBudgetSpendSurvivesACrash(t *testing.T) {
 	}
 	if served > 20 {
 		t.Fatalf("%d served across 5 crashes on a volume of 20", served)
+	}
+}
+
+// bulkyProposal is a valid proposal of about size canonical bytes in actor's
+// name: a grant for relay-a on k1 whose context match carries the bulk.
+func bulkyProposal(t *testing.T, actor Actor, size int, now time.Time) []byte {
+	t.Helper()
+	m := map[string]string{}
+	for i := 0; size > 0; i++ {
+		n := min(size, 1000)
+		m[fmt.Sprintf("k%05d", i)] = strings.Repeat("v", n)
+		size -= n + 20
+	}
+	p, err := quorum.NewProposal(quorum.AddGrant{Grant: policy.Grant{ID: fmt.Sprintf("g-%d", len(m)), Identity: "relay-a", Key: "k1",
+		Operations: []policy.Op{policy.OpDecrypt}, ContextMatch: m}}, actor.Identity, now, time.Hour+time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	canon, err := p.CanonicalBytes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return canon
+}
+
+// TestProposalsCannotFillGovernanceAndExpiredOnesMakeRoom: a proposal
+// larger than MaxProposalBytes is refused; a proposer holds at most
+// MaxOpenProposals; several proposers together fill at most proposalSpace
+// (ErrFull beyond), which leaves the rest of the state for approvals; and
+// once proposals are long expired their records are forgotten to make room.
+func TestProposalsCannotFillGovernanceAndExpiredOnesMakeRoom(t *testing.T) {
+	f := newFixture(t)
+	now := time.Now()
+	f.o.Now = func() time.Time { return now }
+	g := f.open(t)
+	req, _ := ceremonyRequest(t, "k1")
+	if _, _, err := g.InitCeremony(context.Background(), operator, req); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if _, err := g.Propose(ctx, operator, bulkyProposal(t, operator, MaxProposalBytes+1000, now)); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("an oversized proposal: %v, want ErrInvalid", err)
+	}
+	var full error
+	var first string
+	for i := 0; i < 8 && full == nil; i++ {
+		actor := Actor{Identity: fmt.Sprintf("spiffe://test/officer-%d", i), Role: policy.RoleOfficer}
+		for j := 0; j <= MaxOpenProposals; j++ {
+			v, err := g.Propose(ctx, actor, bulkyProposal(t, actor, MaxProposalBytes-1500, now))
+			switch {
+			case err == nil && j == MaxOpenProposals:
+				t.Fatalf("%s filed %d proposals", actor.Identity, j+1)
+			case err == nil:
+				if first == "" {
+					first = v.Proposal.ID
+				}
+				continue
+			case !errors.Is(err, ErrFull):
+				t.Fatalf("proposal %d of %s: %v", j, actor.Identity, err)
+			case j < MaxOpenProposals:
+				full = err // the space, not this proposer's allowance
+			}
+			break
+		}
+	}
+	if full == nil {
+		t.Fatal("proposers together were never refused")
+	}
+	kv, err := f.st.Get(ctx, stateKey)
+	if err != nil || len(kv.Value) > proposalSpace {
+		t.Fatalf("state is %d bytes (%v), more than the %d proposals may fill", len(kv.Value), err, proposalSpace)
+	}
+	// Long after they expired, their records make room for new ones.
+	now = now.Add(2*time.Hour + proposalRetention)
+	for j := 0; j < MaxOpenProposals; j++ {
+		if _, err := g.Propose(ctx, operator, bulkyProposal(t, operator, MaxProposalBytes-1500, now)); err != nil {
+			t.Fatalf("proposal %d once the others are long expired: %v", j, err)
+		}
+	}
+	if _, err := g.Proposal(first); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("the first, long expired proposal: %v, want it forgotten", err)
 	}
 }

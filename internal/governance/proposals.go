@@ -11,6 +11,7 @@ import (
 	"github.com/custodyhq/custody/internal/keys"
 	"github.com/custodyhq/custody/internal/names"
 	"github.com/custodyhq/custody/internal/quorum"
+	"github.com/custodyhq/custody/internal/store"
 )
 
 // ProposalView is one proposal as the API shows it.
@@ -39,9 +40,30 @@ func Summary(p quorum.Proposal) string {
 	return names.Escape(fmt.Sprintf("%s %s", p.Kind, b))
 }
 
+// Limits on proposals. All of governance is one store value
+// (store.MaxValueSize): without them one proposer (a single coerced officer
+// or operator) could fill it with a few large proposals, after which no
+// approval, veto, execution or order use could ever be persisted again.
+const (
+	// MaxProposalBytes bounds one proposal's canonical bytes.
+	MaxProposalBytes = 16 << 10
+	// MaxOpenProposals bounds the proposals of one proposer that have not
+	// yet expired (pending, time-locked, executed or vetoed alike).
+	MaxOpenProposals = 16
+	// proposalSpace is how much of the state value proposals may fill; the
+	// rest is kept for what is done with them.
+	proposalSpace = store.MaxValueSize / 2
+	// proposalRetention is how long a proposal's record is kept after it
+	// expired (for proposal show) before it may be forgotten to make room.
+	proposalRetention = 7 * 24 * time.Hour
+)
+
 // Propose records a proposal. Its proposer must be the caller's own
 // authenticated identity: nobody files a proposal in another's name.
 func (g *Governance) Propose(ctx context.Context, actor Actor, canonical []byte) (ProposalView, error) {
+	if len(canonical) > MaxProposalBytes {
+		return ProposalView{}, fmt.Errorf("%w: the proposal is %d bytes; at most %d are accepted", ErrInvalid, len(canonical), MaxProposalBytes)
+	}
 	p, err := quorum.ParseCanonical(canonical)
 	if err != nil {
 		return ProposalView{}, err
@@ -63,16 +85,62 @@ func (g *Governance) Propose(ctx context.Context, actor Actor, canonical []byte)
 		return ProposalView{}, err
 	}
 	before := l.Snapshot()
-	if err := l.Propose(p, g.current(), g.o.Now()); err != nil {
+	now := g.o.Now()
+	if n := openBy(before, p.Proposer, now); n >= MaxOpenProposals {
+		return ProposalView{}, fmt.Errorf("%w: %s already has %d proposals that have not expired; at most %d", ErrFull, names.Escape(p.Proposer), n, MaxOpenProposals)
+	}
+	if err := l.Propose(p, g.current(), now); err != nil {
+		return ProposalView{}, err
+	}
+	next := g.st.clone()
+	if err := g.makeRoom(l, &next, now); err != nil {
+		if rl, rerr := quorum.RestoreLedger(before); rerr == nil {
+			g.ledger = rl
+		}
 		return ProposalView{}, err
 	}
 	if err := g.recordOrRestore(ctx, before, Event{Actor: actor, Action: "propose", Key: proposalKey(p), Detail: p.ID + " " + Summary(p)}); err != nil {
 		return ProposalView{}, err
 	}
-	if err := g.commit(ctx, before, g.st.clone()); err != nil {
+	if err := g.commit(ctx, before, next); err != nil {
 		return ProposalView{}, err
 	}
 	return g.view(p.ID)
+}
+
+// openBy counts proposer's proposals that have not expired at now.
+func openBy(st quorum.LedgerState, proposer string, now time.Time) int {
+	n := 0
+	for _, r := range st.Records {
+		if r.Proposal.Proposer == proposer && now.Before(r.Proposal.Expires) {
+			n++
+		}
+	}
+	return n
+}
+
+// makeRoom keeps the state (next, with the ledger l as it is now) within
+// proposalSpace: if it is over, records of proposals that expired more than
+// proposalRetention ago are forgotten (and their results with them); if it
+// is still over, the change is refused with ErrFull. Called with g.mu held.
+func (g *Governance) makeRoom(l *quorum.Ledger, next *State, now time.Time) error {
+	size := func() int {
+		op, err := g.stateOp(next)
+		if err != nil {
+			return store.MaxValueSize
+		}
+		return len(op.Value)
+	}
+	if size() <= proposalSpace {
+		return nil
+	}
+	for _, id := range l.ForgetExpired(now.Add(-proposalRetention)) {
+		delete(next.Results, id)
+	}
+	if n := size(); n > proposalSpace {
+		return fmt.Errorf("%w: open proposals fill %d of the %d bytes governance keeps for them; wait for some to expire", ErrFull, n, proposalSpace)
+	}
+	return nil
 }
 
 // recordOrRestore writes ev, or puts the ledger back to before and fails.
@@ -238,6 +306,12 @@ func (g *Governance) ExecuteReady(ctx context.Context) (int, error) {
 	}
 	n := 0
 	for _, r := range g.ledger.Snapshot().Records {
+		// Only a proposal at its threshold has anything to decide or run:
+		// the others cost no copy of the ledger (which every tick would
+		// otherwise make once per proposal on record).
+		if st, err := g.ledger.Status(r.Proposal, g.o.Now()); err != nil || st.State != quorum.StateReady {
+			continue
+		}
 		before := g.ledger.Snapshot()
 		st, err := g.ledger.Decide(r.Proposal, g.current(), g.o.Now())
 		if err != nil || st.State == quorum.StatePending {

@@ -357,6 +357,25 @@ func (l *Ledger) MarkExecuted(p Proposal, now time.Time) error {
 	return fmt.Errorf("%w: %q is %s", ErrNotReady, p.ID, st.State)
 }
 
+// ForgetExpired drops the records of proposals that expired before cutoff
+// and returns their IDs. Such a proposal can change no more (it was
+// executed, vetoed or let expire) and cannot be proposed again (Propose
+// refuses a proposal past its expiry), so forgetting it keeps the ledger
+// bounded without opening a replay.
+func (l *Ledger) ForgetExpired(cutoff time.Time) []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var gone []string
+	for id, r := range l.records {
+		if r.Proposal.Expires.Before(cutoff) {
+			delete(l.records, id)
+			gone = append(gone, id)
+		}
+	}
+	slices.Sort(gone)
+	return gone
+}
+
 // LedgerState is the serialisable state of a Ledger.
 type LedgerState struct {
 	Officers OfficerSet    `json:"officers"`

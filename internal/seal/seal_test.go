@@ -10,6 +10,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 )
@@ -336,5 +337,49 @@ func TestRecordParsingIsStrict(t *testing.T) {
 	tr := f.rec.Transcript()
 	if tr.PINSource != SourceOfficers || len(tr.Shares) != 3 || tr.Shares[0].Commitment == "" {
 		t.Fatalf("transcript section %+v", tr)
+	}
+}
+
+// TestOneRequesterAskingForTargetsNeverSpendsAnothersNonce: a requester
+// (one mTLS identity) asking for targets again and again drops only its own
+// oldest nonces; the nonce handed to another requester still unseals, even
+// after the overall bound is reached by many requesters.
+func TestOneRequesterAskingForTargetsNeverSpendsAnothersNonce(t *testing.T) {
+	f := newFixture(t)
+	sub := func(requester string, o testOfficer) *Submission {
+		t.Helper()
+		okey, _ := x509.MarshalPKIXPublicKey(o.signer.Public())
+		env, tgt, err := f.u.TargetFor(requester, Fingerprint(okey))
+		if err != nil {
+			t.Fatal(err)
+		}
+		share, err := OpenShare(o.share, f.rec.Ref(), env)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer share.Destroy()
+		s, err := Submit(o.signer, share.Bytes(), tgt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	alice := sub("spiffe://x/alice", f.offs[0])
+	mine := sub("spiffe://x/carol", f.offs[2])
+	for i := 0; i < 10*maxNoncesPerRequester; i++ {
+		sub("spiffe://x/carol", f.offs[i%3])
+	}
+	if _, _, _, err := f.u.Submit(mine); !errors.Is(err, ErrReplayed) {
+		t.Fatalf("carol's own oldest nonce after she asked for many more: %v, want ErrReplayed", err)
+	}
+	// Many requesters push the total past its bound: the one holding the
+	// most loses first; alice, holding one, keeps hers.
+	for i := 0; i < maxNonces/maxNoncesPerRequester+8; i++ {
+		for j := 0; j < maxNoncesPerRequester; j++ {
+			sub(fmt.Sprintf("spiffe://x/r%d", i), f.offs[1])
+		}
+	}
+	if p, _, who, err := f.u.Submit(alice); err != nil || p.Have != 1 || who != "alice" {
+		t.Fatalf("alice's nonce after the others' requests: %+v %q %v", p, who, err)
 	}
 }

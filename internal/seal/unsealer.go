@@ -16,8 +16,16 @@ import (
 // DefaultProgressTTL is how long accepted shares wait for the rest.
 const DefaultProgressTTL = 15 * time.Minute
 
-// maxNonces bounds the nonces outstanding at once; the oldest is dropped.
-const maxNonces = 256
+// Outstanding nonces are bounded per requester (the mTLS identity that
+// asked for them): beyond maxNoncesPerRequester the oldest of that
+// requester's is dropped, so one caller asking for targets again and again
+// spends only its own nonces, never those handed to the other officers.
+// maxNonces bounds them all (memory); beyond it the oldest nonce of the
+// requester holding the most is dropped.
+const (
+	maxNoncesPerRequester = 16
+	maxNonces             = 1024
+)
 
 // Progress is how far an unseal has come.
 type Progress struct {
@@ -33,8 +41,10 @@ type Progress struct {
 //
 // Invariants: a nonce is issued for one officer, one share and this
 // ephemeral key and is consumed by the first submission that carries it,
-// whatever its outcome; accepted shares are in locked memory and are
-// destroyed when they are combined, discarded or expire.
+// whatever its outcome; one requester holds at most maxNoncesPerRequester
+// outstanding nonces, so asking for more drops only its own; accepted
+// shares are in locked memory and are destroyed when they are combined,
+// discarded or expire.
 type Unsealer struct {
 	rec *Record
 	eph *EphemeralKey
@@ -50,8 +60,9 @@ type Unsealer struct {
 }
 
 type nonceEntry struct {
-	index   int
-	expires time.Time
+	index     int
+	requester string
+	expires   time.Time
 }
 
 // NewUnsealer starts collecting shares for rec; submissions must be
@@ -72,9 +83,16 @@ func NewUnsealer(rec *Record, eph *EphemeralKey, ttl time.Duration, now func() t
 // Record is the record being unsealed.
 func (u *Unsealer) Record() *Record { return u.rec }
 
-// Target returns what the officer with signing-key fingerprint officerFP
-// needs to submit: their envelope and a fresh one-time nonce.
+// Target is TargetFor with no requester: every such nonce shares one
+// allowance.
 func (u *Unsealer) Target(officerFP string) (Envelope, Target, error) {
+	return u.TargetFor("", officerFP)
+}
+
+// TargetFor returns what the officer with signing-key fingerprint officerFP
+// needs to submit: their envelope and a fresh one-time nonce, counted
+// against requester's allowance of outstanding nonces.
+func (u *Unsealer) TargetFor(requester, officerFP string) (Envelope, Target, error) {
 	env, ok := u.rec.Holder(officerFP)
 	if !ok {
 		return Envelope{}, Target{}, fmt.Errorf("%w: no share for signing key %s", ErrNotOfficer, short(officerFP))
@@ -86,13 +104,45 @@ func (u *Unsealer) Target(officerFP string) (Envelope, Target, error) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	key := hex.EncodeToString(nonce)
-	u.nonces[key] = nonceEntry{index: env.Index, expires: u.now().Add(u.ttl)}
+	u.nonces[key] = nonceEntry{index: env.Index, requester: requester, expires: u.now().Add(u.ttl)}
 	u.order = append(u.order, key)
-	for len(u.order) > maxNonces {
-		delete(u.nonces, u.order[0])
-		u.order = u.order[1:]
-	}
+	u.boundNoncesLocked(requester)
 	return env, Target{Ref: u.rec.Ref(), Index: env.Index, EphemeralKey: u.eph.PublicKey(), Nonce: nonce}, nil
+}
+
+// boundNoncesLocked drops the oldest nonces of requester beyond its
+// allowance, then, while there are more than maxNonces in all, the oldest
+// of the requester holding the most.
+func (u *Unsealer) boundNoncesLocked(requester string) {
+	held := map[string]int{}
+	for _, k := range u.order {
+		held[u.nonces[k].requester]++
+	}
+	for held[requester] > maxNoncesPerRequester {
+		u.dropOldestLocked(requester)
+		held[requester]--
+	}
+	for len(u.order) > maxNonces {
+		most := requester
+		for r, n := range held {
+			if n > held[most] {
+				most = r
+			}
+		}
+		u.dropOldestLocked(most)
+		held[most]--
+	}
+}
+
+// dropOldestLocked forgets requester's oldest outstanding nonce.
+func (u *Unsealer) dropOldestLocked(requester string) {
+	for i, k := range u.order {
+		if u.nonces[k].requester == requester {
+			delete(u.nonces, k)
+			u.order = slices.Delete(u.order, i, i+1)
+			return
+		}
+	}
 }
 
 // Submit checks one officer's submission and keeps the share if it is good.

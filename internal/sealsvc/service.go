@@ -12,7 +12,8 @@
 //     accepted or refused, and the record is durable before the answer (and
 //     before the unseal it completes). Before the key ceremony there is no
 //     audit key: records are held in memory and written first thing once
-//     the audit log opens.
+//     the audit log opens; beyond maxPending, calls are counted by kind and
+//     each kind is written as one summary record, so none goes unrecorded.
 //   - The PIN is replaced only through hsm.PINChange, and a replacement is
 //     final only once the shares of the new PIN are durable in the store;
 //     otherwise the old PIN is restored.
@@ -135,6 +136,10 @@ type Service struct {
 	auditMu sync.Mutex
 	auditor Auditor
 	pending []audit.Record // before the audit log opens (pre-ceremony)
+	// overflow counts the calls made once pending was full, by what their
+	// record would have said; each becomes one summary record.
+	overflow      map[overflowKey]int
+	overflowOrder []overflowKey
 
 	m metrics
 }
@@ -147,6 +152,17 @@ type loggedIn struct {
 
 // maxPending bounds the records held in memory before the audit log opens.
 const maxPending = 1000
+
+// maxOverflowKinds bounds the kinds of call counted beyond maxPending; any
+// further kind is counted under one catch-all key.
+const maxOverflowKinds = 64
+
+// overflowKey is what the summary of calls made beyond maxPending keeps of
+// their records.
+type overflowKey struct {
+	identity, role, method, code string
+	outcome                      audit.Outcome
+}
 
 // New reads the seal record (raw) and decides the start state: unsealed
 // soon (a PIN source is configured), sealed (a record exists) or awaiting
@@ -240,8 +256,38 @@ func (s *Service) SetAuditor(ctx context.Context, a Auditor) error {
 		}
 		s.pending = s.pending[1:]
 	}
+	for len(s.overflowOrder) > 0 {
+		k := s.overflowOrder[0]
+		rec := audit.Record{Time: s.o.Now(), Identity: k.identity, Role: k.role, Method: k.method, Outcome: k.outcome, Code: k.code,
+			Detail: fmt.Sprintf("%d %s before the audit log opened, beyond the %d held one by one", s.overflow[k], overflowDetail, maxPending)}
+		if _, err := a.Append(ctx, rec); err != nil {
+			return fmt.Errorf("audit records made before the audit log opened: %w", err)
+		}
+		delete(s.overflow, k)
+		s.overflowOrder = s.overflowOrder[1:]
+	}
 	s.auditor = a
 	return nil
+}
+
+// overflowDetail is the text of a summary record of calls made beyond
+// maxPending before the audit log opened (after their count).
+const overflowDetail = "more such calls"
+
+// countOverflow counts a call whose record found the holding buffer full.
+// Called with auditMu held.
+func (s *Service) countOverflow(rec audit.Record) {
+	k := overflowKey{identity: rec.Identity, role: rec.Role, method: rec.Method, code: rec.Code, outcome: rec.Outcome}
+	if _, ok := s.overflow[k]; !ok && len(s.overflow) >= maxOverflowKinds {
+		k = overflowKey{identity: "various", method: "various", code: "various", outcome: audit.OutcomeError}
+	}
+	if s.overflow == nil {
+		s.overflow = map[overflowKey]int{}
+	}
+	if _, ok := s.overflow[k]; !ok {
+		s.overflowOrder = append(s.overflowOrder, k)
+	}
+	s.overflow[k]++
 }
 
 // record writes one audit record; it is durable when it returns nil (held
@@ -253,6 +299,8 @@ func (s *Service) record(ctx context.Context, rec audit.Record) error {
 	if a == nil {
 		if len(s.pending) < maxPending {
 			s.pending = append(s.pending, rec)
+		} else {
+			s.countOverflow(rec)
 		}
 		s.auditMu.Unlock()
 		return nil

@@ -11,10 +11,13 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -234,5 +237,59 @@ func TestFailedStartAfterTheSharesIsReportedAndCanBeRetried(t *testing.T) {
 	}
 	if len(h.got) != 2 || !bytes.Equal(h.got[1], h.pin) {
 		t.Fatalf("retry: %d PINs", len(h.got))
+	}
+}
+
+type memAuditor struct{ recs []audit.Record }
+
+func (m *memAuditor) Append(_ context.Context, r audit.Record) (uint64, error) {
+	m.recs = append(m.recs, r)
+	return uint64(len(m.recs)), nil
+}
+
+// TestCallsBeyondTheHoldingBufferAreSummarisedNotLost: before the key
+// ceremony there is no audit log; refusals are held in memory up to
+// maxPending, and every call beyond is counted by kind and written as one
+// summary record when the log opens, so a flood of refused calls cannot
+// make later ones vanish from the record.
+func TestCallsBeyondTheHoldingBufferAreSummarisedNotLost(t *testing.T) {
+	s, err := New(context.Background(), Options{RawValue: func(context.Context, string) ([]byte, error) { return nil, store.ErrNotFound },
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.State() != StateAwaitingCeremony {
+		t.Fatalf("state %v", s.State())
+	}
+	flood := audit.Record{Identity: "spiffe://x/stranger", Method: "GetSealStatus", Outcome: audit.OutcomeDenied, Code: "PermissionDenied"}
+	for i := 0; i < maxPending+150; i++ {
+		_ = s.record(context.Background(), flood)
+	}
+	late := audit.Record{Identity: "spiffe://x/relay", Role: "relay", Method: "InitCeremony", Outcome: audit.OutcomeDenied, Code: "PermissionDenied"}
+	_ = s.record(context.Background(), late)
+	for i := 0; i < maxOverflowKinds+3; i++ {
+		_ = s.record(context.Background(), audit.Record{Identity: fmt.Sprintf("spiffe://x/%d", i), Method: "GetShare", Outcome: audit.OutcomeDenied, Code: "PermissionDenied"})
+	}
+	a := &memAuditor{}
+	if err := s.SetAuditor(context.Background(), a); err != nil {
+		t.Fatal(err)
+	}
+	total := 0
+	lateSeen := false
+	for _, r := range a.recs {
+		n := 1
+		if i := strings.Index(r.Detail, " "+overflowDetail+" "); i > 0 {
+			if n, err = strconv.Atoi(r.Detail[:i]); err != nil {
+				t.Fatalf("summary %q", r.Detail)
+			}
+		}
+		total += n
+		lateSeen = lateSeen || (r.Identity == late.Identity && r.Method == "InitCeremony" && r.Role == "relay")
+	}
+	if want := maxPending + 150 + 1 + maxOverflowKinds + 3; total != want || !lateSeen {
+		t.Fatalf("%d calls on the record in %d records (the late refusal seen: %v), want %d", total, len(a.recs), lateSeen, want)
+	}
+	if len(a.recs) > maxPending+maxOverflowKinds+1 {
+		t.Fatalf("%d records: the summaries are not bounded", len(a.recs))
 	}
 }

@@ -42,7 +42,9 @@ func (s *Service) GetShare(ctx context.Context, req *custodyv1.GetShareRequest) 
 	if u == nil || s.State() != StateSealed {
 		return nil, status.Errorf(codes.FailedPrecondition, "custodyd is %s, not sealed", s.State())
 	}
-	env, tgt, err := u.Target(req.GetOfficerFingerprint())
+	// Nonces are counted per caller: an officer asking again and again
+	// spends only the nonces handed to them.
+	env, tgt, err := u.TargetFor(id, req.GetOfficerFingerprint())
 	if err != nil {
 		return nil, toStatus(err)
 	}

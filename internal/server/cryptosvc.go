@@ -12,6 +12,8 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"google.golang.org/grpc/codes"
+
 	custodyv1 "github.com/custodyhq/custody/api/custody/v1"
 	"github.com/custodyhq/custody/hsm"
 	"github.com/custodyhq/custody/internal/audit"
@@ -496,11 +498,13 @@ func batch[Req any, Resp any](s *Server, ctx context.Context, items []Req, fn fu
 	resps := make([]Resp, len(items))
 	errs := make([]error, len(items))
 	recs := make([]audit.Record, len(items))
+	itemCodes := make([]codes.Code, len(items))
 	ok := 0
 	for i, it := range items {
 		c := &call{m: parent.m, snap: parent.snap, identity: parent.identity, role: parent.role, method: fmt.Sprintf("%s[%d]", parent.method, i)}
 		resps[i], errs[i] = fn(context.WithValue(ctx, callKey{}, c), it)
-		recs[i] = s.record(c, toStatus(errs[i], s.log))
+		st := toStatus(errs[i], s.log)
+		recs[i], itemCodes[i] = s.record(c, st), st.Code()
 		if errs[i] == nil {
 			ok++
 		}
@@ -521,6 +525,9 @@ func batch[Req any, Resp any](s *Server, ctx context.Context, items []Req, fn fu
 	wg.Wait()
 	if failed.Load() {
 		return nil, nil, fmt.Errorf("%w: audit log unavailable", hsm.ErrUnavailable)
+	}
+	for _, code := range itemCodes {
+		s.metrics.item(parent.method, code)
 	}
 	parent.detail = fmt.Sprintf("items=%d ok=%d", len(items), ok)
 	return resps, errs, nil

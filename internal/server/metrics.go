@@ -11,8 +11,9 @@ import (
 )
 
 // Metrics are custodyd's Prometheus metrics, registered on an injected
-// registry. Labels are bounded: method (the fixed RPC set) and code (the
-// gRPC code set); never key names or identities.
+// registry. Labels are bounded: method (the fixed RPC set, and
+// "<batch method>[i]" for batch items) and code (the gRPC code set); never
+// key names or identities.
 type Metrics struct {
 	requests *prometheus.CounterVec
 	latency  *prometheus.HistogramVec
@@ -83,6 +84,17 @@ func (mt *Metrics) observe(method string, code codes.Code, d time.Duration) {
 	}
 	mt.requests.WithLabelValues(method, code.String()).Inc()
 	mt.latency.WithLabelValues(method).Observe(d.Seconds())
+}
+
+// item counts one batch item under "<batch method>[i]" (no latency: the
+// item's time is its batch's), so that custody_requests_total shows every
+// item the audit log records, and an item refused for its budget or grant
+// is seen by the alerts that watch refusals.
+func (mt *Metrics) item(method string, code codes.Code) {
+	if mt == nil {
+		return
+	}
+	mt.requests.WithLabelValues(method+"[i]", code.String()).Inc()
 }
 
 type keyStateCollector struct {

@@ -73,7 +73,7 @@ func toStatus(err error, log *slog.Logger) *status.Status {
 		errors.Is(err, policy.ErrNoBudget), errors.Is(err, policy.ErrUnknownOp):
 		code = codes.PermissionDenied
 	case errors.Is(err, policy.ErrRateLimited), errors.Is(err, policy.ErrVolumeExceeded),
-		errors.Is(err, policy.ErrBatchTooLarge):
+		errors.Is(err, policy.ErrBatchTooLarge), errors.Is(err, governance.ErrFull):
 		code = codes.ResourceExhausted
 	case errors.Is(err, hsm.ErrDecrypt), errors.Is(err, errDecryptFailed):
 		code, msg = codes.InvalidArgument, errDecryptFailed.Error()
