@@ -83,6 +83,7 @@ type createOpts struct {
 	ttl    time.Duration
 	dryRun bool
 	out    string
+	vault  string
 }
 
 func (a *app) proposalCreateCommand() *cobra.Command {
@@ -313,6 +314,7 @@ func (a *app) proposalCreateCommand() *cobra.Command {
 	pf.DurationVar(&o.ttl, "ttl", 72*time.Hour, "how long officers have to approve before the proposal expires")
 	pf.BoolVar(&o.dryRun, "dry-run", false, "print the proposal and its digest; submit nothing")
 	pf.StringVar(&o.out, "out", "", "also write the canonical proposal bytes to this file (for offline signing)")
+	pf.StringVar(&o.vault, "vault", "", "the vault the proposal is for (its id, as `custodyctl status` shows it); default: ask the vault at --addr")
 	return create
 }
 
@@ -329,6 +331,13 @@ func (a *app) submitProposal(cmd *cobra.Command, o createOpts, pl quorum.Payload
 	p, err := quorum.NewProposal(pl, proposer, time.Now(), o.ttl)
 	if err != nil {
 		return localError(codes.InvalidArgument, err)
+	}
+	// A proposal names its vault, so approvals of it never count on another
+	// vault that shares the officers.
+	if p.Vault = o.vault; p.Vault == "" {
+		if p.Vault, err = a.vaultID(cmd.Context()); err != nil {
+			return err
+		}
 	}
 	canon, err := p.CanonicalBytes()
 	if err != nil {
@@ -714,6 +723,7 @@ func printProposal(w io.Writer, p quorum.Proposal, info *custodyv1.ProposalInfo,
 	fmt.Fprintf(w, "will:       %s\n", summarize(p))
 	fmt.Fprintf(w, "digest:     %s\n", info.GetDigest())
 	fmt.Fprintf(w, "proposer:   %s\n", p.Proposer)
+	fmt.Fprintf(w, "vault:      %s\n", dash(p.Vault))
 	fmt.Fprintf(w, "created:    %s\n", p.Created.UTC().Format(time.RFC3339))
 	fmt.Fprintf(w, "expires:    %s\n", p.Expires.UTC().Format(time.RFC3339))
 	if local {
@@ -960,4 +970,22 @@ func randomID(prefix string) string {
 	var b [8]byte
 	_, _ = rand.Read(b[:]) // never fails (Go 1.24+): it crashes the program instead
 	return prefix + hex.EncodeToString(b[:])
+}
+
+// vaultID asks the vault at --addr for its id (StatusService).
+func (a *app) vaultID(ctx context.Context) (string, error) {
+	conn, err := a.connect()
+	if err != nil {
+		return "", err
+	}
+	cctx, cancel := a.callCtx(ctx)
+	defer cancel()
+	st, err := custodyv1.NewStatusServiceClient(conn).GetStatus(cctx, &custodyv1.GetStatusRequest{})
+	if err != nil {
+		return "", err
+	}
+	if st.GetVaultId() == "" {
+		return "", localError(codes.FailedPrecondition, fmt.Errorf("custodyd at %s did not say which vault it is (older custodyd?); pass --vault", a.addr))
+	}
+	return st.GetVaultId(), nil
 }

@@ -164,6 +164,7 @@ func newGovernanceFixture(t *testing.T) *governanceFixture {
 	gs := grpc.NewServer(grpc.Creds(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{f.p.serverCert},
 		ClientCAs: f.p.pool, ClientAuth: tls.RequireAndVerifyClientCert, MinVersion: tls.VersionTLS13})))
 	custodyv1.RegisterGovernanceServiceServer(gs, f.srv)
+	custodyv1.RegisterStatusServiceServer(gs, fakeStatus{vault: strings.Repeat("0f", 32)})
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -376,4 +377,14 @@ func TestAddGrantThatCouldNeverReturnADataKeyIsRefusedBeforeSending(t *testing.T
 	if len(f.srv.props) != 0 {
 		t.Errorf("the unusable proposal reached the server")
 	}
+}
+
+// fakeStatus names the fake vault, as custodyd's StatusService does.
+type fakeStatus struct {
+	custodyv1.UnimplementedStatusServiceServer
+	vault string
+}
+
+func (f fakeStatus) GetStatus(context.Context, *custodyv1.GetStatusRequest) (*custodyv1.VaultStatus, error) {
+	return &custodyv1.VaultStatus{VaultId: f.vault}, nil
 }

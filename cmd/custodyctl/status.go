@@ -109,10 +109,16 @@ func (a *app) emitStatus(health *healthpb.HealthCheckResponse, seal *custodyv1.S
 			}
 			out["audit_mark"] = json.RawMessage(b)
 		}
+		if v := vs.GetVaultId(); v != "" {
+			out["vault"] = v
+		}
 		return a.emitValue(out, nil)
 	}
 	return a.emitValue(nil, func(w io.Writer) {
 		fmt.Fprintf(w, "%s %s\n", a.addr, health.GetStatus())
+		if v := vs.GetVaultId(); v != "" {
+			fmt.Fprintf(w, "vault: %s\n", v)
+		}
 		if seal != nil {
 			printSealStatus(w, seal)
 		}

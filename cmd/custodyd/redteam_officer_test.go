@@ -245,13 +245,28 @@ func TestAnApprovalGivenForOneVaultDoesNotExecuteOnAnother(t *testing.T) {
 		t.Fatalf("on staging: %v", st)
 	}
 
-	// Production: carol files the same bytes and sends both approvals.
+	// Production: carol files the same bytes and sends both approvals. The
+	// proposal names staging's vault, so production refuses to file it, and
+	// re-made for production it has another digest, which bob never signed.
 	canon, err := os.ReadFile(file)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := custodyv1.NewGovernanceServiceClient(production.conn(t, "officer-c")).Propose(tctx(t), &custodyv1.ProposeRequest{CanonicalProposal: canon}); err != nil {
-		t.Fatalf("re-filing staging's proposal on production: %v", err)
+	_, err = custodyv1.NewGovernanceServiceClient(production.conn(t, "officer-c")).Propose(tctx(t), &custodyv1.ProposeRequest{CanonicalProposal: canon})
+	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "is for vault") {
+		t.Fatalf("re-filing staging's proposal on production: %v, want InvalidArgument naming the vault", err)
+	}
+	p, err := quorum.ParseCanonical(canon)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Vault = production.vaultID(t)
+	canon2, err := p.CanonicalBytes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := custodyv1.NewGovernanceServiceClient(production.conn(t, "officer-c")).Propose(tctx(t), &custodyv1.ProposeRequest{CanonicalProposal: canon2}); err != nil {
+		t.Fatalf("the same change made for production: %v", err)
 	}
 	if inv := production.ctlAs(t, "officer-c", nil, "proposal", "approve", id, "--officer-key", production.officerKey("carol"), "--yes"); inv.code != 0 {
 		t.Fatalf("carol on production: %+v", inv)
@@ -266,4 +281,14 @@ func TestAnApprovalGivenForOneVaultDoesNotExecuteOnAnother(t *testing.T) {
 		t.Fatalf("bob's staging approval counted on production: approve exit %d (%s), proposal %v, tenant-b's grant in force %v",
 			replay.code, strings.TrimSpace(replay.stderr), info.GetState(), tenantB)
 	}
+}
+
+// vaultID is the vault's name in proposals, as StatusService tells it.
+func (v *redVault) vaultID(t *testing.T) string {
+	t.Helper()
+	st, err := custodyv1.NewStatusServiceClient(v.conn(t, "officer-c")).GetStatus(tctx(t), &custodyv1.GetStatusRequest{})
+	if err != nil || st.GetVaultId() == "" {
+		t.Fatalf("vault id: %q %v", st.GetVaultId(), err)
+	}
+	return st.GetVaultId()
 }

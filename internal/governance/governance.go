@@ -3,6 +3,7 @@ package governance
 import (
 	"context"
 	"crypto"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -197,6 +198,7 @@ type Governance struct {
 	transcript *StoredTranscript
 	budgets    *budgetLedger
 	snap       atomic.Pointer[Snapshot]
+	vault      string // quorum.VaultOf the audit key; "" without a signer
 }
 
 // Open loads the governance state from the store (refusing one that fails
@@ -208,11 +210,21 @@ func Open(ctx context.Context, o Options) (*Governance, error) {
 		return nil, errors.New("governance: store, keys, token and recorder are required")
 	}
 	g := &Governance{o: o, st: newState()}
+	if o.Signer != nil {
+		der, err := x509.MarshalPKIXPublicKey(o.Signer.Public())
+		if err != nil {
+			return nil, fmt.Errorf("governance: audit key: %w", err)
+		}
+		g.vault = quorum.VaultOf(der)
+	}
 	if err := g.load(ctx); err != nil {
 		return nil, err
 	}
 	return g, nil
 }
+
+// VaultID names this vault in proposals (quorum.VaultOf its audit key).
+func (g *Governance) VaultID() string { return g.vault }
 
 func (g *Governance) load(ctx context.Context) error {
 	st, found, err := loadState(ctx, g.o.Store)

@@ -260,6 +260,7 @@ func TestAChangeWhoseRecordFailsIsNotMade(t *testing.T) {
 		t.Fatal(err)
 	}
 	p, err := quorum.NewProposal(quorum.RotateKey{Name: "k1"}, operator.Identity, time.Now(), 2*time.Hour)
+	p.Vault = g.VaultID()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -385,7 +386,7 @@ func TestBudgetSpendSurvivesACrash(t *testing.T) {
 
 // bulkyProposal is a valid proposal of about size canonical bytes in actor's
 // name: a grant for relay-a on k1 whose context match carries the bulk.
-func bulkyProposal(t *testing.T, actor Actor, size int, now time.Time) []byte {
+func bulkyProposal(t *testing.T, g *Governance, actor Actor, size int, now time.Time) []byte {
 	t.Helper()
 	m := map[string]string{}
 	for i := 0; size > 0; i++ {
@@ -395,6 +396,7 @@ func bulkyProposal(t *testing.T, actor Actor, size int, now time.Time) []byte {
 	}
 	p, err := quorum.NewProposal(quorum.AddGrant{Grant: policy.Grant{ID: fmt.Sprintf("g-%d", len(m)), Identity: "relay-a", Key: "k1",
 		Operations: []policy.Op{policy.OpDecrypt}, ContextMatch: m}}, actor.Identity, now, time.Hour+time.Minute)
+	p.Vault = g.VaultID()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -420,7 +422,7 @@ func TestProposalsCannotFillGovernanceAndExpiredOnesMakeRoom(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	if _, err := g.Propose(ctx, operator, bulkyProposal(t, operator, MaxProposalBytes+1000, now)); !errors.Is(err, ErrInvalid) {
+	if _, err := g.Propose(ctx, operator, bulkyProposal(t, g, operator, MaxProposalBytes+1000, now)); !errors.Is(err, ErrInvalid) {
 		t.Fatalf("an oversized proposal: %v, want ErrInvalid", err)
 	}
 	var full error
@@ -428,7 +430,7 @@ func TestProposalsCannotFillGovernanceAndExpiredOnesMakeRoom(t *testing.T) {
 	for i := 0; i < 8 && full == nil; i++ {
 		actor := Actor{Identity: fmt.Sprintf("spiffe://test/officer-%d", i), Role: policy.RoleOfficer}
 		for j := 0; j <= MaxOpenProposals; j++ {
-			v, err := g.Propose(ctx, actor, bulkyProposal(t, actor, MaxProposalBytes-1500, now))
+			v, err := g.Propose(ctx, actor, bulkyProposal(t, g, actor, MaxProposalBytes-1500, now))
 			switch {
 			case err == nil && j == MaxOpenProposals:
 				t.Fatalf("%s filed %d proposals", actor.Identity, j+1)
@@ -455,11 +457,47 @@ func TestProposalsCannotFillGovernanceAndExpiredOnesMakeRoom(t *testing.T) {
 	// Long after they expired, their records make room for new ones.
 	now = now.Add(2*time.Hour + proposalRetention)
 	for j := 0; j < MaxOpenProposals; j++ {
-		if _, err := g.Propose(ctx, operator, bulkyProposal(t, operator, MaxProposalBytes-1500, now)); err != nil {
+		if _, err := g.Propose(ctx, operator, bulkyProposal(t, g, operator, MaxProposalBytes-1500, now)); err != nil {
 			t.Fatalf("proposal %d once the others are long expired: %v", j, err)
 		}
 	}
 	if _, err := g.Proposal(first); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("the first, long expired proposal: %v, want it forgotten", err)
+	}
+}
+
+// A proposal names the vault it is for: one made for another vault (or for
+// none) is refused, so approvals given there never count here.
+func TestAProposalForAnotherVaultIsRefused(t *testing.T) {
+	f := newFixture(t)
+	g := f.open(t)
+	req, _ := ceremonyRequest(t, "k1")
+	if _, _, err := g.InitCeremony(context.Background(), operator, req); err != nil {
+		t.Fatal(err)
+	}
+	if len(g.VaultID()) != 64 {
+		t.Fatalf("vault id %q", g.VaultID())
+	}
+	for _, vault := range []string{"", strings.Repeat("ab", 32)} {
+		p, err := quorum.NewProposal(quorum.RotateKey{Name: "k1"}, operator.Identity, time.Now(), 2*time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.Vault = vault
+		canon, err := p.CanonicalBytes()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := g.Propose(context.Background(), operator, canon); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), g.VaultID()) {
+			t.Fatalf("proposal for vault %q: %v, want ErrInvalid naming this vault", vault, err)
+		}
+	}
+	p, err := quorum.NewProposal(quorum.RotateKey{Name: "k1"}, operator.Identity, time.Now(), 2*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Vault = "NOT-HEX"
+	if _, err := p.CanonicalBytes(); !errors.Is(err, quorum.ErrInvalidProposal) {
+		t.Fatalf("a malformed vault id: %v", err)
 	}
 }

@@ -68,6 +68,12 @@ func (g *Governance) Propose(ctx context.Context, actor Actor, canonical []byte)
 	if err != nil {
 		return ProposalView{}, err
 	}
+	if p.Vault != g.vault {
+		if p.Vault == "" {
+			return ProposalView{}, fmt.Errorf("%w: the proposal names no vault; this vault is %s (make it with a custodyctl that names the vault)", ErrInvalid, g.vault)
+		}
+		return ProposalView{}, fmt.Errorf("%w: the proposal is for vault %s; this vault is %s: approvals given for another vault never count here", ErrInvalid, p.Vault, g.vault)
+	}
 	if p.Proposer != actor.Identity {
 		return ProposalView{}, fmt.Errorf("%w: proposer %q is not the caller's identity %q: a proposal is filed in its proposer's own name",
 			ErrInvalid, names.Escape(p.Proposer), actor.Identity)

@@ -221,6 +221,7 @@ func TestAVaultWhoseCeremonyPredatesFixedTrustAdoptsTheConfigOnTheRecord(t *test
 
 func tryPropose(g *Governance, pl quorum.Payload) (quorum.Proposal, error) {
 	p, err := quorum.NewProposal(pl, operator.Identity, time.Now(), 48*time.Hour)
+	p.Vault = g.VaultID()
 	if err != nil {
 		return p, err
 	}

@@ -277,6 +277,31 @@ type Proposal struct {
 	// Nonce (at least 16 random bytes) makes two otherwise identical
 	// proposals distinct, so approvals of one cannot be replayed on the other.
 	Nonce []byte
+	// Vault names the vault the proposal is for (VaultOf its audit public
+	// key), so that approvals of it cannot be replayed on another vault
+	// that shares its officers. custodyd files only proposals for itself;
+	// "" appears only in proposals recorded before vaults were named.
+	Vault string
+}
+
+// VaultOf names a vault by its HSM audit public key (PKIX DER): the
+// lower-case hex SHA-256. Anyone can read the key (GetCeremonyTranscript,
+// GetStatus), and no two vaults share one.
+func VaultOf(auditPublicKeyDER []byte) string {
+	sum := sha256.Sum256(auditPublicKeyDER)
+	return hex.EncodeToString(sum[:])
+}
+
+func validVault(v string) bool {
+	if len(v) != 64 {
+		return false
+	}
+	for _, c := range v {
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+			return false
+		}
+	}
+	return true
 }
 
 // Digest is the SHA-256 of a proposal's canonical bytes.
@@ -327,6 +352,8 @@ func (p Proposal) Validate() error {
 		return invalid("expires: must be after created")
 	case len(p.Nonce) < 16 || len(p.Nonce) > 64:
 		return invalid("nonce: must be 16 to 64 bytes")
+	case p.Vault != "" && !validVault(p.Vault):
+		return invalid("vault: must be 64 lower-case hex digits (the SHA-256 of the vault's audit public key)")
 	case p.Payload == nil:
 		return invalid("payload: missing")
 	case p.Payload.Kind() != p.Kind:
@@ -344,6 +371,7 @@ type wire struct {
 	Created  time.Time       `json:"created"`
 	Expires  time.Time       `json:"expires"`
 	Nonce    []byte          `json:"nonce"`
+	Vault    string          `json:"vault,omitempty"`
 }
 
 // MarshalJSON encodes p with its payload under "payload".
@@ -365,7 +393,7 @@ func (p Proposal) MarshalJSON() ([]byte, error) {
 	}
 	return json.Marshal(wire{
 		ID: p.ID, Kind: p.Kind, Payload: raw, Proposer: p.Proposer,
-		Created: p.Created.UTC(), Expires: p.Expires.UTC(), Nonce: p.Nonce,
+		Created: p.Created.UTC(), Expires: p.Expires.UTC(), Nonce: p.Nonce, Vault: p.Vault,
 	})
 }
 
@@ -383,7 +411,7 @@ func (p *Proposal) UnmarshalJSON(b []byte) error {
 	if err := strictjson.Unmarshal(w.Payload, pl); err != nil {
 		return invalid("payload: %v", err)
 	}
-	*p = Proposal{ID: w.ID, Kind: w.Kind, Payload: deref(pl), Proposer: w.Proposer, Created: w.Created, Expires: w.Expires, Nonce: w.Nonce}
+	*p = Proposal{ID: w.ID, Kind: w.Kind, Payload: deref(pl), Proposer: w.Proposer, Created: w.Created, Expires: w.Expires, Nonce: w.Nonce, Vault: w.Vault}
 	return nil
 }
 

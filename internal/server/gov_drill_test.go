@@ -282,6 +282,7 @@ func TestDisclosureOrderDecryptsOnlyMatchingContextUntilCountOrExpiry(t *testing
 	// An empty or wildcard match is refused at validation.
 	p, err := quorum.NewProposal(quorum.DisclosureOrder{Order: policy.Order{CaseRef: "BULK", Key: "msgs", ContextMatch: map[string]string{"tenant": "*"},
 		Recipient: g.relay2, MaxUses: 1, NotAfter: time.Now().Add(time.Hour)}}, "op", time.Now(), time.Hour)
+	p.Vault = g.D.Gov.VaultID()
 	if err == nil {
 		t.Fatalf("wildcard order %s accepted", p.ID)
 	}

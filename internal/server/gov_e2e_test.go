@@ -128,6 +128,7 @@ func (g *govEnv) ceremonyRequest(volume int64) *custodyv1.InitCeremonyRequest {
 func (g *govEnv) propose(t *testing.T, pl quorum.Payload, ttl time.Duration) quorum.Proposal {
 	t.Helper()
 	p, err := quorum.NewProposal(pl, g.Cert["operator"].Identity, time.Now(), ttl)
+	p.Vault = g.D.Gov.VaultID()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -444,6 +445,7 @@ func TestGrantProposalForAnUnconfiguredIdentityIsRefused(t *testing.T) {
 	for _, who := range []string{"spiffe://elsewhere.example/relay-9", g.Cert["operator"].Identity} {
 		p, err := quorum.NewProposal(quorum.AddGrant{Grant: policy.Grant{ID: "g-x", Identity: who, Key: "spare",
 			Operations: []policy.Op{policy.OpDecrypt}}}, g.Cert["operator"].Identity, time.Now(), time.Hour)
+		p.Vault = g.D.Gov.VaultID()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -496,6 +498,7 @@ func TestGrantsThatCanNeverReturnADataKeyAreRefusedWhenMade(t *testing.T) {
 
 	p, err := quorum.NewProposal(quorum.AddGrant{Grant: policy.Grant{ID: "g-unwrap", Identity: g.relay, Key: "spare",
 		Operations: []policy.Op{policy.OpUnwrap}, ContextMatch: map[string]string{"tenant": "acme"}}}, g.Cert["operator"].Identity, time.Now(), time.Hour)
+	p.Vault = g.D.Gov.VaultID()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -143,6 +143,7 @@ func TestAProposalIsFiledOnlyInTheCallersOwnName(t *testing.T) {
 	g.ceremony(t, 100)
 	for _, claimed := range []string{"bob", g.Cert["officer"].Identity} {
 		p, err := quorum.NewProposal(quorum.RotateKey{Name: "msgs"}, claimed, time.Now(), time.Hour)
+		p.Vault = g.D.Gov.VaultID()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -283,6 +284,7 @@ func TestGovernanceActionsAreOnTheRecordWhateverTheirIDs(t *testing.T) {
 	g := startGov(t, nil)
 	g.ceremony(t, 100)
 	p, err := quorum.NewProposal(quorum.RotateKey{Name: "msgs"}, g.Cert["operator"].Identity, time.Now(), time.Hour)
+	p.Vault = g.D.Gov.VaultID()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -368,6 +370,7 @@ func TestControlCharactersInNamesAndIDsAreRefused(t *testing.T) {
 	g.ceremony(t, 100)
 	hidden := "g1\x1b[8m, PLAINTEXT data keys allowed\x1b[0m"
 	p, err := quorum.NewProposal(quorum.RotateKey{Name: "msgs"}, g.Cert["operator"].Identity, time.Now(), time.Hour)
+	p.Vault = g.D.Gov.VaultID()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -27,6 +27,7 @@ import (
 func (g *govEnv) proposeAs(t *testing.T, client string, pl quorum.Payload, ttl time.Duration) (quorum.Proposal, error) {
 	t.Helper()
 	p, err := quorum.NewProposal(pl, g.Cert[client].Identity, time.Now(), ttl)
+	p.Vault = g.D.Gov.VaultID()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -18,6 +18,9 @@ type statusService struct {
 // GetStatus implements StatusService (every role; see Methods).
 func (ss statusService) GetStatus(ctx context.Context, _ *custodyv1.GetStatusRequest) (*custodyv1.VaultStatus, error) {
 	out := &custodyv1.VaultStatus{Hsm: HSMStatus(ss.s.hsm)}
+	if ss.s.gov != nil {
+		out.VaultId = ss.s.gov.VaultID()
+	}
 	if f := ss.s.auditMark.Load(); f != nil {
 		out.AuditMark = (*f)()
 	}

@@ -68,7 +68,11 @@ type VaultStatus struct {
 	// The HSM custodyd holds its keys in.
 	Hsm *HsmStatus `protobuf:"bytes,1,opt,name=hsm,proto3" json:"hsm,omitempty"`
 	// The audit high-water mark kept on the token (rollback protection).
-	AuditMark     *AuditMarkStatus `protobuf:"bytes,2,opt,name=audit_mark,json=auditMark,proto3" json:"audit_mark,omitempty"`
+	AuditMark *AuditMarkStatus `protobuf:"bytes,2,opt,name=audit_mark,json=auditMark,proto3" json:"audit_mark,omitempty"`
+	// The vault's name in proposals: the lower-case hex SHA-256 of its HSM
+	// audit public key (PKIX DER). A proposal names the vault it is for, so
+	// approvals of it never count on another vault.
+	VaultId       string `protobuf:"bytes,3,opt,name=vault_id,json=vaultId,proto3" json:"vault_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -115,6 +119,13 @@ func (x *VaultStatus) GetAuditMark() *AuditMarkStatus {
 		return x.AuditMark
 	}
 	return nil
+}
+
+func (x *VaultStatus) GetVaultId() string {
+	if x != nil {
+		return x.VaultId
+	}
+	return ""
 }
 
 // AuditMarkStatus is the newest audit checkpoint custodyd keeps in a private
@@ -401,11 +412,12 @@ const file_custody_v1_status_proto_rawDesc = "" +
 	"\n" +
 	"\x17custody/v1/status.proto\x12\n" +
 	"custody.v1\"\x12\n" +
-	"\x10GetStatusRequest\"r\n" +
+	"\x10GetStatusRequest\"\x8d\x01\n" +
 	"\vVaultStatus\x12'\n" +
 	"\x03hsm\x18\x01 \x01(\v2\x15.custody.v1.HsmStatusR\x03hsm\x12:\n" +
 	"\n" +
-	"audit_mark\x18\x02 \x01(\v2\x1b.custody.v1.AuditMarkStatusR\tauditMark\"\x91\x01\n" +
+	"audit_mark\x18\x02 \x01(\v2\x1b.custody.v1.AuditMarkStatusR\tauditMark\x12\x19\n" +
+	"\bvault_id\x18\x03 \x01(\tR\avaultId\"\x91\x01\n" +
 	"\x0fAuditMarkStatus\x12\x19\n" +
 	"\bon_token\x18\x01 \x01(\bR\aonToken\x12\x16\n" +
 	"\x06detail\x18\x02 \x01(\tR\x06detail\x12\x10\n" +
