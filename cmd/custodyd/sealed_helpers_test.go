@@ -100,6 +100,7 @@ type vault struct {
 	pki                              *pki.DevPKI
 	bin, ctl                         string
 
+	procEnv  []string // extra environment for custodyd
 	proc     *exec.Cmd
 	pid      int
 	stdout   *lockedBuffer
@@ -187,7 +188,7 @@ func (v *vault) start(t *testing.T) { v.startWith(t, v.cfgFile) }
 func (v *vault) startWith(t *testing.T, cfgFile string) {
 	t.Helper()
 	cmd := exec.Command(v.bin, "--config", cfgFile)
-	cmd.Env = append(os.Environ(), "SOFTHSM2_CONF="+v.tok.Conf)
+	cmd.Env = append(append(os.Environ(), "SOFTHSM2_CONF="+v.tok.Conf), v.procEnv...)
 	v.stdout, v.stderr = &lockedBuffer{}, &lockedBuffer{}
 	v.logs = append(v.logs, v.stderr)
 	cmd.Stdout, cmd.Stderr = v.stdout, v.stderr
