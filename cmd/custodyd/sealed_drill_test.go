@@ -69,23 +69,10 @@ func TestSealedVaultDrill(t *testing.T) {
 	// the token) in this process: the store, copied while it runs, tells
 	// the officers' shares and so the PIN, and neither is left in its
 	// memory, nor is the installer's PIN it replaced.
-	snap := filepath.Join(t.TempDir(), "custody.db")
-	if db, err := os.ReadFile(filepath.Join(v.data, "custody.db")); err != nil || os.WriteFile(snap, db, 0o600) != nil {
-		t.Fatalf("copy the store: %v", err)
-	}
-	rec := readRecord(t, snap)
+	rec := readRecord(t, v.snapshotStore(t))
 	alice, bob, carol, mallory := v.loadOfficer(t, "alice"), v.loadOfficer(t, "bob"), v.loadOfficer(t, "carol"), v.loadOfficer(t, "mallory")
 	pin := pinFromShares(t, rec, alice, bob)
-	secrets := map[string][]byte{"the PIN": pin}
-	for _, o := range []officer{alice, bob, carol} {
-		env, _ := rec.Holder(o.fp)
-		sh, err := seal.OpenShare(o.share, rec.Ref(), env)
-		if err != nil {
-			t.Fatal(err)
-		}
-		secrets[o.name+"'s share"] = bytes.Clone(sh.Bytes())
-		sh.Destroy()
-	}
+	secrets := sealSecrets(t, "vault's", rec, pin, alice, bob, carol)
 	scanProcessMemory(t, "after the ceremony", v.pid, withInstallerPIN(secrets, v.tok.PIN))
 	v.stop(t, syscall.SIGTERM)
 
