@@ -7,13 +7,20 @@
 //   - Every readable mapping of the process is searched: anonymous memory
 //     (the Go heap and stacks, C malloc arenas, thread stacks, locked
 //     secmem pages) page by page wherever a page is resident or swapped
-//     (/proc/PID/pagemap; a page that is neither was never written, or was
-//     given back and reads as zeros), and file-backed mappings whole.
+//     (/proc/PID/pagemap; a private anonymous page that is neither was
+//     never written, or was given back and reads as zeros), and
+//     file-backed and shared mappings whole.
+//
 //   - A finding is any run of at least MinRun consecutive bytes of a secret
 //     (the whole secret when it is shorter), wherever it starts in the
 //     secret: a copy whose head was overwritten by an allocator's free-list
 //     pointers is still a copy. Findings name the secret, the address and
 //     the mapping, never the bytes.
+//
+//   - The process is stopped (SIGSTOP) while it is searched and continued
+//     (SIGCONT) afterwards, so the search sees one moment of it: no mapping
+//     comes or goes, no secret moves from a page not yet read to one
+//     already read.
 //
 // The scanning process must be allowed to read the target's memory
 // (/proc/PID/mem): the same user and a dumpable target, or CAP_SYS_PTRACE.
@@ -23,6 +30,7 @@ package memscan
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -31,6 +39,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
+	"time"
 )
 
 // MinRun is the shortest run of a secret's bytes reported as a copy. 16
@@ -89,6 +99,11 @@ func Scan(pid int, secrets map[string][]byte) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
+	resume, err := stop(pid)
+	if err != nil {
+		return nil, err
+	}
+	defer resume()
 	maps, err := readMaps(pid)
 	if err != nil {
 		return nil, err
@@ -115,13 +130,16 @@ func Scan(pid int, secrets map[string][]byte) (*Report, error) {
 			continue
 		}
 		r.Mappings++
-		if m.Path != "" && !strings.HasPrefix(m.Path, "[") {
+		// File-backed and shared mappings whole: their pages may hold data
+		// this process never faulted in (the file, another mapper's writes).
+		if m.Path != "" && !strings.HasPrefix(m.Path, "[") || m.Perms[3] == 's' {
 			if !s.region(m, m.Start, m.End) {
 				r.Skipped = append(r.Skipped, m)
 			}
 			continue
 		}
-		// Anonymous: only the pages that exist.
+		// Private anonymous memory (heaps, stacks): only the pages that
+		// exist.
 		runs, err := residentRuns(pagemap, m, page)
 		if err != nil {
 			return nil, err
@@ -173,6 +191,48 @@ func (s *scanner) region(m Mapping, lo, hi uint64) bool {
 			return true
 		}
 		prev, havePrev = s.buf[chunk], true
+	}
+	return true
+}
+
+// stop stops process pid and waits (bounded) until every thread of it is
+// stopped; the function it returns continues it.
+func stop(pid int) (func(), error) {
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		if errors.Is(err, syscall.EPERM) {
+			return nil, fmt.Errorf("%w: stop it: %v", ErrNotPermitted, err)
+		}
+		return nil, fmt.Errorf("memscan: stop process %d: %w", pid, err)
+	}
+	resume := func() { _ = syscall.Kill(pid, syscall.SIGCONT) }
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		if allStopped(pid) {
+			return resume, nil
+		}
+		if time.Now().After(deadline) {
+			resume()
+			return nil, fmt.Errorf("memscan: process %d did not stop within 10s", pid)
+		}
+	}
+}
+
+// allStopped reports whether every thread of pid is stopped (state T, or t
+// when traced), or the process is gone (nothing left to move).
+func allStopped(pid int) bool {
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		return true
+	}
+	for _, task := range tasks {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/stat", pid, task.Name()))
+		if err != nil {
+			continue // the thread exited
+		}
+		// pid (comm) state ...: comm may hold spaces and parentheses.
+		i := bytes.LastIndexByte(b, ')')
+		if i < 0 || i+2 >= len(b) || (b[i+2] != 'T' && b[i+2] != 't') {
+			return false
+		}
 	}
 	return true
 }

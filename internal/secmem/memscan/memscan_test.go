@@ -98,6 +98,12 @@ func scanChild(t *testing.T, mode string) *Report {
 	if r.Bytes == 0 || r.Mappings == 0 {
 		t.Fatalf("nothing scanned: %+v", r)
 	}
+	// The child was stopped for the scan and runs again.
+	for deadline := time.Now().Add(10 * time.Second); allStopped(cmd.Process.Pid); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the child is still stopped after the scan")
+		}
+	}
 	return r
 }
 
