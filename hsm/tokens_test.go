@@ -28,6 +28,8 @@ var notOnNSS = map[string]string{
 	"TestChangePINRetiresTheOldPINAndTheNewOneLogsIn": "it probes the PIN with pkcs11-tool by token label, which cannot pass NSS its configdir init args",
 	"TestPINChangeRevertRestoresTheOldPIN":            "as TestChangePINRetiresTheOldPINAndTheNewOneLogsIn (pkcs11-tool probe); its token-removal half needs SoftHSM's directory",
 	"TestSealedTokenRemovedRecoversWithTheKeptPIN":    "it takes SoftHSM's token directory away, as TestTokenRemovedFailsFastAndRecovers",
+	"TestModuleKeepsNoCopyOfThePIN": "its recoveries take SoftHSM's token directory away, and it probes PINs with pkcs11-tool, " +
+		"as TestSealedTokenRemovedRecoversWithTheKeptPIN and TestChangePINRetiresTheOldPINAndTheNewOneLogsIn",
 	"TestProfileCapsSessionsAndOmissionNeverWeakensTheReadBack": "it borrows other vendors' profiles, which needs SoftHSM's test PIN (it has the YubiHSM form) " +
 		"and SoftHSM's permissive default of CKA_SENSITIVE=false to show that an omitted attribute is still checked",
 }
