@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"fmt"
 	"sync"
-	"unsafe"
 
 	"github.com/miekg/pkcs11"
 
@@ -18,7 +17,9 @@ import (
 // pinVault holds it masked (XOR with a random pad of its own length) in one
 // locked mapping outside the Go heap, excluded from core dumps, and unmasks
 // it into a scratch area of that mapping only for the duration of one
-// C_Login or C_SetPIN call. The mask is not a defence against root reading
+// C_Login or C_SetPIN call, which reads it there (rawLib.login, setPIN):
+// the PIN is never on the Go heap, on a goroutine stack or in C malloc
+// memory (TestModuleKeepsNoCopyOfThePIN scans the process for it). The mask is not a defence against root reading
 // the memory of the running process (pad and mask sit side by side, as they
 // must for an unattended re-login); it keeps the PIN out of heap dumps,
 // swap, core files and any accidental copy, and it is wiped by Close.
@@ -61,9 +62,12 @@ func (v *pinVault) replace(pin []byte) error {
 	return nil
 }
 
-// use unmasks the PIN into the scratch area, runs fn with a string that
-// aliases it (no copy on the Go heap), and zeroes the scratch area.
-func (v *pinVault) use(fn func(pin string) error) error {
+// use unmasks the PIN into the scratch area, runs fn with a slice that
+// aliases it, and zeroes the scratch area. fn must not keep or copy the
+// slice: no string conversion (a copy on the Go heap, or on a goroutine
+// stack that is freed unzeroed when it grows), no Go-side PKCS#11 wrapper
+// that copies into C memory (rawLib.login and setPIN pass it in place).
+func (v *pinVault) use(fn func(pin []byte) error) error {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if v.buf == nil || v.n == 0 {
@@ -76,7 +80,7 @@ func (v *pinVault) use(fn func(pin string) error) error {
 		scratch[i] = b[i] ^ b[n+i]
 	}
 	defer clear(scratch)
-	return fn(unsafe.String(&scratch[0], n))
+	return fn(scratch)
 }
 
 func (v *pinVault) destroy() {
@@ -93,7 +97,7 @@ func (v *pinVault) destroy() {
 // serves the process); a refused PIN is reported as ErrLogin by the caller
 // and never retried. Caller holds mu for writing.
 func (m *Module) loginLocked(sh pkcs11.SessionHandle) error {
-	err := m.pin.use(func(pin string) error { return m.p.Login(sh, pkcs11.CKU_USER, pin) })
+	err := m.pin.use(func(pin []byte) error { return m.raw.login(sh, pkcs11.CKU_USER, pin) })
 	if code, _ := rv(err); code == pkcs11.CKR_USER_ALREADY_LOGGED_IN {
 		return nil
 	}
@@ -143,8 +147,8 @@ func (m *Module) ChangePIN(ctx context.Context, newPIN []byte) (*PINChange, erro
 // setPINLocked runs C_SetPIN from the PIN in from to the PIN in to, on the
 // pinned session. Caller holds mu for writing.
 func (m *Module) setPINLocked(from, to *pinVault) error {
-	err := from.use(func(old string) error {
-		return to.use(func(nw string) error { return m.p.SetPIN(m.pinned, old, nw) })
+	err := from.use(func(old []byte) error {
+		return to.use(func(nw []byte) error { return m.raw.setPIN(m.pinned, old, nw) })
 	})
 	return mapErr("set pin", err)
 }

@@ -322,7 +322,7 @@ func (m *Module) initLocked() error {
 			return mapErr("module info", err)
 		}
 		m.profile = detectProfile(info.ManufacturerID)
-		if err := m.pin.use(func(pin string) error { return m.profile.checkPIN([]byte(pin)) }); err != nil {
+		if err := m.pin.use(m.profile.checkPIN); err != nil {
 			_ = m.p.Finalize()
 			return err
 		}

@@ -1,6 +1,7 @@
 package hsm
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"slices"
@@ -108,7 +109,9 @@ type Profile struct {
 	// PINFormat describes the user PIN the module expects.
 	PINFormat string
 	// CheckPIN, if set, refuses a PIN that cannot be right before it is
-	// tried: a wrong login counts towards the token's lockout.
+	// tried: a wrong login counts towards the token's lockout. It reads
+	// the PIN in place (it aliases locked memory) and must not copy it:
+	// no string(pin), which puts a copy on the Go heap or stack.
 	CheckPIN func(pin []byte) error
 	// FileTokenDir: the token lives in a directory that SoftHSM keeps
 	// serving from cache after it is removed; liveness checks look at the
@@ -183,6 +186,16 @@ func (p *Profile) validate() error {
 
 var errPINFormat = errors.New("pin format")
 
+// isHex reports whether b is all hex digits, reading it in place.
+func isHex(b []byte) bool {
+	for _, c := range b {
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F') {
+			return false
+		}
+	}
+	return true
+}
+
 // checkPIN refuses a PIN the profile says cannot be right, without trying
 // it (a wrong login counts towards the token's lockout). The PIN is never
 // part of the message.
@@ -239,7 +252,7 @@ var Profiles = map[string]*Profile{
 		MaxSessions:     1024,
 		PINFormat:       `"<crypto user name>:<password>"`,
 		CheckPIN: func(pin []byte) error {
-			if u, pw, ok := strings.Cut(string(pin), ":"); !ok || u == "" || pw == "" {
+			if i := bytes.IndexByte(pin, ':'); i <= 0 || i == len(pin)-1 {
 				return fmt.Errorf("%w: CloudHSM expects <crypto user>:<password>", errPINFormat)
 			}
 			return nil
@@ -270,7 +283,7 @@ var Profiles = map[string]*Profile{
 		MaxSessions: 16,
 		PINFormat:   "4 hex digits of the authentication key ID, then its password (0001password)",
 		CheckPIN: func(pin []byte) error {
-			if len(pin) < 5 || strings.Trim(string(pin[:4]), "0123456789abcdefABCDEF") != "" {
+			if len(pin) < 5 || !isHex(pin[:4]) {
 				return fmt.Errorf("%w: YubiHSM expects 4 hex digits of the authentication key id followed by its password", errPINFormat)
 			}
 			return nil

@@ -26,9 +26,9 @@ typedef struct {
 } ck_oaep_params;
 
 // CK_FUNCTION_LIST: a CK_VERSION, then the 68 v2.40 entry points in the
-// order of pkcs11f.h. Only the three used here are named; the layout is
+// order of pkcs11f.h. Only the ones used here are named; the layout is
 // checked against the exported symbols of SoftHSM by a test.
-enum { fl_encrypt = 30, fl_decrypt = 34, fl_wrap_key = 60, fl_count = 68 };
+enum { fl_set_pin = 11, fl_login = 18, fl_encrypt = 30, fl_decrypt = 34, fl_wrap_key = 60, fl_count = 68 };
 typedef struct {
 	unsigned char major, minor;
 	void *fn[fl_count];
@@ -37,6 +37,8 @@ typedef struct {
 typedef ck_ulong (*get_function_list_fn)(ck_function_list **);
 typedef ck_ulong (*crypt_fn)(ck_ulong, ck_byte *, ck_ulong, ck_byte *, ck_ulong *);
 typedef ck_ulong (*wrap_fn)(ck_ulong, ck_mechanism *, ck_ulong, ck_ulong, ck_byte *, ck_ulong *);
+typedef ck_ulong (*login_fn)(ck_ulong, ck_ulong, ck_byte *, ck_ulong);
+typedef ck_ulong (*set_pin_fn)(ck_ulong, ck_byte *, ck_ulong, ck_byte *, ck_ulong);
 
 // custody_open finds the already loaded module (RTLD_NOLOAD: never a second
 // copy with its own state) and its function list.
@@ -70,6 +72,16 @@ static ck_ulong custody_encrypt(ck_function_list *fl, ck_ulong sh, ck_byte *in, 
 
 static ck_ulong custody_decrypt(ck_function_list *fl, ck_ulong sh, ck_byte *in, ck_ulong in_len, ck_byte *out, ck_ulong *out_len) {
 	return ((crypt_fn)fl->fn[fl_decrypt])(sh, in, in_len, out, out_len);
+}
+
+// The PIN calls take the caller's bytes where they are (locked memory):
+// no copy is made on either side of the cgo boundary.
+static ck_ulong custody_login(ck_function_list *fl, ck_ulong sh, ck_ulong user, ck_byte *pin, ck_ulong pin_len) {
+	return ((login_fn)fl->fn[fl_login])(sh, user, pin, pin_len);
+}
+
+static ck_ulong custody_set_pin(ck_function_list *fl, ck_ulong sh, ck_byte *old_pin, ck_ulong old_len, ck_byte *new_pin, ck_ulong new_len) {
+	return ((set_pin_fn)fl->fn[fl_set_pin])(sh, old_pin, old_len, new_pin, new_len);
 }
 
 static ck_ulong custody_wrap(ck_function_list *fl, ck_ulong sh, ck_ulong mech, ck_ulong wrapping, ck_ulong key, ck_byte *out, ck_ulong *out_len) {
@@ -202,6 +214,32 @@ func (r *rawLib) wrapOAEP(sh pkcs11.SessionHandle, hash, mgf uint, wrapping, key
 		return C.custody_wrap_oaep(r.fl, C.ck_ulong(sh), C.ck_ulong(pkcs11.CKM_RSA_PKCS_OAEP), C.ck_ulong(hash), C.ck_ulong(mgf),
 			C.ck_ulong(wrapping), C.ck_ulong(key), out, n)
 	})
+}
+
+// login is C_Login with the PIN bytes passed in place. miekg/pkcs11's Login
+// copies its PIN string into C.CString memory that free(3) leaves intact
+// (a copy that outlives the call in the C heap), so the module never
+// calls it: the PIN is read by the token straight from the pinVault's
+// locked scratch area, which is zeroed after the call.
+func (r *rawLib) login(sh pkcs11.SessionHandle, user uint, pin []byte) error {
+	if len(pin) == 0 {
+		return pkcs11.Error(pkcs11.CKR_PIN_INCORRECT)
+	}
+	if rv := C.custody_login(r.fl, C.ck_ulong(sh), C.ck_ulong(user), bytePtr(pin), C.ck_ulong(len(pin))); rv != 0 {
+		return pkcs11.Error(rv)
+	}
+	return nil
+}
+
+// setPIN is C_SetPIN with both PINs passed in place (see login).
+func (r *rawLib) setPIN(sh pkcs11.SessionHandle, oldPIN, newPIN []byte) error {
+	if len(oldPIN) == 0 || len(newPIN) == 0 {
+		return pkcs11.Error(pkcs11.CKR_PIN_INVALID)
+	}
+	if rv := C.custody_set_pin(r.fl, C.ck_ulong(sh), bytePtr(oldPIN), C.ck_ulong(len(oldPIN)), bytePtr(newPIN), C.ck_ulong(len(newPIN))); rv != 0 {
+		return pkcs11.Error(rv)
+	}
+	return nil
 }
 
 // initArgs is a C copy of hsm.init_args, passed as pReserved to

@@ -34,6 +34,8 @@ var notOnNSS = map[string]string{
 	"TestRecycleUnderLoadFailsNoCall":                "as TestCallsWaitForARecycleBoundedByTheirContext: recycling is SoftHSM's",
 	"TestRecyclingBoundsResidentMemoryOfKWPDataKeys": "it measures SoftHSM's leak of session objects, which NSS does not have",
 	"TestSealedDataKeysKeepResidentMemoryFlat":       "it measures SoftHSM's leak of session objects, which NSS does not have",
+	"TestModuleKeepsNoCopyOfThePIN": "its recoveries take SoftHSM's token directory away, and it probes PINs with pkcs11-tool, " +
+		"as TestSealedTokenRemovedRecoversWithTheKeptPIN and TestChangePINRetiresTheOldPINAndTheNewOneLogsIn",
 	"TestProfileCapsSessionsAndOmissionNeverWeakensTheReadBack": "it borrows other vendors' profiles, which needs SoftHSM's test PIN (it has the YubiHSM form) " +
 		"and SoftHSM's permissive default of CKA_SENSITIVE=false to show that an omitted attribute is still checked",
 }

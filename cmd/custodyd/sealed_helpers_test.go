@@ -100,6 +100,7 @@ type vault struct {
 	pki                              *pki.DevPKI
 	bin, ctl                         string
 
+	procEnv  []string // extra environment for custodyd
 	proc     *exec.Cmd
 	pid      int
 	stdout   *lockedBuffer
@@ -187,7 +188,7 @@ func (v *vault) start(t *testing.T) { v.startWith(t, v.cfgFile) }
 func (v *vault) startWith(t *testing.T, cfgFile string) {
 	t.Helper()
 	cmd := exec.Command(v.bin, "--config", cfgFile)
-	cmd.Env = append(os.Environ(), "SOFTHSM2_CONF="+v.tok.Conf)
+	cmd.Env = append(append(os.Environ(), "SOFTHSM2_CONF="+v.tok.Conf), v.procEnv...)
 	v.stdout, v.stderr = &lockedBuffer{}, &lockedBuffer{}
 	v.logs = append(v.logs, v.stderr)
 	cmd.Stdout, cmd.Stderr = v.stdout, v.stderr
@@ -380,6 +381,41 @@ func readRecord(t *testing.T, dbPath string) *seal.Record {
 		t.Fatal(err)
 	}
 	return rec
+}
+
+// snapshotStore copies the store of a running custodyd (its file lock
+// keeps readRecord off the file itself) and returns the copy's path.
+func (v *vault) snapshotStore(t *testing.T) string {
+	t.Helper()
+	snap := filepath.Join(t.TempDir(), "custody.db")
+	db, err := os.ReadFile(filepath.Join(v.data, "custody.db"))
+	if err == nil {
+		err = os.WriteFile(snap, db, 0o600)
+	}
+	if err != nil {
+		t.Fatalf("copy the store: %v", err)
+	}
+	return snap
+}
+
+// sealSecrets names the PIN of rec and every officer's share of it, for a
+// memory scan.
+func sealSecrets(t *testing.T, label string, rec *seal.Record, pin []byte, offs ...officer) map[string][]byte {
+	t.Helper()
+	secrets := map[string][]byte{"the " + label + " PIN": pin}
+	for _, o := range offs {
+		env, ok := rec.Holder(o.fp)
+		if !ok {
+			t.Fatalf("no share for %s", o.name)
+		}
+		sh, err := seal.OpenShare(o.share, rec.Ref(), env)
+		if err != nil {
+			t.Fatal(err)
+		}
+		secrets[fmt.Sprintf("%s's %s share", o.name, label)] = bytes.Clone(sh.Bytes())
+		sh.Destroy()
+	}
+	return secrets
 }
 
 // pinFromShares decrypts the shares of the named officers (with their

@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -21,12 +22,14 @@ import (
 // ones unseal.
 func TestRekeyByQuorumThenOnlyTheNewSharesUnseal(t *testing.T) {
 	v := newVault(t)
+	v.procEnv = []string{"GOGC=off"} // every dropped copy stays put for the memory scans (see the drill)
 	v.start(t)
 	v.ceremony(t)
 	v.stop(t, syscall.SIGTERM)
 	old := readRecord(t, filepath.Join(v.data, "custody.db"))
 	alice, bob, carol := v.loadOfficer(t, "alice"), v.loadOfficer(t, "bob"), v.loadOfficer(t, "carol")
 	oldPIN := pinFromShares(t, old, alice, bob)
+	secrets := sealSecrets(t, "old", old, oldPIN, alice, bob, carol)
 
 	v.start(t)
 	for _, n := range []string{"alice", "carol"} {
@@ -75,9 +78,16 @@ func TestRekeyByQuorumThenOnlyTheNewSharesUnseal(t *testing.T) {
 	if v.pkcs11Login(t, oldPIN) {
 		t.Fatal("the old PIN still logs in after the rekey")
 	}
+	// The rekey made the new PIN, split it, checked the split and set it
+	// on the token in this process; once it is done, neither PIN nor any
+	// old or new share is left in its memory (the module keeps the new PIN
+	// masked only).
+	rec := readRecord(t, v.snapshotStore(t))
+	newPIN := pinFromShares(t, rec, bob, carol)
+	maps.Copy(secrets, sealSecrets(t, "new", rec, newPIN, alice, bob, carol))
+	scanProcessMemory(t, "after the rekey", v.pid, secrets)
 	v.stop(t, syscall.SIGTERM)
-	rec := readRecord(t, filepath.Join(v.data, "custody.db"))
-	if rec.Epoch != 2 || !v.pkcs11Login(t, pinFromShares(t, rec, bob, carol)) {
+	if rec.Epoch != 2 || !v.pkcs11Login(t, newPIN) {
 		t.Fatalf("new record epoch %d, or its PIN does not log in", rec.Epoch)
 	}
 
@@ -118,6 +128,7 @@ func TestRekeyByQuorumThenOnlyTheNewSharesUnseal(t *testing.T) {
 	if st := v.sealStatus(t); st.GetState() != custodyv1.SealState_SEAL_STATE_UNSEALED {
 		t.Fatalf("not unsealed by the new shares: %v", st)
 	}
+	scanProcessMemory(t, "after the unseal with the new shares", v.pid, secrets)
 	var rekeyed bool
 	for _, r := range auditRecords(t, filepath.Join(v.data, "audit")) {
 		if r["method"] == "Rekeyed" && strings.Contains(r["detail"].(string), "epoch 2") {

@@ -254,7 +254,7 @@ func (g *Gateway) auditUndecoded(ctx context.Context, r *http.Request, err error
 	}
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 10*time.Second)
 	defer cancel()
-	cctx = metadata.NewOutgoingContext(cctx, metadata.Pairs(IdentityMetadataKey, id))
+	cctx = metadata.NewOutgoingContext(cctx, forwardIdentity(r.Context(), r)) // identity and certificate facts, as forwarded requests carry
 	req, reply := append([]byte(nil), undecodableMessage...), []byte(nil)
 	_ = g.conn.Invoke(cctx, method, &req, &reply, grpc.ForceCodecV2(rawCodec{}))
 }

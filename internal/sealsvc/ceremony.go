@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
-	"math/big"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -173,19 +172,42 @@ func newPIN(ctx context.Context, tok Token) (*secmem.Buffer, error) {
 	if n < minStrongPINLen || n < minLen {
 		return nil, fmt.Errorf("the token accepts PINs of %d to %d characters; a generated PIN needs at least %d", minLen, maxLen, minStrongPINLen)
 	}
+	return randomPIN(n)
+}
+
+// randomPIN draws n symbols of pinAlphabet, uniformly, in locked memory.
+// Random bytes are read into a locked scratch area and rejection-sampled
+// there (the low 6 bits; 62 and 63 are drawn again), so nothing the PIN
+// is made of passes through the Go heap: crypto/rand.Int would leave a
+// big.Int and a random byte per symbol there, in a row, unzeroed.
+func randomPIN(n int) (*secmem.Buffer, error) {
 	buf, err := secmem.New(n)
 	if err != nil {
 		return nil, err
 	}
-	b := buf.Bytes()
-	limit := big.NewInt(int64(len(pinAlphabet)))
-	for i := range b {
-		v, err := rand.Int(rand.Reader, limit)
-		if err != nil {
-			buf.Destroy()
-			return nil, err
+	scratch, err := secmem.New(2 * n)
+	if err != nil {
+		buf.Destroy()
+		return nil, err
+	}
+	defer scratch.Destroy()
+	b, r := buf.Bytes(), scratch.Bytes()
+	// Each byte is kept with probability 62/64; 2n bytes fall short of n
+	// symbols about never, and 64 rounds bound the loop all the same.
+	i := 0
+	for round := 0; i < n && round < 64; round++ {
+		_, _ = rand.Read(r) // never fails: crypto/rand crashes the program instead
+		for _, c := range r {
+			if v := c & 63; v < byte(len(pinAlphabet)) && i < n {
+				b[i] = pinAlphabet[v]
+				i++
+			}
 		}
-		b[i] = pinAlphabet[v.Int64()]
+		clear(r)
+	}
+	if i < n {
+		buf.Destroy()
+		return nil, errors.New("new PIN: the random source is broken")
 	}
 	return buf, nil
 }
