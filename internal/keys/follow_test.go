@@ -37,7 +37,10 @@ func TestFollowingRegistrySeesAnotherWritersKeysWithoutRestart(t *testing.T) {
 	defer cancel()
 	done := make(chan struct{}, 2)
 	for _, r := range []*Registry{a, b} {
-		go func() { defer func() { done <- struct{}{} }(); r.Follow(ctx, func(err error) { t.Logf("follow: %v", err) }) }()
+		go func() {
+			defer func() { done <- struct{}{} }()
+			r.Follow(ctx, func(err error) { t.Logf("follow: %v", err) })
+		}()
 	}
 	defer func() { cancel(); <-done; <-done }()
 
