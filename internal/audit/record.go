@@ -112,7 +112,7 @@ type Record struct {
 	// (format 2; Options.Replica).
 	Replica  string `json:"replica,omitempty"`
 	PrevHash Digest `json:"prev_hash"`
-	Hash          Digest    `json:"hash"`
+	Hash     Digest `json:"hash"`
 }
 
 // truncMark ends a field that Fit had to cut.

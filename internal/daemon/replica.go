@@ -72,7 +72,9 @@ func (d *Daemon) startReplica(reg prometheus.Registerer) {
 		d.wg.Add(2)
 		go func() {
 			defer d.wg.Done()
-			d.Keys.Follow(d.runCtx, func(err error) { d.log.Warn("following key changes of other replicas: re-reading the keys", "err", err) })
+			d.Keys.Follow(d.runCtx, func(err error) {
+				d.log.Warn("following key changes of other replicas: re-reading the keys", "err", err)
+			})
 		}()
 		go func() {
 			defer d.wg.Done()
