@@ -18,6 +18,10 @@ import (
 // signed checkpoint to the shared store. VerifyReplicas checks the chains
 // of a whole cluster together against those published checkpoints.
 
+// PublishedPrefix is where in the vault's store each replica publishes its
+// newest signed checkpoint, under its replica id.
+const PublishedPrefix = "audit/checkpoints/"
+
 // ChainResult is one replica's chain as VerifyReplicas found it.
 type ChainResult struct {
 	// Dir is the directory verified ("" for a replica whose chain was not

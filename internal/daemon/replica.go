@@ -44,7 +44,7 @@ const SchedulerElection = "scheduler"
 // checkpoint records); they need not be: each is signed by the HSM audit
 // key, so the store can only withhold or roll one back, which the
 // replica's own checkpoints.log and any off-box anchor still catch.
-const CheckpointPrefix = "audit/checkpoints/"
+const CheckpointPrefix = audit.PublishedPrefix
 
 // unanchored are the store keys kept out of the store's anchor.
 func unanchored(key string) bool {
