@@ -1,9 +1,11 @@
 package audit
 
 import (
+	"context"
 	"crypto"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -198,4 +200,17 @@ func BuildReplicasReport(dirs []string, since, until time.Time, methods []string
 	}
 	sort.Slice(out.Cases, func(i, j int) bool { return out.Cases[i].CaseRef < out.Cases[j].CaseRef })
 	return out, nil
+}
+
+// ReadDir delivers the records of a log directory that match f, in order,
+// without opening it as a Log (a copy, or the log of a replica that is
+// stopped or was killed); it stops at an unterminated final line. It
+// verifies nothing: Verify (or VerifyReplicas) first.
+func ReadDir(ctx context.Context, dir string, f Filter, fn func(Record) error) error {
+	return scan(ctx, dir, &cursor{}, math.MaxUint64, func(r *Record) error {
+		if !f.match(r) {
+			return nil
+		}
+		return fn(*r)
+	})
 }
