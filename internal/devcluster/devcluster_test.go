@@ -22,14 +22,14 @@ import (
 	"github.com/custodyhq/custody/internal/store/etcdtest"
 )
 
-// buildCustodyd builds cmd/custodyd into a temporary directory.
-func buildCustodyd(t *testing.T) string {
+// buildCustodyd builds cmd/custodyd into dir.
+func buildCustodyd(t *testing.T, dir string) string {
 	t.Helper()
 	root, err := etcdtest.Root()
 	if err != nil {
 		t.Fatal(err)
 	}
-	bin := filepath.Join(t.TempDir(), "custodyd")
+	bin := filepath.Join(dir, "custodyd")
 	cmd := exec.Command("go", "build", "-o", bin, "./cmd/custodyd")
 	cmd.Dir = root
 	if out, err := cmd.CombinedOutput(); err != nil {

@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"fmt"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -35,7 +36,19 @@ import (
 var (
 	custodydOnce sync.Mutex
 	custodydBin  string
+	binDir       string // removed after the package's tests
 )
+
+func TestMain(m *testing.M) {
+	var err error
+	if binDir, err = os.MkdirTemp("", "devcluster-bin-"); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(binDir)
+	os.Exit(code)
+}
 
 // custodyd builds cmd/custodyd once for the package's tests.
 func custodyd(t *testing.T) string {
@@ -43,7 +56,7 @@ func custodyd(t *testing.T) string {
 	custodydOnce.Lock()
 	defer custodydOnce.Unlock()
 	if custodydBin == "" {
-		custodydBin = buildCustodyd(t)
+		custodydBin = buildCustodyd(t, binDir)
 	}
 	return custodydBin
 }
