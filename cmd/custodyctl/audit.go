@@ -593,7 +593,7 @@ func recordFromProto(p *custodyv1.AuditRecord) audit.Record {
 		Format: int(p.GetFormat()), Seq: p.GetSeq(), Time: p.GetTime().AsTime(), Identity: p.GetIdentity(),
 		Role: p.GetRole(), Method: p.GetMethod(), Key: p.GetKey(), KeyVersion: p.GetKeyVersion(),
 		ContextDigest: p.GetContextDigest(), Outcome: audit.Outcome(p.GetOutcome()), Code: p.GetCode(),
-		CaseRef: p.GetCaseRef(), Detail: p.GetDetail(), PrevHash: p.GetPrevHash(), Hash: p.GetHash(),
+		CaseRef: p.GetCaseRef(), Detail: p.GetDetail(), Replica: p.GetReplica(), PrevHash: p.GetPrevHash(), Hash: p.GetHash(),
 	}
 }
 
