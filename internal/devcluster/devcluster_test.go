@@ -104,6 +104,9 @@ func TestClusterKeepsAnsweringWhenReplicaKilledAndEtcdMemberStopped(t *testing.T
 				switch done.Add(1) {
 				case total / 3:
 					killOnce.Do(func() {
+						// Its chain has a published checkpoint to be held
+						// to before it dies.
+						checkpoint(t, c, 1)
 						servedByKilled = decrypts(t, c.Replicas[1])
 						c.Replicas[1].Kill()
 					})
@@ -192,6 +195,24 @@ func TestClusterKeepsAnsweringWhenReplicaKilledAndEtcdMemberStopped(t *testing.T
 	if recorded < total {
 		t.Fatalf("%d decrypts were acknowledged but only %d are on the audit chains", total, recorded)
 	}
+}
+
+// checkpoint has replica i sign a checkpoint of its head and waits until
+// the replica has published it to etcd.
+func checkpoint(t *testing.T, c *devcluster.Cluster, i int) {
+	t.Helper()
+	cp, err := custodyv1.NewAuditServiceClient(dial(t, c, i, "auditor")).GetLatestCheckpoint(t.Context(), &custodyv1.GetLatestCheckpointRequest{Current: true})
+	if err != nil {
+		t.Fatalf("checkpoint of replica %d: %v", i, err)
+	}
+	eventually(t, 30*time.Second, fmt.Sprintf("replica %d never published checkpoint %d", i, cp.GetSeq()), func() bool {
+		for _, p := range publishedCheckpoints(t, c) {
+			if p.InstanceID == c.Replicas[i].ID() && p.Seq >= cp.GetSeq() {
+				return true
+			}
+		}
+		return false
+	})
 }
 
 // decrypts reads how many decrypts a replica answered OK from its /metrics.
