@@ -109,8 +109,9 @@ var ErrRolledBack = errors.New("store: records do not match the store's anchor (
 // rolled back one by one; a whole store rolled back is detected by comparing
 // Anchor().Revision with the newest audit checkpoint.
 //
-// Writes of anchored records are serialised by this process: a store must
-// have one AuthStore writing it (bbolt's file lock ensures one process).
+// On a store with one writer (bbolt: its file lock ensures one process),
+// writes of anchored records are serialised by this process and the anchor
+// is kept in memory. A shared store (below) may have several.
 // ValueIs conditions compare plaintext: Txn reads and verifies the current
 // value and turns the condition into a revision check, so it stays atomic.
 // The seal's overhead counts against MaxValueSize.
