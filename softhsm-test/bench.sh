@@ -65,7 +65,7 @@ trap 'exit 130' INT TERM
 log() { printf 'bench: %s\n' "$*" >&2; }
 
 log "building into $BIN"
-"$GO" build -o "$BIN/" ./cmd/custodyd ./cmd/custodyctl ./cmd/custody-hsmbench
+"$GO" build -o "$BIN/" ./cmd/custodyd ./cmd/custodyctl ./cmd/custody-hsmbench ./cmd/custody-cluster
 
 lib=${CUSTODY_SOFTHSM_LIB:-}
 if [[ -z "$lib" ]]; then
@@ -263,6 +263,10 @@ else
 fi
 stop_custodyd
 
+# 5b. 1 replica vs 3 replicas (softhsm-test/bench-replicas.sh).
+log "1 replica vs 3 replicas"
+softhsm-test/bench-replicas.sh "$BIN" "$DURATION" "$WORK/replicas.md"
+
 # 6. The report.
 cpu_model=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
 commit=$(git rev-parse HEAD 2>/dev/null || echo unknown)
@@ -327,6 +331,8 @@ CPU profile during decrypt with $MANY keys, concurrency 8:
 \`\`\`
 $(top_profile "$WORK/cpu-decrypt-many.pprof" | sed -n '1,25p')
 \`\`\`
+
+$(cat "$WORK/replicas.md")
 
 Reproduce: \`make bench\` (BENCH_DURATION and BENCH_MANY_KEYS adjust it); one cell by
 hand: \`custodyctl bench --help\`. Raw PKCS#11 micro-benchmarks: \`make bench-raw\`.

@@ -93,6 +93,9 @@ func printCluster(w io.Writer, c *devcluster.Cluster) {
 Custody development cluster is running (in %s; NOT for production):
   etcd (TLS, 3 members): %s  prefix %s
 %s  Every replica shares one SoftHSM token and the etcd prefix; each keeps its own audit log.
+  Changes propagate: a key, grant, budget, freeze or proposal made through one replica is in
+  force on every replica within milliseconds (each follows etcd's watch), budgets hold across
+  all replicas together, and one elected replica runs time-locks and key destruction.
 
 As the dev relay, in another shell (calls are spread over the replicas):
   export CUSTODY_ADDR=%s CUSTODY_CA=%s

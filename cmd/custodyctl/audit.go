@@ -35,7 +35,8 @@ import (
 func (a *app) auditCommand() *cobra.Command {
 	c := groupCommand("audit", "Read and verify the tamper-evident audit log",
 		a.auditVerifyCommand(), a.auditTailCommand(), a.auditExportCommand(),
-		a.auditCheckpointCommand(), a.auditPubkeyCommand(), a.auditReportCommand(), a.auditDigestCommand())
+		a.auditCheckpointCommand(), a.auditPubkeyCommand(), a.auditReportCommand(), a.auditDigestCommand(),
+		a.auditReplicasCommand())
 	c.Long = `Every request custodyd serves is one hash-chained audit record; checkpoints
 of the chain are signed by a non-extractable HSM audit key. "audit verify" and
 "audit report verify" run offline with only the audit public key; the other
@@ -83,9 +84,11 @@ type verifyFailure struct {
 }
 
 func (a *app) auditVerifyCommand() *cobra.Command {
-	var dir, pubFile, anchorFile string
+	var dirs []string
+	var pubFile, anchorFile, publishedFile string
+	var ef etcdFlags
 	cmd := &cobra.Command{
-		Use:   "verify --dir DIR --pubkey FILE [--anchor FILE]",
+		Use:   "verify --dir DIR [--dir DIR ...] --pubkey FILE [--anchor FILE] [--checkpoints FILE | --etcd-endpoints URLS ...]",
 		Short: "Verify a copy of the audit log offline with only the audit public key",
 		Long: `Checks every record's hash and chain link, every checkpoint's and the prune
 marker's signature, and every checkpoint against the records. With --anchor,
@@ -94,16 +97,34 @@ also checks the checkpoints in FILE (JSON lines, as written by the file sink or
 differs from it, was truncated or rewritten. Prints a summary; on the first
 bad record prints its kind (modified, deleted, inserted, reordered, truncated,
 bad-signature, checkpoint-mismatch), sequence number, file and line, and exits 1.
-Nothing is modified.`,
+Nothing is modified.
+
+A cluster: give every replica's directory (--dir once per replica) and the
+checkpoints the replicas published to the vault's etcd store, read from etcd
+(--etcd-endpoints and its TLS flags) or from a file "audit replicas --out"
+wrote (--checkpoints). Each chain is verified against its replica's newest
+published checkpoint; a replica that published one but whose directory is
+not given is reported missing, a chain cut before it truncated.`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if dir == "" || pubFile == "" {
+			if len(dirs) == 0 || pubFile == "" {
 				return usageErrorf("--dir DIR and --pubkey FILE are required")
 			}
 			pub, err := readPublicKey(pubFile)
 			if err != nil {
 				return err
 			}
+			if len(dirs) > 1 || publishedFile != "" || ef.set() {
+				if anchorFile != "" {
+					return usageErrorf("--anchor verifies one directory; with several, the replicas' published checkpoints are the anchors")
+				}
+				published, err := readPublished(cmd.Context(), publishedFile, ef)
+				if err != nil {
+					return err
+				}
+				return a.verifyReplicas(dirs, pub, published)
+			}
+			dir := dirs[0]
 			var anchors []anchorEntry
 			if anchorFile != "" {
 				if anchors, err = readAnchors(anchorFile); err != nil {
@@ -120,9 +141,11 @@ Nothing is modified.`,
 			return verr
 		},
 	}
-	cmd.Flags().StringVar(&dir, "dir", "", "audit log directory (a copy is fine)")
+	cmd.Flags().StringArrayVar(&dirs, "dir", nil, "audit log directory (a copy is fine); once per replica for a cluster")
 	cmd.Flags().StringVar(&pubFile, "pubkey", "", "audit public key file (PEM PUBLIC KEY or DER), from \"audit pubkey\"")
 	cmd.Flags().StringVar(&anchorFile, "anchor", "", "file of checkpoints kept off-box (JSON lines)")
+	cmd.Flags().StringVar(&publishedFile, "checkpoints", "", "the replicas' published checkpoints (JSON lines, from \"audit replicas --out\")")
+	ef.add(cmd)
 	return cmd
 }
 
@@ -570,7 +593,7 @@ func recordFromProto(p *custodyv1.AuditRecord) audit.Record {
 		Format: int(p.GetFormat()), Seq: p.GetSeq(), Time: p.GetTime().AsTime(), Identity: p.GetIdentity(),
 		Role: p.GetRole(), Method: p.GetMethod(), Key: p.GetKey(), KeyVersion: p.GetKeyVersion(),
 		ContextDigest: p.GetContextDigest(), Outcome: audit.Outcome(p.GetOutcome()), Code: p.GetCode(),
-		CaseRef: p.GetCaseRef(), Detail: p.GetDetail(), PrevHash: p.GetPrevHash(), Hash: p.GetHash(),
+		CaseRef: p.GetCaseRef(), Detail: p.GetDetail(), Replica: p.GetReplica(), PrevHash: p.GetPrevHash(), Hash: p.GetHash(),
 	}
 }
 
@@ -846,7 +869,7 @@ signed JSON to --out (or stdout) and prints a summary. Check a report with
 	cmd.Flags().BoolVar(&force, "force", false, "replace --out if it exists")
 	cmd.Flags().StringVar(&pubFile, "pubkey", "", "audit public key to check the signature with before saving")
 	cmd.Flags().StringSliceVar(&methods, "method", nil, "methods counted as decrypt/unwrap (default: the server's set)")
-	cmd.AddCommand(a.auditReportVerifyCommand())
+	cmd.AddCommand(a.auditReportVerifyCommand(), a.auditReportReplicasCommand())
 	return cmd
 }
 

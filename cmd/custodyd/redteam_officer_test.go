@@ -124,6 +124,7 @@ func TestACoercedOfficerCannotActAloneSkipATimeLockOrHideWhatAProposalDoes(t *te
 	if err != nil {
 		t.Fatal(err)
 	}
+	pl.Vault = v.vaultID(t)
 	raw, err := pl.CanonicalBytes()
 	if err != nil {
 		t.Fatal(err)

@@ -28,6 +28,9 @@ type Options struct {
 	CheckpointInterval time.Duration
 	// InstanceID names this custodyd instance in checkpoints (default: host name).
 	InstanceID string
+	// Replica, if set, names this custodyd replica in every record (format
+	// 2); custodyd sets it and InstanceID to its replica_id.
+	Replica string
 	// Sink, if set, receives every checkpoint off the Append path.
 	Sink AnchorSink
 	// StoreRevision, if set, is the metadata store's anchor revision; every
@@ -334,6 +337,7 @@ func (l *Log) publish() {
 // ErrClosed, or the context's error. A context that ends after the record was
 // queued does not withdraw it: the record may still be written.
 func (l *Log) Append(ctx context.Context, rec Record) (uint64, error) {
+	rec.Replica = l.opts.Replica
 	if err := normalise(&rec, time.Now()); err != nil {
 		return 0, err
 	}

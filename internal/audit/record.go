@@ -60,6 +60,9 @@ const (
 	maxDetailLen = 256
 	maxLineLen   = 64 << 10
 	recordFormat = 1
+	// recordFormatReplica is a record that names the replica whose chain
+	// it is in; its hash covers the name. Logs of format 1 still verify.
+	recordFormatReplica = 2
 )
 
 // Digest is a byte string written as lower-case hex in JSON (hashes, context digests).
@@ -105,8 +108,11 @@ type Record struct {
 	Code          string    `json:"code"`
 	CaseRef       string    `json:"case_ref,omitempty"`
 	Detail        string    `json:"detail,omitempty"`
-	PrevHash      Digest    `json:"prev_hash"`
-	Hash          Digest    `json:"hash"`
+	// Replica names the custodyd replica whose chain holds the record
+	// (format 2; Options.Replica).
+	Replica  string `json:"replica,omitempty"`
+	PrevHash Digest `json:"prev_hash"`
+	Hash     Digest `json:"hash"`
 }
 
 // truncMark ends a field that Fit had to cut.
@@ -145,6 +151,9 @@ func canonicalRecord(r *Record) []byte {
 	b = appendBytes(b, r.ContextDigest)
 	for _, s := range []string{string(r.Outcome), r.Code, r.CaseRef, r.Detail} {
 		b = appendBytes(b, []byte(s))
+	}
+	if r.Format >= recordFormatReplica {
+		b = appendBytes(b, []byte(r.Replica))
 	}
 	b = appendBytes(b, r.PrevHash)
 	return b
@@ -190,7 +199,7 @@ func normalise(r *Record, now time.Time) error {
 		max int
 	}{
 		{&r.Identity, maxFieldLen}, {&r.Role, maxFieldLen}, {&r.Method, maxFieldLen}, {&r.Key, maxFieldLen},
-		{&r.Code, maxFieldLen}, {&r.CaseRef, maxFieldLen}, {&r.Detail, maxDetailLen},
+		{&r.Code, maxFieldLen}, {&r.CaseRef, maxFieldLen}, {&r.Detail, maxDetailLen}, {&r.Replica, maxFieldLen},
 	} {
 		*f.v = Fit(*f.v, f.max)
 	}
@@ -201,6 +210,9 @@ func normalise(r *Record, now time.Time) error {
 		r.ContextDigest = nil
 	}
 	r.Format = recordFormat
+	if r.Replica != "" {
+		r.Format = recordFormatReplica
+	}
 	r.Seq, r.PrevHash, r.Hash = 0, nil, nil
 	return nil
 }

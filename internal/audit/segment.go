@@ -112,8 +112,11 @@ func parseRecord(line []byte) (*Record, error) {
 	if err := strictjson.Unmarshal(line, &r); err != nil {
 		return nil, err
 	}
-	if r.Format != recordFormat {
-		return nil, fmt.Errorf("unknown record format %d", r.Format)
+	switch {
+	case r.Format == recordFormat && r.Replica == "":
+	case r.Format == recordFormatReplica && r.Replica != "":
+	default:
+		return nil, fmt.Errorf("unknown record format %d (replica %q)", r.Format, r.Replica)
 	}
 	return &r, nil
 }

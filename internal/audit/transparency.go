@@ -42,7 +42,12 @@ type TransparencyReport struct {
 	Keys        []UseCount  `json:"keys"`
 	Identities  []UseCount  `json:"identities"`
 	Cases       []CaseCount `json:"cases"`
-	Signature   []byte      `json:"signature,omitempty"`
+	// Replicas names the replica chains the report covers and binds it to
+	// each one's range and head (one entry for a replica's own report,
+	// several for BuildReplicasReport; none for a log whose records name
+	// no replica).
+	Replicas  []ReplicaRange `json:"replicas,omitempty"`
+	Signature []byte         `json:"signature,omitempty"`
 }
 
 // BuildReport summarises the records of dir with since <= time < until (a
@@ -63,6 +68,7 @@ func BuildReport(dir string, since, until time.Time, methods []string, counts fu
 		return m[name]
 	}
 	f := Filter{Since: since, Until: until}
+	replica := ""
 	err := scan(context.Background(), dir, &cursor{}, math.MaxUint64, func(r *Record) error {
 		if !f.match(r) {
 			return nil
@@ -72,6 +78,9 @@ func BuildReport(dir string, since, until time.Time, methods []string, counts fu
 		}
 		rep.Records++
 		rep.LastSeq, rep.Head = r.Seq, r.Hash
+		if r.Replica != "" {
+			replica = r.Replica
+		}
 		disclosure := r.CaseRef != "" && r.Outcome == OutcomeOK
 		if !counts(r.Method) && !disclosure {
 			return nil
@@ -105,6 +114,9 @@ func BuildReport(dir string, since, until time.Time, methods []string, counts fu
 		rep.Cases = append(rep.Cases, CaseCount{CaseRef: c, Uses: n})
 	}
 	sort.Slice(rep.Cases, func(i, j int) bool { return rep.Cases[i].CaseRef < rep.Cases[j].CaseRef })
+	if replica != "" {
+		rep.Replicas = []ReplicaRange{{Replica: replica, FirstSeq: rep.FirstSeq, LastSeq: rep.LastSeq, Head: rep.Head, Records: rep.Records}}
+	}
 	return rep, nil
 }
 

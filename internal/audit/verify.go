@@ -34,6 +34,11 @@ const (
 	// KindCheckpointMismatch: a validly signed checkpoint (or prune marker)
 	// names a different hash than the records have at that sequence.
 	KindCheckpointMismatch Kind = "checkpoint-mismatch"
+	// KindMissing: a replica published a signed checkpoint of its chain but
+	// its audit directory was not among those verified together (or holds
+	// no chain at all), or a record names another replica than the chain
+	// it is in (VerifyReplicas).
+	KindMissing Kind = "missing"
 )
 
 // VerifyError names the first problem Verify found. Segment is a file name in
@@ -90,6 +95,12 @@ type anchorRef struct {
 // the directory: a log that ends before it, or differs at its sequence, is
 // reported as KindTruncated. Other errors are I/O errors.
 func Verify(dir string, pub crypto.PublicKey, anchor *Checkpoint) (*Report, error) {
+	return verify(dir, pub, anchor, "")
+}
+
+// verify is Verify; with replica set, every record that names a replica
+// (format 2) must name that one.
+func verify(dir string, pub crypto.PublicKey, anchor *Checkpoint, replica string) (*Report, error) {
 	rep := &Report{}
 	var refs []anchorRef
 	torn, err := scanCheckpoints(dir, func(cp Checkpoint, line int) error {
@@ -132,7 +143,7 @@ func Verify(dir string, pub crypto.PublicKey, anchor *Checkpoint) (*Report, erro
 	if err != nil {
 		return rep, err
 	}
-	v := &chainVerifier{dir: dir, segs: segs, rep: rep, marker: marker, bySeq: bySeq}
+	v := &chainVerifier{dir: dir, segs: segs, rep: rep, marker: marker, bySeq: bySeq, replica: replica}
 	if err := v.run(); err != nil {
 		return rep, err
 	}
@@ -153,11 +164,12 @@ func Verify(dir string, pub crypto.PublicKey, anchor *Checkpoint) (*Report, erro
 }
 
 type chainVerifier struct {
-	dir    string
-	segs   []segment
-	rep    *Report
-	marker *PruneMarker
-	bySeq  map[uint64][]anchorRef
+	dir     string
+	segs    []segment
+	rep     *Report
+	marker  *PruneMarker
+	bySeq   map[uint64][]anchorRef
+	replica string
 
 	started  bool
 	expected uint64
@@ -210,6 +222,9 @@ func (v *chainVerifier) segment(si int, s segment) error {
 				seq = v.expected
 			}
 			return fail(seq, KindModified, "record hash does not match its content")
+		}
+		if v.replica != "" && r.Replica != "" && r.Replica != v.replica {
+			return fail(r.Seq, KindMissing, "record of replica %q in the chain of replica %q", r.Replica, v.replica)
 		}
 		if !v.started {
 			switch {

@@ -108,6 +108,11 @@ type Config struct {
 	// Limits bound connections, handshakes, requests in flight and memory
 	// (limits.go).
 	Limits LimitsConfig `yaml:"limits"`
+	// ReplicaID names this custodyd among the replicas of one vault (the
+	// host name by default): it is in every audit record and checkpoint of
+	// this replica's chain and in the election of the replica that runs
+	// scheduled work (replica.go).
+	ReplicaID string `yaml:"replica_id"`
 }
 
 // BudgetConfig is a token bucket (rate per second, burst) plus a volume cap
@@ -413,6 +418,7 @@ func Decode(data []byte) (*Config, error) {
 func (c *Config) ApplyDefaults() {
 	setString(&c.Listen, DefaultListen)
 	setString(&c.HTTPListen, DefaultHTTPListen)
+	c.applyReplicaDefault()
 	setInt(&c.HSM.MaxSessions, DefaultMaxSessions)
 	c.Store.applyDefaults()
 	setString(&c.Audit.Dir, DefaultAuditDir)

@@ -175,6 +175,7 @@ audit: {dir: %s}
 		Seal: SealConfig{UnsealTimeout: DefaultUnsealTimeout, LeaseTTL: DefaultLeaseTTL},
 	}
 	want.Limits.applyDefaults()
+	want.ReplicaID, _ = os.Hostname()
 	if fmt.Sprintf("%+v", *cfg) != fmt.Sprintf("%+v", want) || !reflect.DeepEqual(cfg.HSM, want.HSM) {
 		t.Fatalf("got  %+v\nwant %+v", *cfg, want)
 	}

@@ -105,6 +105,7 @@ func (c *Config) Validate() error {
 	validateBudgets(&ps, c.Budgets, byName)
 	c.Governance.validate(&ps, c.Dev)
 	c.Limits.validate(&ps)
+	validateReplicaID(&ps, c.ReplicaID)
 	if len(ps) == 0 {
 		return nil
 	}

@@ -147,6 +147,8 @@ type Daemon struct {
 	markOnToken atomic.Bool
 	// openedHead is the audit log's last record when it was opened.
 	openedHead uint64
+	// replica: the scheduler election and following the store (replica.go).
+	replica replicaState
 }
 
 // Start opens everything the config names and starts serving. It returns
@@ -356,7 +358,7 @@ func (d *Daemon) complete(ctx context.Context, pin []byte) (err error) {
 	if err != nil {
 		return fmt.Errorf("store authentication key: %w", err)
 	}
-	d.Store, err = store.Authenticated(ctx, d.raw, &hsmSealer{m: d.HSM, k: macKey}, store.AuthOptions{Unanchored: server.IsStoredDataKey})
+	d.Store, err = store.Authenticated(ctx, d.raw, &hsmSealer{m: d.HSM, k: macKey}, store.AuthOptions{Unanchored: unanchored})
 	if err != nil {
 		return storeRefusal(cfg.Store.String(), err)
 	}
@@ -445,10 +447,10 @@ func (d *Daemon) complete(ctx context.Context, pin []byte) (err error) {
 	}
 	d.unsealReg.Store(reg)
 
-	d.wg.Add(3)
-	go func() { defer d.wg.Done(); d.destroyLoop(d.runCtx) }()
+	d.wg.Add(2)
 	go func() { defer d.wg.Done(); d.governanceLoop(d.runCtx) }()
 	go func() { defer d.wg.Done(); d.mark.Run(d.runCtx) }()
+	d.startReplica(reg)
 	if d.lease != nil {
 		d.wg.Add(1)
 		go func() { defer d.wg.Done(); d.lease.Run(d.runCtx, d.fence) }()
@@ -457,6 +459,7 @@ func (d *Daemon) complete(ctx context.Context, pin []byte) (err error) {
 	d.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	if d.gate != nil {
 		d.gate.health = d.health
+		d.gate.verify = d.Store.Err
 		d.wg.Add(1)
 		go func() { defer d.wg.Done(); d.gate.run(d.runCtx) }()
 	}
@@ -482,7 +485,8 @@ func (d *Daemon) openAudit(ctx context.Context, signer crypto.Signer) (*audit.Lo
 	sink = auditmark.Tee(d.mark, sink)
 	l, err := audit.Open(ctx, cfg.Audit.Dir, signer, audit.Options{
 		SegmentSize: cfg.Audit.SegmentBytes, CheckpointEvery: uint64(cfg.Audit.CheckpointEvery),
-		CheckpointInterval: cfg.Audit.CheckpointInterval, Logger: d.log, Sink: sink,
+		CheckpointInterval: cfg.Audit.CheckpointInterval, Logger: d.log, Sink: &checkpointSink{d: d, next: sink},
+		InstanceID: cfg.ReplicaID, Replica: cfg.ReplicaID,
 		DisableGroupCommit: d.opts.AuditNoGroupCommit,
 		StoreRevision: func() uint64 {
 			if st := d.anchor.Load(); st != nil {
@@ -599,23 +603,6 @@ func (d *Daemon) readyz(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	fmt.Fprintln(w, "ready")
-}
-
-func (d *Daemon) destroyLoop(ctx context.Context) {
-	t := time.NewTicker(d.opts.DestroyCheckInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			if n, err := d.Keys.DestroyDue(ctx); err != nil {
-				d.log.Error("scheduled key destruction failed", "err", err)
-			} else if n > 0 {
-				d.log.Info("destroyed key versions", "count", n)
-			}
-		}
-	}
 }
 
 // GRPCAddr is the address the gRPC listener is bound to.

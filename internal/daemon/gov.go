@@ -149,9 +149,10 @@ func DevBudgetsFromConfig(cfg *config.Config) []governance.BudgetEntry {
 	return out
 }
 
-// governanceLoop executes proposals whose time-lock has passed and flushes
-// budget refusal histories, periodically and once more when the daemon
-// stops (spend and freezes are durable as they happen).
+// governanceLoop flushes budget refusal histories periodically and once
+// more when the daemon stops (spend and freezes are durable as they
+// happen). Proposals whose time-lock has passed are executed by the
+// scheduler (replica.go).
 func (d *Daemon) governanceLoop(ctx context.Context) {
 	every := d.opts.GovernanceInterval
 	if every <= 0 {
@@ -164,11 +165,6 @@ func (d *Daemon) governanceLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			if n, err := d.Gov.ExecuteReady(ctx); err != nil {
-				d.log.Error("executing ready proposals failed", "err", err)
-			} else if n > 0 {
-				d.log.Info("executed proposals after their time-lock", "count", n)
-			}
 			if err := d.Gov.FlushBudgets(ctx); err != nil {
 				d.log.Error("persisting budget state failed", "err", err)
 			}

@@ -82,6 +82,9 @@ type storeGate struct {
 		SetServingStatus(string, healthpb.HealthCheckResponse_ServingStatus)
 	}
 	problem atomic.Pointer[string] // nil: reachable
+	// verify, if set, says why this replica cannot follow the store now
+	// (the authenticated store's Err): requests are refused then too.
+	verify func() error
 }
 
 func newStoreGate(s store.Store, desc string, log *slog.Logger) *storeGate {
@@ -116,6 +119,19 @@ func (g *storeGate) probe(ctx context.Context) {
 			}
 		}
 		return
+	}
+	if err == nil && g.verify != nil {
+		if verr := g.verify(); verr != nil {
+			msg := g.desc + " cannot be verified: " + verr.Error()
+			g.problem.Store(&msg)
+			if was == nil {
+				g.log.Error("this replica cannot verify the shared store; refusing requests until it can", "store", g.desc, "err", verr)
+				if g.health != nil {
+					g.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
+				}
+			}
+			return
+		}
 	}
 	g.problem.Store(nil)
 	if was != nil {

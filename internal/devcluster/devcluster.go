@@ -42,6 +42,9 @@ type Options struct {
 	BasePort int
 	// Log receives progress lines (nil: discarded).
 	Log io.Writer
+	// Extra is YAML appended to every replica's configuration (for
+	// example a governance section with a short time-lock).
+	Extra string
 }
 
 // Replica is one custodyd process.
@@ -67,6 +70,7 @@ type Cluster struct {
 	Replicas []*Replica
 	Prefix   string
 	log      io.Writer
+	extra    string
 }
 
 // Prefix is the vault's etcd prefix.
@@ -93,7 +97,7 @@ func Start(ctx context.Context, o Options) (_ *Cluster, err error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	c := &Cluster{Dir: dir, Prefix: Prefix, log: o.Log}
+	c := &Cluster{Dir: dir, Prefix: Prefix, log: o.Log, extra: o.Extra}
 	defer func() {
 		if err != nil {
 			c.Stop()
@@ -177,7 +181,7 @@ func (c *Cluster) config(r *Replica, hsmURI, pinFile string) string {
 	q := strconv.Quote
 	var b strings.Builder
 	fmt.Fprintf(&b, "# custodyd replica %d of a development cluster (make cluster)\n", r.Index)
-	fmt.Fprintf(&b, "dev: true\nlisten: %s\nhttp_listen: %s\n", r.GRPCAddr, r.HTTPAddr)
+	fmt.Fprintf(&b, "dev: true\nreplica_id: %s\nlisten: %s\nhttp_listen: %s\n", r.ID(), r.GRPCAddr, r.HTTPAddr)
 	fmt.Fprintf(&b, "tls:\n  cert_file: %s\n  key_file: %s\n  client_ca_file: %s\n", q(p.ServerCertFile), q(p.ServerKeyFile), q(p.CAFile))
 	fmt.Fprintf(&b, "hsm:\n  uri: %s\n  pin_file: %s\n", q(hsmURI), q(pinFile))
 	fmt.Fprintf(&b, "store:\n  backend: etcd\n  etcd:\n    endpoints: [%s]\n", strings.Join(c.Etcd.Endpoints(), ", "))
@@ -189,8 +193,15 @@ func (c *Cluster) config(r *Replica, hsmURI, pinFile string) string {
 		fmt.Fprintf(&b, "  - {name: dev-%s, role: %s, uri: %s}\n", role, role, q(p.Clients[role].Identity))
 	}
 	fmt.Fprintf(&b, "grants:\n  - identity: dev-relay\n    keys: [%s]\n    operations: [encrypt, decrypt, datakey, unwrap, rewrap]\n    allow_plaintext: true\n", daemon.DevKey)
+	b.WriteString(c.extra)
 	return b.String()
 }
+
+// ID is the replica's replica_id: replica-<index>.
+func (r *Replica) ID() string { return "replica-" + strconv.Itoa(r.Index) }
+
+// AuditDir is the replica's audit log directory.
+func (r *Replica) AuditDir() string { return filepath.Join(r.Dir, "audit") }
 
 // Start runs the replica's custodyd process.
 func (r *Replica) Start() error {

@@ -16,19 +16,20 @@ import (
 
 	custodyv1 "github.com/custodyhq/custody/api/custody/v1"
 	"github.com/custodyhq/custody/client"
-	"github.com/custodyhq/custody/internal/daemon"
+	"github.com/custodyhq/custody/internal/audit"
 	"github.com/custodyhq/custody/internal/devcluster"
+	"github.com/custodyhq/custody/internal/quorum"
 	"github.com/custodyhq/custody/internal/store/etcdtest"
 )
 
-// buildCustodyd builds cmd/custodyd into a temporary directory.
-func buildCustodyd(t *testing.T) string {
+// buildCustodyd builds cmd/custodyd into dir.
+func buildCustodyd(t *testing.T, dir string) string {
 	t.Helper()
 	root, err := etcdtest.Root()
 	if err != nil {
 		t.Fatal(err)
 	}
-	bin := filepath.Join(t.TempDir(), "custodyd")
+	bin := filepath.Join(dir, "custodyd")
 	cmd := exec.Command("go", "build", "-o", bin, "./cmd/custodyd")
 	cmd.Dir = root
 	if out, err := cmd.CombinedOutput(); err != nil {
@@ -39,21 +40,18 @@ func buildCustodyd(t *testing.T) string {
 
 // TestClusterKeepsAnsweringWhenReplicaKilledAndEtcdMemberStopped runs three
 // custodyd processes on a three-member etcd cluster and one SoftHSM token,
-// and drives decrypts through all of them with the Go client. Mid-load one
-// custodyd is SIGKILLed, later one etcd member is stopped. Every call must
-// succeed with the right plaintext, and the killed replica must have served
-// part of the load before it died.
+// governed by a key ceremony, and drives decrypts through all of them with
+// the Go client. Mid-load one custodyd is SIGKILLed, a quorum proposal is
+// approved through the two others, later one etcd member is stopped. Every
+// call must succeed with the right plaintext (and the killed replica must
+// have served part of the load before it died); the proposal must execute
+// exactly once; every acknowledged decrypt must be on some replica's audit
+// chain; and the three chains must verify together against the checkpoints
+// the replicas published to etcd.
 func TestClusterKeepsAnsweringWhenReplicaKilledAndEtcdMemberStopped(t *testing.T) {
-	t.Setenv("SOFTHSM2_CONF", "") // PrepareDev sets it for the replicas; restored after
-	bin := buildCustodyd(t)
+	c := startCluster(t, govExtra)
+	g := ceremony(t, c, 1<<30)
 	ctx := t.Context()
-	c, err := devcluster.Start(ctx, devcluster.Options{
-		Dir: filepath.Join(t.TempDir(), "cluster"), Custodyd: bin, Etcd: etcdtest.Binary(t),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.Stop)
 	relay := c.Setup.PKI.Clients["relay"]
 	cl, err := client.Dial(ctx, client.Config{
 		Addrs: c.Addrs(), CAFile: c.Setup.PKI.CAFile, CertFile: relay.CertFile, KeyFile: relay.KeyFile,
@@ -68,18 +66,20 @@ func TestClusterKeepsAnsweringWhenReplicaKilledAndEtcdMemberStopped(t *testing.T
 	cts := make([][]byte, len(msgs))
 	for i := range msgs {
 		msgs[i] = fmt.Sprintf("message %d", i)
-		enc, err := cl.Crypto().Encrypt(ctx, &custodyv1.EncryptRequest{KeyName: daemon.DevKey, Plaintext: []byte(msgs[i])})
+		enc, err := cl.Crypto().Encrypt(ctx, &custodyv1.EncryptRequest{KeyName: "msgs", Plaintext: []byte(msgs[i])})
 		if err != nil {
 			t.Fatalf("encrypt: %v", err)
 		}
 		cts[i] = enc.Ciphertext
 	}
+	p := g.propose(t, 0, quorum.RotateKey{Name: "msgs"})
 
 	const workers, perWorker = 6, 200
 	const total = workers * perWorker
 	var done atomic.Int64
-	var killOnce, stopOnce sync.Once
+	var killOnce, approveOnce, stopOnce sync.Once
 	var servedByKilled float64
+	var approvals sync.WaitGroup
 	var wg sync.WaitGroup
 	deadline := time.Now().Add(3 * time.Minute)
 	for w := range workers {
@@ -91,7 +91,7 @@ func TestClusterKeepsAnsweringWhenReplicaKilledAndEtcdMemberStopped(t *testing.T
 				}
 				j := (w*7 + i) % len(msgs)
 				cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-				resp, err := cl.Crypto().Decrypt(cctx, &custodyv1.DecryptRequest{KeyName: daemon.DevKey, Ciphertext: cts[j]})
+				resp, err := cl.Crypto().Decrypt(cctx, &custodyv1.DecryptRequest{KeyName: "msgs", Ciphertext: cts[j]})
 				cancel()
 				if err != nil {
 					t.Errorf("worker %d call %d: %v", w, i, err)
@@ -104,8 +104,23 @@ func TestClusterKeepsAnsweringWhenReplicaKilledAndEtcdMemberStopped(t *testing.T
 				switch done.Add(1) {
 				case total / 3:
 					killOnce.Do(func() {
+						// Its chain has a published checkpoint to be held
+						// to before it dies.
+						checkpoint(t, c, 1)
 						servedByKilled = decrypts(t, c.Replicas[1])
 						c.Replicas[1].Kill()
+					})
+				case total / 2:
+					// Two officers approve at once, through the two
+					// replicas left: the proposal executes on one.
+					approveOnce.Do(func() {
+						for _, a := range []struct{ replica, officer int }{{2, 0}, {0, 1}} {
+							approvals.Go(func() {
+								if _, err := g.approve(t, a.replica, a.officer, p); err != nil && !strings.Contains(err.Error(), "executed") {
+									t.Errorf("approval through replica %d during the disturbance: %v", a.replica, err)
+								}
+							})
+						}
 					})
 				case 2 * total / 3:
 					stopOnce.Do(func() { c.Etcd.Members[0].Stop() })
@@ -114,6 +129,7 @@ func TestClusterKeepsAnsweringWhenReplicaKilledAndEtcdMemberStopped(t *testing.T
 		})
 	}
 	wg.Wait()
+	approvals.Wait()
 	if got := done.Load(); got != total {
 		t.Fatalf("%d of %d calls answered", got, total)
 	}
@@ -130,6 +146,73 @@ func TestClusterKeepsAnsweringWhenReplicaKilledAndEtcdMemberStopped(t *testing.T
 			t.Errorf("surviving replica %d not ready with 2 of 3 etcd members: %v", r.Index, err)
 		}
 	}
+
+	// The proposal approved during the disturbance executed once.
+	for _, i := range []int{0, 2} {
+		eventually(t, 30*time.Second, fmt.Sprintf("replica %d does not encrypt with the rotated key", i), func() bool {
+			resp, err := crypto(t, c, i).Encrypt(ctx, &custodyv1.EncryptRequest{KeyName: "msgs", Plaintext: []byte("x")})
+			return err == nil && resp.GetKeyVersion() == 2
+		})
+	}
+
+	// The audit: stop the survivors (a final checkpoint each), then every
+	// chain verifies together against what the replicas published.
+	pub := auditKey(t, c, 0)
+	for _, i := range []int{0, 2} {
+		c.Replicas[i].Stop()
+	}
+	if n := executions(t, c, p.ID); n != 1 {
+		t.Fatalf("the proposal approved during the disturbance executed %d times on the record, want once", n)
+	}
+	published := publishedCheckpoints(t, c)
+	if len(published) != 3 {
+		t.Fatalf("%d replicas published checkpoints, want 3", len(published))
+	}
+	var dirs []string
+	for _, r := range c.Replicas {
+		dirs = append(dirs, r.AuditDir())
+	}
+	chains, err := audit.VerifyReplicas(dirs, pub, published)
+	if err != nil {
+		t.Fatalf("the replicas' chains do not verify together: %v", err)
+	}
+	recorded := 0
+	for _, ch := range chains {
+		if ch.Published == nil || !ch.Report.AnchorChecked {
+			t.Errorf("chain of %s not checked against its published checkpoint: %+v", ch.Replica, ch)
+		}
+		err := audit.ReadDir(ctx, ch.Dir, audit.Filter{Method: "Decrypt", Identity: relay.Identity}, func(r audit.Record) error {
+			if r.Outcome == audit.OutcomeOK && r.Key == "msgs" {
+				recorded++
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Logf("%d decrypts acknowledged, %d on the replicas' audit chains", total, recorded)
+	if recorded < total {
+		t.Fatalf("%d decrypts were acknowledged but only %d are on the audit chains", total, recorded)
+	}
+}
+
+// checkpoint has replica i sign a checkpoint of its head and waits until
+// the replica has published it to etcd.
+func checkpoint(t *testing.T, c *devcluster.Cluster, i int) {
+	t.Helper()
+	cp, err := custodyv1.NewAuditServiceClient(dial(t, c, i, "auditor")).GetLatestCheckpoint(t.Context(), &custodyv1.GetLatestCheckpointRequest{Current: true})
+	if err != nil {
+		t.Fatalf("checkpoint of replica %d: %v", i, err)
+	}
+	eventually(t, 30*time.Second, fmt.Sprintf("replica %d never published checkpoint %d", i, cp.GetSeq()), func() bool {
+		for _, p := range publishedCheckpoints(t, c) {
+			if p.InstanceID == c.Replicas[i].ID() && p.Seq >= cp.GetSeq() {
+				return true
+			}
+		}
+		return false
+	})
 }
 
 // decrypts reads how many decrypts a replica answered OK from its /metrics.

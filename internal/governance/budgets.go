@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -43,16 +44,36 @@ func (e *BudgetError) Unwrap() error { return e.Err }
 // Slices are small for small budgets (a budget of 10 is reserved one unit
 // at a time: exact) and grow with the rate, so the store sees far fewer
 // writes than requests under load.
+//
+// The budget is global when replicas share the store. Every write of a
+// budget record is a compare-and-swap on the revision this process last
+// saw of it; a replica that loses the race reads the record again and
+// decides again. So the units reserved by all replicas together never
+// exceed the budget: what can exceed it is what a replica serves from a
+// slice it reserved before a change it has not seen yet (a freeze, a lower
+// budget, an unfreeze is not affected): at most one slice per replica per
+// identity×key, for as long as the change takes to reach the replica's
+// watch. Each replica keeps its limiter in step with the records through
+// the watch (observe). A refusal counts towards a freeze on the replica
+// that refused it; refusals are merged into the record (flush), so
+// refusals spread over replicas add up, and the freeze, once written, is
+// seen by every replica.
 type budgetLedger struct {
 	st  store.Store
 	lim *policy.Limiter
 	now func() time.Time
 	log *slog.Logger
 
-	mu    sync.Mutex // serialises reservations and their store writes
-	res   map[policy.Subject]*reservation
-	dirty map[policy.Subject]bool // refusal history not yet flushed
+	mu      sync.Mutex // serialises reservations and their store writes
+	res     map[policy.Subject]*reservation
+	dirty   map[policy.Subject]bool        // refusal history not yet flushed
+	pending map[policy.Subject][]time.Time // refusals made here since this replica last wrote the record
+	revs    map[string]int64               // store revision of each budget record as last seen
 }
+
+// casAttempts bounds how often a budget write is retried after losing the
+// race for its record to another replica.
+const casAttempts = 64
 
 type reservation struct {
 	units  int
@@ -79,7 +100,8 @@ func openBudgets(ctx context.Context, st store.Store, rule policy.FreezeRule, no
 	if err != nil {
 		return nil, err
 	}
-	b := &budgetLedger{st: st, lim: lim, now: now, log: log, res: map[policy.Subject]*reservation{}, dirty: map[policy.Subject]bool{}}
+	b := &budgetLedger{st: st, lim: lim, now: now, log: log, res: map[policy.Subject]*reservation{}, dirty: map[policy.Subject]bool{},
+		pending: map[policy.Subject][]time.Time{}, revs: map[string]int64{}}
 	kvs, err := st.List(ctx, budgetPrefix, "", 0)
 	if err != nil {
 		return nil, fmt.Errorf("budget state: %w", err)
@@ -95,8 +117,145 @@ func openBudgets(ctx context.Context, st store.Store, rule policy.FreezeRule, no
 		if err := b.restore(kv.Key, rec); err != nil {
 			return nil, fmt.Errorf("%w: budget state %s: %v", store.ErrCorrupt, kv.Key, err)
 		}
+		b.revs[kv.Key] = kv.Revision
 	}
 	return b, nil
+}
+
+// observe installs a budget record read from the store (another replica's
+// write, delivered by the watch, or a re-read), unless this process has
+// seen it already. Refusals made here and not yet written stay counted. A
+// record of a budget not in force is ignored. Called with b.mu held.
+func (b *budgetLedger) observeLocked(kv store.KV) error {
+	if kv.Revision != 0 && kv.Revision <= b.revs[kv.Key] {
+		return nil
+	}
+	var rec budgetRecord
+	if err := strictjson.Unmarshal(kv.Value, &rec); err != nil {
+		return fmt.Errorf("%w: budget state %s: %v", store.ErrCorrupt, kv.Key, err)
+	}
+	switch {
+	case rec.Subject != nil && rec.Shared == nil:
+		s := rec.Subject.Subject
+		if subjectPath(s) != kv.Key {
+			return fmt.Errorf("%w: budget state %s: record is stored under another budget's name", store.ErrCorrupt, kv.Key)
+		}
+		if _, ok := b.lim.Usage(s.Identity, s.Key, b.now()); !ok {
+			break
+		}
+		ss := *rec.Subject
+		ss.Refusals = mergeTimes(ss.Refusals, b.pending[s])
+		if err := b.lim.PutSubjectState(ss); err != nil {
+			return fmt.Errorf("%w: budget state %s: %v", store.ErrCorrupt, kv.Key, err)
+		}
+		if ss.Frozen {
+			// A freeze is global: what this replica still holds of the
+			// budget is not served.
+			delete(b.res, s)
+		}
+	case rec.Shared != nil && rec.Subject == nil:
+		if sharedPath(rec.Shared.Key) != kv.Key {
+			return fmt.Errorf("%w: budget state %s: record is stored under another budget's name", store.ErrCorrupt, kv.Key)
+		}
+		if _, ok := b.lim.Usage("", rec.Shared.Key, b.now()); !ok {
+			break
+		}
+		if err := b.lim.PutKeyState(*rec.Shared); err != nil {
+			return fmt.Errorf("%w: budget state %s: %v", store.ErrCorrupt, kv.Key, err)
+		}
+	default:
+		return fmt.Errorf("%w: budget state %s: a record holds exactly one budget", store.ErrCorrupt, kv.Key)
+	}
+	b.revs[kv.Key] = kv.Revision
+	return nil
+}
+
+// observeDeleted forgets a deleted budget record's revision.
+func (b *budgetLedger) observeDeleted(key string, rev int64) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if rev > b.revs[key] {
+		b.revs[key] = rev
+	}
+}
+
+// observe is observeLocked for the watch.
+func (b *budgetLedger) observe(kv store.KV) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.observeLocked(kv)
+}
+
+// rereadLocked reads budget records again (after losing a race for them).
+// Called with b.mu held.
+func (b *budgetLedger) rereadLocked(ctx context.Context, paths []string) error {
+	for _, p := range paths {
+		kv, err := b.st.Get(ctx, p)
+		if errors.Is(err, store.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("%w: read budget state: %w", ErrUnavailable, err)
+		}
+		if err := b.observeLocked(kv); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// rereadAll reads every budget record again.
+func (b *budgetLedger) rereadAll(ctx context.Context) error {
+	kvs, err := b.st.List(ctx, budgetPrefix, "", 0)
+	if err != nil {
+		return fmt.Errorf("%w: read budget state: %w", ErrUnavailable, err)
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, kv := range kvs {
+		if err := b.observeLocked(kv); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// mergeTimes is the union of two sorted refusal histories, sorted.
+func mergeTimes(a, c []time.Time) []time.Time {
+	if len(c) == 0 {
+		return a
+	}
+	out := append(slices.Clone(a), c...)
+	slices.SortFunc(out, func(x, y time.Time) int { return x.Compare(y) })
+	return slices.CompactFunc(out, func(x, y time.Time) bool { return x.Equal(y) })
+}
+
+// conds are the compare-and-swap conditions of writing ops: each record
+// is still at the revision this process last saw (0: absent).
+func (b *budgetLedger) conds(ops []store.Op) []store.Cond {
+	out := make([]store.Cond, 0, len(ops))
+	for _, op := range ops {
+		out = append(out, store.RevisionIs(op.Key, b.revs[op.Key]))
+	}
+	return out
+}
+
+// wrote records that ops were committed at rev. Called with b.mu held.
+func (b *budgetLedger) wrote(ops []store.Op, rev int64) {
+	for _, op := range ops {
+		if rev > b.revs[op.Key] {
+			b.revs[op.Key] = rev
+		}
+	}
+}
+
+// paths are the records ops write.
+func paths(ops []store.Op) []string {
+	out := make([]string, len(ops))
+	for i, op := range ops {
+		out[i] = op.Key
+	}
+	return out
 }
 
 func (b *budgetLedger) restore(path string, rec budgetRecord) error {
@@ -218,17 +377,54 @@ func (b *budgetLedger) sharedOps(key string) []store.Op {
 	return nil
 }
 
-// persist writes s's spend durably. Called with b.mu held.
+// persist writes s's spend durably, by compare-and-swap: errStale when
+// another replica wrote the record since this process last saw it (read
+// it again, decide again). Called with b.mu held.
 func (b *budgetLedger) persist(s policy.Subject) error {
 	ops := b.subjectOps(s)
 	if len(ops) == 0 {
 		return nil
 	}
-	if err := b.st.Txn(context.Background(), nil, ops); err != nil {
+	rev, err := store.TxnRev(context.Background(), b.st, b.conds(ops), ops)
+	if errors.Is(err, store.ErrConflict) {
+		return errStale
+	}
+	if err != nil {
 		return fmt.Errorf("%w: persist budget spend: %w", ErrUnavailable, err)
 	}
+	b.wrote(ops, rev)
 	delete(b.dirty, s)
+	delete(b.pending, s)
 	return nil
+}
+
+// subjectPaths are the records of s's spend.
+func (b *budgetLedger) subjectPaths(s policy.Subject) []string {
+	out := []string{subjectPath(s)}
+	if _, ok := b.lim.Usage("", s.Key, b.now()); ok {
+		out = append(out, sharedPath(s.Key))
+	}
+	return out
+}
+
+// persistFresh writes a change to s's spend that fn makes, reading the
+// records again and re-making the change whenever another replica wrote
+// them first. fn runs on the state as read; it may run several times.
+// Called with b.mu held.
+func (b *budgetLedger) persistFresh(s policy.Subject, fn func() error) error {
+	for range casAttempts {
+		if err := fn(); err != nil {
+			return err
+		}
+		err := b.persist(s)
+		if !errors.Is(err, errStale) {
+			return err
+		}
+		if err := b.rereadLocked(context.Background(), b.subjectPaths(s)); err != nil {
+			return err
+		}
+	}
+	return fmt.Errorf("%w: budget of %q on %q: lost %d races for its record to other replicas", ErrUnavailable, s.Identity, s.Key, casAttempts)
 }
 
 // sliceSize is how many units one reservation takes: about a quarter of a
@@ -247,6 +443,23 @@ func (b *budgetLedger) take(identity, key string, n int) error {
 	s := policy.Subject{Identity: identity, Key: key}
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	for range casAttempts {
+		err := b.takeOnce(s, n)
+		if !errors.Is(err, errStale) {
+			return err
+		}
+		if err := b.rereadLocked(context.Background(), b.subjectPaths(s)); err != nil {
+			return err
+		}
+	}
+	return fmt.Errorf("%w: budget of %q on %q: lost %d races for its record to other replicas", ErrUnavailable, identity, key, casAttempts)
+}
+
+// takeOnce is one attempt of take on the spend state as this process knows
+// it; errStale means another replica wrote the records first and nothing
+// was spent. Called with b.mu held.
+func (b *budgetLedger) takeOnce(s policy.Subject, n int) error {
+	identity, key := s.Identity, s.Key
 	now := b.now()
 	window := b.lim.WindowStart(identity, key, now)
 	r := b.res[s]
@@ -290,13 +503,25 @@ func (b *budgetLedger) take(identity, key string, n int) error {
 		}
 		return nil
 	}
-	if errors.Is(reason, policy.ErrFrozen) && !wasFrozen {
-		// A freeze is durable before the refusal that reports it.
+	if wasFrozen {
+		return &BudgetError{Err: reason, RetryAfter: retry}
+	}
+	if errors.Is(reason, policy.ErrFrozen) {
+		// A freeze is durable before the refusal that reports it, and then
+		// every replica enforces it.
 		delete(b.res, s)
-		if err := b.persist(s); err != nil {
+		frozenAt := now
+		err := b.persistFresh(s, func() error {
+			if !b.lim.Freeze(identity, key, frozenAt) {
+				return fmt.Errorf("%w: identity %q, key %q", policy.ErrNoBudget, identity, key)
+			}
+			return nil
+		})
+		if err != nil {
 			return err
 		}
-	} else if !wasFrozen {
+	} else if !errors.Is(reason, policy.ErrBatchTooLarge) && !errors.Is(reason, policy.ErrNoBudget) {
+		b.pending[s] = append(b.pending[s], now)
 		b.dirty[s] = true
 	}
 	return &BudgetError{Err: reason, RetryAfter: retry}
@@ -307,13 +532,14 @@ func (b *budgetLedger) take(identity, key string, n int) error {
 // under the budget in force). Called with b.mu held.
 func (b *budgetLedger) dropReservation(s policy.Subject) { delete(b.res, s) }
 
-// flush persists refusal histories changed since the last flush.
+// flush persists refusal histories changed since the last flush, merged
+// into what other replicas wrote.
 func (b *budgetLedger) flush(ctx context.Context) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	var errs []error
 	for s := range b.dirty {
-		if err := b.persist(s); err != nil {
+		if err := b.persistFresh(s, func() error { return nil }); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -323,16 +549,20 @@ func (b *budgetLedger) flush(ctx context.Context) error {
 // close gives back unused reservations and flushes.
 func (b *budgetLedger) close(ctx context.Context) error {
 	b.mu.Lock()
-	now := b.now()
 	var errs []error
 	for s, r := range b.res {
-		if r.units > 0 {
-			b.lim.Refund(s.Identity, s.Key, r.units, r.window, now)
-			if err := b.persist(s); err != nil {
-				errs = append(errs, err)
-			}
-		}
 		delete(b.res, s)
+		if r.units <= 0 {
+			continue
+		}
+		units, window := r.units, r.window
+		err := b.persistFresh(s, func() error {
+			b.lim.Refund(s.Identity, s.Key, units, window, b.now())
+			return nil
+		})
+		if err != nil {
+			errs = append(errs, err)
+		}
 	}
 	b.mu.Unlock()
 	return errors.Join(append(errs, b.flush(ctx))...)

@@ -164,6 +164,9 @@ func (g *Governance) validate(req CeremonyRequest, created []string) (quorum.Off
 func (g *Governance) InitCeremony(ctx context.Context, actor Actor, req CeremonyRequest) (*StoredTranscript, string, error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	if err := g.sync(ctx); err != nil {
+		return nil, "", err
+	}
 	if g.st.Ceremony {
 		return nil, "", ErrCeremonyDone
 	}
@@ -319,11 +322,21 @@ func (g *Governance) InitCeremony(ctx context.Context, actor Actor, req Ceremony
 		}
 	}
 	g.ledger = ledger
-	if err := g.commit(ctx, quorum.LedgerState{}, next, dedupe(ops)...); err != nil {
+	ops = dedupe(ops)
+	if err := g.commit(ctx, quorum.LedgerState{}, next, ops...); err != nil {
 		g.ledger = nil
 		b.lim, b.res = oldLim, oldRes
+		if errors.Is(err, errStale) {
+			// Another replica's write came first: perhaps its ceremony
+			// (this replica's watch installs it).
+			if st, _, rerr := loadState(ctx, g.o.Store); rerr == nil && st.Ceremony {
+				return nil, "", ErrCeremonyDone
+			}
+			return nil, "", fmt.Errorf("%w: the governance state changed during the ceremony; run it again", ErrUnavailable)
+		}
 		return nil, "", err
 	}
+	b.wrote(ops, g.stRev)
 	if rot != nil {
 		rot.Commit()
 	}

@@ -22,6 +22,14 @@
 //     store in slices and served from the reservation, so a crash can only
 //     lose units, never refill them.
 //
+// Replicas (replica.go): several custodyd processes may share one store.
+// Every write of the governance state and of a budget record is a
+// compare-and-swap on the revision this process read, so an approval, an
+// execution, an order use and a reserved budget slice each happen once
+// across replicas; Follow keeps each replica's state, Snapshot and budget
+// spend in step with the others' writes; scheduled work is committed
+// through the elected replica's leadership (ExecuteReadyVia).
+//
 // The package holds no *server.Server and imports no gRPC: the server adapts
 // its RPCs onto the methods here.
 package governance

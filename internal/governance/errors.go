@@ -27,4 +27,12 @@ var (
 	// ErrMarker reports that the token's ceremony marker cannot be read
 	// unambiguously (an HSM error, or more than one marker object).
 	ErrMarker = errors.New("governance: ceremony marker unreadable")
+	// ErrLostRace is on the record when a replica did not carry out a
+	// change it meant to because another replica changed the governance
+	// state first (that one's change stands, once).
+	ErrLostRace = errors.New("another replica changed the governance state first")
+	// errStale means a compare-and-swap lost to another replica: the
+	// record changed since this process read it. Nothing was changed; the
+	// caller reads the store again and decides again.
+	errStale = errors.New("governance: state changed by another replica")
 )

@@ -221,8 +221,29 @@ func execDisclosureOrder(g *Governance, pl quorum.Payload, c *change) error {
 // officers, orders), which take effect only after that write. Key changes
 // happen in the HSM and registry, which persist themselves: the proposal is
 // marked executed ("executing") first, so a crash midway can never run it
-// twice. Called with g.mu held.
+// twice. The marking write is a compare-and-swap on the governance state:
+// when another replica changed it first, execute returns errStale having
+// changed nothing, and the caller decides again on the state as stored.
+// Called with g.mu held.
 func (g *Governance) execute(ctx context.Context, actor Actor, p quorum.Proposal) error {
+	err := g.executeOnce(ctx, actor, p)
+	var why error
+	switch {
+	case errors.Is(err, errStale):
+		why = ErrLostRace
+	case errors.Is(err, store.ErrNotLeader):
+		why = store.ErrNotLeader
+	}
+	if why != nil {
+		// The intent is on the record; so is that it was not carried out
+		// here (best effort: nothing changed either way).
+		_ = g.o.Recorder.Record(context.WithoutCancel(ctx), Event{Actor: actor, Action: "execute", Key: proposalKey(p), Outcome: Done,
+			Detail: p.ID + " not executed by this replica", Err: why})
+	}
+	return err
+}
+
+func (g *Governance) executeOnce(ctx context.Context, actor Actor, p quorum.Proposal) error {
 	now := g.o.Now()
 	before := g.ledger.Snapshot()
 	c := &change{next: g.st.clone(), proposalID: p.ID}
@@ -272,13 +293,12 @@ func (g *Governance) execute(ctx context.Context, actor Actor, p quorum.Proposal
 		if err := g.commit(ctx, before, c.next); err != nil {
 			return err
 		}
-		next := g.st.clone()
+		// Marked executed: from here on this replica alone runs it.
+		res := ExecResult{OK: true, Detail: "executed " + Summary(p)}
 		if err := c.external(ctx); err != nil {
-			next.Results[p.ID] = ExecResult{Detail: "failed: " + err.Error()}
-		} else {
-			next.Results[p.ID] = ExecResult{OK: true, Detail: "executed " + Summary(p)}
+			res = ExecResult{Detail: "failed: " + err.Error()}
 		}
-		return g.commit(ctx, g.ledger.Snapshot(), next)
+		return g.writeResult(ctx, p.ID, res)
 	}
 	c.next.Results[p.ID] = ExecResult{OK: true, Detail: "executed " + Summary(p)}
 	if c.budget == nil {
@@ -292,7 +312,7 @@ func (g *Governance) execute(ctx context.Context, actor Actor, p quorum.Proposal
 	snap := b.lim.Snapshot()
 	ops, err := c.budget(b)
 	if err == nil {
-		err = g.commit(ctx, before, c.next, ops...)
+		err = g.commitIf(ctx, before, c.next, b.conds(ops), ops)
 	}
 	if err != nil {
 		if l, rerr := policy.RestoreLimiter(snap); rerr == nil {
@@ -300,5 +320,25 @@ func (g *Governance) execute(ctx context.Context, actor Actor, p quorum.Proposal
 		}
 		return err
 	}
+	b.wrote(ops, g.stRev)
 	return nil
+}
+
+// writeResult records the outcome of a proposal this replica executed,
+// retrying on the state as stored whenever another replica wrote it first
+// (the execution itself is done and must not run again). Called with g.mu
+// held.
+func (g *Governance) writeResult(ctx context.Context, id string, res ExecResult) error {
+	for range staleAttempts {
+		next := g.st.clone()
+		next.Results[id] = res
+		err := g.commit(ctx, g.ledger.Snapshot(), next)
+		if !errors.Is(err, errStale) {
+			return err
+		}
+		if err := g.refresh(ctx); err != nil {
+			return err
+		}
+	}
+	return fmt.Errorf("%w: result of proposal %q: the governance state kept changing", ErrUnavailable, id)
 }

@@ -166,6 +166,14 @@ type Options struct {
 	faultAfterKey func(i int) error
 }
 
+// Committer commits a store transaction: the store itself, or the
+// store.Leadership of the replica that runs scheduled work (fenced). It
+// must implement store.RevTxner, as every Store and Leadership of package
+// store does.
+type Committer interface {
+	Txn(ctx context.Context, conds []store.Cond, ops []store.Op) error
+}
+
 func (o *Options) setDefaults() {
 	if o.TimeLock <= 0 {
 		o.TimeLock = quorum.DefaultTimeLock
@@ -192,8 +200,10 @@ func (o *Options) setDefaults() {
 type Governance struct {
 	o Options
 
-	mu         sync.Mutex // serialises changes; guards st, ledger, transcript
+	mu         sync.Mutex // serialises changes; guards st, stRev, via, ledger, transcript
 	st         State
+	stRev      int64          // store revision gov/state was read or written at (0: none)
+	via        Committer      // what commits go through (see ExecuteReadyVia)
 	ledger     *quorum.Ledger // nil before the ceremony
 	transcript *StoredTranscript
 	budgets    *budgetLedger
@@ -209,7 +219,7 @@ func Open(ctx context.Context, o Options) (*Governance, error) {
 	if o.Store == nil || o.Keys == nil || o.Token == nil || o.Recorder == nil {
 		return nil, errors.New("governance: store, keys, token and recorder are required")
 	}
-	g := &Governance{o: o, st: newState()}
+	g := &Governance{o: o, st: newState(), via: o.Store}
 	if o.Signer != nil {
 		der, err := x509.MarshalPKIXPublicKey(o.Signer.Public())
 		if err != nil {
@@ -227,10 +237,12 @@ func Open(ctx context.Context, o Options) (*Governance, error) {
 func (g *Governance) VaultID() string { return g.vault }
 
 func (g *Governance) load(ctx context.Context) error {
-	st, found, err := loadState(ctx, g.o.Store)
+	st, rev, err := loadState(ctx, g.o.Store)
 	if err != nil {
 		return err
 	}
+	found := rev != 0
+	g.stRev = rev
 	marked, err := g.o.Token.CeremonyMarked(ctx)
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrMarker, err)

@@ -18,6 +18,20 @@ func (g *Governance) UseOrder(ctx context.Context, actor Actor, key string, encC
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	if err := g.sync(ctx); err != nil {
+		return "", true, err
+	}
+	err = g.retry(ctx, func() error {
+		caseRef, found, err = g.useOrder(ctx, actor, key, encCtx)
+		return err
+	})
+	return caseRef, found, err
+}
+
+// useOrder is one attempt of UseOrder; errStale when another replica
+// changed the state first (an order's uses are counted once across
+// replicas). Called with g.mu held.
+func (g *Governance) useOrder(ctx context.Context, actor Actor, key string, encCtx map[string]string) (caseRef string, found bool, err error) {
 	if !g.st.Ceremony {
 		return "", false, nil
 	}

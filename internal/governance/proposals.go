@@ -80,35 +80,41 @@ func (g *Governance) Propose(ctx context.Context, actor Actor, canonical []byte)
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	if err := g.sync(ctx); err != nil {
+		return ProposalView{}, err
+	}
 	if ttl := g.trust(g.st).ProposalTTL; p.Expires.Sub(p.Created) > ttl {
 		return ProposalView{}, fmt.Errorf("%w: expires: a proposal may live at most %s", quorum.ErrInvalidProposal, ttl)
 	}
-	l, err := g.requireLedger()
-	if err != nil {
-		return ProposalView{}, err
-	}
-	if err := g.precheck(p); err != nil {
-		return ProposalView{}, err
-	}
-	before := l.Snapshot()
-	now := g.o.Now()
-	if n := openBy(before, p.Proposer, now); n >= MaxOpenProposals {
-		return ProposalView{}, fmt.Errorf("%w: %s already has %d proposals that have not expired; at most %d", ErrFull, names.Escape(p.Proposer), n, MaxOpenProposals)
-	}
-	if err := l.Propose(p, g.current(), now); err != nil {
-		return ProposalView{}, err
-	}
-	next := g.st.clone()
-	if err := g.makeRoom(l, &next, now); err != nil {
-		if rl, rerr := quorum.RestoreLedger(before); rerr == nil {
-			g.ledger = rl
+	err = g.retry(ctx, func() error {
+		l, err := g.requireLedger()
+		if err != nil {
+			return err
 		}
-		return ProposalView{}, err
-	}
-	if err := g.recordOrRestore(ctx, before, Event{Actor: actor, Action: "propose", Key: proposalKey(p), Detail: p.ID + " " + Summary(p)}); err != nil {
-		return ProposalView{}, err
-	}
-	if err := g.commit(ctx, before, next); err != nil {
+		if err := g.precheck(p); err != nil {
+			return err
+		}
+		before := l.Snapshot()
+		now := g.o.Now()
+		if n := openBy(before, p.Proposer, now); n >= MaxOpenProposals {
+			return fmt.Errorf("%w: %s already has %d proposals that have not expired; at most %d", ErrFull, names.Escape(p.Proposer), n, MaxOpenProposals)
+		}
+		if err := l.Propose(p, g.current(), now); err != nil {
+			return err
+		}
+		next := g.st.clone()
+		if err := g.makeRoom(l, &next, now); err != nil {
+			if rl, rerr := quorum.RestoreLedger(before); rerr == nil {
+				g.ledger = rl
+			}
+			return err
+		}
+		if err := g.recordOrRestore(ctx, before, Event{Actor: actor, Action: "propose", Key: proposalKey(p), Detail: p.ID + " " + Summary(p)}); err != nil {
+			return err
+		}
+		return g.commit(ctx, before, next)
+	})
+	if err != nil {
 		return ProposalView{}, err
 	}
 	return g.view(p.ID)
@@ -231,52 +237,89 @@ func (g *Governance) precheck(p quorum.Proposal) error {
 // key. The approval that completes the threshold decides, against the state
 // in force now, whether the proposal widens access: if it does it waits out
 // the time-lock, otherwise it executes before Approve returns.
+//
+// Through several replicas the approval is a compare-and-swap on the
+// governance state, so each counts once, and the proposal executes on the
+// one replica whose write marks it executed.
 func (g *Governance) Approve(ctx context.Context, actor Actor, id, officer string, sig []byte) (ProposalView, error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	p, err := g.proposal(id)
+	if err := g.sync(ctx); err != nil {
+		return ProposalView{}, err
+	}
+	var ready bool
+	err := g.retry(ctx, func() error {
+		p, err := g.proposal(id)
+		if err != nil {
+			return err
+		}
+		before := g.ledger.Snapshot()
+		st, err := g.ledger.Approve(p, officer, sig, g.o.Now(), g.current())
+		if err != nil {
+			return err
+		}
+		if err := g.recordOrRestore(ctx, before, Event{Actor: actor, Action: "approve", Key: proposalKey(p),
+			Detail: fmt.Sprintf("%s by %s: %s", p.ID, officer, st)}); err != nil {
+			return err
+		}
+		if err := g.commit(ctx, before, g.st.clone()); err != nil {
+			return err
+		}
+		ready = st.State == quorum.StateReady
+		return nil
+	})
 	if err != nil {
 		return ProposalView{}, err
 	}
-	before := g.ledger.Snapshot()
-	st, err := g.ledger.Approve(p, officer, sig, g.o.Now(), g.current())
-	if err != nil {
-		return ProposalView{}, err
-	}
-	if err := g.recordOrRestore(ctx, before, Event{Actor: actor, Action: "approve", Key: proposalKey(p),
-		Detail: fmt.Sprintf("%s by %s: %s", p.ID, officer, st)}); err != nil {
-		return ProposalView{}, err
-	}
-	if err := g.commit(ctx, before, g.st.clone()); err != nil {
-		return ProposalView{}, err
-	}
-	if st.State == quorum.StateReady {
-		if err := g.execute(ctx, actor, p); err != nil {
+	if ready {
+		if err := g.executeReady(ctx, actor, id); err != nil {
 			return ProposalView{}, err
 		}
 	}
-	return g.view(p.ID)
+	return g.view(id)
+}
+
+// executeReady executes proposal id if it is (still) ready: another
+// replica may have executed it first. Called with g.mu held.
+func (g *Governance) executeReady(ctx context.Context, actor Actor, id string) error {
+	return g.retry(ctx, func() error {
+		r, ok := g.recordOf(id)
+		if !ok {
+			return fmt.Errorf("%w: proposal %q", ErrNotFound, names.Escape(id))
+		}
+		st, err := g.ledger.Status(r.Proposal, g.o.Now())
+		if err != nil || st.State != quorum.StateReady {
+			return err // executed (or vetoed) elsewhere meanwhile
+		}
+		return g.execute(ctx, actor, r.Proposal)
+	})
 }
 
 // Veto records an officer's signed veto; it is final.
 func (g *Governance) Veto(ctx context.Context, actor Actor, id, officer string, sig []byte) (ProposalView, error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	p, err := g.proposal(id)
+	if err := g.sync(ctx); err != nil {
+		return ProposalView{}, err
+	}
+	err := g.retry(ctx, func() error {
+		p, err := g.proposal(id)
+		if err != nil {
+			return err
+		}
+		before := g.ledger.Snapshot()
+		if err := g.ledger.Veto(p, officer, sig, g.o.Now()); err != nil {
+			return err
+		}
+		if err := g.recordOrRestore(ctx, before, Event{Actor: actor, Action: "veto", Key: proposalKey(p), Detail: p.ID + " by " + officer}); err != nil {
+			return err
+		}
+		return g.commit(ctx, before, g.st.clone())
+	})
 	if err != nil {
 		return ProposalView{}, err
 	}
-	before := g.ledger.Snapshot()
-	if err := g.ledger.Veto(p, officer, sig, g.o.Now()); err != nil {
-		return ProposalView{}, err
-	}
-	if err := g.recordOrRestore(ctx, before, Event{Actor: actor, Action: "veto", Key: proposalKey(p), Detail: p.ID + " by " + officer}); err != nil {
-		return ProposalView{}, err
-	}
-	if err := g.commit(ctx, before, g.st.clone()); err != nil {
-		return ProposalView{}, err
-	}
-	return g.view(p.ID)
+	return g.view(id)
 }
 
 // proposal finds a recorded proposal. Called with g.mu held.
@@ -305,42 +348,68 @@ func (g *Governance) recordOf(id string) (quorum.Record, bool) {
 // (an officer-set change). Each execution is on the record under the
 // System actor. It returns how many executed.
 func (g *Governance) ExecuteReady(ctx context.Context) (int, error) {
+	return g.ExecuteReadyVia(ctx, g.o.Store)
+}
+
+// ExecuteReadyVia is ExecuteReady with every write committed through c:
+// in a cluster, the leadership of the one replica elected to run scheduled
+// work, so that a replica that lost its leadership (and may not know it
+// yet) changes nothing (store.ErrNotLeader). Each execution is also a
+// compare-and-swap on the governance state, so a time-lock matures once.
+func (g *Governance) ExecuteReadyVia(ctx context.Context, c Committer) (int, error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	g.via = c
+	defer func() { g.via = g.o.Store }()
+	if err := g.sync(ctx); err != nil {
+		return 0, err
+	}
 	if g.ledger == nil {
 		return 0, nil
 	}
 	n := 0
 	for _, r := range g.ledger.Snapshot().Records {
-		// Only a proposal at its threshold has anything to decide or run:
-		// the others cost no copy of the ledger (which every tick would
-		// otherwise make once per proposal on record).
-		if st, err := g.ledger.Status(r.Proposal, g.o.Now()); err != nil || st.State != quorum.StateReady {
-			continue
-		}
-		before := g.ledger.Snapshot()
-		st, err := g.ledger.Decide(r.Proposal, g.current(), g.o.Now())
-		if err != nil || st.State == quorum.StatePending {
-			continue
-		}
-		if !r.Decided && st.State == quorum.StateTimeLocked {
-			// Decided just now: the lock starts, on the record.
-			if err := g.recordOrRestore(ctx, before, Event{Actor: System, Action: "time-lock", Key: proposalKey(r.Proposal),
-				Detail: fmt.Sprintf("%s widens access: %s", r.Proposal.ID, st)}); err != nil {
-				return n, err
+		id := r.Proposal.ID
+		executed := false
+		err := g.retry(ctx, func() error {
+			r, ok := g.recordOf(id)
+			if !ok {
+				return nil
 			}
-			if err := g.commit(ctx, before, g.st.clone()); err != nil {
-				return n, err
+			// Only a proposal at its threshold has anything to decide or
+			// run: the others cost no copy of the ledger (which every tick
+			// would otherwise make once per proposal on record).
+			if st, err := g.ledger.Status(r.Proposal, g.o.Now()); err != nil || st.State != quorum.StateReady {
+				return nil
 			}
-			continue
-		}
-		if st.State != quorum.StateReady {
-			continue
-		}
-		if err := g.execute(ctx, System, r.Proposal); err != nil {
+			before := g.ledger.Snapshot()
+			st, err := g.ledger.Decide(r.Proposal, g.current(), g.o.Now())
+			if err != nil || st.State == quorum.StatePending {
+				return nil
+			}
+			if !r.Decided && st.State == quorum.StateTimeLocked {
+				// Decided just now: the lock starts, on the record.
+				if err := g.recordOrRestore(ctx, before, Event{Actor: System, Action: "time-lock", Key: proposalKey(r.Proposal),
+					Detail: fmt.Sprintf("%s widens access: %s", r.Proposal.ID, st)}); err != nil {
+					return err
+				}
+				return g.commit(ctx, before, g.st.clone())
+			}
+			if st.State != quorum.StateReady {
+				return nil
+			}
+			if err := g.execute(ctx, System, r.Proposal); err != nil {
+				return err
+			}
+			executed = true
+			return nil
+		})
+		if err != nil {
 			return n, err
 		}
-		n++
+		if executed {
+			n++
+		}
 	}
 	return n, nil
 }
@@ -367,6 +436,9 @@ func (g *Governance) PendingTimeLocks() int {
 func (g *Governance) Proposal(id string) (ProposalView, error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	if err := g.sync(context.Background()); err != nil {
+		return ProposalView{}, err
+	}
 	if _, err := g.requireLedger(); err != nil {
 		return ProposalView{}, err
 	}
@@ -377,6 +449,9 @@ func (g *Governance) Proposal(id string) (ProposalView, error) {
 func (g *Governance) Proposals() ([]ProposalView, error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	if err := g.sync(context.Background()); err != nil {
+		return nil, err
+	}
 	if _, err := g.requireLedger(); err != nil {
 		return nil, err
 	}

@@ -15,6 +15,8 @@ import (
 // Store keys of the governance state. Every value is authenticated by the
 // store's HSM sealer, so an edit made outside custodyd stops it at start.
 const (
+	// govPrefix holds everything below.
+	govPrefix     = "gov/"
 	stateKey      = "gov/state"
 	transcriptKey = "gov/transcript"
 	planKey       = "gov/ceremony-plan"
@@ -74,22 +76,32 @@ func (st State) clone() State {
 	return out
 }
 
-func loadState(ctx context.Context, st store.Store) (State, bool, error) {
+// loadState reads gov/state and the revision it was written at (0 when
+// there is none).
+func loadState(ctx context.Context, st store.Store) (State, int64, error) {
 	kv, err := st.Get(ctx, stateKey)
 	if errors.Is(err, store.ErrNotFound) {
-		return newState(), false, nil
+		return newState(), 0, nil
 	}
 	if err != nil {
-		return State{}, false, fmt.Errorf("governance state: %w", err)
+		return State{}, 0, fmt.Errorf("governance state: %w", err)
 	}
+	out, err := decodeState(kv.Value)
+	if err != nil {
+		return State{}, 0, err
+	}
+	return out, kv.Revision, nil
+}
+
+func decodeState(b []byte) (State, error) {
 	out := newState()
-	if err := strictjson.Unmarshal(kv.Value, &out); err != nil {
-		return State{}, false, fmt.Errorf("%w: governance state: %v", store.ErrCorrupt, err)
+	if err := strictjson.Unmarshal(b, &out); err != nil {
+		return State{}, fmt.Errorf("%w: governance state: %v", store.ErrCorrupt, err)
 	}
 	if out.Results == nil {
 		out.Results = map[string]ExecResult{}
 	}
-	return out, true, nil
+	return out, nil
 }
 
 // StoredTranscript is gov/transcript: the signed ceremony transcript.
@@ -130,9 +142,21 @@ func (g *Governance) stateOp(st *State) (store.Op, error) {
 // Snapshot. On failure the ledger is restored to before and nothing is in
 // force that was not before. Called with g.mu held.
 func (g *Governance) commit(ctx context.Context, before quorum.LedgerState, next State, extra ...store.Op) error {
+	return g.commitIf(ctx, before, next, nil, extra)
+}
+
+// commitIf is commit with more conditions. The write is a compare-and-swap
+// on gov/state: it applies only if no other replica wrote the state since
+// this process read it; otherwise it fails with errStale and changes
+// nothing (the caller reads the store again: refresh). It goes through
+// g.via: the store, or the leadership of the replica running scheduled
+// work.
+func (g *Governance) commitIf(ctx context.Context, before quorum.LedgerState, next State, conds []store.Cond, extra []store.Op) error {
 	op, err := g.stateOp(&next)
+	var rev int64
 	if err == nil {
-		err = g.o.Store.Txn(context.WithoutCancel(ctx), nil, append([]store.Op{op}, extra...))
+		conds = append([]store.Cond{store.RevisionIs(stateKey, g.stRev)}, conds...)
+		rev, err = store.TxnRev(context.WithoutCancel(ctx), g.via, conds, append([]store.Op{op}, extra...))
 	}
 	if err != nil {
 		if g.ledger != nil {
@@ -140,9 +164,12 @@ func (g *Governance) commit(ctx context.Context, before quorum.LedgerState, next
 				g.ledger = l
 			}
 		}
+		if errors.Is(err, store.ErrConflict) {
+			return errStale
+		}
 		return fmt.Errorf("%w: persist governance state: %w", ErrUnavailable, err)
 	}
-	g.st = next
+	g.st, g.stRev = next, rev
 	return g.publish(next)
 }
 

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"sort"
 	"strings"
 	"sync"
@@ -90,7 +91,15 @@ type Registry struct {
 
 	mu      sync.RWMutex
 	entries map[string]*Entry
-	writeMu sync.Mutex // serialises changes made by this process
+	revs    map[string]int64 // store revision each entry was built from
+	writeMu sync.Mutex       // serialises changes made by this process
+}
+
+// Committer commits a store transaction: the store itself, or a
+// store.Leadership whose writes are fenced. It must implement
+// store.RevTxner (every Store and Leadership of package store does).
+type Committer interface {
+	Txn(ctx context.Context, conds []store.Cond, ops []store.Op) error
 }
 
 // OpenRegistry loads every key from the store and finds the HSM object of
@@ -104,7 +113,7 @@ func OpenRegistry(ctx context.Context, st store.Store, m Token, opts RegistryOpt
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	r := &Registry{st: st, m: m, opts: opts, entries: map[string]*Entry{}}
+	r := &Registry{st: st, m: m, opts: opts, entries: map[string]*Entry{}, revs: map[string]int64{}}
 	kvs, err := st.List(ctx, storePrefix, "", 0)
 	if err != nil {
 		return nil, fmt.Errorf("load keys: %w", err)
@@ -123,17 +132,19 @@ func OpenRegistry(ctx context.Context, st store.Store, m Token, opts RegistryOpt
 		if err := k.Validate(); err != nil {
 			return nil, fmt.Errorf("load key %q: %w", kv.Key, err)
 		}
-		e, err := r.entryFor(ctx, &k)
+		e, err := r.entryFor(ctx, &k, nil)
 		if err != nil {
 			return nil, err
 		}
 		r.entries[k.Name] = e
+		r.revs[k.Name] = kv.Revision
 	}
 	return r, nil
 }
 
-// entryFor builds an Entry, finding the token object of every live version.
-func (r *Registry) entryFor(ctx context.Context, k *Key) (*Entry, error) {
+// entryFor builds an Entry, finding the token object of every live version
+// (those prev already found are taken from prev).
+func (r *Registry) entryFor(ctx context.Context, k *Key, prev *Entry) (*Entry, error) {
 	if !k.Purpose.Valid() {
 		return nil, fmt.Errorf("key %q: %w: purpose %v", k.Name, ErrInvalidArgument, k.Purpose)
 	}
@@ -143,6 +154,12 @@ func (r *Registry) entryFor(ctx context.Context, k *Key) (*Entry, error) {
 			continue
 		}
 		o := v.object(k.Purpose)
+		if prev != nil {
+			if po, ok := prev.objects[v.Number]; ok && string(po.ID) == string(o.ID) && po.Label == o.Label {
+				e.objects[v.Number] = po
+				continue
+			}
+		}
 		if err := r.m.Find(ctx, o); err != nil {
 			if errors.Is(err, ErrObjectMissing) {
 				r.opts.Logger.Error("key version's hsm object is missing; it will fail closed",
@@ -242,14 +259,15 @@ func (r *Registry) Create(ctx context.Context, name string, p Purpose, descripti
 	if err != nil {
 		return nil, err
 	}
-	if err := store.Create(ctx, r.st, storePrefix+name, b); err != nil {
+	rev, err := store.TxnRev(ctx, r.st, []store.Cond{store.Missing(storePrefix + name)}, []store.Op{store.PutOp(storePrefix+name, b)})
+	if err != nil {
 		_ = r.m.Destroy(context.WithoutCancel(ctx), o)
-		if errors.Is(err, store.ErrExists) {
+		if errors.Is(err, store.ErrConflict) {
 			return nil, fmt.Errorf("%w: %q", ErrKeyExists, name)
 		}
 		return nil, fmt.Errorf("store key %q: %w", name, err)
 	}
-	r.install(&Entry{Key: k, objects: map[uint32]Object{k.Primary: o}})
+	r.install(&Entry{Key: k, objects: map[uint32]Object{k.Primary: o}}, rev)
 	return k, nil
 }
 
@@ -270,16 +288,28 @@ func (r *Registry) newVersion(ctx context.Context, k *Key) (Object, error) {
 	return o, nil
 }
 
-func (r *Registry) install(e *Entry) {
+// install makes e the key's entry if it was built from a store revision
+// newer than the one in force (a replica's watch and its own writes may
+// deliver one change twice, in either order).
+func (r *Registry) install(e *Entry, rev int64) {
 	r.mu.Lock()
+	defer r.mu.Unlock()
+	if rev != 0 && rev < r.revs[e.Key.Name] {
+		return
+	}
 	r.entries[e.Key.Name] = e
-	r.mu.Unlock()
+	r.revs[e.Key.Name] = rev
 }
 
-// change applies fn to a clone of the named key, stores it with
+// change applies fn to the named key as stored now, stores it with
 // compare-and-swap and installs it. extra, if set, is a token object that fn
 // added (a rotation's new version).
 func (r *Registry) change(ctx context.Context, name string, fn func(k *Key) (extra *Object, err error)) (*Key, error) {
+	return r.changeVia(ctx, r.st, name, fn)
+}
+
+// changeVia is change, committed through c.
+func (r *Registry) changeVia(ctx context.Context, c Committer, name string, fn func(k *Key) (extra *Object, err error)) (*Key, error) {
 	r.writeMu.Lock()
 	defer r.writeMu.Unlock()
 	cur, err := r.Get(name)
@@ -287,35 +317,47 @@ func (r *Registry) change(ctx context.Context, name string, fn func(k *Key) (ext
 		return nil, err
 	}
 	kv, err := r.st.Get(ctx, storePrefix+name)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, fmt.Errorf("%w: %q", ErrKeyNotFound, name)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("read key %q: %w", name, err)
 	}
-	k := cur.Key.Clone()
-	extra, err := fn(k)
+	// The stored record, not this process's copy: another replica may have
+	// changed the key since.
+	var k Key
+	if err := json.Unmarshal(kv.Value, &k); err != nil {
+		return nil, fmt.Errorf("load key %q: %w", name, err)
+	}
+	if err := k.Validate(); err != nil {
+		return nil, fmt.Errorf("load key %q: %w", name, err)
+	}
+	extra, err := fn(&k)
 	if err != nil {
 		return nil, err
 	}
-	b, err := json.Marshal(k)
+	b, err := json.Marshal(&k)
 	if err != nil {
 		return nil, err
 	}
-	if err := r.st.Txn(ctx, []store.Cond{store.RevisionIs(kv.Key, kv.Revision)}, []store.Op{store.PutOp(kv.Key, b)}); err != nil {
+	rev, err := store.TxnRev(ctx, c, []store.Cond{store.RevisionIs(kv.Key, kv.Revision)}, []store.Op{store.PutOp(kv.Key, b)})
+	if err != nil {
 		if extra != nil {
 			_ = r.m.Destroy(context.WithoutCancel(ctx), *extra)
 		}
 		return nil, fmt.Errorf("store key %q: %w", name, err)
 	}
-	e := &Entry{Key: k, objects: make(map[uint32]Object, len(cur.objects)+1)}
-	for n, o := range cur.objects {
-		if v, ok := k.Version(n); ok && v.State != StateDestroyed {
-			e.objects[n] = o
-		}
-	}
+	prev := cur
 	if extra != nil {
-		e.objects[k.Primary] = *extra
+		prev = &Entry{Key: cur.Key, objects: maps.Clone(cur.objects)}
+		prev.objects[k.Primary] = *extra
 	}
-	r.install(e)
-	return k, nil
+	e, err := r.entryFor(ctx, &k, prev)
+	if err != nil {
+		return nil, err
+	}
+	r.install(e, rev)
+	return &k, nil
 }
 
 // Rotate adds a new version, generated in the HSM, and makes it primary.
@@ -373,19 +415,36 @@ func (r *Registry) Discard(ctx context.Context, name string) error {
 			return fmt.Errorf("discard %q: %w", name, err)
 		}
 	}
-	if err := store.Delete(ctx, r.st, storePrefix+name); err != nil {
+	rev, err := store.TxnRev(ctx, r.st, nil, []store.Op{store.DeleteOp(storePrefix + name)})
+	if err != nil {
 		return fmt.Errorf("discard %q: %w", name, err)
 	}
-	r.mu.Lock()
-	delete(r.entries, name)
-	r.mu.Unlock()
+	r.remove(name, rev)
 	return nil
+}
+
+// remove forgets a key deleted from the store at rev.
+func (r *Registry) remove(name string, rev int64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if rev != 0 && rev < r.revs[name] {
+		return
+	}
+	delete(r.entries, name)
+	r.revs[name] = rev
 }
 
 // DestroyDue deletes the HSM objects of every version whose waiting period
 // has passed (crypto-shredding) and records them as destroyed. It returns
 // how many versions it destroyed.
-func (r *Registry) DestroyDue(ctx context.Context) (int, error) {
+func (r *Registry) DestroyDue(ctx context.Context) (int, error) { return r.DestroyDueVia(ctx, r.st) }
+
+// DestroyDueVia is DestroyDue with its records committed through c: in a
+// cluster, the leadership of the replica that runs scheduled work, so that
+// a deposed leader records nothing. Each version is recorded destroyed by
+// a compare-and-swap on its key's record, so it is recorded once; deleting
+// an object that is already gone succeeds, so the HSM side is idempotent.
+func (r *Registry) DestroyDueVia(ctx context.Context, c Committer) (int, error) {
 	now := r.opts.Now()
 	r.mu.RLock()
 	due := map[string][]uint32{}
@@ -399,16 +458,29 @@ func (r *Registry) DestroyDue(ctx context.Context) (int, error) {
 	var errs []error
 	for name, vs := range due {
 		for _, v := range vs {
-			_, err := r.change(ctx, name, func(k *Key) (*Object, error) {
+			if l, ok := c.(interface{ Done() <-chan struct{} }); ok {
+				select {
+				case <-l.Done():
+					return n, errors.Join(append(errs, store.ErrNotLeader)...)
+				default:
+				}
+			}
+			_, err := r.changeVia(ctx, c, name, func(k *Key) (*Object, error) {
 				ver, ok := k.Version(v)
 				if !ok {
 					return nil, ErrVersionNotFound
+				}
+				if ver.State == StateDestroyed {
+					return nil, errAlreadyDestroyed
 				}
 				if err := r.m.Destroy(ctx, ver.object(k.Purpose)); err != nil {
 					return nil, err
 				}
 				return nil, k.MarkDestroyed(v, now)
 			})
+			if errors.Is(err, errAlreadyDestroyed) {
+				continue // another replica did it
+			}
 			if err != nil {
 				errs = append(errs, fmt.Errorf("destroy %s version %d: %w", name, v, err))
 				continue
@@ -419,6 +491,8 @@ func (r *Registry) DestroyDue(ctx context.Context) (int, error) {
 	}
 	return n, errors.Join(errs...)
 }
+
+var errAlreadyDestroyed = errors.New("version already destroyed")
 
 func purposeList() []string {
 	var out []string

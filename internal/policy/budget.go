@@ -479,6 +479,23 @@ func (l *Limiter) FrozenSubjects() []Subject {
 	return out
 }
 
+// Freeze freezes identity on key as of at, as a sustained breach does. It
+// is how a freeze recorded elsewhere (another replica of the vault) is
+// kept when the spend state is re-read. It reports false when there is no
+// such budget.
+func (l *Limiter) Freeze(identity, key string, at time.Time) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	ps := l.pairs[Subject{identity, key}]
+	if ps == nil {
+		return false
+	}
+	if !ps.frozen {
+		ps.frozen, ps.frozenAt, ps.refusals = true, at, nil
+	}
+	return true
+}
+
 // Unfreeze lifts a freeze. It is to be called only when a quorum-approved
 // unfreeze proposal executes. The budget is not refilled and the refusal
 // history starts afresh.

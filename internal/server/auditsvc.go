@@ -271,7 +271,7 @@ func RecordToProto(r audit.Record) *custodyv1.AuditRecord {
 		Format: uint32(r.Format), Seq: r.Seq, Time: timestamppb.New(r.Time), Identity: r.Identity,
 		Role: r.Role, Method: r.Method, Key: r.Key, KeyVersion: r.KeyVersion,
 		ContextDigest: r.ContextDigest, Outcome: string(r.Outcome), Code: r.Code, CaseRef: r.CaseRef,
-		Detail: r.Detail, PrevHash: r.PrevHash, Hash: r.Hash,
+		Detail: r.Detail, PrevHash: r.PrevHash, Hash: r.Hash, Replica: r.Replica,
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 )
 
 // Sealer authenticates stored values with a key that never leaves the HSM.
@@ -55,19 +56,44 @@ type AuthOptions struct {
 	// sealed and bound to their write revision). Stored data keys are: they
 	// are many, written by relays, and guarded by the audit log instead.
 	Unanchored func(key string) bool
+	// FollowTimeout bounds how long a read or write of a shared store waits
+	// for this process's verified view to catch up with other writers
+	// before it fails with ErrUnavailable (default DefaultFollowTimeout).
+	FollowTimeout time.Duration
 }
+
+// DefaultFollowTimeout is AuthOptions.FollowTimeout's default.
+const DefaultFollowTimeout = 10 * time.Second
 
 // AuthStore seals every value on the way in and opens it on the way out,
 // and keeps the anchor. It implements Store.
+//
+// On a shared store (one that several replicas write: see Shared) it also
+// follows the other writers (authshared.go): the anchor is written with a
+// compare-and-swap on its revision, every other writer's transaction is
+// verified against the anchor it carries before this process's view moves,
+// and reads and watches of anchored records hand out only what that view
+// vouches for.
 type AuthStore struct {
 	inner  Store
 	sealer Sealer
 	opts   AuthOptions
+	shared bool
 
-	mu      sync.Mutex // serialises anchored writes; guards below
+	mu sync.Mutex // serialises this process's anchored writes
+
+	vmu     sync.RWMutex // guards the verified view below
 	anchor  Anchor
 	buckets [256]map[string]uint64 // anchored key -> write revision, by first byte of SHA-256(key)
 	sums    [256][32]byte
+
+	// Shared stores only (authshared.go).
+	anchorRev  int64         // store revision of the meta/anchor write in the view (0: none)
+	advanced   chan struct{} // closed and replaced whenever the view moves
+	degraded   error         // why the view cannot be re-read now (see Err)
+	hub        *hub          // verified events, for Watch
+	stopFollow context.CancelFunc
+	followDone chan struct{}
 }
 
 // ErrRolledBack reports a store whose anchored records do not match its
@@ -83,20 +109,48 @@ var ErrRolledBack = errors.New("store: records do not match the store's anchor (
 // rolled back one by one; a whole store rolled back is detected by comparing
 // Anchor().Revision with the newest audit checkpoint.
 //
-// Writes of anchored records are serialised by this process: a store must
-// have one AuthStore writing it (bbolt's file lock ensures one process).
+// On a store with one writer (bbolt: its file lock ensures one process),
+// writes of anchored records are serialised by this process and the anchor
+// is kept in memory. A shared store (below) may have several.
 // ValueIs conditions compare plaintext: Txn reads and verifies the current
 // value and turns the condition into a revision check, so it stays atomic.
 // The seal's overhead counts against MaxValueSize.
+//
+// On a shared store (several replicas: see Shared) writes of anchored
+// records are not serialised by one process. The anchor is then written
+// only if it is still the one this process verified last (compare-and-swap
+// on its revision); a process that loses the race catches up and tries
+// again. It catches up by following the store: each transaction of another
+// writer is applied to this process's view only once the anchor written in
+// the same transaction verifies (sealed by the HSM, revision one more than
+// the view's, digest equal to the view with the transaction's records
+// applied). Reads of anchored records return only values whose write
+// revision is the one the view holds (waiting for the view to catch up
+// when the store is ahead), and Watch delivers a transaction's anchored
+// records only once it verified. Someone who can write the store but not
+// use the HSM cannot forge a value (ErrTampered), cannot replay an older
+// one or delete one (ErrRolledBack: the anchor no longer matches), and
+// cannot move the anchor back (anchored writes then fail with
+// ErrRolledBack). A transaction that does not verify is never applied or
+// delivered; reads of what it wrote fail as they would at start.
 func Authenticated(ctx context.Context, s Store, sealer Sealer, o AuthOptions) (*AuthStore, error) {
 	if o.Unanchored == nil {
 		o.Unanchored = func(string) bool { return false }
+	}
+	if o.FollowTimeout <= 0 {
+		o.FollowTimeout = DefaultFollowTimeout
 	}
 	a := &AuthStore{inner: s, sealer: sealer, opts: o}
 	empty := bucketSum(nil)
 	for i := range a.buckets {
 		a.buckets[i] = map[string]uint64{}
 		a.sums[i] = empty
+	}
+	if _, ok := s.(Shared); ok {
+		if err := a.openShared(ctx); err != nil {
+			return nil, err
+		}
+		return a, nil
 	}
 	if err := a.load(ctx); err != nil {
 		return nil, err
@@ -111,15 +165,35 @@ func bucketOf(key string) int {
 
 func (a *AuthStore) anchored(key string) bool { return key != AnchorKey && !a.opts.Unanchored(key) }
 
-// load reads the anchor and every anchored record's write revision (from
-// the sealed bytes; each value is verified when it is read), and compares.
-func (a *AuthStore) load(ctx context.Context) error {
+// view is a verified state of the store's anchored records, as read by
+// readView.
+type view struct {
+	buckets   [256]map[string]uint64
+	sums      [256][32]byte
+	anchor    Anchor
+	anchorRev int64 // store revision of the anchor's write (0: no anchor)
+	hasAnchor bool
+	legacy    bool // some anchored record is in the pre-anchor format
+	anchored  int  // anchored records
+	kvs       []KV
+}
+
+// readView reads the anchor and every anchored record's write revision
+// (from the sealed bytes; each value is verified when it is read), and
+// compares. A store without an anchor is returned with hasAnchor false
+// when it may be anchored by resealing (new, or written before anchors).
+func (a *AuthStore) readView(ctx context.Context) (*view, error) {
 	kvs, err := a.inner.List(ctx, "", "", 0)
 	if err != nil {
-		return err
+		return nil, err
+	}
+	v := &view{kvs: kvs}
+	empty := bucketSum(nil)
+	for i := range v.buckets {
+		v.buckets[i] = map[string]uint64{}
+		v.sums[i] = empty
 	}
 	var anchorKV *KV
-	legacy := false
 	for i := range kvs {
 		kv := kvs[i]
 		if kv.Key == AnchorKey {
@@ -134,43 +208,74 @@ func (a *AuthStore) load(ctx context.Context) error {
 			// No write revision: a record from before the anchor, if its
 			// seal verifies; anything else was edited outside custodyd.
 			if _, err := a.sealer.Open(ctx, kv.Key, kv.Value); err != nil {
-				return a.openError(kv, err)
+				return nil, a.openError(kv, err)
 			}
-			legacy = true
+			v.legacy = true
 			continue
 		}
-		a.buckets[bucketOf(kv.Key)][kv.Key] = rev
+		v.buckets[bucketOf(kv.Key)][kv.Key] = rev
+		v.anchored++
 	}
 	if anchorKV == nil {
-		if !legacy && len(a.allAnchored()) > 0 {
-			return fmt.Errorf("%w: %s is missing", ErrRolledBack, AnchorKey)
+		if !v.legacy && v.anchored > 0 {
+			return nil, fmt.Errorf("%w: %s is missing", ErrRolledBack, AnchorKey)
 		}
-		return a.reseal(ctx, kvs)
+		return v, nil
 	}
-	payload, err := a.openPayload(ctx, *anchorKV)
+	v.hasAnchor, v.anchorRev = true, anchorKV.Revision
+	if v.anchor, err = a.openAnchor(ctx, *anchorKV); err != nil {
+		return nil, err
+	}
+	if v.legacy {
+		return nil, fmt.Errorf("%w: an anchored record is in the pre-anchor format", ErrRolledBack)
+	}
+	for i := range v.buckets {
+		v.sums[i] = bucketSum(v.buckets[i])
+	}
+	if got := digestOf(&v.sums); got != v.anchor.Digest {
+		return nil, fmt.Errorf("%w (at anchor revision %d)", ErrRolledBack, v.anchor.Revision)
+	}
+	for _, m := range v.buckets {
+		for k, rev := range m {
+			if rev > v.anchor.Revision {
+				return nil, fmt.Errorf("%w: %q was written at revision %d, after the anchor's %d", ErrRolledBack, k, rev, v.anchor.Revision)
+			}
+		}
+	}
+	return v, nil
+}
+
+// openAnchor verifies and decodes the anchor's record.
+func (a *AuthStore) openAnchor(ctx context.Context, kv KV) (Anchor, error) {
+	payload, err := a.openPayload(ctx, kv)
+	if err != nil {
+		return Anchor{}, err
+	}
+	if len(payload) != 8+32 {
+		return Anchor{}, fmt.Errorf("%w: %s: malformed", ErrCorrupt, AnchorKey)
+	}
+	var x Anchor
+	x.Revision = binary.BigEndian.Uint64(payload)
+	copy(x.Digest[:], payload[8:])
+	return x, nil
+}
+
+// useView makes v the view in force. Called with a.vmu held for writing
+// (or before use).
+func (a *AuthStore) useView(v *view) {
+	a.buckets, a.sums, a.anchor, a.anchorRev = v.buckets, v.sums, v.anchor, v.anchorRev
+}
+
+// load reads and checks the store (readView) and anchors a store that has
+// no anchor yet.
+func (a *AuthStore) load(ctx context.Context) error {
+	v, err := a.readView(ctx)
 	if err != nil {
 		return err
 	}
-	if len(payload) != 8+32 {
-		return fmt.Errorf("%w: %s: malformed", ErrCorrupt, AnchorKey)
-	}
-	a.anchor.Revision = binary.BigEndian.Uint64(payload)
-	copy(a.anchor.Digest[:], payload[8:])
-	if legacy {
-		return fmt.Errorf("%w: an anchored record is in the pre-anchor format", ErrRolledBack)
-	}
-	for i := range a.buckets {
-		a.sums[i] = bucketSum(a.buckets[i])
-	}
-	if got := a.digest(); got != a.anchor.Digest {
-		return fmt.Errorf("%w (at anchor revision %d)", ErrRolledBack, a.anchor.Revision)
-	}
-	for _, m := range a.buckets {
-		for k, rev := range m {
-			if rev > a.anchor.Revision {
-				return fmt.Errorf("%w: %q was written at revision %d, after the anchor's %d", ErrRolledBack, k, rev, a.anchor.Revision)
-			}
-		}
+	a.useView(v)
+	if !v.hasAnchor {
+		return a.reseal(ctx, v.kvs)
 	}
 	return nil
 }
@@ -242,32 +347,25 @@ func bucketSum(m map[string]uint64) [32]byte {
 	return out
 }
 
-// digest combines the bucket sums. Called with a.mu held (or before use).
-func (a *AuthStore) digest() [32]byte {
+// digest combines the bucket sums. Called with a.vmu held (or before use).
+func (a *AuthStore) digest() [32]byte { return digestOf(&a.sums) }
+
+func digestOf(sums *[256][32]byte) [32]byte {
 	h := sha256.New()
 	h.Write([]byte("custody.store.anchor.v1\n"))
-	for i := range a.sums {
-		h.Write(a.sums[i][:])
+	for i := range sums {
+		h.Write(sums[i][:])
 	}
 	var out [32]byte
 	h.Sum(out[:0])
 	return out
 }
 
-func (a *AuthStore) allAnchored() []string {
-	var out []string
-	for _, m := range a.buckets {
-		for k := range m {
-			out = append(out, k)
-		}
-	}
-	return out
-}
-
-// Anchor returns the store's anchor now.
+// Anchor returns the store's anchor now (on a shared store: the newest one
+// this process has verified).
 func (a *AuthStore) Anchor() Anchor {
-	a.mu.Lock()
-	defer a.mu.Unlock()
+	a.vmu.RLock()
+	defer a.vmu.RUnlock()
 	return a.anchor
 }
 
@@ -301,6 +399,9 @@ func (a *AuthStore) open(ctx context.Context, kv KV) (KV, error) {
 
 // Get implements Store.
 func (a *AuthStore) Get(ctx context.Context, key string) (KV, error) {
+	if a.shared {
+		return a.getShared(ctx, key)
+	}
 	kv, err := a.inner.Get(ctx, key)
 	if err != nil {
 		return KV{}, err
@@ -311,6 +412,9 @@ func (a *AuthStore) Get(ctx context.Context, key string) (KV, error) {
 // List implements Store. One tampered value fails the whole list. The
 // anchor record is never listed.
 func (a *AuthStore) List(ctx context.Context, prefix, startAfter string, limit int) ([]KV, error) {
+	if a.shared {
+		return a.listShared(ctx, prefix, startAfter, limit)
+	}
 	kvs, err := a.inner.List(ctx, prefix, startAfter, limit)
 	if err != nil {
 		return nil, err
@@ -331,21 +435,61 @@ func (a *AuthStore) List(ctx context.Context, prefix, startAfter string, limit i
 
 // Txn implements Store.
 func (a *AuthStore) Txn(ctx context.Context, conds []Cond, ops []Op) error {
-	return a.txn(ctx, conds, ops, a.inner.Txn)
+	_, err := a.txn(ctx, conds, ops, revTxn(a.inner))
+	return err
+}
+
+// TxnRev implements RevTxner.
+func (a *AuthStore) TxnRev(ctx context.Context, conds []Cond, ops []Op) (int64, error) {
+	return a.txn(ctx, conds, ops, revTxn(a.inner))
 }
 
 // txn seals a transaction on plaintext, moves the anchor with it when it
 // writes anchored records, and hands the sealed transaction to commit (the
 // wrapped store's Txn, or a leadership's fenced Txn).
-func (a *AuthStore) txn(ctx context.Context, conds []Cond, ops []Op, commit func(context.Context, []Cond, []Op) error) error {
+func (a *AuthStore) txn(ctx context.Context, conds []Cond, ops []Op, commit func(context.Context, []Cond, []Op) (int64, error)) (int64, error) {
 	if err := checkTxn(conds, ops); err != nil {
-		return err
+		return 0, err
 	}
 	for _, op := range ops {
 		if op.Key == AnchorKey {
-			return fmt.Errorf("%w: %s is written by the store itself", ErrInvalid, AnchorKey)
+			return 0, fmt.Errorf("%w: %s is written by the store itself", ErrInvalid, AnchorKey)
 		}
 	}
+	if a.shared {
+		return a.txnShared(ctx, conds, ops, commit)
+	}
+	inConds, err := a.plainConds(ctx, conds)
+	if err != nil {
+		return 0, err
+	}
+	if !slices.ContainsFunc(ops, func(op Op) bool { return a.anchored(op.Key) }) {
+		// Unanchored records carry the current revision and do not move it.
+		inOps, err := a.sealOps(ctx, ops, a.Anchor().Revision)
+		if err != nil {
+			return 0, err
+		}
+		return commit(ctx, inConds, inOps)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	p, err := a.prepare(ctx, ops)
+	if err != nil {
+		return 0, err
+	}
+	crev, err := commit(ctx, inConds, p.ops)
+	if err != nil {
+		return 0, err
+	}
+	a.vmu.Lock()
+	a.installLocked(p)
+	a.vmu.Unlock()
+	return crev, nil
+}
+
+// plainConds turns ValueIs conditions, which compare plaintext, into
+// revision checks of the values they were verified against.
+func (a *AuthStore) plainConds(ctx context.Context, conds []Cond) ([]Cond, error) {
 	inConds := make([]Cond, len(conds))
 	for i, c := range conds {
 		if c.Type != CondValue {
@@ -355,75 +499,89 @@ func (a *AuthStore) txn(ctx context.Context, conds []Cond, ops []Op, commit func
 		kv, err := a.Get(ctx, c.Key)
 		switch {
 		case errors.Is(err, ErrNotFound):
-			return fmt.Errorf("%w: value condition on %q", ErrConflict, c.Key)
+			return nil, fmt.Errorf("%w: value condition on %q", ErrConflict, c.Key)
 		case err != nil:
-			return err
+			return nil, err
 		case !condHolds(c, true, kv.Value, kv.Revision):
-			return fmt.Errorf("%w: value condition on %q", ErrConflict, c.Key)
+			return nil, fmt.Errorf("%w: value condition on %q", ErrConflict, c.Key)
 		}
 		inConds[i] = RevisionIs(c.Key, kv.Revision)
 	}
-	if !slices.ContainsFunc(ops, func(op Op) bool { return a.anchored(op.Key) }) {
-		// Unanchored records carry the current revision and do not move it.
-		a.mu.Lock()
-		rev := a.anchor.Revision
-		a.mu.Unlock()
-		inOps, err := a.sealOps(ctx, ops, rev)
-		if err != nil {
-			return err
-		}
-		return commit(ctx, inConds, inOps)
-	}
-	a.mu.Lock()
-	defer a.mu.Unlock()
+	return inConds, nil
+}
+
+// prepared is an anchored transaction sealed against the view it was
+// prepared on: its sealed ops (the anchor's write last) and the view it
+// moves to if it commits.
+type prepared struct {
+	ops     []Op
+	touched map[int]map[string]uint64
+	sums    [256][32]byte
+	next    Anchor
+	// base is the view's anchor revision and store revision of the anchor
+	// write when it was prepared.
+	base    uint64
+	baseRev int64
+}
+
+// prepare seals ops at the view's next anchor revision and the anchor that
+// goes with them. Called with a.mu held.
+func (a *AuthStore) prepare(ctx context.Context, ops []Op) (*prepared, error) {
+	a.vmu.RLock()
+	p := &prepared{touched: map[int]map[string]uint64{}, base: a.anchor.Revision, baseRev: a.anchorRev}
 	rev := a.anchor.Revision + 1
-	inOps, err := a.sealOps(ctx, ops, rev)
-	if err != nil {
-		return err
-	}
-	// The anchor moves in the same transaction; memory follows only if it
-	// commits.
-	touched := map[int]map[string]uint64{}
 	for _, op := range ops {
 		if !a.anchored(op.Key) {
 			continue
 		}
 		b := bucketOf(op.Key)
-		if touched[b] == nil {
-			touched[b] = maps(a.buckets[b])
+		if p.touched[b] == nil {
+			p.touched[b] = maps(a.buckets[b])
 		}
 		if op.Type == OpPut {
-			touched[b][op.Key] = rev
+			p.touched[b][op.Key] = rev
 		} else {
-			delete(touched[b], op.Key)
+			delete(p.touched[b], op.Key)
 		}
 	}
-	sums := a.sums
-	for b, m := range touched {
-		sums[b] = bucketSum(m)
+	p.sums = a.sums
+	a.vmu.RUnlock()
+	for b, m := range p.touched {
+		p.sums[b] = bucketSum(m)
 	}
-	old := a.sums
-	a.sums = sums
-	next := Anchor{Revision: rev, Digest: a.digest()}
-	a.sums = old
+	p.next = Anchor{Revision: rev, Digest: digestOf(&p.sums)}
+	inOps, err := a.sealOps(ctx, ops, rev)
+	if err != nil {
+		return nil, err
+	}
+	sealed, err := a.sealAnchor(ctx, p.next)
+	if err != nil {
+		return nil, err
+	}
+	p.ops = append(inOps, PutOp(AnchorKey, sealed))
+	return p, nil
+}
+
+func (a *AuthStore) sealAnchor(ctx context.Context, next Anchor) ([]byte, error) {
 	payload := make([]byte, 0, sealHeader+8+32)
 	payload = append(payload, sealMagic...)
-	payload = binary.BigEndian.AppendUint64(payload, rev)
+	payload = binary.BigEndian.AppendUint64(payload, next.Revision)
 	payload = binary.BigEndian.AppendUint64(payload, next.Revision)
 	payload = append(payload, next.Digest[:]...)
 	sealed, err := a.sealer.Seal(ctx, AnchorKey, payload)
 	if err != nil {
-		return fmt.Errorf("%w: seal %q: %w", ErrUnavailable, AnchorKey, err)
+		return nil, fmt.Errorf("%w: seal %q: %w", ErrUnavailable, AnchorKey, err)
 	}
-	inOps = append(inOps, PutOp(AnchorKey, sealed))
-	if err := commit(ctx, inConds, inOps); err != nil {
-		return err
-	}
-	for b, m := range touched {
+	return sealed, nil
+}
+
+// installLocked makes a committed transaction's view the current one.
+// Called with a.vmu held for writing.
+func (a *AuthStore) installLocked(p *prepared) {
+	for b, m := range p.touched {
 		a.buckets[b] = m
 	}
-	a.sums, a.anchor = sums, next
-	return nil
+	a.sums, a.anchor = p.sums, p.next
 }
 
 // sealOps seals every put's value with its write revision.
@@ -456,8 +614,18 @@ func maps(m map[string]uint64) map[string]uint64 {
 }
 
 // Watch implements Store. A tampered value in an event ends the watch with
-// a final ErrTampered event. Anchor writes are not delivered.
+// a final ErrTampered event. Anchor writes are not delivered. On a shared
+// store the events of a transaction that writes anchored records are
+// delivered once it verified against its anchor; a watch ends with the
+// store's final error (Err) if the store fails verification, and with
+// ErrWatchLagged whenever this process had to re-read the store.
 func (a *AuthStore) Watch(ctx context.Context, prefix string) (<-chan Event, error) {
+	if a.shared {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		return a.hub.add(ctx, prefix, DefaultWatchBuffer)
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	in, err := a.inner.Watch(ctx, prefix)
 	if err != nil {
@@ -499,7 +667,16 @@ func (a *AuthStore) Watch(ctx context.Context, prefix string) (<-chan Event, err
 func (a *AuthStore) Revision(ctx context.Context) (int64, error) { return a.inner.Revision(ctx) }
 
 // Close implements Store; it closes the wrapped store.
-func (a *AuthStore) Close() error { return a.inner.Close() }
+func (a *AuthStore) Close() error {
+	if a.stopFollow != nil {
+		a.stopFollow()
+	}
+	err := a.inner.Close()
+	if a.followDone != nil {
+		<-a.followDone
+	}
+	return err
+}
 
 // String names the anchor, for logs.
 func (x Anchor) String() string {

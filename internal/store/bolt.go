@@ -220,23 +220,30 @@ func (b *Bolt) List(ctx context.Context, prefix, startAfter string, limit int) (
 
 // Txn implements Store. The commit is fsynced before Txn returns.
 func (b *Bolt) Txn(ctx context.Context, conds []Cond, ops []Op) error {
+	_, err := b.TxnRev(ctx, conds, ops)
+	return err
+}
+
+// TxnRev implements RevTxner: Txn, reporting the revision it committed at.
+func (b *Bolt) TxnRev(ctx context.Context, conds []Cond, ops []Op) (int64, error) {
 	if err := checkTxn(conds, ops); err != nil {
-		return err
+		return 0, err
 	}
 	if err := b.check(ctx); err != nil {
-		return err
+		return 0, err
 	}
 	select {
 	case b.wsem <- struct{}{}:
 	case <-ctx.Done():
-		return ctx.Err()
+		return 0, ctx.Err()
 	}
 	defer func() { <-b.wsem }()
 	if err := b.check(ctx); err != nil {
-		return err
+		return 0, err
 	}
 
 	var events []Event
+	var committed int64
 	err := b.db.Update(func(tx *bolt.Tx) error {
 		kvb, meta := tx.Bucket(kvBucket), tx.Bucket(metaBucket)
 		for _, c := range conds {
@@ -288,16 +295,17 @@ func (b *Bolt) Txn(ctx context.Context, conds []Cond, ops []Op) error {
 		}
 		var buf [revLen]byte
 		binary.BigEndian.PutUint64(buf[:], uint64(next))
+		committed = next
 		return meta.Put(revisionKey, buf[:])
 	})
 	if errors.Is(err, errNoChange) {
-		return nil
+		return 0, nil
 	}
 	if err != nil {
-		return mapErr(err)
+		return 0, mapErr(err)
 	}
 	b.hub.publish(events)
-	return nil
+	return committed, nil
 }
 
 func condName(t CondType) string {

@@ -100,7 +100,13 @@ type authLeadership struct {
 func (l *authLeadership) Done() <-chan struct{}            { return l.inner.Done() }
 func (l *authLeadership) Resign(ctx context.Context) error { return l.inner.Resign(ctx) }
 func (l *authLeadership) Txn(ctx context.Context, conds []Cond, ops []Op) error {
-	return l.a.txn(ctx, conds, ops, l.inner.Txn)
+	_, err := l.TxnRev(ctx, conds, ops)
+	return err
+}
+
+// TxnRev implements RevTxner.
+func (l *authLeadership) TxnRev(ctx context.Context, conds []Cond, ops []Op) (int64, error) {
+	return l.a.txn(ctx, conds, ops, revTxn(l.inner))
 }
 
 // --- bbolt: one process holds the file, so it is always the only
@@ -185,12 +191,18 @@ func (b *Bolt) closeElections() {
 func (l *boltLeadership) Done() <-chan struct{} { return l.done }
 
 func (l *boltLeadership) Txn(ctx context.Context, conds []Cond, ops []Op) error {
+	_, err := l.TxnRev(ctx, conds, ops)
+	return err
+}
+
+// TxnRev implements RevTxner.
+func (l *boltLeadership) TxnRev(ctx context.Context, conds []Cond, ops []Op) (int64, error) {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
 	if l.over {
-		return ErrNotLeader
+		return 0, ErrNotLeader
 	}
-	return l.b.Txn(ctx, conds, ops)
+	return l.b.TxnRev(ctx, conds, ops)
 }
 
 func (l *boltLeadership) Resign(context.Context) error {
@@ -337,9 +349,15 @@ func (e *Etcd) closeElections() {
 func (l *etcdLeadership) Done() <-chan struct{} { return l.done }
 
 func (l *etcdLeadership) Txn(ctx context.Context, conds []Cond, ops []Op) error {
+	_, err := l.TxnRev(ctx, conds, ops)
+	return err
+}
+
+// TxnRev implements RevTxner.
+func (l *etcdLeadership) TxnRev(ctx context.Context, conds []Cond, ops []Op) (int64, error) {
 	select {
 	case <-l.done:
-		return ErrNotLeader
+		return 0, ErrNotLeader
 	default:
 	}
 	return l.e.txn(ctx, conds, ops, &l.fence)

@@ -498,15 +498,22 @@ type etcdFence struct {
 
 // Txn implements Store.
 func (e *Etcd) Txn(ctx context.Context, conds []Cond, ops []Op) error {
+	_, err := e.txn(ctx, conds, ops, nil)
+	return err
+}
+
+// TxnRev implements RevTxner: Txn, reporting the vault revision it
+// committed at.
+func (e *Etcd) TxnRev(ctx context.Context, conds []Cond, ops []Op) (int64, error) {
 	return e.txn(ctx, conds, ops, nil)
 }
 
-func (e *Etcd) txn(ctx context.Context, conds []Cond, ops []Op, fence *etcdFence) error {
+func (e *Etcd) txn(ctx context.Context, conds []Cond, ops []Op, fence *etcdFence) (int64, error) {
 	if err := checkTxn(conds, ops); err != nil {
-		return err
+		return 0, err
 	}
 	if err := e.lock(ctx); err != nil {
-		return err
+		return 0, err
 	}
 	defer e.unlock()
 	return e.txnLocked(ctx, conds, ops, fence)
@@ -555,7 +562,7 @@ func (e *Etcd) update(ctx context.Context, key string, fn func(old []byte) ([]by
 		if err != nil {
 			return err
 		}
-		err = e.txnLocked(ctx, []Cond{RevisionIs(key, rev)}, []Op{PutOp(key, value)}, nil)
+		_, err = e.txnLocked(ctx, []Cond{RevisionIs(key, rev)}, []Op{PutOp(key, value)}, nil)
 		if !errors.Is(err, ErrConflict) {
 			return err
 		}
@@ -567,9 +574,9 @@ func (e *Etcd) update(ctx context.Context, key string, fn func(old []byte) ([]by
 }
 
 // txnLocked is txn for a caller holding the write turn.
-func (e *Etcd) txnLocked(ctx context.Context, conds []Cond, ops []Op, fence *etcdFence) error {
+func (e *Etcd) txnLocked(ctx context.Context, conds []Cond, ops []Op, fence *etcdFence) (int64, error) {
 	if err := checkTxn(conds, ops); err != nil {
-		return err
+		return 0, err
 	}
 	// Keys whose state decides the outcome: condition keys, and deleted
 	// keys (deleting an absent key must not advance the revision).
@@ -593,18 +600,18 @@ func (e *Etcd) txnLocked(ctx context.Context, conds []Cond, ops []Op, fence *etc
 	} else {
 		var err error
 		if st, err = e.readState(ctx, keys, fence); err != nil {
-			return err
+			return 0, err
 		}
 	}
 
 	for attempt := range etcdTxnAttempts {
 		if !st.fenceOK {
-			return ErrNotLeader
+			return 0, ErrNotLeader
 		}
 		for _, c := range conds {
 			r := st.keys[c.Key]
 			if !condHolds(c, r.exists, r.value, r.rev) {
-				return fmt.Errorf("%w: %s condition on %q", ErrConflict, condName(c.Type), c.Key)
+				return 0, fmt.Errorf("%w: %s condition on %q", ErrConflict, condName(c.Type), c.Key)
 			}
 		}
 		next := st.counter.rev + 1
@@ -623,7 +630,7 @@ func (e *Etcd) txnLocked(ctx context.Context, conds []Cond, ops []Op, fence *etc
 			}
 		}
 		if len(writes) == 0 {
-			return nil // conditions held at one linearizable read; nothing to change
+			return 0, nil // conditions held at one linearizable read; nothing to change
 		}
 		cmps := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(e.revKey()), "=", st.counter.modRev)}
 		if fence != nil {
@@ -641,24 +648,24 @@ func (e *Etcd) txnLocked(ctx context.Context, conds []Cond, ops []Op, fence *etc
 			e.cacheMu.Lock()
 			e.cache = etcdCounter{}
 			e.cacheMu.Unlock()
-			return err
+			return 0, err
 		}
 		if resp.Succeeded {
 			e.remember(etcdCounter{valid: true, rev: next, modRev: resp.Header.Revision})
-			return nil
+			return next, nil
 		}
 		// Another writer committed since our read (or the fence broke):
 		// read again and decide again.
 		if st, err = e.readState(ctx, keys, fence); err != nil {
-			return err
+			return 0, err
 		}
 		if attempt > 2 {
 			if err := backoff(ctx, attempt-3); err != nil {
-				return err
+				return 0, err
 			}
 		}
 	}
-	return fmt.Errorf("%w: etcd %s: transaction lost %d races for the vault counter", ErrUnavailable, e.endpoints, etcdTxnAttempts)
+	return 0, fmt.Errorf("%w: etcd %s: transaction lost %d races for the vault counter", ErrUnavailable, e.endpoints, etcdTxnAttempts)
 }
 
 // Watch implements Store. It watches from the etcd revision current when

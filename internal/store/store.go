@@ -343,6 +343,47 @@ func updateLoop(ctx context.Context, s Store, key string, fn func(old []byte) ([
 	return fmt.Errorf("store: update %q: lost %d races: %w", key, UpdateAttempts, ErrConflict)
 }
 
+// RevTxner is implemented by stores and leaderships whose transactions can
+// report the revision they committed at (every backend in this package,
+// Authenticated, and their leaderships).
+type RevTxner interface {
+	// TxnRev is Txn, and also returns the revision the transaction
+	// committed at: the Revision its puts carry. It returns 0 when the
+	// transaction changed nothing.
+	TxnRev(ctx context.Context, conds []Cond, ops []Op) (int64, error)
+}
+
+// TxnRev runs t's transaction and returns the revision it committed at. t
+// must implement RevTxner (every Store and Leadership of this package does);
+// anything else is refused with ErrInvalid, changing nothing.
+func TxnRev(ctx context.Context, t any, conds []Cond, ops []Op) (int64, error) {
+	r, ok := t.(RevTxner)
+	if !ok {
+		return 0, fmt.Errorf("%w: %T cannot report the revision it commits at", ErrInvalid, t)
+	}
+	return r.TxnRev(ctx, conds, ops)
+}
+
+// revTxn is t's TxnRev, or its Txn reporting revision 0.
+func revTxn(t interface {
+	Txn(context.Context, []Cond, []Op) error
+}) func(context.Context, []Cond, []Op) (int64, error) {
+	if r, ok := t.(RevTxner); ok {
+		return r.TxnRev
+	}
+	return func(ctx context.Context, conds []Cond, ops []Op) (int64, error) { return 0, t.Txn(ctx, conds, ops) }
+}
+
+// IsShared reports whether s is a store several custodyd replicas may write
+// at once (see Shared), looking through Authenticated.
+func IsShared(s Store) bool {
+	if a, ok := s.(*AuthStore); ok {
+		return a.shared
+	}
+	_, ok := s.(Shared)
+	return ok
+}
+
 // Shared is implemented by backends that several custodyd replicas may
 // use at once (etcd). Identity names the shared store, so that replicas
 // can tell each other from an instance on another store.

@@ -78,14 +78,39 @@ func (h *hub) publish(events []Event) {
 }
 
 // close ends every watcher with ErrClosed and refuses new ones.
-func (h *hub) close() {
+func (h *hub) close() { h.closeWith(ErrClosed) }
+
+// closeWith ends every watcher with err and refuses new ones.
+func (h *hub) closeWith(err error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.closed = true
 	for w := range h.watchers {
-		w.finish(ErrClosed)
+		w.finish(err)
 		delete(h.watchers, w)
 	}
+}
+
+// endAll ends every current watcher with err; new ones are accepted.
+func (h *hub) endAll(err error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for w := range h.watchers {
+		w.finish(err)
+		delete(h.watchers, w)
+	}
+}
+
+// wants reports whether some watcher's prefix covers key.
+func (h *hub) wants(key string) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for w := range h.watchers {
+		if strings.HasPrefix(key, w.prefix) {
+			return true
+		}
+	}
+	return false
 }
 
 // send queues ev without blocking. It reports false when the watcher has

@@ -256,9 +256,10 @@ func TestAuditServiceListsExactlyTheAgreedRPCs(t *testing.T) {
 func TestAuditRecordSurvivesWireRoundTripWithEveryField(t *testing.T) {
 	at := timestamppb.New(time.Date(2025, 6, 1, 9, 0, 0, 123456789, time.UTC))
 	rec := &custodyv1.AuditRecord{
-		Format: 1, Seq: 42, Time: at, Identity: "spiffe://acme/relay", Role: "relay", Method: "Decrypt",
+		Format: 2, Seq: 42, Time: at, Identity: "spiffe://acme/relay", Role: "relay", Method: "Decrypt",
 		Key: "relay-messages", KeyVersion: 3, ContextDigest: make([]byte, 32), Outcome: "denied",
 		Code: "PermissionDenied", CaseRef: "case-7", Detail: "no grant", PrevHash: []byte{1, 2}, Hash: []byte{3, 4},
+		Replica: "custody-1",
 	}
 	roundTrip(t, rec)
 	// Every field of the message is set above: a field added to the proto

@@ -172,7 +172,10 @@ type AuditRecord struct {
 	// prev_hash: hash of record seq-1 (32 zero bytes for record 1).
 	PrevHash []byte `protobuf:"bytes,14,opt,name=prev_hash,json=prevHash,proto3" json:"prev_hash,omitempty"`
 	// hash: SHA-256(prev_hash || canonical(record without hash)).
-	Hash          []byte `protobuf:"bytes,15,opt,name=hash,proto3" json:"hash,omitempty"`
+	Hash []byte `protobuf:"bytes,15,opt,name=hash,proto3" json:"hash,omitempty"`
+	// replica: the custodyd replica whose chain holds the record (its
+	// replica_id; format 2). Empty in records of format 1.
+	Replica       string `protobuf:"bytes,16,opt,name=replica,proto3" json:"replica,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -310,6 +313,13 @@ func (x *AuditRecord) GetHash() []byte {
 		return x.Hash
 	}
 	return nil
+}
+
+func (x *AuditRecord) GetReplica() string {
+	if x != nil {
+		return x.Replica
+	}
+	return ""
 }
 
 // GetLatestCheckpointRequest asks for the latest signed checkpoint.
@@ -779,7 +789,7 @@ const file_custody_v1_audit_proto_rawDesc = "" +
 	"\x05until\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x05until\x12\x1b\n" +
 	"\tafter_seq\x18\x06 \x01(\x04R\bafterSeq\x12\x16\n" +
 	"\x06follow\x18\a \x01(\bR\x06follow\x12\x14\n" +
-	"\x05limit\x18\b \x01(\x04R\x05limit\"\x9b\x03\n" +
+	"\x05limit\x18\b \x01(\x04R\x05limit\"\xb5\x03\n" +
 	"\vAuditRecord\x12\x16\n" +
 	"\x06format\x18\x01 \x01(\rR\x06format\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12.\n" +
@@ -797,7 +807,8 @@ const file_custody_v1_audit_proto_rawDesc = "" +
 	"\bcase_ref\x18\f \x01(\tR\acaseRef\x12\x16\n" +
 	"\x06detail\x18\r \x01(\tR\x06detail\x12\x1b\n" +
 	"\tprev_hash\x18\x0e \x01(\fR\bprevHash\x12\x12\n" +
-	"\x04hash\x18\x0f \x01(\fR\x04hash\"6\n" +
+	"\x04hash\x18\x0f \x01(\fR\x04hash\x12\x18\n" +
+	"\areplica\x18\x10 \x01(\tR\areplica\"6\n" +
 	"\x1aGetLatestCheckpointRequest\x12\x18\n" +
 	"\acurrent\x18\x01 \x01(\bR\acurrent\"\xbe\x01\n" +
 	"\x0fAuditCheckpoint\x12\x10\n" +
