@@ -33,6 +33,16 @@
 // SealStream and OpenStream do the same for payloads of any size in the
 // chunked CSTY format of docs/file-format.md, also written by custodyctl.
 //
+// # Coalescing
+//
+// With Config.CoalesceDecrypts, Decrypt calls made concurrently on one
+// Client share BatchDecrypt requests: a call made while fewer than two
+// coalesced requests are in flight is sent at once; otherwise it joins the
+// batch being gathered, sent when full (CoalesceMaxBatch), when a request
+// in flight completes, or after CoalesceLinger (default 500 µs),
+// whichever comes first. Each call still gets its own result or error, and
+// custodyd authorises, budgets and audits each item on its own.
+//
 // # Invariants
 //
 // Plaintext data keys live only as long as one operation, in the cache, or

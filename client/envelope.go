@@ -407,12 +407,20 @@ func (c *Client) Encrypt(ctx context.Context, keyName string, plaintext []byte, 
 }
 
 // Decrypt decrypts a ciphertext made by Encrypt with the same key name and
-// encryption context, inside custodyd.
+// encryption context, inside custodyd. With Config.CoalesceDecrypts,
+// concurrent calls share BatchDecrypt requests.
 func (c *Client) Decrypt(ctx context.Context, keyName string, ciphertext []byte, encCtx map[string]string) ([]byte, error) {
 	if err := c.checkRequest(keyName, nil); err != nil {
 		return nil, err
 	}
-	resp, err := c.crypto.Decrypt(ctx, &custodyv1.DecryptRequest{KeyName: keyName, Ciphertext: ciphertext, Context: encCtx})
+	req := &custodyv1.DecryptRequest{KeyName: keyName, Ciphertext: ciphertext, Context: encCtx}
+	var resp *custodyv1.DecryptResponse
+	var err error
+	if c.coalesce != nil && coalescible(ctx) {
+		resp, err = c.coalesce.decrypt(ctx, req)
+	} else {
+		resp, err = c.crypto.Decrypt(ctx, req)
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -49,7 +49,7 @@ func TestBenchHelpExamplesRunOnMakeRun(t *testing.T) {
 			t.Errorf("%s: no raw baseline in the report:\n%s", strings.TrimSpace(cmdline), out)
 		}
 	}
-	if ran != 2 {
-		t.Fatalf("ran %d examples naming --key demo, want 2 (the plain run and the --baseline run)", ran)
+	if ran != 3 {
+		t.Fatalf("ran %d examples naming --key demo, want 3 (the plain run, the coalesced run and the --baseline run)", ran)
 	}
 }

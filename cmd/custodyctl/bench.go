@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	custodyv1 "github.com/custodyhq/custody/api/custody/v1"
+	"github.com/custodyhq/custody/client"
 )
 
 // benchOptions are the flags of `custodyctl bench`.
@@ -43,6 +44,9 @@ type benchOptions struct {
 	baseline           bool
 	hsmURI, hsmPINFile string
 	hsmBench           string
+
+	echoAddr  string
+	serverPID int
 }
 
 // benchLatency is a latency summary in milliseconds.
@@ -89,7 +93,28 @@ type benchResult struct {
 	Ratio float64 `json:"ratio_vault_to_raw,omitempty"`
 	// Profiles lists the profile files written.
 	Profiles []string `json:"profiles,omitempty"`
+	// Echo is the same workload against custody-echo (--echo-addr): bare
+	// gRPC over the same mutual TLS, no vault work. EchoRatio is
+	// OpsPerSec / Echo.OpsPerSec.
+	Echo      *benchEcho `json:"echo,omitempty"`
+	EchoRatio float64    `json:"ratio_vault_to_echo,omitempty"`
+	// ClientCPUSeconds is this process's CPU time over the measured run;
+	// ServerCPUSeconds custodyd's (--server-pid), from /proc.
+	ClientCPUSeconds float64 `json:"client_cpu_seconds,omitempty"`
+	ServerCPUSeconds float64 `json:"server_cpu_seconds,omitempty"`
+	// Load1 is the machine's one-minute load average when the run began.
+	Load1 float64 `json:"load1,omitempty"`
 }
+
+// benchEcho is the echo run's summary.
+type benchEcho struct {
+	OpsPerSec float64      `json:"ops_per_sec"`
+	Latency   benchLatency `json:"latency"`
+	Errors    uint64       `json:"errors"`
+}
+
+// echoOps are the operations custody-echo answers.
+var echoOps = []string{"encrypt", "decrypt", "batch-decrypt", "decrypt-coalesced"}
 
 func (a *app) benchCommand() *cobra.Command {
 	var o benchOptions
@@ -119,11 +144,21 @@ custody-hsmbench finds the token through SOFTHSM2_CONF, as custodyd does: the
 dev vault's is .custody-dev/softhsm2.conf.
 
 --cpuprofile/--mutexprofile fetch profiles of custodyd covering the run from
-its --pprof endpoint (--pprof-addr, the loopback metrics listener).`,
+its --pprof endpoint (--pprof-addr, the loopback metrics listener).
+
+--echo-addr also runs the same workload, right after, against custody-echo
+(a bare gRPC server over the same mutual TLS that echoes its input; encrypt,
+decrypt, batch-decrypt and decrypt-coalesced only) and prints vault/echo.
+--server-pid reports custodyd's CPU time over the run (from /proc).
+
+decrypt-coalesced is decrypt through the Go client package with
+CoalesceDecrypts on: one client (one connection) shared by the workers, whose
+concurrent calls travel as BatchDecrypt requests.`,
 		Example: `  custodyctl bench --op decrypt --key demo --duration 5s      # against make run, as the dev relay
   custodyctl bench --op decrypt --concurrency 8 --duration 10s --keys 10
   custodyctl bench --op sign --keys 1 --setup --setup-cert operator.pem --setup-key operator-key.pem
   custodyctl bench --op datakey --key relay-messages --context tenant=acme   # a ceremony's context-bound grant
+  custodyctl bench --op decrypt-coalesced --key demo -c 64                 # the Go client gathering calls into batches
   SOFTHSM2_CONF=.custody-dev/softhsm2.conf custodyctl bench --op decrypt --key demo --baseline \
     --hsm-uri "pkcs11:token=custody-dev?module-path=/usr/lib/softhsm/libsofthsm2.so" --hsm-pin-file .custody-dev/pin`,
 		Args: exactArgs(0, "no arguments"),
@@ -154,6 +189,8 @@ its --pprof endpoint (--pprof-addr, the loopback metrics listener).`,
 	f.StringVar(&o.hsmURI, "hsm-uri", "", "PKCS#11 URI of custodyd's token (with --baseline)")
 	f.StringVar(&o.hsmPINFile, "hsm-pin-file", "", "file holding the token's user PIN (with --baseline)")
 	f.StringVar(&o.hsmBench, "hsmbench", "", "path of custody-hsmbench (default: next to custodyctl, then PATH)")
+	f.StringVar(&o.echoAddr, "echo-addr", "", "also run the workload against custody-echo at this address")
+	f.IntVar(&o.serverPID, "server-pid", 0, "custodyd's process id, to report its CPU time over the run")
 	cmd.AddCommand(a.benchReportCommand(), a.benchSoakCommand())
 	return cmd
 }
@@ -180,6 +217,10 @@ func (o *benchOptions) check() error {
 		return usageErrorf("--baseline needs --hsm-uri and --hsm-pin-file")
 	case (o.cpuProfile != "" || o.mutexProfile != "") && o.count > 0:
 		return usageErrorf("--cpuprofile and --mutexprofile need a --duration run, not --count")
+	case o.echoAddr != "" && !contains(echoOps, o.op):
+		return usageErrorf("--echo-addr measures %s only", strings.Join(echoOps, ", "))
+	case o.serverPID < 0:
+		return usageErrorf("--server-pid must be a process id")
 	}
 	if o.conns == 0 {
 		o.conns = (o.concurrency + 3) / 4
@@ -225,8 +266,11 @@ func (a *app) runBench(ctx context.Context, o benchOptions) error {
 		return err
 	}
 	res := &benchResult{Op: o.op, Concurrency: o.concurrency, Connections: o.conns, Keys: o.keys, Payload: o.payload}
-	if o.op == "batch-decrypt" {
+	switch o.op {
+	case "batch-decrypt":
 		res.Batch = o.batch
+	case "decrypt-coalesced":
+		res.Connections = 1 // one client.Client, as a relay would use
 	}
 	class := benchClassOf(o.op)
 	keys := benchKeyNames(o.keyPrefix, class, o.keys)
@@ -245,29 +289,11 @@ func (a *app) runBench(ctx context.Context, o benchOptions) error {
 		}
 	}
 
-	conns, err := a.dialPool(o.conns)
-	if err != nil {
-		return err
-	}
-	defer closeAll(conns)
-	clients := make([]custodyv1.CryptoServiceClient, len(conns))
-	for i, c := range conns {
-		clients[i] = custodyv1.NewCryptoServiceClient(c)
-	}
 	encCtx, err := parseContext(o.context)
 	if err != nil {
 		return err
 	}
-	wl, err := prepareBench(ctx, o.op, keys, o.payload, o.batch, o.concurrency, clients, encCtx)
-	if err != nil {
-		return err
-	}
-
-	profiles := a.startProfiles(ctx, o)
-	if err := a.measure(ctx, o, wl, clients, res); err != nil {
-		return err
-	}
-	if res.Profiles, err = profiles.wait(); err != nil {
+	if err := a.runWorkload(ctx, o, keys, encCtx, res, true); err != nil {
 		return err
 	}
 	if o.baseline {
@@ -280,11 +306,77 @@ func (a *app) runBench(ctx context.Context, o benchOptions) error {
 			res.Ratio = res.OpsPerSec / base.OpsPerSec
 		}
 	}
+	if o.echoAddr != "" && res.Ops > 0 {
+		ea := *a
+		ea.addr, ea.conn = o.echoAddr, nil
+		eo := o
+		eo.cpuProfile, eo.mutexProfile, eo.serverPID = "", "", 0
+		er := &benchResult{}
+		if !o.quiet {
+			fmt.Fprintf(a.stderr, "echo: %s against custody-echo at %s\n", o.op, o.echoAddr)
+		}
+		if err := ea.runWorkload(ctx, eo, keys, encCtx, er, false); err != nil {
+			return fmt.Errorf("echo: %w", err)
+		}
+		res.Echo = &benchEcho{OpsPerSec: er.OpsPerSec, Latency: er.Latency}
+		for _, n := range er.Errors {
+			res.Echo.Errors += n
+		}
+		if er.OpsPerSec > 0 {
+			res.EchoRatio = res.OpsPerSec / er.OpsPerSec
+		}
+	}
 	if err := a.emitValue(res, func(w io.Writer) { writeBenchText(w, res) }); err != nil {
 		return err
 	}
 	if res.Ops == 0 {
 		return remoteError(res.firstCode, fmt.Errorf("no %s operation succeeded (%s; first: %s)", o.op, errorSummary(res.Errors), res.FirstError))
+	}
+	return nil
+}
+
+// runWorkload dials a's address, prepares the inputs of o.op and runs the
+// closed loop, filling res (and fetching custodyd's profiles if asked).
+func (a *app) runWorkload(ctx context.Context, o benchOptions, keys []string, encCtx map[string]string, res *benchResult, profile bool) error {
+	conns, err := a.dialPool(o.conns)
+	if err != nil {
+		return err
+	}
+	defer closeAll(conns)
+	clients := make([]custodyv1.CryptoServiceClient, len(conns))
+	for i, c := range conns {
+		clients[i] = custodyv1.NewCryptoServiceClient(c)
+	}
+	var coalesced *client.Client
+	if o.op == "decrypt-coalesced" {
+		coalesced, err = client.Dial(ctx, client.Config{Addr: a.addr, CAFile: a.caFile, CertFile: a.certFile, KeyFile: a.keyFile,
+			Timeout: a.timeout, CoalesceDecrypts: true, MaxAttempts: 1})
+		if err != nil {
+			return localError(codes.FailedPrecondition, err)
+		}
+		defer coalesced.Close()
+	}
+	wl, err := prepareBench(ctx, o.op, keys, o.payload, o.batch, o.concurrency, clients, encCtx, coalesced)
+	if err != nil {
+		return err
+	}
+	var profiles *profileFetch
+	if profile {
+		profiles = a.startProfiles(ctx, o)
+	}
+	res.Load1 = loadAverage()
+	cpu0, srv0 := selfCPU(), procCPU(o.serverPID)
+	if err := a.measure(ctx, o, wl, clients, res); err != nil {
+		return err
+	}
+	res.ClientCPUSeconds = (selfCPU() - cpu0).Seconds()
+	if o.serverPID > 0 {
+		res.ServerCPUSeconds = (procCPU(o.serverPID) - srv0).Seconds()
+	}
+	if profiles != nil {
+		if res.Profiles, err = profiles.wait(); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -472,9 +564,17 @@ func writeBenchText(w io.Writer, r *benchResult) {
 	fmt.Fprintf(tw, "ops/s\t%.0f\n", r.OpsPerSec)
 	fmt.Fprintf(tw, "latency\tp50 %.3fms  p90 %.3fms  p99 %.3fms  max %.3fms\n", r.Latency.P50, r.Latency.P90, r.Latency.P99, r.Latency.Max)
 	fmt.Fprintf(tw, "errors\t%s\n", errorSummary(r.Errors))
+	if r.ServerCPUSeconds > 0 && r.Seconds > 0 {
+		fmt.Fprintf(tw, "cpu\tcustodyd %.2f cores, client %.2f cores (%.0f µs custodyd CPU per op)\n", r.ServerCPUSeconds/r.Seconds,
+			r.ClientCPUSeconds/r.Seconds, 1e6*r.ServerCPUSeconds/max(float64(r.Ops), 1))
+	}
 	if b := r.Baseline; b != nil {
 		fmt.Fprintf(tw, "raw hsm\t%.0f ops/s (%s, %d workers, one process)\n", b.OpsPerSec, b.Op, b.Concurrency)
 		fmt.Fprintf(tw, "vault/raw\t%.2f\n", r.Ratio)
+	}
+	if e := r.Echo; e != nil {
+		fmt.Fprintf(tw, "echo\t%.0f ops/s, p50 %.3fms (custody-echo: gRPC and mutual TLS only)\n", e.OpsPerSec, e.Latency.P50)
+		fmt.Fprintf(tw, "vault/echo\t%.2f\n", r.EchoRatio)
 	}
 	for _, p := range r.Profiles {
 		fmt.Fprintf(tw, "profile\t%s\n", p)

@@ -41,7 +41,7 @@ type hsmBenchResult struct {
 // hsmBenchOp is the raw operation that corresponds to a vault operation: a
 // batch decrypt is, inside the HSM, one decrypt per item.
 func hsmBenchOp(op string) string {
-	if op == "batch-decrypt" {
+	if op == "batch-decrypt" || op == "decrypt-coalesced" {
 		return "decrypt"
 	}
 	return op

@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	custodyv1 "github.com/custodyhq/custody/api/custody/v1"
+	"github.com/custodyhq/custody/client"
 )
 
 // benchOps are the operations `custodyctl bench` measures, in the order
@@ -19,7 +20,7 @@ import (
 // (custodyd seals it: envelope 0x03, no HSM key object); datakey-kwp and
 // unwrap-kwp the path of one that is not (without_plaintext: AES-KWP inside
 // the HSM, envelope 0x02), the one key transport uses too.
-var benchOps = []string{"encrypt", "decrypt", "datakey", "unwrap", "datakey-kwp", "unwrap-kwp", "sign", "mac", "batch-decrypt"}
+var benchOps = []string{"encrypt", "decrypt", "datakey", "unwrap", "datakey-kwp", "unwrap-kwp", "sign", "mac", "batch-decrypt", "decrypt-coalesced"}
 
 // benchKeyClass is the kind of key an operation needs, as it appears in the
 // bench key names (PREFIX + class + "-" + index).
@@ -73,8 +74,10 @@ type benchWorkload struct {
 // prepareBench builds the workload for op over keys, using clients for any
 // preparatory requests (spread over every connection so that each is warm
 // before the measured run).
+//
+// coalesced is the client decrypt-coalesced calls through.
 func prepareBench(ctx context.Context, op string, keys []string, payloadSize, batch, workers int, clients []custodyv1.CryptoServiceClient,
-	benchContext map[string]string) (*benchWorkload, error) {
+	benchContext map[string]string, coalesced *client.Client) (*benchWorkload, error) {
 	payload := make([]byte, payloadSize)
 	if _, err := rand.Read(payload); err != nil {
 		return nil, localError(codes.Internal, fmt.Errorf("random payload: %w", err))
@@ -90,13 +93,20 @@ func prepareBench(ctx context.Context, op string, keys []string, payloadSize, ba
 			_, err := c.Encrypt(ctx, &custodyv1.EncryptRequest{KeyName: keys[keyFor(w, n)], Plaintext: payload, Context: benchContext})
 			return okIf(err), nil, err
 		}}, nil
-	case "decrypt", "batch-decrypt":
+	case "decrypt", "batch-decrypt", "decrypt-coalesced":
 		cts, err := prepareEach(ctx, keys, clients, func(ctx context.Context, c custodyv1.CryptoServiceClient, key string) ([]byte, error) {
 			r, err := c.Encrypt(ctx, &custodyv1.EncryptRequest{KeyName: key, Plaintext: payload, Context: benchContext})
 			return r.GetCiphertext(), err
 		})
 		if err != nil {
 			return nil, err
+		}
+		if op == "decrypt-coalesced" {
+			return &benchWorkload{call: func(ctx context.Context, _ custodyv1.CryptoServiceClient, w int, n uint64) (int, []codes.Code, error) {
+				i := keyFor(w, n)
+				_, err := coalesced.Decrypt(ctx, keys[i], cts[i], benchContext)
+				return okIf(err), nil, err
+			}}, nil
 		}
 		if op == "decrypt" {
 			return &benchWorkload{call: func(ctx context.Context, c custodyv1.CryptoServiceClient, w int, n uint64) (int, []codes.Code, error) {

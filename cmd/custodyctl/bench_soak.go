@@ -231,7 +231,7 @@ func (a *app) runSoak(ctx context.Context, o soakOptions) error {
 	sampler := &soakSampler{pid: o.pid, metricsURL: o.metricsURL, auditDir: o.auditDir, tally: tally}
 	res := &soakResult{Label: o.label, Concurrency: o.concurrency, Keys: o.keys, Gateway: o.gateway != "",
 		Duration: o.duration.Seconds(), SampleEvery: o.sampleEvery.Seconds(), Warmup: o.warmup, MaxRSSPerMillion: o.maxRSSPerMillion,
-		LoadStart: loadAverage()}
+		LoadStart: loadAverageText()}
 	start := time.Now()
 	if s, err := sampler.sample(ctx, start); err != nil {
 		return localError(codes.FailedPrecondition, fmt.Errorf("cannot sample custodyd: %w", err))
@@ -287,7 +287,7 @@ sampling:
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
-	res.LoadEnd = loadAverage()
+	res.LoadEnd = loadAverageText()
 	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 	res.Latency = benchLatency{P50: ms(hist.quantile(0.50)), P90: ms(hist.quantile(0.90)), P99: ms(hist.quantile(0.99)),
 		Max: ms(time.Duration(hist.max)), Mean: ms(hist.mean())}

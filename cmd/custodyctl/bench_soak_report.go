@@ -146,19 +146,6 @@ func parseMetrics(r io.Reader) (map[string]float64, error) {
 	return out, sc.Err()
 }
 
-// loadAverage is the machine's 1-minute load average ("" if unknown): the
-// machine may be shared, and the report says how busy it was.
-func loadAverage() string {
-	b, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
-		return ""
-	}
-	if f := strings.Fields(string(b)); len(f) > 0 {
-		return f[0]
-	}
-	return ""
-}
-
 // soakResult is the whole run; --output json prints it.
 type soakResult struct {
 	Label            string                  `json:"label,omitempty"`

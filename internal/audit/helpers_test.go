@@ -30,7 +30,8 @@ func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard
 
 // testOptions disables automatic checkpoints so tests control them.
 func testOptions() Options {
-	return Options{CheckpointEvery: 1 << 40, CheckpointInterval: -1, InstanceID: "test", Logger: quietLogger()}
+	return Options{CheckpointEvery: 1 << 40, CheckpointInterval: -1, InstanceID: "test", Logger: quietLogger(),
+		SegmentSize: 1 << 20}
 }
 
 func openLog(t testing.TB, dir string, key *ecdsa.PrivateKey, opts Options) *Log {

@@ -3,12 +3,12 @@ package audit
 import (
 	"context"
 	"crypto"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -17,7 +17,8 @@ import (
 // Options configure a Log. The zero value is usable.
 type Options struct {
 	// SegmentSize is the size after which a new segment is started
-	// (default 64 MiB). A batch may overshoot it.
+	// (default 64 MiB). A batch may overshoot it. Each segment is
+	// preallocated to this size when it is created.
 	SegmentSize int64
 	// CheckpointEvery signs a checkpoint after this many records (default
 	// 1000). Requests made while a checkpoint is being signed coalesce into
@@ -49,6 +50,10 @@ type Options struct {
 	// exists only for benchmarks that measure what group commit buys; never
 	// set it in production.
 	DisableGroupCommit bool
+	// DisablePreallocation makes segments grow as they are written, so that
+	// every flush also writes the file's new size. It exists only for
+	// benchmarks that measure what preallocation buys.
+	DisablePreallocation bool
 }
 
 func (o *Options) setDefaults() {
@@ -75,12 +80,12 @@ func (o *Options) setDefaults() {
 	}
 }
 
-// Stats are counters since Open. Fsyncs counts segment fsyncs only, so
-// Records/Fsyncs is the mean group-commit batch size.
+// Stats are counters since Open. Fsyncs counts segment flushes (fdatasync)
+// only, so Records/Fsyncs is the mean group-commit batch size.
 type Stats struct {
 	Records          uint64 // records made durable
-	Batches          uint64 // group commits that succeeded
-	Fsyncs           uint64 // segment fsyncs attempted
+	Batches          uint64 // group commits (flushes) that succeeded
+	Fsyncs           uint64 // segment flushes attempted
 	Failures         uint64 // appends failed with ErrUnavailable
 	Checkpoints      uint64 // checkpoints signed and written
 	CheckpointErrors uint64 // checkpoints that could not be signed or written
@@ -99,9 +104,48 @@ type appendResult struct {
 	err error
 }
 
+// appendReq is one Append (rec) or AppendBatch (recs) waiting for its
+// group commit. The writer sets first, the sequence number of its first
+// record.
 type appendReq struct {
-	rec  Record
-	done chan appendResult
+	rec   Record
+	recs  []Record
+	first uint64
+	done  chan appendResult
+}
+
+func (q *appendReq) len() int {
+	if q.recs != nil {
+		return len(q.recs)
+	}
+	return 1
+}
+
+func (q *appendReq) record(i int) *Record {
+	if q.recs != nil {
+		return &q.recs[i]
+	}
+	return &q.rec
+}
+
+// reqPool recycles the requests of Appends that received their result (a
+// request whose caller gave up may still be in the writer's hands).
+var reqPool = sync.Pool{New: func() any { return &appendReq{done: make(chan appendResult, 1)} }}
+
+// syncItem is what the writer hands the syncer: a batch written to seg and
+// not yet flushed, or, with barrier set, a request to be told (by closing
+// barrier) once everything handed over before it is flushed or failed.
+type syncItem struct {
+	reqs     []*appendReq
+	records  int
+	seg      *os.File
+	segFirst uint64
+	segPath  string
+	segInfo  os.FileInfo
+	end      int64  // offset in seg after this batch
+	nextSeq  uint64 // sequence number after this batch's last record
+	head     []byte // hash of this batch's last record
+	barrier  chan struct{}
 }
 
 // Log is an open audit log directory. It is safe for concurrent use. Only
@@ -123,13 +167,26 @@ type Log struct {
 	// Owned by the writer goroutine.
 	seg      *os.File
 	segFirst uint64
+	segPath  string
 	segInfo  os.FileInfo
-	segSize  int64 // bytes durable in seg
-	broken   bool  // seg had a failed write and must be truncated and replaced
-	wSeq     uint64
-	wHead    []byte
+	segSize  int64 // bytes written to seg (durable once the syncer has flushed them)
+	segAlloc int64 // seg's file size: from segSize on, preallocated zeros
+	broken   bool  // seg had a failed write or flush and must be cut back and replaced
+	// preallocWarned: a failed preallocation was logged (until one succeeds)
+	preallocWarned bool
+	wSeq           uint64
+	wHead          []byte
+	enc            recordEncoder
+	buf            []byte
+
+	// The syncer goroutine flushes what the writer wrote (see runSyncer).
+	syncQ      chan syncItem
+	syncerDone chan struct{}
+	syncBroken atomic.Bool // a flush failed; set by the syncer, cleared by the writer once it cut the segment back
+	// Owned by the syncer; the writer reads them only after a barrier.
+	dSeg     *os.File // the segment of the last successful flush
+	dSize    int64    // bytes of dSeg durable
 	lastKick uint64
-	buf      []byte
 
 	mu          sync.Mutex // protects the published head below
 	nextSeq     uint64
@@ -165,6 +222,8 @@ func Open(ctx context.Context, dir string, signer crypto.Signer, opts Options) (
 		dir: dir, signer: signer, pub: signer.Public(), opts: opts, log: opts.Logger,
 		reqs:       make(chan *appendReq, opts.MaxBatch),
 		writerDone: make(chan struct{}),
+		syncQ:      make(chan syncItem, 64),
+		syncerDone: make(chan struct{}),
 		notify:     make(chan struct{}),
 		ckptKick:   make(chan struct{}, 1),
 		ckptStop:   make(chan struct{}),
@@ -192,6 +251,7 @@ func Open(ctx context.Context, dir string, signer crypto.Signer, opts Options) (
 	l.lastKick = l.wSeq - 1
 	l.publish()
 
+	go l.runSyncer()
 	go l.runWriter()
 	go l.runCheckpointer()
 	sinkCtx, cancel := context.WithCancel(context.Background())
@@ -253,23 +313,25 @@ func (l *Log) recoverHead() error {
 	}
 	for i := len(segs) - 1; i >= 0; i-- {
 		path := filepath.Join(l.dir, segs[i].name)
-		rec, end, size, err := lastRecord(path)
+		rec, end, written, _, err := lastRecord(path)
 		if err != nil {
 			return fmt.Errorf("%w: %w", ErrUnavailable, err)
 		}
-		if i == len(segs)-1 && size > end {
+		// Written bytes after the last record were never acknowledged (a
+		// torn write). A tail of zeros is preallocated space, kept.
+		if i == len(segs)-1 && written > end {
 			if err := truncateFile(path, end); err != nil {
 				return fmt.Errorf("%w: truncate torn tail: %w", ErrUnavailable, err)
 			}
-			l.stats.tornBytes.Add(uint64(size - end))
-			l.log.Warn("audit: truncated torn tail of last segment", "segment", segs[i].name, "bytes", size-end)
+			l.stats.tornBytes.Add(uint64(written - end))
+			l.log.Warn("audit: truncated torn tail of last segment", "segment", segs[i].name, "bytes", written-end)
 		}
 		if rec == nil {
 			continue
 		}
 		l.wSeq, l.wHead = rec.Seq+1, rec.Hash
 		if i == len(segs)-1 {
-			f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0o600)
+			f, err := os.OpenFile(path, os.O_RDWR, 0o600)
 			if err != nil {
 				return fmt.Errorf("%w: %w", ErrUnavailable, err)
 			}
@@ -278,7 +340,13 @@ func (l *Log) recoverHead() error {
 				f.Close()
 				return fmt.Errorf("%w: %w", ErrUnavailable, err)
 			}
-			l.seg, l.segFirst, l.segInfo, l.segSize = f, segs[i].first, fi, fi.Size()
+			l.seg, l.segFirst, l.segPath, l.segInfo, l.segSize, l.segAlloc = f, segs[i].first, path, fi, end, fi.Size()
+			l.dSeg, l.dSize = f, end
+			if err := l.preallocate(); err != nil {
+				f.Close()
+				l.seg = nil
+				return fmt.Errorf("%w: %w", ErrUnavailable, err)
+			}
 			return nil
 		}
 		break
@@ -301,27 +369,82 @@ func truncateFile(path string, size int64) error {
 	return f.Sync()
 }
 
-// openSegment creates the segment for first (or reuses an empty file of that
-// name, left by a failed first batch) and makes its directory entry durable.
+// openSegment creates the segment for first (or reuses a file of that name
+// that holds no record: one left by a failed first batch, or preallocated
+// and never written), preallocates it and makes its directory entry durable.
 func (l *Log) openSegment(first uint64) error {
 	path := segPath(l.dir, first)
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return err
 	}
 	fi, err := f.Stat()
 	if err == nil && fi.Size() != 0 {
-		err = fmt.Errorf("segment %s already exists and is not empty", segmentName(first))
+		// Records start at offset 0 and are flushed before they count, so
+		// a file whose first byte is zero holds none.
+		var b [1]byte
+		if _, rerr := f.ReadAt(b[:], 0); rerr != nil || b[0] != 0 {
+			err = fmt.Errorf("segment %s already exists and is not empty", segmentName(first))
+		} else {
+			err = f.Truncate(0)
+		}
+	}
+	if err == nil {
+		l.seg, l.segFirst, l.segPath, l.segInfo, l.segSize, l.segAlloc = f, first, path, fi, 0, 0
+		l.dSeg, l.dSize = f, 0
+		err = l.preallocate()
 	}
 	if err == nil {
 		err = syncDir(l.dir)
 	}
 	if err != nil {
 		f.Close()
+		l.seg, l.dSeg = nil, nil
 		return err
 	}
-	l.seg, l.segFirst, l.segInfo, l.segSize = f, first, fi, 0
 	return nil
+}
+
+// preallocate extends the active segment with zeros to SegmentSize
+// (fallocate) and flushes that, so that a batch written inside it needs
+// only its data flushed (fdatasync), not the file's size. Where the file
+// system cannot (no support, or no space for a whole segment) the segment
+// grows as it is written, as before: only the speed differs. An error is
+// returned only if the segment cannot be made consistent again.
+func (l *Log) preallocate() error {
+	want := l.opts.SegmentSize
+	if l.opts.DisablePreallocation || l.segAlloc >= want || l.segSize >= want {
+		return nil
+	}
+	if err := preallocate(l.seg, l.segAlloc, want-l.segAlloc); err != nil {
+		// Said once, not once per attempt while a disk stays full.
+		if !errors.Is(err, errors.ErrUnsupported) && !l.preallocWarned {
+			l.preallocWarned = true
+			l.log.Warn("audit: cannot preallocate segment; it grows as it is written", "segment", segmentName(l.segFirst), "err", err)
+		}
+		// A failed fallocate may have allocated part of the range: cut
+		// the file back to what is written so nothing is left half-done.
+		if err := l.seg.Truncate(l.segSize); err != nil {
+			return err
+		}
+		l.segAlloc = l.segSize
+		return l.seg.Sync()
+	}
+	l.segAlloc, l.preallocWarned = want, false
+	return l.seg.Sync()
+}
+
+// trim cuts the active segment's preallocated tail off (at rotation and
+// Close), so that a finished segment is only its JSON lines.
+func (l *Log) trim() error {
+	if l.segAlloc <= l.segSize {
+		return nil
+	}
+	if err := l.seg.Truncate(l.segSize); err != nil {
+		return err
+	}
+	l.segAlloc = l.segSize
+	return l.seg.Sync()
 }
 
 // publish makes the writer's durable head visible to readers.
@@ -341,32 +464,67 @@ func (l *Log) Append(ctx context.Context, rec Record) (uint64, error) {
 	if err := normalise(&rec, time.Now()); err != nil {
 		return 0, err
 	}
-	req := &appendReq{rec: rec, done: make(chan appendResult, 1)}
+	req := reqPool.Get().(*appendReq)
+	req.rec = rec
+	seq, err, done := l.submit(ctx, req)
+	if done {
+		req.rec = Record{}
+		reqPool.Put(req)
+	}
+	return seq, err
+}
+
+// AppendBatch writes recs durably as consecutive records in one group
+// commit and returns the sequence number of the first. It returns only
+// after all of them are fsynced; on an error none of them is acknowledged
+// (errors as for Append; an invalid record fails the whole call before
+// anything is written).
+func (l *Log) AppendBatch(ctx context.Context, recs []Record) (uint64, error) {
+	if len(recs) == 0 {
+		return 0, fmt.Errorf("%w: empty batch", ErrInvalidRecord)
+	}
+	rs := slices.Clone(recs)
+	now := time.Now()
+	for i := range rs {
+		if err := normalise(&rs[i], now); err != nil {
+			return 0, err
+		}
+	}
+	seq, err, _ := l.submit(ctx, &appendReq{recs: rs, done: make(chan appendResult, 1)})
+	return seq, err
+}
+
+// submit queues req for the writer and waits for its result. done reports
+// whether the result was received (the writer is finished with req).
+func (l *Log) submit(ctx context.Context, req *appendReq) (seq uint64, err error, done bool) {
 	l.closeMu.RLock()
 	if l.closed {
 		l.closeMu.RUnlock()
-		return 0, ErrClosed
+		return 0, ErrClosed, true
 	}
 	select {
 	case l.reqs <- req:
 		l.closeMu.RUnlock()
 	case <-ctx.Done():
 		l.closeMu.RUnlock()
-		return 0, ctx.Err()
+		return 0, ctx.Err(), true
 	}
 	select {
 	case res := <-req.done:
-		return res.seq, res.err
+		return res.seq, res.err, true
 	case <-ctx.Done():
-		return 0, ctx.Err()
+		return 0, ctx.Err(), false
 	}
 }
 
+// runWriter is the first stage of the group commit: it takes every request
+// queued, chains and encodes their records into one buffer, writes it into
+// the preallocated segment and hands the batch to the syncer, then goes
+// straight on to the next batch while the syncer flushes this one.
 func (l *Log) runWriter() {
 	defer close(l.writerDone)
-	batch := make([]*appendReq, 0, l.opts.MaxBatch)
 	for req := range l.reqs {
-		batch = append(batch[:0], req)
+		batch := []*appendReq{req}
 	fill:
 		for !l.opts.DisableGroupCommit && len(batch) < l.opts.MaxBatch {
 			select {
@@ -379,92 +537,87 @@ func (l *Log) runWriter() {
 				break fill
 			}
 		}
-		l.commit(batch)
+		l.write(batch)
+		if l.opts.DisableGroupCommit {
+			l.barrier() // one record, one write, one flush
+		}
 	}
+	// Closed: let the syncer finish, then leave the active segment cut
+	// back to what is durable.
+	l.barrier()
+	close(l.syncQ)
+	<-l.syncerDone
 	if l.seg != nil {
+		if err := l.cutBack(); err != nil {
+			l.log.Error("audit: closing the active segment", "segment", segmentName(l.segFirst), "err", err)
+		}
 		l.seg.Close()
 		l.seg = nil
 	}
 }
 
-// commit writes one batch with one write and one fsync.
-func (l *Log) commit(batch []*appendReq) {
+// write chains, encodes and writes one batch and hands it to the syncer.
+func (l *Log) write(batch []*appendReq) {
 	if err := l.ensureSegment(); err != nil {
 		l.fail(batch, err)
 		return
 	}
+	n := 0
+	for _, req := range batch {
+		n += req.len()
+	}
+	// One allocation per batch holds the batch's hashes; they stay
+	// referenced as prev_hash and as the published head.
+	hashes := make([]byte, n*HashSize)
 	seq, prev := l.wSeq, l.wHead
 	buf := l.buf[:0]
 	for _, req := range batch {
-		r := &req.rec
-		r.Seq, r.PrevHash = seq, prev
-		r.Hash = computeHash(r)
-		line, err := json.Marshal(r)
-		if err != nil { // not reachable for a normalised record
-			l.fail(batch, err)
-			return
+		req.first = seq
+		for i := range req.len() {
+			r := req.record(i)
+			r.Seq, r.PrevHash = seq, prev
+			h := l.enc.hash(r)
+			r.Hash = hashes[:HashSize:HashSize]
+			hashes = hashes[HashSize:]
+			copy(r.Hash, h[:])
+			buf = appendRecordJSON(buf, r)
+			buf = append(buf, '\n')
+			prev = r.Hash
+			seq++
 		}
-		buf = append(append(buf, line...), '\n')
-		prev = r.Hash
-		seq++
 	}
-	l.buf = buf
-	n, err := l.seg.Write(buf)
-	if err == nil {
-		l.stats.fsyncs.Add(1)
-		err = l.seg.Sync()
+	if cap(buf) <= 4<<20 {
+		l.buf = buf
 	}
-	if err == nil {
-		err = l.checkReachable()
-	}
-	if err != nil {
+	if _, err := l.seg.WriteAt(buf, l.segSize); err != nil {
 		l.broken = true
 		l.fail(batch, err)
 		return
 	}
-	l.segSize += int64(n)
+	l.segSize += int64(len(buf))
 	l.wSeq, l.wHead = seq, prev
-	l.mu.Lock()
-	l.nextSeq, l.head, l.activeFirst = seq, prev, l.segFirst
-	wasDown := l.health != nil
-	l.health = nil
-	close(l.notify)
-	l.notify = make(chan struct{})
-	l.mu.Unlock()
-	if wasDown {
-		l.log.Info("audit: log writable again", "segment", segmentName(l.segFirst))
-	}
-	// Count before releasing the callers, so that a caller whose Append has
-	// returned always sees its record in Stats.
-	l.stats.records.Add(uint64(len(batch)))
-	l.stats.batches.Add(1)
-	for i, req := range batch {
-		req.done <- appendResult{seq: batch[0].rec.Seq + uint64(i)}
-	}
-	if seq-1-l.lastKick >= l.opts.CheckpointEvery {
-		l.lastKick = seq - 1
-		select {
-		case l.ckptKick <- struct{}{}:
-		default:
-		}
-	}
+	l.syncQ <- syncItem{reqs: batch, records: n, seg: l.seg, segFirst: l.segFirst, segPath: l.segPath, segInfo: l.segInfo,
+		end: l.segSize, nextSeq: seq, head: prev}
+}
+
+// barrier waits until the syncer has flushed or failed everything the
+// writer handed it.
+func (l *Log) barrier() {
+	done := make(chan struct{})
+	l.syncQ <- syncItem{barrier: done}
+	<-done
 }
 
 // ensureSegment repairs a broken segment and rotates by size.
 func (l *Log) ensureSegment() error {
-	if l.broken && l.seg != nil {
-		// Cut off whatever the failed batch left, through the descriptor we
-		// still hold, so the old segment ends at its last durable record.
-		if err := l.seg.Truncate(l.segSize); err != nil {
-			return fmt.Errorf("truncate failed segment: %w", err)
+	if l.seg != nil && (l.broken || l.syncBroken.Load() || l.segSize >= l.opts.SegmentSize) {
+		l.barrier()
+		if l.syncBroken.Load() {
+			l.broken = true
 		}
-		if err := l.seg.Sync(); err != nil {
-			return fmt.Errorf("sync failed segment: %w", err)
+		if err := l.cutBack(); err != nil {
+			return err
 		}
-		l.seg.Close()
-		l.seg = nil
-	}
-	if l.seg != nil && l.segSize >= l.opts.SegmentSize {
 		l.seg.Close()
 		l.seg = nil
 	}
@@ -477,16 +630,141 @@ func (l *Log) ensureSegment() error {
 	return nil
 }
 
-// checkReachable makes sure the segment just fsynced is still the file at its
-// path: a write to a descriptor whose directory was removed succeeds but is
-// not durable in the log.
-func (l *Log) checkReachable() error {
-	fi, err := os.Stat(segPath(l.dir, l.segFirst))
+// cutBack ends the active segment at its last durable batch, through the
+// descriptor still held: after a failed write or flush it cuts off whatever
+// the failed batches left, and the chain continues from the last durable
+// record; otherwise it trims the preallocated tail. Called after a barrier.
+func (l *Log) cutBack() error {
+	if !l.broken && !l.syncBroken.Load() {
+		if err := l.trim(); err != nil {
+			return fmt.Errorf("trim segment: %w", err)
+		}
+		return nil
+	}
+	keep := int64(0)
+	if l.dSeg == l.seg {
+		keep = l.dSize
+	}
+	if err := l.seg.Truncate(keep); err != nil {
+		return fmt.Errorf("truncate failed segment: %w", err)
+	}
+	if err := l.seg.Sync(); err != nil {
+		return fmt.Errorf("sync failed segment: %w", err)
+	}
+	l.segSize, l.segAlloc = keep, keep
+	l.mu.Lock()
+	l.wSeq, l.wHead = l.nextSeq, l.head
+	l.mu.Unlock()
+	l.syncBroken.Store(false)
+	return nil
+}
+
+// runSyncer is the second stage of the group commit: it flushes, with one
+// fdatasync, every batch the writer wrote since its last flush, then
+// publishes the new head and acknowledges those records. A record is
+// acknowledged only after a flush that began after its write returned.
+func (l *Log) runSyncer() {
+	defer close(l.syncerDone)
+	var items []syncItem
+	for it := range l.syncQ {
+		items = append(items[:0], it)
+	drain:
+		for !l.opts.DisableGroupCommit {
+			select {
+			case it, ok := <-l.syncQ:
+				if !ok {
+					break drain
+				}
+				items = append(items, it)
+			default:
+				break drain
+			}
+		}
+		from := 0
+		for i, it := range items {
+			if it.barrier != nil {
+				l.flush(items[from:i])
+				close(it.barrier)
+				from = i + 1
+			}
+		}
+		l.flush(items[from:])
+		clear(items)
+	}
+}
+
+// flush makes batches durable with one fdatasync and acknowledges them. All
+// of them are in one segment: the writer rotates only after a barrier.
+func (l *Log) flush(items []syncItem) {
+	if len(items) == 0 {
+		return
+	}
+	last := &items[len(items)-1]
+	var err error
+	if l.syncBroken.Load() {
+		// A flush failed earlier: the data these batches follow may be
+		// lost, so none of them counts until the writer has cut the
+		// segment back.
+		err = errors.New("an earlier flush of this segment failed")
+	} else {
+		l.stats.fsyncs.Add(1)
+		err = datasync(last.seg)
+		if err == nil {
+			err = checkReachable(last.segPath, last.segInfo)
+		}
+		if err != nil {
+			l.syncBroken.Store(true)
+		}
+	}
+	if err != nil {
+		for _, it := range items {
+			l.fail(it.reqs, err)
+		}
+		return
+	}
+	l.dSeg, l.dSize = last.seg, last.end
+	records := 0
+	for _, it := range items {
+		records += it.records
+	}
+	l.mu.Lock()
+	l.nextSeq, l.head, l.activeFirst = last.nextSeq, last.head, last.segFirst
+	wasDown := l.health != nil
+	l.health = nil
+	close(l.notify)
+	l.notify = make(chan struct{})
+	l.mu.Unlock()
+	if wasDown {
+		l.log.Info("audit: log writable again", "segment", segmentName(last.segFirst))
+	}
+	// Count before releasing the callers, so that a caller whose Append has
+	// returned always sees its record in Stats.
+	l.stats.records.Add(uint64(records))
+	l.stats.batches.Add(1)
+	for _, it := range items {
+		for _, req := range it.reqs {
+			req.done <- appendResult{seq: req.first}
+		}
+	}
+	if head := last.nextSeq - 1; head-l.lastKick >= l.opts.CheckpointEvery {
+		l.lastKick = head
+		select {
+		case l.ckptKick <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// checkReachable makes sure the segment just flushed is still the file at
+// its path: a write to a descriptor whose directory was removed succeeds but
+// is not durable in the log.
+func checkReachable(path string, info os.FileInfo) error {
+	fi, err := os.Stat(path)
 	if err != nil {
 		return fmt.Errorf("segment no longer reachable: %w", err)
 	}
-	if !os.SameFile(fi, l.segInfo) {
-		return fmt.Errorf("segment %s was replaced", segmentName(l.segFirst))
+	if !os.SameFile(fi, info) {
+		return fmt.Errorf("segment %s was replaced", filepath.Base(path))
 	}
 	return nil
 }
@@ -500,7 +778,11 @@ func (l *Log) fail(batch []*appendReq, cause error) {
 	if wasUp {
 		l.log.Error("audit: log unavailable; failing requests closed", "err", cause)
 	}
-	l.stats.failures.Add(uint64(len(batch)))
+	n := 0
+	for _, req := range batch {
+		n += req.len()
+	}
+	l.stats.failures.Add(uint64(n))
 	for _, req := range batch {
 		req.done <- appendResult{err: err}
 	}

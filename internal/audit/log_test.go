@@ -33,8 +33,25 @@ func TestAppendAssignsSequenceAndChainVerifies(t *testing.T) {
 	if seq != 10 || !bytes.Equal(head, rep.Head) {
 		t.Fatalf("Head() = %d %x, report head %x", seq, head, rep.Head)
 	}
-	// The file is JSON lines a SIEM can ingest.
-	lines := readLines(t, segmentFiles(t, dir)[0])
+	// While open, the segment is preallocated: its records, then zeros.
+	seg := segmentFiles(t, dir)[0]
+	live, err := os.ReadFile(seg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	end := bytes.IndexByte(live, 0)
+	if int64(len(live)) != testOptions().SegmentSize || end <= 0 || bytes.Count(live[:end], []byte("\n")) != 10 ||
+		len(bytes.Trim(live[end:], "\x00")) != 0 {
+		t.Fatalf("live segment: %d bytes, records end at %d", len(live), end)
+	}
+	// Closed, it is cut back to JSON lines a SIEM can ingest.
+	if err := l.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	lines := readLines(t, seg)
+	if fi, err := os.Stat(seg); err != nil || fi.Size() != int64(end) {
+		t.Fatalf("closed segment is not cut back to its %d bytes of records: %v %v", end, fi.Size(), err)
+	}
 	if len(lines) != 10 || !bytes.HasPrefix(lines[0], []byte(`{"v":1,"seq":1,"time":"`)) {
 		t.Fatalf("unexpected segment content: %q", lines[0])
 	}

@@ -13,7 +13,7 @@ var (
 	descBatches = prometheus.NewDesc("custody_audit_batches_total",
 		"Audit group commits that succeeded since start.", nil, nil)
 	descFsyncs = prometheus.NewDesc("custody_audit_fsyncs_total",
-		"Audit segment fsyncs attempted (one per group commit).", nil, nil)
+		"Audit segment flushes (fdatasync) attempted, one per group commit.", nil, nil)
 	descFailures = prometheus.NewDesc("custody_audit_append_failures_total",
 		"Audit appends that failed closed because the log could not be written.", nil, nil)
 	descCheckpoints = prometheus.NewDesc("custody_audit_checkpoints_total",

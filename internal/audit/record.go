@@ -138,25 +138,9 @@ func Fit(s string, max int) string {
 // canonicalRecord is the byte string hashed for a record: every field but
 // Hash, in a fixed order, integers big-endian, strings and bytes prefixed with
 // their length. It does not depend on JSON, so re-serialising is harmless.
+// (appendCanonical in encode.go writes it.)
 func canonicalRecord(r *Record) []byte {
-	b := make([]byte, 0, 256)
-	b = append(b, "custody.audit.record.v1\n"...)
-	b = binary.BigEndian.AppendUint64(b, uint64(r.Format))
-	b = binary.BigEndian.AppendUint64(b, r.Seq)
-	b = binary.BigEndian.AppendUint64(b, uint64(r.Time.UnixNano()))
-	for _, s := range []string{r.Identity, r.Role, r.Method, r.Key} {
-		b = appendBytes(b, []byte(s))
-	}
-	b = binary.BigEndian.AppendUint64(b, r.KeyVersion)
-	b = appendBytes(b, r.ContextDigest)
-	for _, s := range []string{string(r.Outcome), r.Code, r.CaseRef, r.Detail} {
-		b = appendBytes(b, []byte(s))
-	}
-	if r.Format >= recordFormatReplica {
-		b = appendBytes(b, []byte(r.Replica))
-	}
-	b = appendBytes(b, r.PrevHash)
-	return b
+	return appendCanonical(make([]byte, 0, 256), r)
 }
 
 func appendBytes(b, v []byte) []byte {

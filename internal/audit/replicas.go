@@ -50,7 +50,7 @@ func ReplicaOf(dir string) (string, error) {
 		return "", err
 	}
 	for i := len(segs) - 1; i >= 0; i-- {
-		last, _, _, err := lastRecord(filepath.Join(dir, segs[i].name))
+		last, _, _, _, err := lastRecord(filepath.Join(dir, segs[i].name))
 		if err != nil {
 			return "", err
 		}

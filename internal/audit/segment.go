@@ -2,6 +2,7 @@ package audit
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -57,9 +58,15 @@ func listSegments(dir string) ([]segment, error) {
 
 // lineReader reads newline-terminated lines with a bounded length, tracking
 // the byte offset so that callers can resume or truncate exactly.
+//
+// A NUL byte ends a segment's data: the writer never writes one (JSON
+// escapes it), so it is where the preallocated, never-written tail begins
+// (see the package doc). The reader returns what precedes it as an
+// unterminated line, if anything, and then io.EOF.
 type lineReader struct {
-	r   *bufio.Reader
-	off int64 // offset just after the last line returned
+	r    *bufio.Reader
+	off  int64 // offset just after the last line returned
+	zero bool  // a NUL was met: nothing more is read
 }
 
 func newLineReader(f *os.File, off int64) *lineReader {
@@ -68,15 +75,21 @@ func newLineReader(f *os.File, off int64) *lineReader {
 
 // next returns the next line without its newline, the offset at which it
 // starts, and whether it was terminated by a newline (an unterminated line is
-// the end of the file: a torn write or a write in progress). It returns io.EOF
+// the end of the data: a torn write or a write in progress). It returns io.EOF
 // when nothing is left. A line longer than maxLineLen is returned as an
 // invalid placeholder so that callers reject it without holding it in memory.
 func (lr *lineReader) next() (line []byte, start int64, complete bool, err error) {
 	start = lr.off
+	if lr.zero {
+		return nil, start, false, io.EOF
+	}
 	var buf []byte
 	tooLong := false
 	for {
 		chunk, err := lr.r.ReadSlice('\n')
+		if i := bytes.IndexByte(chunk, 0); i >= 0 {
+			chunk, err, lr.zero = chunk[:i], io.EOF, true
+		}
 		lr.off += int64(len(chunk))
 		if !tooLong {
 			buf = append(buf, chunk...)
@@ -106,6 +119,30 @@ func (lr *lineReader) next() (line []byte, start int64, complete bool, err error
 	}
 }
 
+// writtenEnd returns the offset just after the last non-zero byte of f at
+// or after from, or from if there is none: where the bytes written into a
+// segment's tail end. An all-zero tail is preallocated space, never written.
+func writtenEnd(f *os.File, from int64) (int64, error) {
+	end := from
+	buf := make([]byte, 64<<10)
+	for off := from; ; {
+		n, err := f.ReadAt(buf, off)
+		for i := n - 1; i >= 0; i-- {
+			if buf[i] != 0 {
+				end = off + int64(i) + 1
+				break
+			}
+		}
+		off += int64(n)
+		if errors.Is(err, io.EOF) {
+			return end, nil
+		}
+		if err != nil {
+			return 0, err
+		}
+	}
+}
+
 // parseRecord decodes one JSON line strictly.
 func parseRecord(line []byte) (*Record, error) {
 	var r Record
@@ -121,33 +158,41 @@ func parseRecord(line []byte) (*Record, error) {
 	return &r, nil
 }
 
-// lastRecord scans a segment and returns its last parseable record and the
-// offset just after that record's line (0 and nil if there is none).
-func lastRecord(path string) (*Record, int64, int64, error) {
+// lastRecord scans a segment and returns its last parseable record, the
+// offset just after that record's line (0 and nil if there is none), the
+// offset where written bytes end (writtenEnd: bytes between the two were
+// never acknowledged) and the file's size (which a preallocated zero tail
+// makes larger still).
+func lastRecord(path string) (rec *Record, end, written, size int64, err error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, 0, 0, err
+		return nil, 0, 0, 0, err
 	}
 	defer f.Close()
 	lr := newLineReader(f, 0)
-	var last *Record
-	var end int64
 	for {
 		line, _, complete, err := lr.next()
 		if errors.Is(err, io.EOF) {
 			break
 		}
 		if err != nil {
-			return nil, 0, 0, err
+			return nil, 0, 0, 0, err
 		}
 		if !complete {
 			break
 		}
 		if r, err := parseRecord(line); err == nil {
-			last, end = r, lr.off
+			rec, end = r, lr.off
 		}
 	}
-	return last, end, lr.off, nil
+	if written, err = writtenEnd(f, end); err != nil {
+		return nil, 0, 0, 0, err
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, 0, 0, 0, err
+	}
+	return rec, end, written, fi.Size(), nil
 }
 
 func segPath(dir string, first uint64) string { return filepath.Join(dir, segmentName(first)) }

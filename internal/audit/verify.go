@@ -195,14 +195,20 @@ func (v *chainVerifier) segment(si int, s segment) error {
 	lr := newLineReader(f, 0)
 	for n := 1; ; n++ {
 		line, start, complete, err := lr.next()
-		if errors.Is(err, io.EOF) {
-			return nil
-		}
-		if err != nil {
+		if err != nil && !errors.Is(err, io.EOF) {
 			return err
 		}
-		if !complete {
-			v.rep.TornTails = append(v.rep.TornTails, TornTail{Segment: s.name, Bytes: lr.off - start})
+		if err != nil || !complete {
+			// The data ends here: at the end of the file, at an unterminated
+			// line, or at a preallocated zero tail. Written bytes beyond it
+			// were never acknowledged (a torn write).
+			end, err := writtenEnd(f, start)
+			if err != nil {
+				return err
+			}
+			if end > start {
+				v.rep.TornTails = append(v.rep.TornTails, TornTail{Segment: s.name, Bytes: end - start})
+			}
 			return nil
 		}
 		fail := func(seq uint64, k Kind, format string, args ...any) error {

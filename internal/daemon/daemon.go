@@ -260,6 +260,11 @@ func (d *Daemon) open(ctx context.Context) (err error) {
 		// Bound what one connection can hold in flight, so a hostile client
 		// cannot queue unbounded work or memory on one connection.
 		grpc.MaxConcurrentStreams(128),
+		// Requests run on a pool of goroutines that keep their grown
+		// stacks, instead of one new goroutine per request whose stack
+		// grows (copied) on every request; gRPC starts a goroutine as
+		// before when all of them are busy.
+		grpc.NumStreamWorkers(streamWorkers()),
 	}, d.limits.grpcOptions()...)...)
 	d.declareServices()
 
@@ -679,3 +684,7 @@ func (d *Daemon) closeAll() {
 	}
 	d.closeErr = errors.Join(errs...)
 }
+
+// streamWorkers sizes the gRPC server's request goroutine pool: requests
+// mostly wait (on the HSM, on the audit flush), so several per CPU.
+func streamWorkers() uint32 { return uint32(max(32, 8*runtime.GOMAXPROCS(0))) }

@@ -115,8 +115,9 @@ func (internalAuthInfo) AuthType() string { return AuthType }
 // request nevertheless carries the identity key. Call it from the server's
 // authentication step before looking at the TLS peer.
 func ForwardedIdentity(ctx context.Context) (identity string, ok bool, err error) {
-	md, _ := metadata.FromIncomingContext(ctx)
-	vals := md.Get(IdentityMetadataKey)
+	// Only this key's values (any letter case), without copying the
+	// request's whole metadata.
+	vals := metadata.ValueFromIncomingContext(ctx, IdentityMetadataKey)
 	p, hasPeer := peer.FromContext(ctx)
 	if !hasPeer || p.AuthInfo == nil {
 		if len(vals) > 0 {

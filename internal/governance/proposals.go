@@ -335,12 +335,7 @@ func (g *Governance) proposal(id string) (quorum.Proposal, error) {
 }
 
 func (g *Governance) recordOf(id string) (quorum.Record, bool) {
-	for _, r := range g.ledger.Snapshot().Records {
-		if r.Proposal.ID == id {
-			return r, true
-		}
-	}
-	return quorum.Record{}, false
+	return g.ledger.Record(id)
 }
 
 // ExecuteReady executes every proposal that is ready: time-locks that have

@@ -136,7 +136,6 @@ func (c *cluster) propose(t *testing.T, i int, pl quorum.Payload) quorum.Proposa
 	return p
 }
 
-
 func (c *cluster) approve(i int, p quorum.Proposal, officer string) error {
 	d, _ := p.Digest()
 	sig, err := quorum.SignApproval(c.privs[officer], d)

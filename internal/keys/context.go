@@ -6,7 +6,9 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
+	"hash"
 	"slices"
+	"sync"
 	"unicode/utf8"
 )
 
@@ -26,6 +28,18 @@ const (
 func ValidateContext(ctx map[string]string) error {
 	if len(ctx) > MaxContextPairs {
 		return fmt.Errorf("%w: %d pairs, at most %d allowed", ErrInvalidContext, len(ctx), MaxContextPairs)
+	}
+	// Check in map order (no sorting on the request path); only a failure
+	// sorts, to name the first bad pair by its position in key order.
+	ok := true
+	for k, v := range ctx {
+		if len(k) == 0 || len(k) > MaxContextKeyLen || len(v) > MaxContextValueLen || !utf8.ValidString(k) || !utf8.ValidString(v) {
+			ok = false
+			break
+		}
+	}
+	if ok {
+		return nil
 	}
 	for i, k := range sortedKeys(ctx) {
 		v := ctx[k]
@@ -68,7 +82,12 @@ func CanonicalContext(ctx map[string]string) ([]byte, error) {
 // key. Being keyed, the digest cannot be used to confirm a guessed
 // low-entropy context offline; an auditor who must match a context asks the
 // vault for its digest through an audited call.
-type ContextDigester struct{ key []byte }
+type ContextDigester struct {
+	key []byte
+	// macs recycles HMAC states: Reset restores the keyed state without
+	// hashing the key again, so a digest costs only the context's blocks.
+	macs sync.Pool
+}
 
 // contextDigestDomain separates context digests from every other HMAC.
 const contextDigestDomain = "custody.context-digest.v2\n"
@@ -82,16 +101,22 @@ func NewContextDigester(key []byte) (*ContextDigester, error) {
 	if len(key) != 32 {
 		return nil, fmt.Errorf("%w: context digest key must be 32 bytes", ErrInvalidArgument)
 	}
-	return &ContextDigester{key: bytes.Clone(key)}, nil
+	d := &ContextDigester{key: bytes.Clone(key)}
+	d.macs.New = func() any { return hmac.New(sha256.New, d.key) }
+	return d, nil
 }
 
 // Digest returns the keyed digest of a context that ValidateContext
 // accepted. A nil and an empty context have the same digest.
 func (d *ContextDigester) Digest(ctx map[string]string) []byte {
-	m := hmac.New(sha256.New, d.key)
-	m.Write([]byte(contextDigestDomain))
-	m.Write(appendContext(nil, ctx))
-	return m.Sum(nil)
+	m := d.macs.Get().(hash.Hash)
+	m.Reset()
+	var buf [256]byte
+	b := append(buf[:0], contextDigestDomain...)
+	m.Write(appendContext(b, ctx))
+	sum := m.Sum(make([]byte, 0, sha256.Size))
+	d.macs.Put(m)
+	return sum
 }
 
 // LegacyContextDigest is the unkeyed SHA-256 of CanonicalContext that
@@ -110,11 +135,23 @@ func LegacyContextDigest(ctx map[string]string) ([]byte, error) {
 // context to b.
 func appendContext(b []byte, ctx map[string]string) []byte {
 	b = binary.BigEndian.AppendUint32(b, uint32(len(ctx)))
-	for _, k := range sortedKeys(ctx) {
-		b = appendLP(b, []byte(k))
-		b = appendLP(b, []byte(ctx[k]))
+	var small [8]string // most contexts have a pair or two: sort them on the stack
+	keys := small[:0]
+	for k := range ctx {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys) // Go string comparison is bytewise.
+	for _, k := range keys {
+		b = appendLPString(b, k)
+		b = appendLPString(b, ctx[k])
 	}
 	return b
+}
+
+// appendLPString is appendLP for a string, without converting it.
+func appendLPString(b []byte, s string) []byte {
+	b = binary.BigEndian.AppendUint32(b, uint32(len(s)))
+	return append(b, s...)
 }
 
 // appendLP appends a uint32 big-endian length prefix and then p.

@@ -2,10 +2,12 @@ package keys
 
 import (
 	"bytes"
+	"crypto/hmac"
 	"crypto/sha256"
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -145,5 +147,53 @@ func TestContextDigestIsKeyedAndInjective(t *testing.T) {
 	}
 	if _, err := NewContextDigester(k1[:16]); err == nil {
 		t.Fatal("a 16-byte key was accepted")
+	}
+}
+
+// The digester reuses HMAC states across calls and goroutines: every digest
+// must still be HMAC-SHA256(key, domain || canonical context), whatever the
+// state was last used for.
+func TestContextDigestWithReusedStatesIsTheHMAC(t *testing.T) {
+	key := bytes.Repeat([]byte{7}, 32)
+	d, err := NewContextDigester(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := func(ctx map[string]string) []byte {
+		enc, err := CanonicalContext(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := hmac.New(sha256.New, key)
+		m.Write([]byte(contextDigestDomain))
+		m.Write(enc)
+		return m.Sum(nil)
+	}
+	ctxs := []map[string]string{nil, {"tenant": "acme"}, {"a": strings.Repeat("v", 1000), "b": "w"}, {"conversation": "7731"}}
+	var wg sync.WaitGroup
+	for w := range 8 {
+		wg.Go(func() {
+			for i := range 200 {
+				c := ctxs[(w+i)%len(ctxs)]
+				if got := d.Digest(c); !bytes.Equal(got, want(c)) {
+					t.Errorf("digest of %v = %x, want the HMAC %x", c, got, want(c))
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+}
+
+func TestContextEncodingOfASmallContextDoesNotAllocate(t *testing.T) {
+	ctx := map[string]string{"tenant": "acme", "conversation": "7731"}
+	buf := make([]byte, 0, 256)
+	if n := testing.AllocsPerRun(100, func() {
+		if err := ValidateContext(ctx); err != nil {
+			t.Fatal(err)
+		}
+		buf = appendContext(buf[:0], ctx)
+	}); n != 0 {
+		t.Fatalf("validating and encoding a 2-pair context allocates %.0f times", n)
 	}
 }

@@ -68,6 +68,7 @@ type Record struct {
 	Veto       *Signed       `json:"veto,omitempty"`
 	ExecutedAt time.Time     `json:"executed_at,omitzero"`
 	digest     Digest
+	canon      []byte // the proposal's canonical bytes (never modified): clones parse them
 }
 
 // LedgerOptions configure a Ledger.
@@ -154,7 +155,7 @@ func (l *Ledger) Propose(p Proposal, cur Current, now time.Time) error {
 	if _, dup := l.records[p.ID]; dup {
 		return fmt.Errorf("%w: %q", ErrDuplicateProposal, p.ID)
 	}
-	l.records[p.ID] = &Record{Proposal: p, Widening: widening, TimeLock: l.opts.TimeLock, digest: d}
+	l.records[p.ID] = &Record{Proposal: p, Widening: widening, TimeLock: l.opts.TimeLock, digest: d, canon: b}
 	return nil
 }
 
@@ -384,19 +385,44 @@ type LedgerState struct {
 }
 
 // Snapshot returns the ledger's state, records sorted by proposal ID.
+// Record returns a copy of the record of proposal id, without copying the
+// rest of the ledger.
+func (l *Ledger) Record(id string) (Record, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	r, ok := l.records[id]
+	if !ok {
+		return Record{}, false
+	}
+	return cloneRecord(r), true
+}
+
+// cloneRecord deep-copies a record.
+func cloneRecord(r *Record) Record {
+	c := *r
+	if r.canon != nil {
+		p, err := ParseCanonical(r.canon)
+		if err != nil {
+			panic("quorum: recorded proposal no longer parses: " + err.Error())
+		}
+		c.Proposal = p
+	} else {
+		c.Proposal = cloneProposal(r.Proposal)
+	}
+	c.Approvals = slices.Clone(r.Approvals)
+	if r.Veto != nil {
+		v := *r.Veto
+		c.Veto = &v
+	}
+	return c
+}
+
 func (l *Ledger) Snapshot() LedgerState {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	st := LedgerState{Officers: l.officers.clone(), Options: l.opts, Records: make([]Record, 0, len(l.records))}
 	for _, r := range l.records {
-		c := *r
-		c.Proposal = cloneProposal(r.Proposal)
-		c.Approvals = slices.Clone(r.Approvals)
-		if r.Veto != nil {
-			v := *r.Veto
-			c.Veto = &v
-		}
-		st.Records = append(st.Records, c)
+		st.Records = append(st.Records, cloneRecord(r))
 	}
 	sort.Slice(st.Records, func(i, j int) bool { return st.Records[i].Proposal.ID < st.Records[j].Proposal.ID })
 	return st
@@ -452,6 +478,9 @@ func RestoreLedger(st LedgerState) (*Ledger, error) {
 		r := rec
 		r.Approvals = slices.Clone(rec.Approvals)
 		r.digest = d
+		if r.canon == nil {
+			r.canon, _ = rec.Proposal.CanonicalBytes() // it has a digest, so it encodes
+		}
 		l.records[rec.Proposal.ID] = &r
 	}
 	return l, nil

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/hex"
-	"encoding/json"
 	"io"
 	"net/http"
 	"os"
@@ -194,24 +193,8 @@ func BenchmarkDecryptDurableAudit(b *testing.B) {
 
 // readRecords decodes every record of every segment in an audit directory.
 func readRecords(dir string, fn func(audit.Record)) error {
-	segs, err := filepath.Glob(filepath.Join(dir, "audit-*.log"))
-	if err != nil {
-		return err
-	}
-	for _, seg := range segs {
-		b, err := os.ReadFile(seg)
-		if err != nil {
-			return err
-		}
-		for _, line := range bytes.Split(bytes.TrimSpace(b), []byte("\n")) {
-			var r audit.Record
-			if err := json.Unmarshal(line, &r); err != nil {
-				return err
-			}
-			fn(r)
-		}
-	}
-	return nil
+	// audit.ReadDir stops at the live segment's preallocated zero tail.
+	return audit.ReadDir(context.Background(), dir, audit.Filter{}, func(r audit.Record) error { fn(r); return nil })
 }
 
 // TestAuditDiskFullFailsClosedAndRecovers puts the audit log on a tiny

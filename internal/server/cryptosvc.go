@@ -9,6 +9,7 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
+	"strconv"
 	"sync"
 	"sync/atomic"
 
@@ -499,9 +500,11 @@ func batch[Req any, Resp any](s *Server, ctx context.Context, items []Req, fn fu
 	errs := make([]error, len(items))
 	recs := make([]audit.Record, len(items))
 	itemCodes := make([]codes.Code, len(items))
+	calls := make([]call, len(items))
 	ok := 0
 	for i, it := range items {
-		c := &call{m: parent.m, snap: parent.snap, identity: parent.identity, role: parent.role, method: fmt.Sprintf("%s[%d]", parent.method, i)}
+		c := &calls[i]
+		*c = call{m: parent.m, snap: parent.snap, identity: parent.identity, role: parent.role, method: batchItemName(parent.method, i)}
 		resps[i], errs[i] = fn(context.WithValue(ctx, callKey{}, c), it)
 		st := toStatus(errs[i], s.log)
 		recs[i], itemCodes[i] = s.record(c, st), st.Code()
@@ -509,21 +512,9 @@ func batch[Req any, Resp any](s *Server, ctx context.Context, items []Req, fn fu
 			ok++
 		}
 	}
-	// Every item is on the record before any result is returned. The records
-	// are appended concurrently so group commit writes them in one fsync.
-	var wg sync.WaitGroup
-	var failed atomic.Bool
-	for i := range recs {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if _, err := s.audit.Append(context.WithoutCancel(ctx), recs[i]); err != nil {
-				failed.Store(true)
-			}
-		}()
-	}
-	wg.Wait()
-	if failed.Load() {
+	// Every item is on the record before any result is returned, in one
+	// group commit.
+	if err := s.appendAll(context.WithoutCancel(ctx), recs); err != nil {
 		return nil, nil, fmt.Errorf("%w: audit log unavailable", hsm.ErrUnavailable)
 	}
 	for _, code := range itemCodes {
@@ -531,6 +522,55 @@ func batch[Req any, Resp any](s *Server, ctx context.Context, items []Req, fn fu
 	}
 	parent.detail = fmt.Sprintf("items=%d ok=%d", len(items), ok)
 	return resps, errs, nil
+}
+
+// batchAuditor is an Auditor that writes several records in one group
+// commit (*audit.Log does).
+type batchAuditor interface {
+	AppendBatch(ctx context.Context, recs []audit.Record) (uint64, error)
+}
+
+// appendAll makes recs durable: in one call where the Auditor can, else by
+// concurrent Appends that group commit gathers.
+func (s *Server) appendAll(ctx context.Context, recs []audit.Record) error {
+	if ba, ok := s.audit.(batchAuditor); ok {
+		_, err := ba.AppendBatch(ctx, recs)
+		return err
+	}
+	var wg sync.WaitGroup
+	var failed atomic.Bool
+	for i := range recs {
+		wg.Go(func() {
+			if _, err := s.audit.Append(ctx, recs[i]); err != nil {
+				failed.Store(true)
+			}
+		})
+	}
+	wg.Wait()
+	if failed.Load() {
+		return errAuditUnavailable
+	}
+	return nil
+}
+
+// batchItemNames caches the audited names of batch items, "<method>[i]",
+// so that a batch does not format one per item.
+var batchItemNames sync.Map // method -> *[]string
+
+func batchItemName(method string, i int) string {
+	const cached = 256
+	if i >= cached {
+		return method + "[" + strconv.Itoa(i) + "]"
+	}
+	v, ok := batchItemNames.Load(method)
+	if !ok {
+		names := make([]string, cached)
+		for j := range names {
+			names[j] = method + "[" + strconv.Itoa(j) + "]"
+		}
+		v, _ = batchItemNames.LoadOrStore(method, &names)
+	}
+	return (*v.(*[]string))[i]
 }
 
 // results renders batch outcomes with wrap, which builds one result from

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -17,6 +18,20 @@ import (
 type Metrics struct {
 	requests *prometheus.CounterVec
 	latency  *prometheus.HistogramVec
+	// series caches the children of requests and latency by (method,
+	// code), so that a request does not hash its label values: both sets
+	// are bounded, so is the cache.
+	series sync.Map // seriesKey -> *requestSeries
+}
+
+type seriesKey struct {
+	method string
+	code   codes.Code
+}
+
+type requestSeries struct {
+	count   prometheus.Counter
+	latency prometheus.Observer
 }
 
 // latencyBuckets span what a vault request costs on this hardware: ~100 µs
@@ -82,8 +97,17 @@ func (mt *Metrics) observe(method string, code codes.Code, d time.Duration) {
 	if mt == nil {
 		return
 	}
-	mt.requests.WithLabelValues(method, code.String()).Inc()
-	mt.latency.WithLabelValues(method).Observe(d.Seconds())
+	k := seriesKey{method, code}
+	v, ok := mt.series.Load(k)
+	if !ok {
+		v, _ = mt.series.LoadOrStore(k, &requestSeries{
+			count:   mt.requests.WithLabelValues(method, code.String()),
+			latency: mt.latency.WithLabelValues(method),
+		})
+	}
+	rs := v.(*requestSeries)
+	rs.count.Inc()
+	rs.latency.Observe(d.Seconds())
 }
 
 // item counts one batch item under "<batch method>[i]" (no latency: the
@@ -159,11 +183,22 @@ func HSMObserver(reg prometheus.Registerer) func(op string, d time.Duration, err
 		Buckets: hsmBuckets,
 	}, []string{"op", "result"})
 	reg.MustRegister(h)
+	// Children by (op, failed), cached: op is the hsm package's fixed set.
+	type key struct {
+		op     string
+		failed bool
+	}
+	var series sync.Map
 	return func(op string, d time.Duration, err error) {
-		result := "ok"
-		if err != nil {
-			result = "error"
+		k := key{op, err != nil}
+		o, ok := series.Load(k)
+		if !ok {
+			result := "ok"
+			if k.failed {
+				result = "error"
+			}
+			o, _ = series.LoadOrStore(k, h.WithLabelValues(op, result))
 		}
-		h.WithLabelValues(op, result).Observe(d.Seconds())
+		o.(prometheus.Observer).Observe(d.Seconds())
 	}
 }

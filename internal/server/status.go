@@ -28,9 +28,12 @@ var errDecryptFailed = errors.New("ciphertext did not authenticate under this ke
 
 // toStatus is the one place where errors become gRPC status codes. Internal
 // failures are logged and answered with a generic message.
+// statusOK is every successful request's status (a Status is read-only).
+var statusOK = status.New(codes.OK, "")
+
 func toStatus(err error, log *slog.Logger) *status.Status {
 	if err == nil {
-		return status.New(codes.OK, "")
+		return statusOK
 	}
 	if st, ok := status.FromError(err); ok && st.Code() != codes.Unknown {
 		return st

@@ -1,0 +1,14 @@
+//go:build !linux
+
+package audit
+
+import (
+	"errors"
+	"os"
+)
+
+// preallocate is not implemented here: segments grow as they are written.
+func preallocate(f *os.File, off, n int64) error { return errors.ErrUnsupported }
+
+// datasync flushes f (fsync: no portable fdatasync).
+func datasync(f *os.File) error { return f.Sync() }
