@@ -12,6 +12,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -308,6 +309,37 @@ func drillAuditRewrite(t *testing.T, f *rootFixture) {
 	v.unsealBoth(t)
 	v.evidenceSurvives(t, pub, before)
 	v.stop(t, syscall.SIGTERM)
+
+	// An old record edited in place, its stored hashes kept: a start reads
+	// only the mark's record and what follows (its cost must not grow with
+	// the log), so custodyd unseals and serves, verifies the records before
+	// the mark in the background and, finding the edit, fails every request
+	// closed and readiness with it.
+	t.Run("a record before the mark edited in place", func(t *testing.T) {
+		editOldEncryptRecord(t, dir)
+		forged := filepath.Join(t.TempDir(), "forged")
+		copyTree(t, dir, forged)
+		v.start(t)
+		v.unsealBoth(t)
+		deadline := time.Now().Add(60 * time.Second)
+		var err error
+		for {
+			err = encryptOn(t, v.conn(t, "relay"))
+			if status.Code(err) == codes.Unavailable || time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		wantCode(t, err, codes.Unavailable, "a relay once the edit is found")
+		if code, body := v.get(t, "/readyz"); code != 503 {
+			t.Errorf("readyz %d %q once the edit is found, want 503", code, body)
+		}
+		v.stop(t, syscall.SIGTERM)
+		wantAll(t, "custodyd's log", v.stderr.String(), "audit: log condemned", "does not verify up to the token's audit mark", "a record before the mark was edited")
+		if inv := v.verifyAudit(t, forged, pub, before, after); inv.code == 0 {
+			t.Errorf("audit verify passes the edited directory:\n%s", inv.stdout)
+		}
+	})
 }
 
 // drillConfigEdits: after the ceremony root edits the config: a 1h
@@ -592,4 +624,31 @@ func trimAudit(t *testing.T, dir string, keep uint64) {
 		}
 	}
 	os.WriteFile(filepath.Join(dir, "checkpoints.log"), out.Bytes(), 0o600)
+}
+
+// editOldEncryptRecord turns the first Encrypt record of the audit
+// directory from ok to denied in place, leaving every stored hash as it was.
+func editOldEncryptRecord(t *testing.T, dir string) {
+	t.Helper()
+	segs, _ := filepath.Glob(filepath.Join(dir, "audit-*.log"))
+	for _, seg := range segs {
+		b, err := os.ReadFile(seg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		i := bytes.Index(b, []byte(`"method":"Encrypt"`))
+		if i < 0 {
+			continue
+		}
+		j := bytes.Index(b[i:], []byte(`"outcome":"ok"`))
+		if j < 0 || bytes.IndexByte(b[i:i+j], '\n') >= 0 {
+			continue
+		}
+		out := append(append(append([]byte(nil), b[:i+j]...), `"outcome":"denied"`...), b[i+j+len(`"outcome":"ok"`):]...)
+		if err := os.WriteFile(seg, out, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	t.Fatal("no Encrypt record to edit")
 }

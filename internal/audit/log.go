@@ -208,6 +208,10 @@ type Log struct {
 
 	pruneMu sync.Mutex
 	lock    *os.File
+
+	// condemned, once set by Condemn, fails every later append and
+	// checkpoint: the directory was found rewritten.
+	condemned atomic.Pointer[error]
 }
 
 // Open opens (creating if needed) the log in dir and continues its chain from
@@ -497,6 +501,10 @@ func (l *Log) AppendBatch(ctx context.Context, recs []Record) (uint64, error) {
 // submit queues req for the writer and waits for its result. done reports
 // whether the result was received (the writer is finished with req).
 func (l *Log) submit(ctx context.Context, req *appendReq) (seq uint64, err error, done bool) {
+	if c := l.condemned.Load(); c != nil {
+		l.stats.failures.Add(uint64(req.len()))
+		return 0, *c, true
+	}
 	l.closeMu.RLock()
 	if l.closed {
 		l.closeMu.RUnlock()
@@ -788,10 +796,25 @@ func (l *Log) fail(batch []*appendReq, cause error) {
 	}
 }
 
+// Condemn fails the log closed for good: every later Append, AppendBatch
+// and Checkpoint returns an error wrapping ErrUnavailable and cause, and
+// Healthy returns it, so that nothing more is served or signed over a
+// directory found rewritten (cause says how). Records already durable stay
+// as they are. Only a new Open of a directory that verifies undoes it.
+func (l *Log) Condemn(cause error) {
+	err := fmt.Errorf("%w: %w", ErrUnavailable, cause)
+	if l.condemned.CompareAndSwap(nil, &err) {
+		l.log.Error("audit: log condemned; failing every request closed", "err", cause)
+	}
+}
+
 // Healthy returns nil if the last write succeeded, or an error wrapping
 // ErrUnavailable and its cause. The next Append retries, so health returns
 // once the directory is writable again.
 func (l *Log) Healthy() error {
+	if c := l.condemned.Load(); c != nil {
+		return *c
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.health
@@ -841,6 +864,9 @@ func (l *Log) checkpoint(ctx context.Context) (Checkpoint, error) {
 	defer l.ckptMu.Unlock()
 	if l.ckptClosed {
 		return Checkpoint{}, ErrClosed
+	}
+	if c := l.condemned.Load(); c != nil {
+		return Checkpoint{}, *c
 	}
 	if err := ctx.Err(); err != nil {
 		return Checkpoint{}, err

@@ -114,7 +114,7 @@ func VerifyReplicas(dirs []string, pub crypto.PublicKey, published []Checkpoint)
 		if cp, ok := newest[replica]; ok {
 			res.Published, anchor = &cp, &cp
 		}
-		res.Report, res.Err = verify(dir, pub, anchor, replica)
+		res.Report, res.Err = verify(dir, pub, anchor, span{replica: replica})
 		out = append(out, res)
 	}
 	var missing []string

@@ -169,6 +169,11 @@ func lastRecord(path string) (rec *Record, end, written, size int64, err error) 
 		return nil, 0, 0, 0, err
 	}
 	defer f.Close()
+	// Only the last complete line is parsed (a start must not cost a parse
+	// per record); if it does not parse, every line is, and the last one
+	// that does is the head.
+	var last []byte
+	var lastEnd int64
 	lr := newLineReader(f, 0)
 	for {
 		line, _, complete, err := lr.next()
@@ -181,8 +186,13 @@ func lastRecord(path string) (rec *Record, end, written, size int64, err error) 
 		if !complete {
 			break
 		}
-		if r, err := parseRecord(line); err == nil {
-			rec, end = r, lr.off
+		last, lastEnd = line, lr.off
+	}
+	if last != nil {
+		if r, err := parseRecord(last); err == nil {
+			rec, end = r, lastEnd
+		} else if rec, end, err = lastParseable(f); err != nil {
+			return nil, 0, 0, 0, err
 		}
 	}
 	if written, err = writtenEnd(f, end); err != nil {
@@ -193,6 +203,24 @@ func lastRecord(path string) (rec *Record, end, written, size int64, err error) 
 		return nil, 0, 0, 0, err
 	}
 	return rec, end, written, fi.Size(), nil
+}
+
+// lastParseable is the last complete line of f that parses as a record,
+// and the offset just after it.
+func lastParseable(f *os.File) (rec *Record, end int64, err error) {
+	lr := newLineReader(f, 0)
+	for {
+		line, _, complete, err := lr.next()
+		if errors.Is(err, io.EOF) || err == nil && !complete {
+			return rec, end, nil
+		}
+		if err != nil {
+			return nil, 0, err
+		}
+		if r, err := parseRecord(line); err == nil {
+			rec, end = r, lr.off
+		}
+	}
 }
 
 func segPath(dir string, first uint64) string { return filepath.Join(dir, segmentName(first)) }

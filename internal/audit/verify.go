@@ -2,6 +2,7 @@ package audit
 
 import (
 	"bytes"
+	"context"
 	"crypto"
 	"errors"
 	"fmt"
@@ -95,12 +96,51 @@ type anchorRef struct {
 // the directory: a log that ends before it, or differs at its sequence, is
 // reported as KindTruncated. Other errors are I/O errors.
 func Verify(dir string, pub crypto.PublicKey, anchor *Checkpoint) (*Report, error) {
-	return verify(dir, pub, anchor, "")
+	return verify(dir, pub, anchor, span{})
 }
 
-// verify is Verify; with replica set, every record that names a replica
-// (format 2) must name that one.
-func verify(dir string, pub crypto.PublicKey, anchor *Checkpoint, replica string) (*Report, error) {
+// VerifyFrom is Verify for a directory whose records up to anchor are
+// already vouched for: it checks every checkpoint's and the prune marker's
+// signature as Verify does, but walks the chain only from the anchor's
+// record to the end, so its cost does not grow with the age of the log.
+// The anchor's record must be where its sequence number puts it, hash to
+// the anchor's head and chain on from there. Every record's hash covers its
+// predecessor's, so the anchor pins the hashes of all earlier records, but
+// their content is not re-read here: an edit to a record before the anchor
+// that keeps the stored hashes is found by Verify (and VerifyUpTo), not by
+// VerifyFrom.
+func VerifyFrom(dir string, pub crypto.PublicKey, anchor *Checkpoint) (*Report, error) {
+	if anchor == nil || anchor.Seq == 0 {
+		return verify(dir, pub, anchor, span{})
+	}
+	return verify(dir, pub, anchor, span{from: anchor.Seq})
+}
+
+// VerifyUpTo is Verify of the records up to and including the anchor's,
+// which must be the last one read: records appended after it (by a log
+// that is open and writing) are not read, and checkpoints beyond it are
+// checked for their signatures only. It is how a running custodyd checks,
+// in the background, the part of its log that VerifyFrom did not read at
+// start.
+// It stops early with ctx's error when ctx is done.
+func VerifyUpTo(ctx context.Context, dir string, pub crypto.PublicKey, anchor *Checkpoint) (*Report, error) {
+	if anchor == nil || anchor.Seq == 0 {
+		return nil, errors.New("audit: verify up to: no anchor")
+	}
+	return verify(dir, pub, anchor, span{until: anchor.Seq, ctx: ctx})
+}
+
+// span limits the walk of the chain: from the record numbered from (its
+// prev_hash taken as given; 0 means the start of the log) to the record
+// numbered until (0 means the end of the log).
+type span struct {
+	from, until uint64
+	replica     string          // with it set, every record that names a replica (format 2) must name that one
+	ctx         context.Context // if set, the walk stops with its error once it is done
+}
+
+// verify is Verify over the records sp selects.
+func verify(dir string, pub crypto.PublicKey, anchor *Checkpoint, sp span) (*Report, error) {
 	rep := &Report{}
 	var refs []anchorRef
 	torn, err := scanCheckpoints(dir, func(cp Checkpoint, line int) error {
@@ -143,7 +183,7 @@ func verify(dir string, pub crypto.PublicKey, anchor *Checkpoint, replica string
 	if err != nil {
 		return rep, err
 	}
-	v := &chainVerifier{dir: dir, segs: segs, rep: rep, marker: marker, bySeq: bySeq, replica: replica}
+	v := &chainVerifier{dir: dir, segs: segs, rep: rep, marker: marker, bySeq: bySeq, span: sp}
 	if err := v.run(); err != nil {
 		return rep, err
 	}
@@ -151,6 +191,8 @@ func verify(dir string, pub crypto.PublicKey, anchor *Checkpoint, replica string
 	// Whatever is signed beyond the end of the records was cut off.
 	for _, r := range refs {
 		switch {
+		case sp.until > 0 && r.cp.Seq > sp.until && r.file != "anchor":
+			// Beyond what was asked for: its signature was checked above.
 		case r.cp.Seq > rep.LastSeq:
 			return rep, &VerifyError{Seq: rep.LastSeq + 1, Segment: r.file, Line: r.line, Kind: KindTruncated,
 				Reason: fmt.Sprintf("log ends at %d before signed checkpoint %d", rep.LastSeq, r.cp.Seq)}
@@ -164,22 +206,29 @@ func verify(dir string, pub crypto.PublicKey, anchor *Checkpoint, replica string
 }
 
 type chainVerifier struct {
-	dir     string
-	segs    []segment
-	rep     *Report
-	marker  *PruneMarker
-	bySeq   map[uint64][]anchorRef
-	replica string
+	dir    string
+	segs   []segment
+	rep    *Report
+	marker *PruneMarker
+	bySeq  map[uint64][]anchorRef
+	span
 
 	started  bool
+	done     bool // the record numbered until was read
 	expected uint64
 	prev     []byte
 }
 
 func (v *chainVerifier) run() error {
 	for si, s := range v.segs {
+		if v.from > 0 && si+1 < len(v.segs) && v.segs[si+1].first <= v.from {
+			continue // the record numbered from is in a later segment
+		}
 		if err := v.segment(si, s); err != nil {
 			return err
+		}
+		if v.done {
+			return nil
 		}
 	}
 	return nil
@@ -211,6 +260,14 @@ func (v *chainVerifier) segment(si int, s segment) error {
 			}
 			return nil
 		}
+		if v.ctx != nil && n%1024 == 1 {
+			if err := v.ctx.Err(); err != nil {
+				return err
+			}
+		}
+		if !v.started && v.from > s.first+uint64(n-1) {
+			continue // before the record numbered from: pinned by its hash, not re-read
+		}
 		fail := func(seq uint64, k Kind, format string, args ...any) error {
 			return &VerifyError{Seq: seq, Segment: s.name, Line: n, Kind: k, Reason: fmt.Sprintf(format, args...)}
 		}
@@ -234,6 +291,12 @@ func (v *chainVerifier) segment(si int, s segment) error {
 		}
 		if !v.started {
 			switch {
+			case v.from > 0:
+				if r.Seq != v.from {
+					return fail(v.from, KindModified, "line %d holds record %d, not %d: records before it were deleted, inserted or reordered", n, r.Seq, v.from)
+				}
+				// Its prev_hash is taken as given: the anchor at v.from,
+				// checked below, vouches for it.
 			case r.Seq == 1:
 				if !bytes.Equal(r.PrevHash, make([]byte, HashSize)) {
 					return fail(1, KindModified, "first record's prev_hash is not zero")
@@ -287,6 +350,10 @@ func (v *chainVerifier) segment(si int, s segment) error {
 		v.prev, v.expected = r.Hash, r.Seq+1
 		v.rep.Records++
 		v.rep.LastSeq, v.rep.Head = r.Seq, r.Hash
+		if v.until > 0 && r.Seq >= v.until {
+			v.done = true
+			return nil
+		}
 	}
 }
 

@@ -346,9 +346,13 @@ var ErrBehind = errors.New("auditmark: older than the hsm token's audit mark")
 
 // Check compares an audit directory and a store with the token's mark m,
 // and returns an error wrapping ErrBehind that names what is missing or
-// older, with both positions, or nil. The whole chain is verified with
-// the mark as an anchor (audit.Verify), so a directory whose records were
-// deleted and re-chained, or edited, is refused as well as a short one.
+// older, with both positions, or nil. The chain is verified from the
+// mark's record to the end with the mark as an anchor (audit.VerifyFrom),
+// so a directory whose records were deleted and re-chained, or edited after
+// the mark, is refused as well as a short one, and the cost of a start does
+// not grow with the age of the log. The mark pins the hashes of the records
+// before it; their content is verified by VerifyPrefix, which custodyd runs
+// in the background once it serves.
 func Check(m *Mark, p Position, pub crypto.PublicKey) error {
 	if m == nil {
 		return nil
@@ -361,7 +365,7 @@ func Check(m *Mark, p Position, pub crypto.PublicKey) error {
 	case p.Head < cp.Seq:
 		problems = append(problems, fmt.Sprintf("audit directory %s ends at record %d, before the token's audit mark at %s: records were deleted or the directory was restored from an older copy", p.AuditDir, p.Head, m))
 	default:
-		if _, err := audit.Verify(p.AuditDir, pub, &cp); err != nil {
+		if _, err := audit.VerifyFrom(p.AuditDir, pub, &cp); err != nil {
 			problems = append(problems, fmt.Sprintf("audit directory %s does not verify against the token's audit mark at %s: %v (the log was rewritten)", p.AuditDir, m, err))
 		} else if p.LatestCheckpoint < cp.Seq {
 			problems = append(problems, fmt.Sprintf("audit directory %s: checkpoints.log holds no signed checkpoint at or after record %d (its newest is at record %d), but the token's audit mark is at %s: checkpoints.log was trimmed or removed", p.AuditDir, cp.Seq, p.LatestCheckpoint, m))
@@ -378,4 +382,22 @@ func Check(m *Mark, p Position, pub crypto.PublicKey) error {
 		msg += "; " + s
 	}
 	return fmt.Errorf("%w: %s; refusing to serve", ErrBehind, msg)
+}
+
+// VerifyPrefix verifies the records of dir up to and including the mark's,
+// the part Check does not re-read, against the mark (audit.VerifyUpTo): an
+// edit to an old record that kept the stored hashes is found here. It reads
+// nothing after the mark's record, so it may run while the log is open and
+// writing. It stops early with ctx's error when ctx is done.
+func VerifyPrefix(ctx context.Context, m *Mark, dir string, pub crypto.PublicKey) error {
+	if m == nil || m.Checkpoint.Seq == 0 {
+		return nil
+	}
+	if _, err := audit.VerifyUpTo(ctx, dir, pub, &m.Checkpoint); err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return fmt.Errorf("%w: audit directory %s does not verify up to the token's audit mark at %s: %v (a record before the mark was edited)", ErrBehind, dir, m, err)
+	}
+	return nil
 }

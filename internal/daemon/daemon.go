@@ -145,6 +145,9 @@ type Daemon struct {
 	mark *auditmark.Writer
 	// markOnToken is false when the token keeps no data objects (NSS).
 	markOnToken atomic.Bool
+	// prefixMark is the token's mark read at start, whose earlier records
+	// verifyAuditPrefix checks in the background (nil: none to check).
+	prefixMark *auditmark.Mark
 	// openedHead is the audit log's last record when it was opened.
 	openedHead uint64
 	// replica: the scheduler election and following the store (replica.go).
@@ -455,6 +458,10 @@ func (d *Daemon) complete(ctx context.Context, pin []byte) (err error) {
 	d.wg.Add(2)
 	go func() { defer d.wg.Done(); d.governanceLoop(d.runCtx) }()
 	go func() { defer d.wg.Done(); d.mark.Run(d.runCtx) }()
+	if d.prefixMark != nil {
+		d.wg.Add(1)
+		go func() { defer d.wg.Done(); d.verifyAuditPrefix(d.runCtx, signer.Public()) }()
+	}
 	d.startReplica(reg)
 	if d.lease != nil {
 		d.wg.Add(1)

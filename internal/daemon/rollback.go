@@ -65,7 +65,30 @@ func (d *Daemon) checkAuditMark(ctx context.Context, pub crypto.PublicKey) error
 	}
 	d.mark.Arm(d.HSM, mark)
 	d.markOnToken.Store(true)
+	d.prefixMark = mark
 	return nil
+}
+
+// verifyAuditPrefix verifies, while custodyd serves, the records before
+// the token's mark that checkAuditMark did not re-read (it checks the mark's
+// record and everything after it, so that a start does not grow with the
+// age of the log). A record found edited condemns the audit log: every
+// request fails closed as UNAVAILABLE, nothing more is signed, and
+// readiness fails, until an operator restores the directory and restarts.
+func (d *Daemon) verifyAuditPrefix(ctx context.Context, pub crypto.PublicKey) {
+	m := d.prefixMark
+	if m == nil {
+		return
+	}
+	start := time.Now()
+	err := auditmark.VerifyPrefix(ctx, m, d.cfg.Audit.Dir, pub)
+	switch {
+	case err == nil:
+		d.log.Info("audit: records before the token's audit mark verified", "through", m.Checkpoint.Seq, "took", time.Since(start).Round(time.Millisecond))
+	case ctx.Err() != nil:
+	default:
+		d.Audit.Condemn(err)
+	}
 }
 
 func (d *Daemon) markScope() auditmark.Scope { return markScope(d.raw, d.cfg.Audit.Dir) }
