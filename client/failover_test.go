@@ -117,6 +117,10 @@ func TestFailoverKeepsServingWhenAReplicaStopsMidLoad(t *testing.T) {
 		msgs[i] = []byte(fmt.Sprintf("message %d", i))
 		cts[i] = seal(aead, "k", msgs[i])
 	}
+	// Connections to the three come up at their own pace (slower on a busy
+	// machine): the load starts once each has answered, and is counted
+	// from there.
+	warm := waitBalanced(t, c, rs, cts[0])
 	var done atomic.Int64
 	var stopOnce sync.Once
 	var servedAtStop int64
@@ -147,7 +151,7 @@ func TestFailoverKeepsServingWhenAReplicaStopsMidLoad(t *testing.T) {
 	if t.Failed() {
 		return
 	}
-	total := int64(0)
+	total := -warm
 	for i, r := range rs {
 		t.Logf("replica %d served %d", i, r.served.Load())
 		total += r.served.Load()
@@ -191,10 +195,7 @@ func TestFailoverAvoidsReplicaReportingNotServing(t *testing.T) {
 			}
 		}
 	}
-	call(20)
-	if rs[0].served.Load() == 0 || rs[1].served.Load() == 0 {
-		t.Fatalf("not balanced: %d / %d", rs[0].served.Load(), rs[1].served.Load())
-	}
+	waitBalanced(t, c, rs, ct)
 	rs[0].health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
 	// The health watch reaches the client asynchronously: wait (bounded)
 	// until a batch of calls all lands on replica 1.
@@ -233,5 +234,32 @@ func TestEndpointsAndBalancedTarget(t *testing.T) {
 	}
 	if _, _, err := BalancedTarget(nil, ""); err == nil {
 		t.Fatal("no address was accepted")
+	}
+}
+
+// waitBalanced makes Decrypt calls until every replica has served one
+// (each connection is up and picked), failing after 20 s, and returns the
+// number of calls the replicas served meanwhile.
+func waitBalanced(t *testing.T, c *Client, rs []*replica, ct []byte) int64 {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		all, total := true, int64(0)
+		for _, r := range rs {
+			all = all && r.served.Load() > 0
+			total += r.served.Load()
+		}
+		if all {
+			return total
+		}
+		if time.Now().After(deadline) {
+			for i, r := range rs {
+				t.Logf("replica %d served %d", i, r.served.Load())
+			}
+			t.Fatal("calls were not balanced over the replicas within 20 s")
+		}
+		if _, err := c.Crypto().Decrypt(t.Context(), &custodyv1.DecryptRequest{KeyName: "k", Ciphertext: ct}); err != nil {
+			t.Fatal(err)
+		}
 	}
 }

@@ -479,10 +479,6 @@ MD
     awk '/^## (Soak|Notes)/ {keep=1} keep' "$OUT"
   fi
 } >"$tmp_out"
-# The soak section (make soak, softhsm-test/soak.sh) is not measured here: keep it.
-if [[ -f "$OUT" ]] && grep -q '^## Soak' "$OUT"; then
-  { echo; sed -n '/^## Soak/,$p' "$OUT"; } >>"$tmp_out"
-fi
 mkdir -p "$(dirname "$OUT")"
 cp "$tmp_out" "$OUT"
 log "wrote $OUT"
