@@ -14,6 +14,7 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -659,4 +660,61 @@ func TestKeyTransportOnlyToPinnedRecipients(t *testing.T) {
 	wantCode(t, err, codes.PermissionDenied, "unpinned recipient")
 	_, err = c.GenerateDataKey(x, &custodyv1.GenerateDataKeyRequest{KeyName: "transport", Context: encCtx, RecipientPublicKey: otherDER})
 	wantCode(t, err, codes.PermissionDenied, "unpinned recipient for a new data key")
+}
+
+// TestABatchWorkedOnConcurrentlyAnswersAndRecordsInItemOrder: items of a
+// large batch are worked on by several goroutines; each result still
+// stands at its item's place, and the records are written in item order,
+// each under its own item's name and outcome.
+func TestABatchWorkedOnConcurrentlyAnswersAndRecordsInItemOrder(t *testing.T) {
+	e := start(t)
+	e.CreateKey(t, "enc", custodyv1.KeyPurpose_ENCRYPT_AES256_GCM)
+	c := e.Crypto(t, "relay")
+	x := ctx(t)
+	const n = 64
+	encCtx := map[string]string{"tenant": "acme"}
+	items := make([]*custodyv1.DecryptRequest, n)
+	for i := range items {
+		ct, err := c.Encrypt(x, &custodyv1.EncryptRequest{KeyName: "enc", Plaintext: []byte(fmt.Sprint("item ", i)), Context: encCtx})
+		if err != nil {
+			t.Fatal(err)
+		}
+		items[i] = &custodyv1.DecryptRequest{KeyName: "enc", Ciphertext: ct.Ciphertext, Context: encCtx}
+		if i%3 == 2 {
+			items[i].Context = map[string]string{"tenant": "other"} // refused
+		}
+	}
+	bd, err := c.BatchDecrypt(x, &custodyv1.BatchDecryptRequest{Items: items})
+	if err != nil || len(bd.Results) != n {
+		t.Fatalf("batch decrypt: %v", err)
+	}
+	for i, r := range bd.Results {
+		if i%3 == 2 {
+			if e := r.GetError(); e == nil || codes.Code(e.Code) != codes.InvalidArgument {
+				t.Errorf("item %d: %v, want InvalidArgument", i, r)
+			}
+		} else if got := string(r.GetResponse().GetPlaintext()); got != fmt.Sprint("item ", i) {
+			t.Errorf("item %d answered %q", i, got)
+		}
+	}
+	var got []audit.Record
+	if err := readRecords(e.Config.Audit.Dir, func(r audit.Record) {
+		if strings.HasPrefix(r.Method, "BatchDecrypt[") {
+			got = append(got, r)
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != n {
+		t.Fatalf("%d item records, want %d", len(got), n)
+	}
+	for i, r := range got {
+		want := audit.OutcomeOK
+		if i%3 == 2 {
+			want = audit.OutcomeError
+		}
+		if r.Method != fmt.Sprintf("BatchDecrypt[%d]", i) || r.Outcome != want || (i > 0 && r.Seq != got[i-1].Seq+1) {
+			t.Errorf("record %d: method %s outcome %s seq %d", i, r.Method, r.Outcome, r.Seq)
+		}
+	}
 }
