@@ -183,7 +183,16 @@ func verify(dir string, pub crypto.PublicKey, anchor *Checkpoint, sp span) (*Rep
 	if err != nil {
 		return rep, err
 	}
-	v := &chainVerifier{dir: dir, segs: segs, rep: rep, marker: marker, bySeq: bySeq, span: sp}
+	v := &chainVerifier{dir: dir, segs: segs, rep: rep, marker: marker, bySeq: bySeq, span: sp, untilSeg: -1}
+	if sp.until > 0 {
+		// The segment VerifyFrom reads the record numbered until in: the
+		// last one named at or before it.
+		for i, s := range segs {
+			if s.first <= sp.until {
+				v.untilSeg = i
+			}
+		}
+	}
 	if err := v.run(); err != nil {
 		return rep, err
 	}
@@ -215,6 +224,7 @@ type chainVerifier struct {
 
 	started  bool
 	done     bool // the record numbered until was read
+	untilSeg int  // index in segs of the segment VerifyFrom reads the record numbered until in
 	expected uint64
 	prev     []byte
 }
@@ -251,6 +261,12 @@ func (v *chainVerifier) segment(si int, s segment) error {
 			// The data ends here: at the end of the file, at an unterminated
 			// line, or at a preallocated zero tail. Written bytes beyond it
 			// were never acknowledged (a torn write).
+			if v.until > 0 {
+				// The records up to until are what is asked for: bytes
+				// after a segment's data are not looked for (a scan of a
+				// huge, sparse tail must not hold the check up).
+				return nil
+			}
 			end, err := writtenEnd(f, start)
 			if err != nil {
 				return err
@@ -351,6 +367,19 @@ func (v *chainVerifier) segment(si int, s segment) error {
 		v.rep.Records++
 		v.rep.LastSeq, v.rep.Head = r.Seq, r.Hash
 		if v.until > 0 && r.Seq >= v.until {
+			// VerifyFrom read the record numbered until, and what follows
+			// it, from the line its number gives in the last segment named
+			// at or before it. This walk must reach that same line, or the
+			// two walks read different copies (a segment that overlaps
+			// another, or one renamed) and records between them are read
+			// by neither.
+			if r.Seq == v.until && (si != v.untilSeg || uint64(n) != v.until-s.first+1) {
+				at := "no segment"
+				if v.untilSeg >= 0 {
+					at = fmt.Sprintf("%s line %d", v.segs[v.untilSeg].name, v.until-v.segs[v.untilSeg].first+1)
+				}
+				return fail(r.Seq, KindInserted, "record %d is line %d of %s, but a start reads it at %s: segments overlap or were renamed", r.Seq, n, s.name, at)
+			}
 			v.done = true
 			return nil
 		}

@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"crypto"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -81,13 +82,49 @@ func (d *Daemon) verifyAuditPrefix(ctx context.Context, pub crypto.PublicKey) {
 		return
 	}
 	start := time.Now()
-	err := auditmark.VerifyPrefix(ctx, m, d.cfg.Audit.Dir, pub)
+	limit := prefixCheckLimit(m.Checkpoint.Seq)
+	err := bounded(ctx, limit, func(ctx context.Context) error {
+		return auditmark.VerifyPrefix(ctx, m, d.cfg.Audit.Dir, pub)
+	})
 	switch {
 	case err == nil:
 		d.log.Info("audit: records before the token's audit mark verified", "through", m.Checkpoint.Seq, "took", time.Since(start).Round(time.Millisecond))
 	case ctx.Err() != nil:
+	case errors.Is(err, errPrefixCheckTimedOut):
+		d.Audit.Condemn(fmt.Errorf("%w: the %d records before the token's audit mark were not verified within %s (a read that does not return, or a directory padded to stall the check)", err, m.Checkpoint.Seq, limit))
 	default:
 		d.Audit.Condemn(err)
+	}
+}
+
+// prefixCheckLimit bounds the background check of n records: far above an
+// honest disk's pace (about 10 µs a record on a busy 2-core machine), so
+// that only a check held up on purpose, or by a failing disk, reaches it.
+func prefixCheckLimit(n uint64) time.Duration {
+	return 5*time.Minute + time.Duration(n)*100*time.Microsecond
+}
+
+// errPrefixCheckTimedOut: the background check did not end in time.
+var errPrefixCheckTimedOut = errors.New("audit: background check timed out")
+
+// bounded runs check and returns its error, or errPrefixCheckTimedOut once
+// limit has passed without waiting for check to return (a read blocked in
+// the kernel does not heed ctx), or ctx's error when ctx ends first; check
+// is given a context that ends then too.
+func bounded(ctx context.Context, limit time.Duration, check func(context.Context) error) error {
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- check(cctx) }()
+	t := time.NewTimer(limit)
+	defer t.Stop()
+	select {
+	case err := <-done:
+		return err
+	case <-t.C:
+		return errPrefixCheckTimedOut
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }
 
