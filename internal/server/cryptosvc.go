@@ -9,7 +9,6 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
-	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -502,36 +501,14 @@ func batch[Req any, Resp any](s *Server, ctx context.Context, items []Req, fn fu
 	recs := make([]audit.Record, len(items))
 	itemCodes := make([]codes.Code, len(items))
 	calls := make([]call, len(items))
-	do := func(i int) {
+	ok := 0
+	for i, it := range items {
 		c := &calls[i]
 		*c = call{m: parent.m, snap: parent.snap, identity: parent.identity, role: parent.role, method: batchItemName(parent.method, i)}
-		resps[i], errs[i] = fn(context.WithValue(ctx, callKey{}, c), items[i])
+		resps[i], errs[i] = fn(context.WithValue(ctx, callKey{}, c), it)
 		st := toStatus(errs[i], s.log)
 		recs[i], itemCodes[i] = s.record(c, st), st.Code()
-	}
-	// Items are worked on by up to one goroutine per CPU, each taking the
-	// next item in order: a batch is one round trip, not one core. Which
-	// items a budget that runs out mid-batch refuses is therefore not
-	// bound to their order.
-	if w := batchWorkers(len(items)); w == 1 {
-		for i := range items {
-			do(i)
-		}
-	} else {
-		var next atomic.Int64
-		var wg sync.WaitGroup
-		for range w {
-			wg.Go(func() {
-				for i := int(next.Add(1) - 1); i < len(items); i = int(next.Add(1) - 1) {
-					do(i)
-				}
-			})
-		}
-		wg.Wait()
-	}
-	ok := 0
-	for _, err := range errs {
-		if err == nil {
+		if errs[i] == nil {
 			ok++
 		}
 	}
@@ -545,15 +522,6 @@ func batch[Req any, Resp any](s *Server, ctx context.Context, items []Req, fn fu
 	}
 	parent.detail = fmt.Sprintf("items=%d ok=%d", len(items), ok)
 	return resps, errs, nil
-}
-
-// batchSplit is the fewest items per goroutine a batch is split into.
-const batchSplit = 4
-
-// batchWorkers is how many goroutines work on a batch of n items: one per
-// CPU, with at least batchSplit items each.
-func batchWorkers(n int) int {
-	return max(1, min(runtime.GOMAXPROCS(0), n/batchSplit))
 }
 
 // batchAuditor is an Auditor that writes several records in one group

@@ -662,11 +662,10 @@ func TestKeyTransportOnlyToPinnedRecipients(t *testing.T) {
 	wantCode(t, err, codes.PermissionDenied, "unpinned recipient for a new data key")
 }
 
-// TestABatchWorkedOnConcurrentlyAnswersAndRecordsInItemOrder: items of a
-// large batch are worked on by several goroutines; each result still
-// stands at its item's place, and the records are written in item order,
-// each under its own item's name and outcome.
-func TestABatchWorkedOnConcurrentlyAnswersAndRecordsInItemOrder(t *testing.T) {
+// TestABatchAnswersAndRecordsInItemOrder: each result of a large batch
+// with refused items among it stands at its item's place, and the records
+// are written in item order, each under its own item's name and outcome.
+func TestABatchAnswersAndRecordsInItemOrder(t *testing.T) {
 	e := start(t)
 	e.CreateKey(t, "enc", custodyv1.KeyPurpose_ENCRYPT_AES256_GCM)
 	c := e.Crypto(t, "relay")
