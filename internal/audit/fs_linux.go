@@ -48,3 +48,26 @@ func ignoringEINTR(fn func() error) error {
 		}
 	}
 }
+
+// seekDataLinux is SEEK_DATA (lseek(2)); syscall has no name for it.
+const seekDataLinux = 3
+
+// nextData returns the offset of the first byte at or after off that lies
+// in data rather than in a hole, and false when there is no data after off
+// (ENXIO). Where holes are not reported, every offset is data.
+func nextData(f *os.File, off int64) (int64, bool) {
+	var next int64
+	err := control(f, "lseek", func(fd int) error {
+		var err error
+		next, err = syscall.Seek(fd, off, seekDataLinux)
+		return err
+	})
+	switch {
+	case err == nil:
+		return next, true
+	case errors.Is(err, syscall.ENXIO):
+		return 0, false
+	default:
+		return off, true // no hole reporting: read on
+	}
+}

@@ -126,6 +126,13 @@ func writtenEnd(f *os.File, from int64) (int64, error) {
 	end := from
 	buf := make([]byte, 64<<10)
 	for off := from; ; {
+		// Holes read as zeros: skip them rather than read them (a sparse
+		// file of terabytes must not hold a start or a verification up).
+		next, more := nextData(f, off)
+		if !more {
+			return end, nil
+		}
+		off = max(off, next)
 		n, err := f.ReadAt(buf, off)
 		for i := n - 1; i >= 0; i-- {
 			if buf[i] != 0 {

@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"os"
+	"path/filepath"
 	"testing"
+	"time"
 )
 
 // checkpointAt returns the fixture's signed checkpoint at seq.
@@ -199,5 +202,51 @@ func TestOpenFindsTheHeadBehindAnUnparseableLastLine(t *testing.T) {
 	}
 	if rep := mustVerify(t, dir, key, nil); rep.LastSeq != 8 {
 		t.Fatalf("log verifies to %d, want 8", rep.LastSeq)
+	}
+}
+
+// TestSparseFilesDoNotHoldUpAStartOrAVerification: root cannot stall a
+// start or `audit verify` with terabytes of holes, after the last
+// segment's data or as an extra segment: holes are skipped, not read.
+func TestSparseFilesDoNotHoldUpAStartOrAVerification(t *testing.T) {
+	dir, key := t.TempDir(), newKey(t)
+	l := openLog(t, dir, key, testOptions())
+	appendN(t, l, 5)
+	if err := l.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	segs := segmentFiles(t, dir)
+	last := segs[len(segs)-1]
+	if err := os.Truncate(last, 1<<40); err != nil {
+		t.Fatalf("a 1 TiB sparse tail: %v", err)
+	}
+	extra := filepath.Join(dir, segmentName(0))
+	if err := os.WriteFile(extra, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(extra, 1<<40); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := Verify(dir, &key.PublicKey, nil)
+		if err == nil {
+			l, oerr := Open(context.Background(), dir, key, testOptions())
+			if oerr == nil {
+				_, err = l.Append(context.Background(), sampleRecord(6))
+				l.Close(context.Background())
+			} else {
+				err = oerr
+			}
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("verify, then open and append: %v", err)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("a verification or a start is held up by sparse files (still reading after 60 s)")
 	}
 }
