@@ -137,11 +137,11 @@ func writeAuditMark(w io.Writer, m *custodyv1.AuditMarkStatus) {
 		fmt.Fprintf(w, "audit mark:  NOT ON THE TOKEN: %s\n", m.GetDetail())
 		return
 	}
-	pos := "none yet (made at the first checkpoint)"
+	pos := "on the HSM token, not written yet (the first checkpoint writes it)"
 	if m.GetTime() != "" {
-		pos = fmt.Sprintf("record %d, store revision %d, checkpoint of %s", m.GetSeq(), m.GetStoreRevision(), m.GetTime())
+		pos = fmt.Sprintf("on the HSM token at record %d, store revision %d, checkpoint of %s", m.GetSeq(), m.GetStoreRevision(), m.GetTime())
 	}
-	fmt.Fprintf(w, "audit mark:  on the HSM token at %s\n             %s\n", pos, m.GetDetail())
+	fmt.Fprintf(w, "audit mark:  %s\n             %s\n", pos, m.GetDetail())
 }
 
 // writeHSMStatus prints an HSM status as text (custodyctl status and
