@@ -161,6 +161,13 @@ func execSetBudget(g *Governance, pl quorum.Payload, c *change) error {
 			return nil, err
 		}
 		if e.Identity == "" {
+			// Every identity's units reserved on the key were taken from
+			// the shared budget as it was: re-reserve under the new one.
+			for s := range b.res {
+				if s.Key == e.Key {
+					b.dropReservation(s)
+				}
+			}
 			return b.sharedOps(e.Key), nil
 		}
 		s := policy.Subject{Identity: e.Identity, Key: e.Key}

@@ -504,7 +504,7 @@ func batch[Req any, Resp any](s *Server, ctx context.Context, items []Req, fn fu
 	ok := 0
 	for i, it := range items {
 		c := &calls[i]
-		*c = call{m: parent.m, snap: parent.snap, identity: parent.identity, role: parent.role, method: batchItemName(parent.method, i)}
+		*c = call{m: parent.m, snap: s.gov.Snapshot(), identity: parent.identity, spki: parent.spki, role: parent.role, method: batchItemName(parent.method, i)}
 		resps[i], errs[i] = fn(context.WithValue(ctx, callKey{}, c), it)
 		st := toStatus(errs[i], s.log)
 		recs[i], itemCodes[i] = s.record(c, st), st.Code()

@@ -170,6 +170,17 @@ func TestTrustFixedByTheCeremonyHoldsOverGRPCAndTheGateway(t *testing.T) {
 	if _, err := g.Crypto(t, "relay").Encrypt(ctx(t), &custodyv1.EncryptRequest{KeyName: "msgs", Plaintext: []byte("m")}); err != nil {
 		t.Fatalf("the relay over gRPC: %v", err)
 	}
+	// The pin holds for each item of a batch too: the relay's own key passes.
+	be, err := g.Crypto(t, "relay").BatchEncrypt(ctx(t), &custodyv1.BatchEncryptRequest{Items: []*custodyv1.EncryptRequest{
+		{KeyName: "msgs", Plaintext: []byte("a")}, {KeyName: "msgs", Plaintext: []byte("b")}}})
+	if err != nil {
+		t.Fatalf("the relay's batch over gRPC: %v", err)
+	}
+	for i, r := range be.GetResults() {
+		if r.GetError() != nil {
+			t.Fatalf("item %d of the relay's batch under a key-pinned grant: %v", i, r.GetError())
+		}
+	}
 	if code := restEncrypt(t, e, relayCfg); code != http.StatusOK {
 		t.Fatalf("the relay through the gateway: %d", code)
 	}
