@@ -133,6 +133,46 @@ func Read(ctx context.Context, obj Objects, s Scope) (*Mark, error) {
 	return nil, fmt.Errorf("%w: %d marks on the token for this vault; refusing to guess", ErrMark, len(found))
 }
 
+// Newest returns, of every mark on the token (every replica's, on a shared
+// store), the one that recorded the highest store revision, or nil when the
+// token holds none. Replicas of one vault share one store, whose revision
+// only moves forward, so every replica's mark bounds it from below: a
+// replica whose own scope has no mark (a new audit directory, host name or
+// replica) is still compared with it (CheckStore). Unreadable objects are
+// ErrMark.
+func Newest(ctx context.Context, obj Objects) (*Mark, error) {
+	vals, err := obj.DataObjects(ctx, Label)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrMark, err)
+	}
+	var newest *Mark
+	for _, v := range vals {
+		m, err := parse(v)
+		if err != nil {
+			return nil, fmt.Errorf("%w: an object %q does not parse: %v", ErrMark, Label, err)
+		}
+		if newest == nil || m.Checkpoint.StoreRevision > newest.Checkpoint.StoreRevision {
+			newest = &m
+		}
+	}
+	return newest, nil
+}
+
+// CheckStore refuses (ErrBehind) a store older than the revision that mark
+// m, of any replica, recorded.
+func CheckStore(m *Mark, p Position) error {
+	if m == nil || p.StoreRevision >= m.Checkpoint.StoreRevision {
+		return nil
+	}
+	who := "this vault"
+	if m.Instance != "" {
+		who = "replica " + m.Instance
+	}
+	return fmt.Errorf("%w: store %s is at revision %d, older than revision %d recorded by the audit mark of %s on the token at %s: "+
+		"the store was rolled back or restored from an older copy; refusing to serve", ErrBehind, p.Store, p.StoreRevision,
+		m.Checkpoint.StoreRevision, who, m)
+}
+
 // Options configure a Writer.
 type Options struct {
 	Scope    Scope

@@ -51,7 +51,7 @@ const (
 	DefaultStorePath          = "/var/lib/custody/custody.db"
 	DefaultAuditDir           = "/var/lib/custody/audit"
 	DefaultCheckpointEvery    = 1000
-	DefaultCheckpointInterval = 60 * time.Second
+	DefaultCheckpointInterval = time.Second
 	DefaultSegmentBytes       = 64 << 20
 	DefaultDestroyWait        = 168 * time.Hour
 	DefaultDestroyWaitMin     = 24 * time.Hour

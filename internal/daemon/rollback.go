@@ -61,6 +61,18 @@ func (d *Daemon) checkAuditMark(ctx context.Context, pub crypto.PublicKey) error
 	if err := auditmark.Check(mark, pos, pub); err != nil {
 		return err
 	}
+	if d.markScope().Shared {
+		// The store is shared: every replica's mark bounds its revision,
+		// also for a replica whose own scope has none yet (a new audit
+		// directory, host name or replica is no way around the marks).
+		newest, err := auditmark.Newest(ctx, d.HSM)
+		if err != nil {
+			return fmt.Errorf("audit mark: %w; refusing to serve", err)
+		}
+		if err := auditmark.CheckStore(newest, pos); err != nil {
+			return err
+		}
+	}
 	if mark == nil && (seq > 0 || pos.StoreRevision > 0) {
 		d.log.Info("no audit mark on the HSM token yet (a new vault, or one from before marks): the first checkpoint makes one")
 	}
