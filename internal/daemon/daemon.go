@@ -435,7 +435,7 @@ func (d *Daemon) complete(ctx context.Context, pin []byte) (err error) {
 		HSM: d.HSM, Keys: d.Keys, Gov: d.Gov, Audit: d.Audit, Digester: digester, Metrics: metrics,
 		Logger: d.log, Now: d.opts.Now,
 		Limits:    server.Limits{MaxPayload: cfg.Keys.MaxPayloadBytes, MaxBatch: cfg.Keys.MaxBatch, DestroyWaitDefault: cfg.Keys.DestroyWaitDefault},
-		Admission: d.limits.admission,
+		Admission: d.limits.admission, Anchor: d.anchorNow,
 	})
 	if err := d.Seal.LoggedIn(ctx, d.Store, d.HSM, signer.Public()); err != nil {
 		return fmt.Errorf("seal: %w", err)

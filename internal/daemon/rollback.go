@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	custodyv1 "github.com/custodyhq/custody/api/custody/v1"
+	"github.com/custodyhq/custody/internal/audit"
 	"github.com/custodyhq/custody/internal/auditmark"
 	"github.com/custodyhq/custody/internal/store"
 )
@@ -138,6 +139,27 @@ func bounded(ctx context.Context, limit time.Duration, check func(context.Contex
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// anchorNow signs a checkpoint of the current head and store revision and
+// writes it to the token's mark before returning (an officer's approval or
+// veto is answered only then): a crash right after a governance change and
+// an older store put back are refused at the next start.
+func (d *Daemon) anchorNow(ctx context.Context) error {
+	if !d.markOnToken.Load() {
+		return nil
+	}
+	cp, err := d.Audit.Checkpoint(ctx)
+	if errors.Is(err, audit.ErrNoRecords) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if err := d.mark.Anchor(ctx, cp); err != nil {
+		return err
+	}
+	return d.mark.Flush(ctx)
 }
 
 func (d *Daemon) markScope() auditmark.Scope { return markScope(d.raw, d.cfg.Audit.Dir) }

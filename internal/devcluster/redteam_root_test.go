@@ -471,3 +471,42 @@ func lastLines(s string, n int) string {
 	}
 	return strings.Join(lines, "\n")
 }
+
+// TestRedteamRootStoreRollbackWithinCheckpointWindow: as above, but root
+// does not wait for a checkpoint: right after the revocation it SIGKILLs
+// its replica (no shutdown checkpoint), puts the older copy back and starts
+// on a new audit directory. Every mark on the token and every checkpoint
+// predates the revocation (checkpoints come every 1000 records or
+// audit.checkpoint_interval, 1 s by default since this test was written), so nothing records the
+// newer store revision, except the anchor an officer's approval makes on
+// the token before it is answered (server Options.Anchor): the defence
+// must still refuse the older store.
+func TestRedteamRootStoreRollbackWithinCheckpointWindow(t *testing.T) {
+	c := startCluster(t, govExtra)
+	g := ceremony(t, c, 1<<30)
+	ctx := t.Context()
+	ct, err := crypto(t, c, 2).Encrypt(ctx, &custodyv1.EncryptRequest{KeyName: "spare", Plaintext: []byte("secret")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range c.Replicas {
+		checkpoint(t, c, i) // marks up to date before the snapshot: the window is what follows
+	}
+	time.Sleep(2 * time.Second)
+	snap := rtTake(t, c)
+	g.rtRevoke(t, 0, "relay-spare", "spare", ct.GetCiphertext())
+	root := c.Replicas[2]
+	root.Kill()
+	rtRestore(t, c, snap)
+	fresh := rtNewDir(t, filepath.Join(root.Dir, "audit-new"))
+	ok, log := rtRestart(t, root, 30*time.Second, func(s string) string {
+		return strings.Replace(s, strconv.Quote(root.AuditDir()), strconv.Quote(fresh), 1)
+	})
+	if !ok {
+		t.Logf("held: %s", lastLines(log, 3))
+		return
+	}
+	_, derr := crypto(t, c, 2).Decrypt(ctx, &custodyv1.DecryptRequest{KeyName: "spare", Ciphertext: ct.GetCiphertext()})
+	t.Errorf("HOLE: a store rolled back to just before a quorum revocation (made < 60 s earlier, no checkpoint since) "+
+		"was accepted by replica 2 restarted on a new audit directory; decrypt under the revoked grant: err=%v", derr)
+}

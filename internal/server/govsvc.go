@@ -10,6 +10,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	custodyv1 "github.com/custodyhq/custody/api/custody/v1"
+	"github.com/custodyhq/custody/hsm"
 	"github.com/custodyhq/custody/internal/governance"
 	"github.com/custodyhq/custody/internal/policy"
 	"github.com/custodyhq/custody/internal/quorum"
@@ -203,7 +204,22 @@ func (g governanceService) Approve(ctx context.Context, req *custodyv1.ApproveRe
 	if err != nil {
 		return nil, err
 	}
+	if err := g.anchor(ctx, req.GetId()); err != nil {
+		return nil, err
+	}
 	return proposalInfo(v), nil
+}
+
+// anchor makes the governance state an approval or veto left durable on
+// the HSM token before the officer is answered (Options.Anchor).
+func (g governanceService) anchor(ctx context.Context, id string) error {
+	if g.s.anchor == nil {
+		return nil
+	}
+	if err := g.s.anchor(ctx); err != nil {
+		return fmt.Errorf("%w: proposal %s was acted on, but the HSM token's audit mark could not be brought up to it (%v): check its state with proposal show before acting again", hsm.ErrUnavailable, id, err)
+	}
+	return nil
 }
 
 // Veto implements GovernanceService.
@@ -212,6 +228,9 @@ func (g governanceService) Veto(ctx context.Context, req *custodyv1.VetoRequest)
 	c.detail = fmt.Sprintf("proposal %s officer %s", req.GetId(), req.GetOfficer())
 	v, err := g.gov().Veto(ctx, c.actor(), req.GetId(), req.GetOfficer(), req.GetSignature())
 	if err != nil {
+		return nil, err
+	}
+	if err := g.anchor(ctx, req.GetId()); err != nil {
 		return nil, err
 	}
 	return proposalInfo(v), nil

@@ -62,6 +62,12 @@ type Options struct {
 	// Admission caps each identity's requests in flight and refuses new
 	// work under memory pressure (admission.go); nil admits everything.
 	Admission *admission.Limiter
+	// Anchor, if set, makes the store's current revision durable where
+	// root on the host cannot roll it back (the HSM token's audit mark)
+	// before an officer's approval or veto is answered: an acknowledged
+	// governance change cannot then be undone by a crash and an older
+	// copy of the store put back.
+	Anchor func(context.Context) error
 }
 
 // Limits bound request sizes.
@@ -93,6 +99,8 @@ type Server struct {
 	admission *admission.Limiter // nil: no admission control
 
 	auditMark atomic.Pointer[func() *custodyv1.AuditMarkStatus] // statussvc.go; nil until SetAuditMarkStatus
+
+	anchor func(context.Context) error // Options.Anchor
 }
 
 // New builds a Server from its dependencies.
@@ -118,7 +126,7 @@ func New(o Options) *Server {
 	return &Server{
 		hsm: o.HSM, keys: o.Keys, gov: o.Gov, audit: o.Audit, digester: o.Digester, metrics: o.Metrics,
 		log: o.Logger, now: o.Now, limits: o.Limits, health: health.NewServer(),
-		admission: o.Admission,
+		admission: o.Admission, anchor: o.Anchor,
 	}
 }
 
