@@ -20,7 +20,7 @@
 //     write and a lock on SoftHSM; Flush writes the last one at shutdown.
 //
 // A vault on one store (bbolt) keeps one mark. Replicas of one shared store
-// (etcd) keep one each, told apart by their host and audit directory.
+// (etcd) keep one each, told apart by their replica_id (the name of their audit chain).
 package auditmark
 
 import (
@@ -91,8 +91,8 @@ func parse(v []byte) (Mark, error) {
 // Scope says which marks on the token belong to this custodyd.
 type Scope struct {
 	// Shared is true for a replica of a shared (etcd) store: its mark is
-	// the one with its Instance (its own audit log: replicas on one host
-	// have different audit directories). Otherwise the token holds one mark.
+	// the one with its Instance, the replica's name (replica_id), which
+	// names its audit chain. Otherwise the token holds one mark.
 	Shared   bool
 	Instance string
 }

@@ -231,7 +231,7 @@ func (d *Daemon) open(ctx context.Context) (err error) {
 	if err := d.checkTrustSealed(ctx); err != nil {
 		return err
 	}
-	d.mark = newMarkWriter(raw, cfg.Audit.Dir, d.log)
+	d.mark = newMarkWriter(raw, cfg.ReplicaID, d.log)
 	if err := d.openSeal(ctx); err != nil {
 		return err
 	}

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -24,17 +23,17 @@ import (
 // may sign anything or a request is served.
 
 // newMarkWriter makes the token mark's writer.
-func newMarkWriter(raw store.Store, auditDir string, log *slog.Logger) *auditmark.Writer {
-	return auditmark.NewWriter(auditmark.Options{Scope: markScope(raw, auditDir), Logger: log})
+func newMarkWriter(raw store.Store, replicaID string, log *slog.Logger) *auditmark.Writer {
+	return auditmark.NewWriter(auditmark.Options{Scope: markScope(raw, replicaID), Logger: log})
 }
 
 // markScope: one mark per vault, or one per replica of a shared store,
-// named by its host and audit directory (replicas on one host have
-// directories of their own).
-func markScope(raw store.Store, auditDir string) auditmark.Scope {
+// named by its replica_id, the name its audit chain goes by (in every
+// record and in its published checkpoints): a replica started on another,
+// emptier audit directory under the same name meets its own mark.
+func markScope(raw store.Store, replicaID string) auditmark.Scope {
 	_, shared := raw.(store.Shared)
-	host, _ := os.Hostname()
-	return auditmark.Scope{Shared: shared, Instance: host + ":" + auditDir}
+	return auditmark.Scope{Shared: shared, Instance: replicaID}
 }
 
 // noDataObjectsDetail is what status says on a token without data objects.
@@ -162,7 +161,7 @@ func (d *Daemon) anchorNow(ctx context.Context) error {
 	return d.mark.Flush(ctx)
 }
 
-func (d *Daemon) markScope() auditmark.Scope { return markScope(d.raw, d.cfg.Audit.Dir) }
+func (d *Daemon) markScope() auditmark.Scope { return markScope(d.raw, d.cfg.ReplicaID) }
 
 // AuditMarkStatus is the token mark's state for the status service.
 func (d *Daemon) AuditMarkStatus() *custodyv1.AuditMarkStatus {

@@ -510,3 +510,40 @@ func TestRedteamRootStoreRollbackWithinCheckpointWindow(t *testing.T) {
 	t.Errorf("HOLE: a store rolled back to just before a quorum revocation (made < 60 s earlier, no checkpoint since) "+
 		"was accepted by replica 2 restarted on a new audit directory; decrypt under the revoked grant: err=%v", derr)
 }
+
+// rtEvidence starts a cluster after a ceremony, has replica 2 record 20
+// encrypts and publish a checkpoint of them (and its mark), and returns the
+// cluster and replica 2.
+func rtEvidence(t *testing.T) (*devcluster.Cluster, *devcluster.Replica) {
+	t.Helper()
+	c := startCluster(t, govExtra)
+	ceremony(t, c, 1<<30)
+	for range 20 {
+		if _, err := crypto(t, c, 2).Encrypt(t.Context(), &custodyv1.EncryptRequest{KeyName: "spare", Plaintext: []byte("evidence")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	checkpoint(t, c, 2)
+	time.Sleep(2 * time.Second)
+	return c, c.Replicas[2]
+}
+
+// TestRedteamRootEmptiedAuditHistorySameReplica: root moves its replica's
+// audit directory away (the evidence) and starts it, under the same
+// replica_id, on a new, empty one. The replica's mark on the token is named
+// by its replica_id, so the start is refused: the directory is empty but
+// the mark is at record N.
+func TestRedteamRootEmptiedAuditHistorySameReplica(t *testing.T) {
+	c, root := rtEvidence(t)
+	_ = c
+	dir1 := rtNewDir(t, filepath.Join(root.Dir, "audit-empty-1"))
+	ok, log := rtRestart(t, root, 30*time.Second, func(s string) string {
+		return strings.Replace(s, strconv.Quote(root.AuditDir()), strconv.Quote(dir1), 1)
+	})
+	if ok {
+		t.Fatalf("HOLE: replica 2 started with the same replica_id on an EMPTY audit directory although its mark on the token shows a chain of records")
+	}
+	if !strings.Contains(log, "is empty, but the token's audit mark is at record") {
+		t.Fatalf("refused, but not for its emptied history:\n%s", lastLines(log, 5))
+	}
+}
