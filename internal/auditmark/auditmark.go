@@ -141,21 +141,35 @@ func Read(ctx context.Context, obj Objects, s Scope) (*Mark, error) {
 // replica) is still compared with it (CheckStore). Unreadable objects are
 // ErrMark.
 func Newest(ctx context.Context, obj Objects) (*Mark, error) {
+	all, err := All(ctx, obj)
+	if err != nil {
+		return nil, err
+	}
+	var newest *Mark
+	for i, m := range all {
+		if newest == nil || m.Checkpoint.StoreRevision > newest.Checkpoint.StoreRevision {
+			newest = &all[i]
+		}
+	}
+	return newest, nil
+}
+
+// All returns every mark on the token (one per replica on a shared store).
+// Unreadable objects are ErrMark.
+func All(ctx context.Context, obj Objects) ([]Mark, error) {
 	vals, err := obj.DataObjects(ctx, Label)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrMark, err)
 	}
-	var newest *Mark
+	out := make([]Mark, 0, len(vals))
 	for _, v := range vals {
 		m, err := parse(v)
 		if err != nil {
 			return nil, fmt.Errorf("%w: an object %q does not parse: %v", ErrMark, Label, err)
 		}
-		if newest == nil || m.Checkpoint.StoreRevision > newest.Checkpoint.StoreRevision {
-			newest = &m
-		}
+		out = append(out, m)
 	}
-	return newest, nil
+	return out, nil
 }
 
 // CheckStore refuses (ErrBehind) a store older than the revision that mark

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -70,6 +71,9 @@ func (d *Daemon) checkAuditMark(ctx context.Context, pub crypto.PublicKey) error
 			return fmt.Errorf("audit mark: %w; refusing to serve", err)
 		}
 		if err := auditmark.CheckStore(newest, pos); err != nil {
+			return err
+		}
+		if err := d.checkPublishedChains(ctx); err != nil {
 			return err
 		}
 	}
@@ -138,6 +142,38 @@ func bounded(ctx context.Context, limit time.Duration, check func(context.Contex
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// checkPublishedChains refuses to serve when a replica whose audit mark is
+// on the token has no published checkpoint in the store: root with the
+// store's credentials deleted it, so that its chain would drop out of what
+// auditors verify the replicas against (audit verify reports a replica
+// whose published checkpoint has no directory, not one with neither). The
+// marks, on the token, cannot be deleted without the PIN. Marks of the
+// older host:directory scope (a ':' in the name, which no replica_id has)
+// are not replica names and are passed over.
+func (d *Daemon) checkPublishedChains(ctx context.Context) error {
+	marks, err := auditmark.All(ctx, d.HSM)
+	if err != nil {
+		return fmt.Errorf("audit mark: %w; refusing to serve", err)
+	}
+	pubs, err := PublishedCheckpoints(ctx, d.raw)
+	if err != nil {
+		return fmt.Errorf("published checkpoints: %w; refusing to serve", err)
+	}
+	published := map[string]bool{}
+	for _, cp := range pubs {
+		published[cp.InstanceID] = true
+	}
+	for _, m := range marks {
+		if m.Instance == "" || m.Instance == d.cfg.ReplicaID || strings.Contains(m.Instance, ":") || published[m.Instance] {
+			continue
+		}
+		return fmt.Errorf("%w: replica %s has an audit mark on the HSM token at %s, but no published checkpoint in store %s: "+
+			"it was deleted, and that replica's audit chain would drop out of what auditors verify; refusing to serve",
+			auditmark.ErrBehind, m.Instance, &m, d.cfg.Store.String())
+	}
+	return nil
 }
 
 // anchorNow signs a checkpoint of the current head and store revision and

@@ -29,6 +29,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	custodyv1 "github.com/custodyhq/custody/api/custody/v1"
+	"github.com/custodyhq/custody/internal/daemon"
 	"github.com/custodyhq/custody/internal/devcluster"
 	"github.com/custodyhq/custody/internal/pki"
 	"github.com/custodyhq/custody/internal/quorum"
@@ -546,4 +547,39 @@ func TestRedteamRootEmptiedAuditHistorySameReplica(t *testing.T) {
 	if !strings.Contains(log, "is empty, but the token's audit mark is at record") {
 		t.Fatalf("refused, but not for its emptied history:\n%s", lastLines(log, 5))
 	}
+}
+
+// TestRedteamRootEmptiedAuditHistoryNewReplica: root deletes its replica's
+// published checkpoint from etcd with custodyd's credentials, and starts it
+// under a new replica_id on a new, empty audit directory. The old chain is
+// then not even reported "missing" to an auditor, and its mark on the token
+// would be orphaned. Every start on a shared store compares the marks on the
+// token (which root cannot delete without the PIN) with the published
+// checkpoints, and refuses when a replica's is missing.
+func TestRedteamRootEmptiedAuditHistoryNewReplica(t *testing.T) {
+	c, root := rtEvidence(t)
+	ctx := t.Context()
+	root.Stop() // its shutdown checkpoint is published: delete it after
+	cli := rtEtcd(t, c)
+	if _, err := cli.Delete(ctx, c.Prefix+"kv/"+daemon.CheckpointPrefix+root.ID()); err != nil {
+		t.Fatal(err)
+	}
+	dir2 := rtNewDir(t, filepath.Join(root.Dir, "audit-empty-2"))
+	ok, log := rtRestart(t, root, 30*time.Second, func(s string) string {
+		s = strings.Replace(s, strconv.Quote(root.AuditDir()), strconv.Quote(dir2), 1)
+		return strings.Replace(s, rtReplicaLine(root), "replica_id: replica-2b\n", 1)
+	})
+	if !ok {
+		if !strings.Contains(log, "no published checkpoint in store") {
+			t.Fatalf("refused, but not for the deleted checkpoint:\n%s", lastLines(log, 5))
+		}
+		return
+	}
+	var ids []string
+	for _, cp := range publishedCheckpoints(t, c) {
+		ids = append(ids, cp.InstanceID)
+	}
+	t.Errorf("HOLE: after deleting its published checkpoint, replica 2 started as replica-2b on an empty audit directory; "+
+		"the published checkpoints an auditor verifies against name %v: replica-2's chain (and its records) is gone "+
+		"without a trace outside the orphaned mark on the token, which nothing reads", ids)
 }
