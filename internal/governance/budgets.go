@@ -532,6 +532,24 @@ func (b *budgetLedger) takeOnce(s policy.Subject, n int) error {
 // under the budget in force). Called with b.mu held.
 func (b *budgetLedger) dropReservation(s policy.Subject) { delete(b.res, s) }
 
+// setFreezeRule puts rule in force for the next refusal, if it is not
+// already (a set-trust executed on another replica).
+func (b *budgetLedger) setFreezeRule(rule policy.FreezeRule) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	snap := b.lim.Snapshot()
+	if snap.Freeze == rule {
+		return nil
+	}
+	snap.Freeze = rule
+	l, err := policy.RestoreLimiter(snap)
+	if err != nil {
+		return err
+	}
+	b.lim = l
+	return nil
+}
+
 // flush persists refusal histories changed since the last flush, merged
 // into what other replicas wrote.
 func (b *budgetLedger) flush(ctx context.Context) error {

@@ -98,7 +98,8 @@ func (g *Governance) install(ctx context.Context, st State, rev int64) error {
 			return fmt.Errorf("%w: governance state: ceremony recorded without a ledger", store.ErrCorrupt)
 		}
 		ls := *st.Ledger
-		ls.Options.TimeLock = g.o.TimeLock
+		// The lock in force (as set-trust changed it), not the config's at start.
+		ls.Options.TimeLock = g.trust(st).TimeLock
 		var err error
 		if ledger, err = quorum.RestoreLedger(ls); err != nil {
 			return fmt.Errorf("governance ledger: %w", err)
@@ -109,6 +110,12 @@ func (g *Governance) install(ctx context.Context, st State, rev int64) error {
 				return err
 			}
 			g.transcript = tr
+		}
+	}
+	if st.Ceremony {
+		// The freeze rule in force, as set-trust on any replica changed it.
+		if err := g.budgets.setFreezeRule(g.trust(st).Freeze); err != nil {
+			return err
 		}
 	}
 	before, after := g.budgetSpecs(g.st), g.budgetSpecs(st)

@@ -346,3 +346,33 @@ func TestRekeySealRefusesBadShareKeys(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestTrustWithAnOfficerDroppedOrDemotedIsWider: a set-trust that takes an
+// officer's certificate away, or gives it another role, reduces who can
+// veto, as removing an officer does: it waits out the time-lock.
+func TestTrustWithAnOfficerDroppedOrDemotedIsWider(t *testing.T) {
+	cur := Trust{Roles: map[string]policy.Role{
+		"spiffe://corp/alice": policy.RoleOfficer, "spiffe://corp/bob": policy.RoleOfficer,
+		"spiffe://corp/ops": policy.RoleOperator, "spiffe://corp/relay": policy.RoleRelay,
+	}, TimeLock: time.Hour}
+	with := func(edit func(map[string]policy.Role)) Trust {
+		n := cur.Clone()
+		edit(n.Roles)
+		return n
+	}
+	cases := []struct {
+		name string
+		next Trust
+		want bool
+	}{
+		{"unchanged", cur.Clone(), false},
+		{"a relay dropped", with(func(r map[string]policy.Role) { delete(r, "spiffe://corp/relay") }), false},
+		{"an officer dropped", with(func(r map[string]policy.Role) { delete(r, "spiffe://corp/bob") }), true},
+		{"an officer made an auditor", with(func(r map[string]policy.Role) { r["spiffe://corp/bob"] = policy.RoleAuditor }), true},
+	}
+	for _, c := range cases {
+		if got := c.next.Wider(cur); got != c.want {
+			t.Errorf("%s: Wider = %v, want %v", c.name, got, c.want)
+		}
+	}
+}

@@ -137,8 +137,8 @@ func (t Trust) Clone() Trust {
 // Wider reports whether t gives anyone more than cur does: a client CA cur
 // does not trust, an identity with a role it does not have under cur, a
 // shorter time-lock, a longer proposal lifetime, a freeze rule that takes
-// more refusals or a shorter window to trip, or no quorum where cur
-// requires one.
+// more refusals or a shorter window to trip, no quorum where cur requires
+// one, or an officer's identity dropped or given another role.
 func (t Trust) Wider(cur Trust) bool {
 	for _, fp := range t.ClientCAs {
 		if !slices.Contains(cur.ClientCAs, fp) {
@@ -147,6 +147,14 @@ func (t Trust) Wider(cur Trust) bool {
 	}
 	for id, r := range t.Roles {
 		if cr, ok := cur.Roles[id]; !ok || cr != r {
+			return true
+		}
+	}
+	// An officer's certificate dropped or demoted reduces who can veto
+	// (as removing an officer does): it waits out the lock, during which
+	// that certificate still vetoes.
+	for id, cr := range cur.Roles {
+		if r, ok := t.Roles[id]; cr == policy.RoleOfficer && (!ok || r != cr) {
 			return true
 		}
 	}
