@@ -183,16 +183,8 @@ func verify(dir string, pub crypto.PublicKey, anchor *Checkpoint, sp span) (*Rep
 	if err != nil {
 		return rep, err
 	}
-	v := &chainVerifier{dir: dir, segs: segs, rep: rep, marker: marker, bySeq: bySeq, span: sp, untilSeg: -1}
-	if sp.until > 0 {
-		// The segment VerifyFrom reads the record numbered until in: the
-		// last one named at or before it.
-		for i, s := range segs {
-			if s.first <= sp.until {
-				v.untilSeg = i
-			}
-		}
-	}
+	v := &chainVerifier{dir: dir, segs: segs, rep: rep, marker: marker, bySeq: bySeq, span: sp,
+		fromSeg: segmentOf(segs, sp.from), untilSeg: segmentOf(segs, sp.until)}
 	if err := v.run(); err != nil {
 		return rep, err
 	}
@@ -224,14 +216,15 @@ type chainVerifier struct {
 
 	started  bool
 	done     bool // the record numbered until was read
-	untilSeg int  // index in segs of the segment VerifyFrom reads the record numbered until in
+	fromSeg  int  // segmentOf(segs, from): the walk starts there
+	untilSeg int  // segmentOf(segs, until): where VerifyFrom reads the record numbered until
 	expected uint64
 	prev     []byte
 }
 
 func (v *chainVerifier) run() error {
 	for si, s := range v.segs {
-		if v.from > 0 && si+1 < len(v.segs) && v.segs[si+1].first <= v.from {
+		if v.from > 0 && si < v.fromSeg {
 			continue // the record numbered from is in a later segment
 		}
 		if err := v.segment(si, s); err != nil {
@@ -384,6 +377,18 @@ func (v *chainVerifier) segment(si int, s segment) error {
 			return nil
 		}
 	}
+}
+
+// segmentOf is the index in segs of the segment a record numbered seq is
+// read in (the last one named at or before it), or -1 if there is none.
+func segmentOf(segs []segment, seq uint64) int {
+	at := -1
+	for i, s := range segs {
+		if s.first <= seq {
+			at = i
+		}
+	}
+	return at
 }
 
 func (v *chainVerifier) mismatch(a anchorRef, seq uint64, seg string, line int) error {

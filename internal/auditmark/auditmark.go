@@ -133,25 +133,20 @@ func Read(ctx context.Context, obj Objects, s Scope) (*Mark, error) {
 	return nil, fmt.Errorf("%w: %d marks on the token for this vault; refusing to guess", ErrMark, len(found))
 }
 
-// Newest returns, of every mark on the token (every replica's, on a shared
-// store), the one that recorded the highest store revision, or nil when the
-// token holds none. Replicas of one vault share one store, whose revision
-// only moves forward, so every replica's mark bounds it from below: a
-// replica whose own scope has no mark (a new audit directory, host name or
-// replica) is still compared with it (CheckStore). Unreadable objects are
-// ErrMark.
-func Newest(ctx context.Context, obj Objects) (*Mark, error) {
-	all, err := All(ctx, obj)
-	if err != nil {
-		return nil, err
-	}
+// Newest returns, of marks (every replica's, on a shared store), the one
+// that recorded the highest store revision, or nil when there is none.
+// Replicas of one vault share one store, whose revision only moves forward,
+// so every replica's mark bounds it from below: a replica whose own scope
+// has no mark (a new audit directory, host name or replica) is still
+// compared with it (CheckStore).
+func Newest(marks []Mark) *Mark {
 	var newest *Mark
-	for i, m := range all {
+	for i, m := range marks {
 		if newest == nil || m.Checkpoint.StoreRevision > newest.Checkpoint.StoreRevision {
-			newest = &all[i]
+			newest = &marks[i]
 		}
 	}
-	return newest, nil
+	return newest
 }
 
 // All returns every mark on the token (one per replica on a shared store).

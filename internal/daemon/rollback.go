@@ -66,14 +66,14 @@ func (d *Daemon) checkAuditMark(ctx context.Context, pub crypto.PublicKey) error
 		// The store is shared: every replica's mark bounds its revision,
 		// also for a replica whose own scope has none yet (a new audit
 		// directory, host name or replica is no way around the marks).
-		newest, err := auditmark.Newest(ctx, d.HSM)
+		marks, err := auditmark.All(ctx, d.HSM)
 		if err != nil {
 			return fmt.Errorf("audit mark: %w; refusing to serve", err)
 		}
-		if err := auditmark.CheckStore(newest, pos); err != nil {
+		if err := auditmark.CheckStore(auditmark.Newest(marks), pos); err != nil {
 			return err
 		}
-		if err := d.checkPublishedChains(ctx); err != nil {
+		if err := d.checkPublishedChains(ctx, marks); err != nil {
 			return err
 		}
 	}
@@ -145,18 +145,14 @@ func bounded(ctx context.Context, limit time.Duration, check func(context.Contex
 }
 
 // checkPublishedChains refuses to serve when a replica whose audit mark is
-// on the token has no published checkpoint in the store: root with the
+// among marks (those on the token) has no published checkpoint in the store: root with the
 // store's credentials deleted it, so that its chain would drop out of what
 // auditors verify the replicas against (audit verify reports a replica
 // whose published checkpoint has no directory, not one with neither). The
 // marks, on the token, cannot be deleted without the PIN. Marks of the
 // older host:directory scope (a ':' in the name, which no replica_id has)
 // are not replica names and are passed over.
-func (d *Daemon) checkPublishedChains(ctx context.Context) error {
-	marks, err := auditmark.All(ctx, d.HSM)
-	if err != nil {
-		return fmt.Errorf("audit mark: %w; refusing to serve", err)
-	}
+func (d *Daemon) checkPublishedChains(ctx context.Context, marks []auditmark.Mark) error {
 	pubs, err := PublishedCheckpoints(ctx, d.raw)
 	if err != nil {
 		return fmt.Errorf("published checkpoints: %w; refusing to serve", err)

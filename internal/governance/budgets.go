@@ -532,11 +532,16 @@ func (b *budgetLedger) takeOnce(s policy.Subject, n int) error {
 // under the budget in force). Called with b.mu held.
 func (b *budgetLedger) dropReservation(s policy.Subject) { delete(b.res, s) }
 
-// setFreezeRule puts rule in force for the next refusal, if it is not
-// already (a set-trust executed on another replica).
+// setFreezeRule puts rule in force for the next refusal (a set-trust
+// executed on another replica).
 func (b *budgetLedger) setFreezeRule(rule policy.FreezeRule) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	return b.putFreezeRule(rule)
+}
+
+// putFreezeRule is setFreezeRule for a caller that holds b.mu.
+func (b *budgetLedger) putFreezeRule(rule policy.FreezeRule) error {
 	snap := b.lim.Snapshot()
 	if snap.Freeze == rule {
 		return nil

@@ -199,16 +199,7 @@ func execSetTrust(g *Governance, pl quorum.Payload, c *change) error {
 	tl := next.TimeLock
 	c.timeLock = &tl
 	rule := next.Freeze
-	c.budget = func(b *budgetLedger) ([]store.Op, error) {
-		snap := b.lim.Snapshot()
-		snap.Freeze = rule
-		l, err := policy.RestoreLimiter(snap)
-		if err != nil {
-			return nil, err
-		}
-		b.lim = l
-		return nil, nil
-	}
+	c.budget = func(b *budgetLedger) ([]store.Op, error) { return nil, b.putFreezeRule(rule) }
 	return nil
 }
 
