@@ -419,6 +419,7 @@ func (d *Daemon) complete(ctx context.Context, pin []byte) (err error) {
 	d.Keys, err = keys.OpenRegistry(ctx, d.Store, hsmtoken.Token{M: d.HSM}, keys.RegistryOptions{
 		Now: d.opts.Now, Logger: d.log,
 		Destroy: keys.DestroyWindow{Min: cfg.Keys.DestroyWaitMin, Max: 365 * 24 * time.Hour},
+		Record:  d.recordDestroy,
 	})
 	if err != nil {
 		return fmt.Errorf("keys: %w", storeRefusal(cfg.Store.String(), err))
@@ -695,3 +696,25 @@ func (d *Daemon) closeAll() {
 // streamWorkers sizes the gRPC server's request goroutine pool: requests
 // mostly wait (on the HSM, on the audit flush), so several per CPU.
 func streamWorkers() uint32 { return uint32(max(32, 8*runtime.GOMAXPROCS(0))) }
+
+// recordDestroy puts a scheduled key-version destruction on the audit
+// record, under the custodyd identity with method keys.destroy: an intent
+// before the HSM object is deleted, then the outcome.
+func (d *Daemon) recordDestroy(ctx context.Context, ev keys.DestroyEvent) error {
+	now := time.Now
+	if d.opts.Now != nil {
+		now = d.opts.Now
+	}
+	rec := audit.Record{Time: now(), Identity: "custodyd", Method: "keys.destroy", Key: ev.Key, KeyVersion: uint64(ev.Version),
+		Detail: "scheduled destruction: HSM object deleted"}
+	switch {
+	case ev.Intent:
+		rec.Outcome, rec.Code, rec.Detail = audit.OutcomeIntent, "-", "scheduled destruction: deleting the HSM object"
+	case ev.Err != nil:
+		rec.Outcome, rec.Code, rec.Detail = audit.OutcomeError, "Internal", "scheduled destruction failed: "+ev.Err.Error()
+	default:
+		rec.Outcome, rec.Code = audit.OutcomeOK, "OK"
+	}
+	_, err := d.Audit.Append(context.WithoutCancel(ctx), rec)
+	return err
+}

@@ -79,6 +79,20 @@ type RegistryOptions struct {
 	Now     func() time.Time // default time.Now
 	Destroy DestroyWindow    // bounds on destruction waits
 	Logger  *slog.Logger
+	// Record, when set, puts every scheduled destruction on the record:
+	// it is called with an intent before a version's HSM object is
+	// deleted, and an error from it stops the deletion (nothing is
+	// destroyed off the record); then with the outcome.
+	Record func(ctx context.Context, ev DestroyEvent) error
+}
+
+// DestroyEvent is one scheduled destruction of a key version, for the
+// record.
+type DestroyEvent struct {
+	Key     string
+	Version uint32
+	Intent  bool  // before the HSM object is deleted
+	Err     error // the outcome (nil: destroyed); unset for an intent
 }
 
 // Registry holds Custody's named, versioned keys: metadata in the store (never
@@ -473,6 +487,11 @@ func (r *Registry) DestroyDueVia(ctx context.Context, c Committer) (int, error) 
 				if ver.State == StateDestroyed {
 					return nil, errAlreadyDestroyed
 				}
+				if r.opts.Record != nil {
+					if err := r.opts.Record(ctx, DestroyEvent{Key: name, Version: v, Intent: true}); err != nil {
+						return nil, fmt.Errorf("recording the intent: %w", err)
+					}
+				}
 				if err := r.m.Destroy(ctx, ver.object(k.Purpose)); err != nil {
 					return nil, err
 				}
@@ -480,6 +499,11 @@ func (r *Registry) DestroyDueVia(ctx context.Context, c Committer) (int, error) 
 			})
 			if errors.Is(err, errAlreadyDestroyed) {
 				continue // another replica did it
+			}
+			if r.opts.Record != nil {
+				if rerr := r.opts.Record(ctx, DestroyEvent{Key: name, Version: v, Err: err}); rerr != nil && err == nil {
+					err = fmt.Errorf("destroyed, but recording it failed: %w", rerr)
+				}
 			}
 			if err != nil {
 				errs = append(errs, fmt.Errorf("destroy %s version %d: %w", name, v, err))

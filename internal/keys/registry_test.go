@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -209,5 +210,53 @@ func TestRegistryDiscardAndScheduledDestructionRemoveObjects(t *testing.T) {
 	r = f.reopen(t, r)
 	if _, err := r.Get("gone"); !errors.Is(err, ErrKeyNotFound) {
 		t.Fatalf("discarded key back after reload: %v", err)
+	}
+}
+
+// TestAScheduledDestructionIsNeverMadeOffTheRecord: the intent is recorded
+// before the HSM object is deleted, the outcome after; when the intent
+// cannot be recorded, nothing is deleted and the version stays scheduled,
+// to be destroyed (on the record) at a later run.
+func TestAScheduledDestructionIsNeverMadeOffTheRecord(t *testing.T) {
+	f := newRegFixture(t)
+	r := f.open(t)
+	ctx := context.Background()
+	if _, err := r.Create(ctx, "k", PurposeEncryptAES256GCM, ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Rotate(ctx, "k"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.ScheduleDestroy(ctx, "k", 1, 2*time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	f.now = f.now.Add(3 * time.Hour)
+	var got []string
+	auditDown := errors.New("audit log unavailable")
+	r.opts.Record = func(_ context.Context, ev DestroyEvent) error {
+		got = append(got, fmt.Sprintf("%s v%d intent=%t err=%v objects=%d", ev.Key, ev.Version, ev.Intent, ev.Err, f.tok.count()))
+		if ev.Intent {
+			return auditDown
+		}
+		return nil
+	}
+	if n, err := r.DestroyDue(ctx); n != 0 || !errors.Is(err, auditDown) {
+		t.Fatalf("DestroyDue with the record down = %d, %v", n, err)
+	}
+	e, _ := r.Get("k")
+	if v, _ := e.Key.Version(1); v.State != StateDestroyScheduled || f.tok.count() != 2 {
+		t.Fatalf("with the record down: version 1 %v, %d objects", v.State, f.tok.count())
+	}
+	got = nil
+	r.opts.Record = func(_ context.Context, ev DestroyEvent) error {
+		got = append(got, fmt.Sprintf("%s v%d intent=%t err=%v objects=%d", ev.Key, ev.Version, ev.Intent, ev.Err, f.tok.count()))
+		return nil
+	}
+	if n, err := r.DestroyDue(ctx); n != 1 || err != nil {
+		t.Fatalf("DestroyDue = %d, %v", n, err)
+	}
+	want := "k v1 intent=true err=<nil> objects=2; k v1 intent=false err=<nil> objects=1"
+	if s := strings.Join(got, "; "); s != want {
+		t.Fatalf("records %q, want %q", s, want)
 	}
 }

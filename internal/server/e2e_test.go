@@ -302,6 +302,19 @@ func TestKeyLifecycleRotateDisableMinVersionDestroyAndRestart(t *testing.T) {
 	}
 	_, err = c.Decrypt(x, &custodyv1.DecryptRequest{KeyName: "enc", Ciphertext: v1ct.Ciphertext})
 	wantCode(t, err, codes.FailedPrecondition, "decrypt with destroyed version")
+	// The destruction itself is on the record, not only the request that
+	// scheduled it: an intent before the HSM object went, then the outcome.
+	var destroyed []string
+	if err := readRecords(e.Config.Audit.Dir, func(r audit.Record) {
+		if r.Method == "keys.destroy" {
+			destroyed = append(destroyed, fmt.Sprintf("%s %s v%d %s", r.Identity, r.Key, r.KeyVersion, r.Outcome))
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := strings.Join(destroyed, "; "), "custodyd enc v1 intent; custodyd enc v1 ok"; got != want {
+		t.Fatalf("destruction records: %q, want %q", got, want)
+	}
 
 	// Paged listing.
 	for _, n := range []string{"a1", "a2", "a3"} {
