@@ -148,8 +148,9 @@ type Daemon struct {
 	// prefixMark is the token's mark read at start, whose earlier records
 	// verifyAuditPrefix checks in the background (nil: none to check).
 	prefixMark *auditmark.Mark
-	// openedHead is the audit log's last record when it was opened.
-	openedHead uint64
+	// openedHead is the audit log's last record when it was opened, and
+	// openedCheckpoint the last record its newest signed checkpoint covered.
+	openedHead, openedCheckpoint uint64
 	// replica: the scheduler election and following the store (replica.go).
 	replica replicaState
 }
@@ -407,6 +408,9 @@ func (d *Daemon) complete(ctx context.Context, pin []byte) (err error) {
 	if err := d.checkAuditMark(ctx, signer.Public()); err != nil {
 		return err
 	}
+	if err := d.recordUnattested(ctx); err != nil {
+		return fmt.Errorf("audit: %w", err)
+	}
 	if err := late.arm(signer); err != nil {
 		return err
 	}
@@ -515,6 +519,9 @@ func (d *Daemon) openAudit(ctx context.Context, signer crypto.Signer) (*audit.Lo
 	// token's audit mark is compared with (a sealed custodyd records unseal
 	// attempts before it can check).
 	d.openedHead, _ = l.Head()
+	if cp, ok := l.LatestCheckpoint(); ok {
+		d.openedCheckpoint = cp.Seq
+	}
 	return l, nil
 }
 

@@ -234,3 +234,30 @@ func (d *Daemon) registerMarkMetrics(reg prometheus.Registerer) {
 		}),
 	)
 }
+
+// recordUnattested puts on the record, before anything is signed at this
+// start, the records the directory held after its newest signed checkpoint
+// (or the token's audit mark, if newer) when custodyd opened it. Records
+// are chained but carry no key, so nothing else tells the last moments
+// before an unclean stop from records someone with write access to the
+// directory appended while custodyd was down: the start-up checkpoint
+// signs over them, and this record, under the custodyd identity with
+// method audit.unattested, names the span for auditors. A clean stop
+// leaves none (its last act is a checkpoint).
+func (d *Daemon) recordUnattested(ctx context.Context) error {
+	from := d.openedCheckpoint
+	if m := d.prefixMark; m != nil && m.Checkpoint.Seq > from {
+		from = m.Checkpoint.Seq
+	}
+	if d.openedHead <= from {
+		return nil
+	}
+	now := time.Now
+	if d.opts.Now != nil {
+		now = d.opts.Now
+	}
+	rec := audit.Record{Time: now(), Identity: "custodyd", Method: "audit.unattested", Outcome: audit.OutcomeOK, Code: "OK",
+		Detail: fmt.Sprintf("records %d to %d were after the newest signed checkpoint (%d) when custodyd started; unclean stop or written by another process", from+1, d.openedHead, from)}
+	_, err := d.Audit.Append(context.WithoutCancel(ctx), rec)
+	return err
+}
