@@ -327,6 +327,9 @@ func (l *Ledger) decide(r *Record, cur Current, now time.Time) Status {
 	r.Widening = Widening(r.Proposal.Payload, cur)
 	if r.Widening {
 		r.LockedFrom = now
+		// The lock in force now, if longer than the one of the day it was
+		// filed: officers who raised it since are owed that veto window.
+		r.TimeLock = max(r.TimeLock, l.opts.TimeLock)
 	}
 	return l.status(r, now)
 }
@@ -448,9 +451,14 @@ func RestoreLedger(st LedgerState) (*Ledger, error) {
 		if rec.TimeLock < 0 {
 			return nil, fmt.Errorf("%w: %s.time_lock: negative", ErrInvalidState, path)
 		}
-		if rec.Widening && rec.TimeLock < l.opts.TimeLock {
-			// A shorter lock than configured could only come from tampering
-			// or from a lowered setting; neither may shorten a pending lock.
+		if (rec.Widening || !rec.Decided) && rec.TimeLock < l.opts.TimeLock {
+			// A lock raised since the proposal was filed applies to it: to
+			// every one still undecided (whether it widens is decided against
+			// the state in force when it reaches its threshold, and may
+			// differ from the prediction made at filing) and to every widening
+			// one. A shorter lock than configured could only come from
+			// tampering or from a lowered setting; neither may shorten a
+			// pending lock.
 			rec.TimeLock = l.opts.TimeLock
 		}
 		if rec.Widening && !rec.Decided && rec.LockedFrom.IsZero() {
