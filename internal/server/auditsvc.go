@@ -25,12 +25,13 @@ import (
 )
 
 // ReportMethods are the methods the transparency report counts: every
-// declared method (batch items included) that yields plaintext or a data key
-// from something sealed under a vault key (see Methods).
+// declared method (batch items included) that yields plaintext or a data key,
+// opened from something sealed under a vault key or newly generated (see
+// Methods).
 func ReportMethods() []string {
 	var out []string
 	for _, m := range Methods {
-		if m.Report == ReportOpen {
+		if m.Report != ReportNone {
 			out = append(out, m.Name)
 		}
 	}
@@ -179,7 +180,7 @@ func (a *AuditService) Report(ctx context.Context, req *custodyv1.ReportRequest)
 	}
 	counts := func(method string) bool {
 		base, _, _ := strings.Cut(method, "[")
-		return ReportClassOf(method) == ReportOpen && slices.Contains(methods, base)
+		return ReportClassOf(method) != ReportNone && slices.Contains(methods, base)
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, err

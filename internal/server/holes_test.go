@@ -118,8 +118,9 @@ func TestTransparencyReportCountsEveryOpeningPathFromTheServersRecords(t *testin
 	if err := json.Unmarshal(resp.GetJson(), &rep); err != nil {
 		t.Fatal(err)
 	}
-	// 3 batch items + Decrypt + Unwrap + 2 batch items + Rewrap + Fetch.
-	const want = 9
+	// 3 batch items + Decrypt + GenerateDataKey + Unwrap + 2 batch items +
+	// Rewrap + Fetch.
+	const want = 10
 	for _, k := range rep.Keys {
 		switch k.Name {
 		case "enc":

@@ -152,7 +152,7 @@ func TestReportClassOfBatchItemsIsTheirBatchs(t *testing.T) {
 			t.Errorf("ReportClassOf(%q) = %v, want %v", method, got, want)
 		}
 	}
-	if got := strings.Join(server.ReportMethods(), ","); got != "Decrypt,Unwrap,Rewrap,BatchDecrypt,BatchUnwrap,FetchDataKey" {
+	if got := strings.Join(server.ReportMethods(), ","); got != "Decrypt,GenerateDataKey,Unwrap,Rewrap,BatchDecrypt,BatchUnwrap,FetchDataKey" {
 		t.Errorf("ReportMethods() = %s", got)
 	}
 }
