@@ -283,16 +283,18 @@ func TestCompromisedRelayGetsNoMorePlaintextThanItsBudgetOnEveryPathAtOnce(t *te
 	refused++
 
 	// The evidence: the log verifies with anchors before and after; the
-	// signed report counts each opening and each refusal, once.
+	// signed report counts each opening and each refusal, once, and the
+	// one data key the set-up generated.
 	rep := v.evidence(t)
-	if k := keyCount(rep, "msgs"); k.Operations != uint64(opened) || k.Denied != uint64(refused) {
-		t.Errorf("report on key msgs: %+v, want %d operations and %d denied", k, opened, refused)
+	counted := uint64(opened) + 1
+	if k := keyCount(rep, "msgs"); k.Operations != counted || k.Denied != uint64(refused) {
+		t.Errorf("report on key msgs: %+v, want %d operations and %d denied", k, counted, refused)
 	}
-	if id := idCount(rep, relay); id.Operations != uint64(opened) || id.Denied != uint64(refused) {
-		t.Errorf("report on the relay: %+v, want %d operations and %d denied", id, opened, refused)
+	if id := idCount(rep, relay); id.Operations != counted || id.Denied != uint64(refused) {
+		t.Errorf("report on the relay: %+v, want %d operations and %d denied", id, counted, refused)
 	}
-	if rep.Operations != uint64(opened) {
-		t.Errorf("report total %d operations, want %d", rep.Operations, opened)
+	if rep.Operations != counted {
+		t.Errorf("report total %d operations, want %d", rep.Operations, counted)
 	}
 
 	// The metrics: every opening and every refusal, batch items too.

@@ -64,6 +64,10 @@ func appendRecordJSON(b []byte, r *Record) []byte {
 		b = append(b, `,"replica":`...)
 		b = appendJSONString(b, r.Replica)
 	}
+	if r.StoreRev != 0 {
+		b = append(b, `,"store_rev":`...)
+		b = strconv.AppendUint(b, r.StoreRev, 10)
+	}
 	b = append(b, `,"prev_hash":`...)
 	b = appendJSONHex(b, r.PrevHash)
 	b = append(b, `,"hash":`...)
@@ -159,6 +163,9 @@ func appendCanonical(b []byte, r *Record) []byte {
 	b = appendString(b, r.Detail)
 	if r.Format >= recordFormatReplica {
 		b = appendString(b, r.Replica)
+	}
+	if r.Format >= recordFormatStoreRev {
+		b = binary.BigEndian.AppendUint64(b, r.StoreRev)
 	}
 	return appendBytes(b, r.PrevHash)
 }

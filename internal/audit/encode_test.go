@@ -34,7 +34,7 @@ func fullRecord(t testing.TB) Record {
 			t.Fatalf("Record.%s has kind %s: teach appendRecordJSON, appendCanonical and this test about it", v.Type().Field(i).Name, f.Kind())
 		}
 	}
-	r.Format = recordFormatReplica // the newest format, whose hash covers every field
+	r.Format = recordFormatStoreRev // the newest format, whose hash covers every field
 	return r
 }
 

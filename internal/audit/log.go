@@ -176,6 +176,12 @@ type Log struct {
 	preallocWarned bool
 	wSeq           uint64
 	wHead          []byte
+	// wStoreRev is the store revision the last record written carries
+	// (format 3; Options.StoreRevision): records never go below it.
+	wStoreRev uint64
+	// openedStoreRev is the store revision of the last record when the log
+	// was opened (OpenedStoreRevision).
+	openedStoreRev uint64
 	enc            recordEncoder
 	buf            []byte
 
@@ -334,6 +340,7 @@ func (l *Log) recoverHead() error {
 			continue
 		}
 		l.wSeq, l.wHead = rec.Seq+1, rec.Hash
+		l.wStoreRev, l.openedStoreRev = rec.StoreRev, rec.StoreRev
 		if i == len(segs)-1 {
 			f, err := os.OpenFile(path, os.O_RDWR, 0o600)
 			if err != nil {
@@ -578,12 +585,18 @@ func (l *Log) write(batch []*appendReq) {
 	// referenced as prev_hash and as the published head.
 	hashes := make([]byte, n*HashSize)
 	seq, prev := l.wSeq, l.wHead
+	if l.opts.StoreRevision != nil {
+		l.wStoreRev = max(l.wStoreRev, l.opts.StoreRevision())
+	}
 	buf := l.buf[:0]
 	for _, req := range batch {
 		req.first = seq
 		for i := range req.len() {
 			r := req.record(i)
 			r.Seq, r.PrevHash = seq, prev
+			if l.opts.StoreRevision != nil {
+				r.Format, r.StoreRev = recordFormatStoreRev, l.wStoreRev
+			}
 			h := l.enc.hash(r)
 			r.Hash = hashes[:HashSize:HashSize]
 			hashes = hashes[HashSize:]
@@ -840,6 +853,11 @@ func (l *Log) Stats() Stats {
 }
 
 // Dir returns the log directory.
+// OpenedStoreRevision is the store revision the log's last record carried
+// when the log was opened (0 for records without one): a store whose
+// revision is lower was rolled back after that record was written.
+func (l *Log) OpenedStoreRevision() uint64 { return l.openedStoreRev }
+
 func (l *Log) Dir() string { return l.dir }
 
 // LatestCheckpoint returns the most recent checkpoint written or found at Open.

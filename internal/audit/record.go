@@ -63,6 +63,10 @@ const (
 	// recordFormatReplica is a record that names the replica whose chain
 	// it is in; its hash covers the name. Logs of format 1 still verify.
 	recordFormatReplica = 2
+	// recordFormatStoreRev is a record that also carries the metadata
+	// store's revision when it was written (Options.StoreRevision); its
+	// hash covers both. A chain's store revisions never go down.
+	recordFormatStoreRev = 3
 )
 
 // Digest is a byte string written as lower-case hex in JSON (hashes, context digests).
@@ -110,7 +114,11 @@ type Record struct {
 	Detail        string    `json:"detail,omitempty"`
 	// Replica names the custodyd replica whose chain holds the record
 	// (format 2; Options.Replica).
-	Replica  string `json:"replica,omitempty"`
+	Replica string `json:"replica,omitempty"`
+	// StoreRev is the metadata store's anchor revision when the record was
+	// written, never lower than its predecessor's (format 3): a store older
+	// than the log's last record is one rolled back.
+	StoreRev uint64 `json:"store_rev,omitempty"`
 	PrevHash Digest `json:"prev_hash"`
 	Hash     Digest `json:"hash"`
 }
@@ -197,6 +205,6 @@ func normalise(r *Record, now time.Time) error {
 	if r.Replica != "" {
 		r.Format = recordFormatReplica
 	}
-	r.Seq, r.PrevHash, r.Hash = 0, nil, nil
+	r.Seq, r.PrevHash, r.Hash, r.StoreRev = 0, nil, nil, 0 // the writer sets them
 	return nil
 }

@@ -159,6 +159,7 @@ func parseRecord(line []byte) (*Record, error) {
 	switch {
 	case r.Format == recordFormat && r.Replica == "":
 	case r.Format == recordFormatReplica && r.Replica != "":
+	case r.Format == recordFormatStoreRev:
 	default:
 		return nil, fmt.Errorf("unknown record format %d (replica %q)", r.Format, r.Replica)
 	}

@@ -40,6 +40,10 @@ const (
 	// no chain at all), or a record names another replica than the chain
 	// it is in (VerifyReplicas).
 	KindMissing Kind = "missing"
+	// KindStoreRolledBack: a record carries a lower store revision than an
+	// earlier one: the metadata store was put back to an older copy while
+	// the log went on.
+	KindStoreRolledBack Kind = "store-rolled-back"
 )
 
 // VerifyError names the first problem Verify found. Segment is a file name in
@@ -220,6 +224,9 @@ type chainVerifier struct {
 	untilSeg int  // segmentOf(segs, until): where VerifyFrom reads the record numbered until
 	expected uint64
 	prev     []byte
+	// storeRev is the highest store revision a record carried so far, in
+	// record storeRevAt.
+	storeRev, storeRevAt uint64
 }
 
 func (v *chainVerifier) run() error {
@@ -297,6 +304,12 @@ func (v *chainVerifier) segment(si int, s segment) error {
 		}
 		if v.replica != "" && r.Replica != "" && r.Replica != v.replica {
 			return fail(r.Seq, KindMissing, "record of replica %q in the chain of replica %q", r.Replica, v.replica)
+		}
+		if r.Format >= recordFormatStoreRev {
+			if r.StoreRev < v.storeRev {
+				return fail(r.Seq, KindStoreRolledBack, "store revision %d, below the %d of record %d: the store was put back to an older copy while the log went on", r.StoreRev, v.storeRev, v.storeRevAt)
+			}
+			v.storeRev, v.storeRevAt = r.StoreRev, r.Seq
 		}
 		if !v.started {
 			switch {

@@ -408,6 +408,13 @@ func (d *Daemon) complete(ctx context.Context, pin []byte) (err error) {
 	if err := d.checkAuditMark(ctx, signer.Public()); err != nil {
 		return err
 	}
+	if rev := d.Audit.OpenedStoreRevision(); rev > d.Store.Anchor().Revision {
+		// Every record carries the store revision it was written at: a
+		// store behind the log's last record was put back after it, even
+		// if the token's mark and checkpoints.log were put back with it.
+		return fmt.Errorf("store %s is older than the audit log: its revision is %d but the log's last record (%d) was written at revision %d; "+
+			"it was rolled back or restored from a backup: refusing to serve", cfg.Store.String(), d.Store.Anchor().Revision, d.openedHead, rev)
+	}
 	if err := d.recordUnattested(ctx); err != nil {
 		return fmt.Errorf("audit: %w", err)
 	}
