@@ -66,3 +66,31 @@ func TestRecordsCarryTheStoreRevisionAndAFallIsARollback(t *testing.T) {
 	_, err = Verify(dir, key.Public(), nil)
 	wantVerifyError(t, err, KindStoreRolledBack, 4)
 }
+
+// TestARecordWithoutItsStoreRevisionAfterOneWithIsRefused: a chain does not
+// go back from format 3 to a format without the store revision (root's
+// record appended after the kept ones would otherwise make the log's last
+// record carry none, and the start's comparison with the store see 0).
+func TestARecordWithoutItsStoreRevisionAfterOneWithIsRefused(t *testing.T) {
+	key := newKey(t)
+	dir := t.TempDir()
+	opts := testOptions()
+	opts.StoreRevision = func() uint64 { return 40 }
+	l := openLog(t, dir, key, opts)
+	appendN(t, l, 3)
+	l.Close(context.Background())
+	path := segmentFiles(t, dir)[0]
+	lines := readLines(t, path)
+	r, _ := parseRecord(lines[2])
+	r.Format, r.StoreRev = recordFormat, 0
+	r.Hash = computeHash(r)
+	b, err := json.Marshal(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines[2] = b
+	writeLines(t, path, lines)
+	_, err = Verify(dir, key.Public(), nil)
+	wantVerifyError(t, err, KindModified, 3)
+}
+

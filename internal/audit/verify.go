@@ -225,8 +225,9 @@ type chainVerifier struct {
 	expected uint64
 	prev     []byte
 	// storeRev is the highest store revision a record carried so far, in
-	// record storeRevAt.
+	// record storeRevAt; storeRevs, whether any record carried one.
 	storeRev, storeRevAt uint64
+	storeRevs            bool
 }
 
 func (v *chainVerifier) run() error {
@@ -305,11 +306,17 @@ func (v *chainVerifier) segment(si int, s segment) error {
 		if v.replica != "" && r.Replica != "" && r.Replica != v.replica {
 			return fail(r.Seq, KindMissing, "record of replica %q in the chain of replica %q", r.Replica, v.replica)
 		}
-		if r.Format >= recordFormatStoreRev {
+		switch {
+		case r.Format >= recordFormatStoreRev:
 			if r.StoreRev < v.storeRev {
 				return fail(r.Seq, KindStoreRolledBack, "store revision %d, below the %d of record %d: the store was put back to an older copy while the log went on", r.StoreRev, v.storeRev, v.storeRevAt)
 			}
-			v.storeRev, v.storeRevAt = r.StoreRev, r.Seq
+			v.storeRev, v.storeRevAt, v.storeRevs = r.StoreRev, r.Seq, true
+		case v.storeRevs:
+			// custodyd never goes back to a format without the store
+			// revision: such a record would hide the revision it was
+			// written at.
+			return fail(r.Seq, KindModified, "record format %d after record %d of format %d: a record without its store revision", r.Format, v.storeRevAt, recordFormatStoreRev)
 		}
 		if !v.started {
 			switch {
