@@ -93,4 +93,3 @@ func TestARecordWithoutItsStoreRevisionAfterOneWithIsRefused(t *testing.T) {
 	_, err = Verify(dir, key.Public(), nil)
 	wantVerifyError(t, err, KindModified, 3)
 }
-
