@@ -341,6 +341,16 @@ func (l *Log) recoverHead() error {
 		}
 		l.wSeq, l.wHead = rec.Seq+1, rec.Hash
 		l.wStoreRev, l.openedStoreRev = rec.StoreRev, rec.StoreRev
+		if rec.Format < recordFormatStoreRev {
+			// custodyd does not go back to a format without the store
+			// revision: take the newest one an earlier record carries, so
+			// that a record appended without one cannot lower it.
+			rev, err := newestStoreRev(l.dir, segs[:i+1])
+			if err != nil {
+				return fmt.Errorf("%w: %w", ErrUnavailable, err)
+			}
+			l.wStoreRev, l.openedStoreRev = rev, rev
+		}
 		if i == len(segs)-1 {
 			f, err := os.OpenFile(path, os.O_RDWR, 0o600)
 			if err != nil {

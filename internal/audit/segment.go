@@ -232,3 +232,50 @@ func lastParseable(f *os.File) (rec *Record, end int64, err error) {
 }
 
 func segPath(dir string, first uint64) string { return filepath.Join(dir, segmentName(first)) }
+
+// storeRevField is how a record of format 3 writes its store revision. A
+// record's string fields escape '"', so it cannot occur inside one.
+var storeRevField = []byte(`"store_rev":`)
+
+// newestStoreRev is the highest store revision written in the newest of
+// segs that holds any (0 if none does), found by looking for the field, not
+// by parsing every record: it reads segments only while the log's last
+// record carries no revision, which custodyd never leaves behind itself.
+func newestStoreRev(dir string, segs []segment) (uint64, error) {
+	for i := len(segs) - 1; i >= 0; i-- {
+		f, err := os.Open(filepath.Join(dir, segs[i].name))
+		if err != nil {
+			return 0, err
+		}
+		var rev uint64
+		found := false
+		lr := newLineReader(f, 0)
+		for {
+			line, _, complete, err := lr.next()
+			if errors.Is(err, io.EOF) || err == nil && !complete {
+				break
+			}
+			if err != nil {
+				f.Close()
+				return 0, err
+			}
+			j := bytes.LastIndex(line, storeRevField)
+			if j < 0 {
+				continue
+			}
+			rest := line[j+len(storeRevField):]
+			k := 0
+			for k < len(rest) && rest[k] >= '0' && rest[k] <= '9' {
+				k++
+			}
+			if v, err := strconv.ParseUint(string(rest[:k]), 10, 64); err == nil {
+				rev, found = max(rev, v), true
+			}
+		}
+		f.Close()
+		if found {
+			return rev, nil
+		}
+	}
+	return 0, nil
+}

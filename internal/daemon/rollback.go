@@ -48,11 +48,16 @@ func (d *Daemon) checkAuditMark(ctx context.Context, pub crypto.PublicKey) error
 	if p := d.HSM.Profile(); p != nil && p.NoDataObjects {
 		d.markOnToken.Store(false)
 		d.log.Warn(noDataObjectsDetail, "profile", p.Name)
-		return nil
+		return d.walkWithoutMark(pub)
 	}
 	mark, err := auditmark.Read(ctx, d.HSM, d.markScope())
 	if err != nil {
 		return fmt.Errorf("audit mark: %w; refusing to serve", err)
+	}
+	if mark == nil {
+		if err := d.walkWithoutMark(pub); err != nil {
+			return err
+		}
 	}
 	seq := d.openedHead
 	pos := auditmark.Position{AuditDir: d.cfg.Audit.Dir, Head: seq, Store: d.cfg.Store.String(), StoreRevision: d.Store.Anchor().Revision}
@@ -260,4 +265,28 @@ func (d *Daemon) recordUnattested(ctx context.Context) error {
 		Detail: fmt.Sprintf("records %d to %d were after the newest signed checkpoint (%d) when custodyd started; unclean stop or written by another process", from+1, d.openedHead, from)}
 	_, err := d.Audit.Append(context.WithoutCancel(ctx), rec)
 	return err
+}
+
+// walkWithoutMark verifies, when the token holds no audit mark for this
+// log (a new vault, a token without data objects, or a mark root deleted
+// from a SoftHSM token directory), the chain from the directory's newest
+// signed checkpoint to its end, or the whole chain if it has none: the
+// walk a mark would have anchored. It refuses a record edited, forged or
+// re-chained under that checkpoint, a record without its store revision
+// after ones with it, and a store revision that goes down, so that neither
+// the start's store comparison (the last record's revision) nor the span
+// named unattested can be fed a forged tail.
+func (d *Daemon) walkWithoutMark(pub crypto.PublicKey) error {
+	if d.openedHead == 0 {
+		return nil
+	}
+	var from *audit.Checkpoint
+	if cp, ok := d.Audit.LatestCheckpoint(); ok {
+		from = &cp
+	}
+	if _, err := audit.VerifyFrom(d.cfg.Audit.Dir, pub, from); err != nil {
+		return fmt.Errorf("audit directory %s does not verify from its newest signed checkpoint (the token holds no audit mark for it): %v; refusing to serve",
+			d.cfg.Audit.Dir, err)
+	}
+	return nil
 }
