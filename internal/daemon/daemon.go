@@ -724,6 +724,8 @@ func (d *Daemon) recordDestroy(ctx context.Context, ev keys.DestroyEvent) error 
 	switch {
 	case ev.Intent:
 		rec.Outcome, rec.Code, rec.Detail = audit.OutcomeIntent, "-", "scheduled destruction: deleting the HSM object"
+	case ev.Err != nil && ev.ObjectDeleted:
+		rec.Outcome, rec.Code, rec.Detail = audit.OutcomeError, "Internal", "scheduled destruction: HSM object deleted, but recording it in the store failed (retried): "+ev.Err.Error()
 	case ev.Err != nil:
 		rec.Outcome, rec.Code, rec.Detail = audit.OutcomeError, "Internal", "scheduled destruction failed: "+ev.Err.Error()
 	default:

@@ -93,6 +93,9 @@ type DestroyEvent struct {
 	Version uint32
 	Intent  bool  // before the HSM object is deleted
 	Err     error // the outcome (nil: destroyed); unset for an intent
+	// ObjectDeleted, with Err set: the HSM object is gone, but recording
+	// the version destroyed in the store failed (the next run does it).
+	ObjectDeleted bool
 }
 
 // Registry holds Custody's named, versioned keys: metadata in the store (never
@@ -479,6 +482,7 @@ func (r *Registry) DestroyDueVia(ctx context.Context, c Committer) (int, error) 
 				default:
 				}
 			}
+			deleted := false
 			_, err := r.changeVia(ctx, c, name, func(k *Key) (*Object, error) {
 				ver, ok := k.Version(v)
 				if !ok {
@@ -495,13 +499,14 @@ func (r *Registry) DestroyDueVia(ctx context.Context, c Committer) (int, error) 
 				if err := r.m.Destroy(ctx, ver.object(k.Purpose)); err != nil {
 					return nil, err
 				}
+				deleted = true
 				return nil, k.MarkDestroyed(v, now)
 			})
 			if errors.Is(err, errAlreadyDestroyed) {
 				continue // another replica did it
 			}
 			if r.opts.Record != nil {
-				if rerr := r.opts.Record(ctx, DestroyEvent{Key: name, Version: v, Err: err}); rerr != nil && err == nil {
+				if rerr := r.opts.Record(ctx, DestroyEvent{Key: name, Version: v, Err: err, ObjectDeleted: deleted && err != nil}); rerr != nil && err == nil {
 					err = fmt.Errorf("destroyed, but recording it failed: %w", rerr)
 				}
 			}

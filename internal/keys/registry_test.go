@@ -260,3 +260,46 @@ func TestAScheduledDestructionIsNeverMadeOffTheRecord(t *testing.T) {
 		t.Fatalf("records %q, want %q", s, want)
 	}
 }
+
+// failingCommitter refuses every transaction, as a deposed leader's fenced
+// writes or a full store disk do.
+type failingCommitter struct{}
+
+func (failingCommitter) Txn(context.Context, []store.Cond, []store.Op) error {
+	return errors.New("store write refused")
+}
+
+// TestADestructionWhoseStoreWriteFailsSaysTheObjectIsGone: when the HSM
+// object was deleted but recording the version destroyed failed, the
+// outcome says so (not "failed" as if nothing happened), and the next run
+// records it destroyed.
+func TestADestructionWhoseStoreWriteFailsSaysTheObjectIsGone(t *testing.T) {
+	f := newRegFixture(t)
+	r := f.open(t)
+	ctx := context.Background()
+	if _, err := r.Create(ctx, "k", PurposeEncryptAES256GCM, ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Rotate(ctx, "k"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.ScheduleDestroy(ctx, "k", 1, 2*time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	f.now = f.now.Add(3 * time.Hour)
+	var evs []DestroyEvent
+	r.opts.Record = func(_ context.Context, ev DestroyEvent) error { evs = append(evs, ev); return nil }
+	if n, err := r.DestroyDueVia(ctx, failingCommitter{}); n != 0 || err == nil {
+		t.Fatalf("DestroyDueVia with the store refusing = %d, %v", n, err)
+	}
+	if len(evs) != 2 || !evs[0].Intent || evs[1].Err == nil || !evs[1].ObjectDeleted || f.tok.count() != 1 {
+		t.Fatalf("events %+v with %d objects left; want an intent, then an error saying the object is gone", evs, f.tok.count())
+	}
+	evs = nil
+	if n, err := r.DestroyDue(ctx); n != 1 || err != nil {
+		t.Fatalf("the next run: %d, %v", n, err)
+	}
+	if len(evs) != 2 || evs[1].Err != nil || evs[1].ObjectDeleted {
+		t.Fatalf("the next run's events %+v", evs)
+	}
+}
