@@ -109,16 +109,9 @@ func rt2Copy(t *testing.T, from, to string) {
 // who rewrites the records after the old mark to hide it breaks the chain
 // at the auditors' anchors.
 func TestRedteamRoot2TokenAndStoreRollbackKeepingTheAuditLog(t *testing.T) {
-	f := newRootFixture(t)
-	v := f.clone(t)
+	v, pub, before := rt2Serving(t)
 	db := filepath.Join(v.data, "custody.db")
 	auditDir := filepath.Join(v.data, "audit")
-
-	v.start(t)
-	v.unsealBoth(t)
-	pub := v.pubkey(t)
-	before := filepath.Join(t.TempDir(), "before.jsonl")
-	v.anchor(t, before)
 	if err := encryptOn(t, v.conn(t, "relay")); err != nil {
 		t.Fatalf("the relay before the attack: %v", err)
 	}
@@ -203,17 +196,10 @@ func TestRedteamRoot2TokenAndStoreRollbackKeepingTheAuditLog(t *testing.T) {
 // test above: the burst's records carry the store revision of its spend,
 // above the copy's, so the start refuses the copy.
 func TestRedteamRoot2StoreRollbackInsideTheMarkWindowKeepingTheAuditLog(t *testing.T) {
-	f := newRootFixture(t)
-	v := f.clone(t)
+	v, pub, before := rt2Serving(t)
 	db := filepath.Join(v.data, "custody.db")
 	auditDir := filepath.Join(v.data, "audit")
 	relay := v.pki.Clients["relay"].Identity
-
-	v.start(t)
-	v.unsealBoth(t)
-	pub := v.pubkey(t)
-	before := filepath.Join(t.TempDir(), "before.jsonl")
-	v.anchor(t, before)
 
 	served, cycles, refused := 0, 0, 0
 	for attempt := 0; attempt < 8 && cycles < 3; attempt++ {
@@ -279,6 +265,20 @@ func TestRedteamRoot2StoreRollbackInsideTheMarkWindowKeepingTheAuditLog(t *testi
 		t.Fatalf("HOLE: %d encryptions served (on the record) on a budget of volume 20 a day: the store was put back from inside the mark window %d times, the audit log kept", n, cycles)
 	}
 	v.stop(t, syscall.SIGTERM)
+}
+
+// rt2Serving is a production vault after its ceremony, started, unsealed
+// by two officers and anchored off the box: its audit public key and the
+// anchor's file.
+func rt2Serving(t *testing.T) (v *rootVault, pub, before string) {
+	t.Helper()
+	v = newRootFixture(t).clone(t)
+	v.start(t)
+	v.unsealBoth(t)
+	pub = v.pubkey(t)
+	before = filepath.Join(t.TempDir(), "before.jsonl")
+	v.anchor(t, before)
+	return v, pub, before
 }
 
 func firstLine(s string) string {

@@ -142,16 +142,9 @@ func rt3LastReplica(t *testing.T, dir string) string {
 // (daemon.walkWithoutMark), which refuses the format downgrade, and Open
 // takes the newest store revision an earlier record carries.
 func TestRedteamRoot3MarkObjectDeletedStoreRollback(t *testing.T) {
-	f := newRootFixture(t)
-	v := f.clone(t)
+	v, pub, before := rt2Serving(t)
 	db := filepath.Join(v.data, "custody.db")
 	auditDir := filepath.Join(v.data, "audit")
-
-	v.start(t)
-	v.unsealBoth(t)
-	pub := v.pubkey(t)
-	before := filepath.Join(t.TempDir(), "before.jsonl")
-	v.anchor(t, before)
 	if err := encryptOn(t, v.conn(t, "relay")); err != nil {
 		t.Fatalf("the relay before the attack: %v", err)
 	}

@@ -862,12 +862,12 @@ func (l *Log) Stats() Stats {
 	}
 }
 
-// Dir returns the log directory.
 // OpenedStoreRevision is the store revision the log's last record carried
 // when the log was opened (0 for records without one): a store whose
 // revision is lower was rolled back after that record was written.
 func (l *Log) OpenedStoreRevision() uint64 { return l.openedStoreRev }
 
+// Dir returns the log directory.
 func (l *Log) Dir() string { return l.dir }
 
 // LatestCheckpoint returns the most recent checkpoint written or found at Open.

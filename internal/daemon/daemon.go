@@ -148,9 +148,8 @@ type Daemon struct {
 	// prefixMark is the token's mark read at start, whose earlier records
 	// verifyAuditPrefix checks in the background (nil: none to check).
 	prefixMark *auditmark.Mark
-	// openedHead is the audit log's last record when it was opened, and
-	// openedCheckpoint the last record its newest signed checkpoint covered.
-	openedHead, openedCheckpoint uint64
+	// openedHead is the audit log's last record when it was opened.
+	openedHead uint64
 	// replica: the scheduler election and following the store (replica.go).
 	replica replicaState
 }
@@ -526,9 +525,6 @@ func (d *Daemon) openAudit(ctx context.Context, signer crypto.Signer) (*audit.Lo
 	// token's audit mark is compared with (a sealed custodyd records unseal
 	// attempts before it can check).
 	d.openedHead, _ = l.Head()
-	if cp, ok := l.LatestCheckpoint(); ok {
-		d.openedCheckpoint = cp.Seq
-	}
 	return l, nil
 }
 
@@ -715,11 +711,7 @@ func streamWorkers() uint32 { return uint32(max(32, 8*runtime.GOMAXPROCS(0))) }
 // record, under the custodyd identity with method keys.destroy: an intent
 // before the HSM object is deleted, then the outcome.
 func (d *Daemon) recordDestroy(ctx context.Context, ev keys.DestroyEvent) error {
-	now := time.Now
-	if d.opts.Now != nil {
-		now = d.opts.Now
-	}
-	rec := audit.Record{Time: now(), Identity: "custodyd", Method: "keys.destroy", Key: ev.Key, KeyVersion: uint64(ev.Version),
+	rec := audit.Record{Time: d.opts.Now(), Identity: "custodyd", Method: "keys.destroy", Key: ev.Key, KeyVersion: uint64(ev.Version),
 		Detail: "scheduled destruction: HSM object deleted"}
 	switch {
 	case ev.Intent:

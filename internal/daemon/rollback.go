@@ -250,18 +250,19 @@ func (d *Daemon) registerMarkMetrics(reg prometheus.Registerer) {
 // method audit.unattested, names the span for auditors. A clean stop
 // leaves none (its last act is a checkpoint).
 func (d *Daemon) recordUnattested(ctx context.Context) error {
-	from := d.openedCheckpoint
+	// Nothing is signed before this (the signer is armed after it), so the
+	// newest checkpoint is still the one the directory held at open.
+	var from uint64
+	if cp, ok := d.Audit.LatestCheckpoint(); ok {
+		from = cp.Seq
+	}
 	if m := d.prefixMark; m != nil && m.Checkpoint.Seq > from {
 		from = m.Checkpoint.Seq
 	}
 	if d.openedHead <= from {
 		return nil
 	}
-	now := time.Now
-	if d.opts.Now != nil {
-		now = d.opts.Now
-	}
-	rec := audit.Record{Time: now(), Identity: "custodyd", Method: "audit.unattested", Outcome: audit.OutcomeOK, Code: "OK",
+	rec := audit.Record{Time: d.opts.Now(), Identity: "custodyd", Method: "audit.unattested", Outcome: audit.OutcomeOK, Code: "OK",
 		Detail: fmt.Sprintf("records %d to %d were after the newest signed checkpoint (%d) when custodyd started; unclean stop or written by another process", from+1, d.openedHead, from)}
 	_, err := d.Audit.Append(context.WithoutCancel(ctx), rec)
 	return err

@@ -213,11 +213,10 @@ func TestRegistryDiscardAndScheduledDestructionRemoveObjects(t *testing.T) {
 	}
 }
 
-// TestAScheduledDestructionIsNeverMadeOffTheRecord: the intent is recorded
-// before the HSM object is deleted, the outcome after; when the intent
-// cannot be recorded, nothing is deleted and the version stays scheduled,
-// to be destroyed (on the record) at a later run.
-func TestAScheduledDestructionIsNeverMadeOffTheRecord(t *testing.T) {
+// dueForDestruction is a registry whose key "k" has two versions, the first
+// scheduled for destruction and past its wait.
+func dueForDestruction(t *testing.T) (*regFixture, *Registry) {
+	t.Helper()
 	f := newRegFixture(t)
 	r := f.open(t)
 	ctx := context.Background()
@@ -231,6 +230,16 @@ func TestAScheduledDestructionIsNeverMadeOffTheRecord(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.now = f.now.Add(3 * time.Hour)
+	return f, r
+}
+
+// TestAScheduledDestructionIsNeverMadeOffTheRecord: the intent is recorded
+// before the HSM object is deleted, the outcome after; when the intent
+// cannot be recorded, nothing is deleted and the version stays scheduled,
+// to be destroyed (on the record) at a later run.
+func TestAScheduledDestructionIsNeverMadeOffTheRecord(t *testing.T) {
+	f, r := dueForDestruction(t)
+	ctx := context.Background()
 	var got []string
 	auditDown := errors.New("audit log unavailable")
 	r.opts.Record = func(_ context.Context, ev DestroyEvent) error {
@@ -274,19 +283,8 @@ func (failingCommitter) Txn(context.Context, []store.Cond, []store.Op) error {
 // outcome says so (not "failed" as if nothing happened), and the next run
 // records it destroyed.
 func TestADestructionWhoseStoreWriteFailsSaysTheObjectIsGone(t *testing.T) {
-	f := newRegFixture(t)
-	r := f.open(t)
+	f, r := dueForDestruction(t)
 	ctx := context.Background()
-	if _, err := r.Create(ctx, "k", PurposeEncryptAES256GCM, ""); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := r.Rotate(ctx, "k"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := r.ScheduleDestroy(ctx, "k", 1, 2*time.Hour); err != nil {
-		t.Fatal(err)
-	}
-	f.now = f.now.Add(3 * time.Hour)
 	var evs []DestroyEvent
 	r.opts.Record = func(_ context.Context, ev DestroyEvent) error { evs = append(evs, ev); return nil }
 	if n, err := r.DestroyDueVia(ctx, failingCommitter{}); n != 0 || err == nil {
